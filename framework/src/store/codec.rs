@@ -1,0 +1,486 @@
+//! Byte layouts of everything the store writes. The only module that uses bincode.
+//!
+//! Each value begins with a format byte, so that the codec can change by a migration. The layouts
+//! are documented in `docs/storage-format.md`; keep the two in step.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{RecordedEvent, Snapshot};
+
+/// The format byte of a log chunk.
+pub const CHUNK_FORMAT: u8 = 1;
+/// The format byte of one event record inside a chunk.
+pub const RECORD_FORMAT: u8 = 1;
+/// The format byte of index entries, checkpoints and snapshots.
+pub const VALUE_FORMAT: u8 = 1;
+
+/// Bytes before the first record of a chunk: format, count, crc of both.
+pub const CHUNK_HEADER_LEN: usize = 1 + 4 + 4;
+/// Bytes before a record's body: length and crc.
+pub const FRAME_HEADER_LEN: usize = 4 + 4;
+
+/// The metadata of an event, as written (borrowed, so encoding copies nothing twice).
+#[derive(Serialize)]
+pub struct HeaderOut<'a> {
+    pub position: u64,
+    pub stream_id: &'a str,
+    pub stream_version: u64,
+    pub category: &'a str,
+    pub event_type: &'a str,
+    pub schema_version: u32,
+    pub event_id: Uuid,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub timestamp_micros: u64,
+}
+
+/// The metadata of an event, as read.
+#[derive(Deserialize, Debug)]
+pub struct Header {
+    pub position: u64,
+    pub stream_id: String,
+    pub stream_version: u64,
+    pub category: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub event_id: Uuid,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub timestamp_micros: u64,
+}
+
+impl Header {
+    /// Joins the header with its payload into the public event type.
+    pub fn into_event(self, payload: &[u8]) -> RecordedEvent {
+        RecordedEvent {
+            position: self.position,
+            stream_id: self.stream_id,
+            stream_version: self.stream_version,
+            category: self.category,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            event_id: self.event_id,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            timestamp_micros: self.timestamp_micros,
+            payload: payload.to_vec(),
+        }
+    }
+}
+
+/// Builds one chunk value: a header followed by framed records.
+pub struct ChunkBuilder {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl ChunkBuilder {
+    /// An empty chunk.
+    pub fn new() -> Self {
+        let mut buf = Vec::with_capacity(8 * 1024);
+        buf.extend_from_slice(&[0; CHUNK_HEADER_LEN]);
+        ChunkBuilder { buf, count: 0 }
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Records so far.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, header: &HeaderOut<'_>, payload: &[u8]) {
+        let frame_start = self.buf.len();
+        self.buf.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+        let body_start = self.buf.len();
+        self.buf.push(RECORD_FORMAT);
+        let header_len_at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        // Serializing plain integers, strings and uuids into a Vec cannot fail.
+        bincode::serialize_into(&mut self.buf, header).expect("encode event header");
+        let header_len = (self.buf.len() - header_len_at - 4) as u32;
+        self.buf[header_len_at..header_len_at + 4].copy_from_slice(&header_len.to_le_bytes());
+        self.buf.extend_from_slice(payload);
+        let body_len = (self.buf.len() - body_start) as u32;
+        let crc = crc32fast::hash(&self.buf[body_start..]);
+        self.buf[frame_start..frame_start + 4].copy_from_slice(&body_len.to_le_bytes());
+        self.buf[frame_start + 4..body_start].copy_from_slice(&crc.to_le_bytes());
+        self.count += 1;
+    }
+
+    /// The finished value.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf[0] = CHUNK_FORMAT;
+        self.buf[1..5].copy_from_slice(&self.count.to_le_bytes());
+        let crc = crc32fast::hash(&self.buf[0..5]);
+        self.buf[5..9].copy_from_slice(&crc.to_le_bytes());
+        self.buf
+    }
+}
+
+/// A problem found while decoding: what it is, and at which record of the chunk (0-based).
+#[derive(Debug)]
+pub struct DecodeError {
+    /// Index of the record within its chunk (0 when the chunk header itself is bad).
+    pub index: u32,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl DecodeError {
+    /// A problem at record `index` of a chunk.
+    pub fn at(index: u32, reason: impl Into<String>) -> Self {
+        damaged(index, reason)
+    }
+}
+
+fn damaged(index: u32, reason: impl Into<String>) -> DecodeError {
+    DecodeError {
+        index,
+        reason: reason.into(),
+    }
+}
+
+/// Reads a chunk's header: the number of records it holds.
+pub fn chunk_count(value: &[u8]) -> Result<u32, DecodeError> {
+    if value.len() < CHUNK_HEADER_LEN {
+        return Err(damaged(0, "chunk shorter than its header"));
+    }
+    if value[0] != CHUNK_FORMAT {
+        return Err(damaged(0, format!("unknown chunk format {}", value[0])));
+    }
+    let crc = u32::from_le_bytes(value[5..9].try_into().expect("4 bytes"));
+    if crc32fast::hash(&value[0..5]) != crc {
+        return Err(damaged(0, "chunk header checksum mismatch"));
+    }
+    Ok(u32::from_le_bytes(value[1..5].try_into().expect("4 bytes")))
+}
+
+/// One record inside a chunk whose checksum has been verified.
+pub struct RawRecord<'a> {
+    /// Index of the record within its chunk.
+    pub index: u32,
+    header: &'a [u8],
+    /// The payload bytes.
+    pub payload: &'a [u8],
+}
+
+impl RawRecord<'_> {
+    /// Decodes the record's metadata.
+    pub fn header(&self) -> Result<Header, DecodeError> {
+        bincode::deserialize(self.header)
+            .map_err(|e| damaged(self.index, format!("event header does not decode: {e}")))
+    }
+}
+
+/// Iterates over the records of a chunk, checking each frame's checksum.
+///
+/// After the first error it stops: a damaged frame length means the rest cannot be located.
+pub struct ChunkIter<'a> {
+    value: &'a [u8],
+    offset: usize,
+    index: u32,
+    count: u32,
+    failed: bool,
+}
+
+impl<'a> ChunkIter<'a> {
+    /// Starts reading `value`; fails if the chunk header is damaged.
+    pub fn new(value: &'a [u8]) -> Result<Self, DecodeError> {
+        let count = chunk_count(value)?;
+        Ok(ChunkIter {
+            value,
+            offset: CHUNK_HEADER_LEN,
+            index: 0,
+            count,
+            failed: false,
+        })
+    }
+
+    /// Resumes reading a chunk where an earlier iterator stood (see [`ChunkIter::state`]).
+    pub fn resume(value: &'a [u8], count: u32, (offset, index): (usize, u32)) -> Self {
+        ChunkIter {
+            value,
+            offset,
+            index,
+            count,
+            failed: false,
+        }
+    }
+
+    /// The number of records the chunk header announces.
+    pub fn state_count(&self) -> u32 {
+        self.count
+    }
+
+    /// Where the iterator stands: byte offset and index of the next record.
+    pub fn state(&self) -> (usize, u32) {
+        (self.offset, self.index)
+    }
+
+    /// Skips `n` records without checking their checksums (their frames are still bounds-checked).
+    pub fn skip_records(&mut self, n: u32) -> Result<(), DecodeError> {
+        for _ in 0..n.min(self.count - self.index) {
+            let (len, _) = self.frame_header()?;
+            self.offset += FRAME_HEADER_LEN + len;
+            self.index += 1;
+        }
+        Ok(())
+    }
+
+    fn frame_header(&self) -> Result<(usize, u32), DecodeError> {
+        let rest = &self.value[self.offset..];
+        if rest.len() < FRAME_HEADER_LEN {
+            return Err(damaged(self.index, "chunk cut short before a record"));
+        }
+        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        if rest.len() - FRAME_HEADER_LEN < len {
+            return Err(damaged(self.index, "record cut short"));
+        }
+        Ok((len, crc))
+    }
+
+    fn next_record(&mut self) -> Result<RawRecord<'a>, DecodeError> {
+        let (len, crc) = self.frame_header()?;
+        let start = self.offset + FRAME_HEADER_LEN;
+        let body = &self.value[start..start + len];
+        if crc32fast::hash(body) != crc {
+            return Err(damaged(self.index, "record checksum mismatch"));
+        }
+        if body.len() < 5 {
+            return Err(damaged(self.index, "record shorter than its header"));
+        }
+        if body[0] != RECORD_FORMAT {
+            return Err(damaged(
+                self.index,
+                format!("unknown record format {}", body[0]),
+            ));
+        }
+        let header_len = u32::from_le_bytes(body[1..5].try_into().expect("4 bytes")) as usize;
+        if body.len() - 5 < header_len {
+            return Err(damaged(self.index, "event header longer than its record"));
+        }
+        let record = RawRecord {
+            index: self.index,
+            header: &body[5..5 + header_len],
+            payload: &body[5 + header_len..],
+        };
+        self.offset = start + len;
+        self.index += 1;
+        Ok(record)
+    }
+}
+
+impl<'a> Iterator for ChunkIter<'a> {
+    type Item = Result<RawRecord<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if self.index >= self.count {
+            if self.offset != self.value.len() {
+                self.failed = true;
+                return Some(Err(damaged(
+                    self.index.saturating_sub(1),
+                    "trailing bytes after the last record",
+                )));
+            }
+            return None;
+        }
+        let item = self.next_record();
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
+/// Encodes a small value (index entry, checkpoint, snapshot) with format byte and checksum.
+fn seal(body: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(VALUE_FORMAT);
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Checks and strips what [`seal`] added.
+fn unseal(value: &[u8]) -> Result<&[u8], String> {
+    if value.len() < 5 {
+        return Err("value shorter than its header".into());
+    }
+    if value[0] != VALUE_FORMAT {
+        return Err(format!("unknown value format {}", value[0]));
+    }
+    let crc = u32::from_le_bytes(value[1..5].try_into().expect("4 bytes"));
+    let body = &value[5..];
+    if crc32fast::hash(body) != crc {
+        return Err("checksum mismatch".into());
+    }
+    Ok(body)
+}
+
+/// A stream-index entry: one append's events, at consecutive positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The position of the append's first event.
+    pub first_position: u64,
+    /// How many events the append holds.
+    pub count: u32,
+}
+
+/// Encodes an index entry.
+pub fn encode_index(entry: IndexEntry) -> Vec<u8> {
+    let mut body = Vec::with_capacity(12);
+    body.extend_from_slice(&entry.first_position.to_be_bytes());
+    body.extend_from_slice(&entry.count.to_be_bytes());
+    seal(body)
+}
+
+/// Decodes an index entry.
+pub fn decode_index(value: &[u8]) -> Result<IndexEntry, String> {
+    let body = unseal(value)?;
+    if body.len() != 12 {
+        return Err(format!("index entry of {} bytes, expected 12", body.len()));
+    }
+    Ok(IndexEntry {
+        first_position: u64::from_be_bytes(body[0..8].try_into().expect("8 bytes")),
+        count: u32::from_be_bytes(body[8..12].try_into().expect("4 bytes")),
+    })
+}
+
+/// Encodes a checkpoint.
+pub fn encode_checkpoint(position: u64) -> Vec<u8> {
+    seal(position.to_be_bytes().to_vec())
+}
+
+/// Decodes a checkpoint.
+pub fn decode_checkpoint(value: &[u8]) -> Result<u64, String> {
+    let body = unseal(value)?;
+    Ok(u64::from_be_bytes(body.try_into().map_err(|_| {
+        format!("checkpoint of {} bytes, expected 8", body.len())
+    })?))
+}
+
+/// Encodes a snapshot.
+pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+    seal(bincode::serialize(snapshot).expect("encode snapshot"))
+}
+
+/// Decodes a snapshot.
+pub fn decode_snapshot(value: &[u8]) -> Result<Snapshot, String> {
+    let body = unseal(value)?;
+    bincode::deserialize(body).map_err(|e| format!("snapshot does not decode: {e}"))
+}
+
+/// Encodes the store's format number.
+pub fn encode_format(format: u32) -> Vec<u8> {
+    seal(format.to_be_bytes().to_vec())
+}
+
+/// Decodes the store's format number.
+pub fn decode_format(value: &[u8]) -> Result<u32, String> {
+    let body = unseal(value)?;
+    Ok(u32::from_be_bytes(body.try_into().map_err(|_| {
+        format!("format value of {} bytes, expected 4", body.len())
+    })?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header_strategy() -> impl Strategy<Value = (u64, String, u64, String, u32, u64, Vec<u8>)> {
+        (
+            any::<u64>(),
+            ".{0,40}",
+            any::<u64>(),
+            ".{0,20}",
+            any::<u32>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn chunk_round_trip(records in proptest::collection::vec(header_strategy(), 1..20)) {
+            let ids: Vec<Uuid> = records.iter().map(|_| Uuid::new_v4()).collect();
+            let mut chunk = ChunkBuilder::new();
+            for ((pos, stream, version, ty, schema, ts, payload), id) in records.iter().zip(&ids) {
+                chunk.push(&HeaderOut {
+                    position: *pos,
+                    stream_id: stream,
+                    stream_version: *version,
+                    category: super::super::category_of(stream),
+                    event_type: ty,
+                    schema_version: *schema,
+                    event_id: *id,
+                    correlation_id: Some(*id),
+                    causation_id: None,
+                    timestamp_micros: *ts,
+                }, payload);
+            }
+            let value = chunk.finish();
+            let decoded: Vec<_> = ChunkIter::new(&value).unwrap().collect::<Result<_, _>>().unwrap();
+            prop_assert_eq!(decoded.len(), records.len());
+            for (raw, (pos, stream, version, ty, schema, ts, payload)) in decoded.iter().zip(&records) {
+                let h = raw.header().unwrap();
+                prop_assert_eq!(h.position, *pos);
+                prop_assert_eq!(&h.stream_id, stream);
+                prop_assert_eq!(h.stream_version, *version);
+                prop_assert_eq!(&h.event_type, ty);
+                prop_assert_eq!(h.schema_version, *schema);
+                prop_assert_eq!(h.timestamp_micros, *ts);
+                prop_assert_eq!(raw.payload, &payload[..]);
+            }
+        }
+
+        #[test]
+        fn any_flipped_byte_is_detected(payload in proptest::collection::vec(any::<u8>(), 0..200), flip in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut chunk = ChunkBuilder::new();
+            for i in 0..3u64 {
+                chunk.push(&HeaderOut {
+                    position: i + 1, stream_id: "s-1", stream_version: i + 1, category: "s",
+                    event_type: "E", schema_version: 1, event_id: Uuid::nil(),
+                    correlation_id: None, causation_id: None, timestamp_micros: 7,
+                }, &payload);
+            }
+            let mut value = chunk.finish();
+            let at = flip.index(value.len());
+            value[at] ^= 1 << bit;
+            let result: Result<Vec<_>, _> = ChunkIter::new(&value).and_then(|it| it.collect());
+            prop_assert!(result.is_err());
+        }
+
+        #[test]
+        fn any_truncation_is_detected(cut in 1usize..100) {
+            let mut chunk = ChunkBuilder::new();
+            chunk.push(&HeaderOut {
+                position: 1, stream_id: "s-1", stream_version: 1, category: "s",
+                event_type: "E", schema_version: 1, event_id: Uuid::nil(),
+                correlation_id: None, causation_id: None, timestamp_micros: 7,
+            }, &[9; 64]);
+            let value = chunk.finish();
+            let cut = cut.min(value.len());
+            let short = &value[..value.len() - cut];
+            let result: Result<Vec<_>, _> = ChunkIter::new(short).and_then(|it| it.collect());
+            prop_assert!(result.is_err());
+        }
+
+        #[test]
+        fn small_values_round_trip(pos in any::<u64>(), count in any::<u32>(), version in any::<u64>(), payload in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let entry = IndexEntry { first_position: pos, count };
+            prop_assert_eq!(decode_index(&encode_index(entry)).unwrap(), entry);
+            prop_assert_eq!(decode_checkpoint(&encode_checkpoint(pos)).unwrap(), pos);
+            let snap = Snapshot { stream_version: version, schema_version: count, payload };
+            prop_assert_eq!(decode_snapshot(&encode_snapshot(&snap)).unwrap(), snap);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The one error type of the store layer.
+
+use std::path::PathBuf;
+
+use super::ExpectedVersion;
+
+/// A `Result` whose error is a [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in an event store.
+///
+/// Each variant's documentation says how a caller should react to it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The stream was not at the version the append expected: someone else appended first.
+    ///
+    /// Nothing was written. Reload the stream (or the aggregate), decide again, and retry with the
+    /// new version; this is the optimistic concurrency check doing its job.
+    #[error("wrong expected version for stream {stream:?}: expected {expected}, actual {actual}")]
+    WrongExpectedVersion {
+        /// The stream the append was for.
+        stream: String,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the append was checked (0: the stream has no events).
+        actual: u64,
+    },
+
+    /// A stored record failed its checksum, was cut short, or does not decode.
+    ///
+    /// The store did not skip it and did not guess. Stop and run `verify` to see the extent of the
+    /// damage; restore the store from a backup or a replica. Reads before `position` still work.
+    #[error("damaged record at position {position}: {reason}")]
+    Damaged {
+        /// The global position of the damaged record (for a damaged stream-index entry, the
+        /// position it pointed at, or 0 when that is unknown).
+        position: u64,
+        /// What was found wrong.
+        reason: String,
+    },
+
+    /// A stored value other than an event (index entry, checkpoint, snapshot, metadata) is damaged.
+    ///
+    /// Handle as [`StoreError::Damaged`]: nothing was guessed; run `verify`.
+    #[error("damaged {what}: {reason}")]
+    DamagedMetadata {
+        /// Which value (for example `checkpoint "billing"`).
+        what: String,
+        /// What was found wrong.
+        reason: String,
+    },
+
+    /// Another process has the store open. Only one process may open a store at a time.
+    ///
+    /// Stop the other process, or talk to it instead of opening the files directly.
+    #[error("the store at {path} is in use by another process")]
+    InUse {
+        /// The store's directory.
+        path: PathBuf,
+    },
+
+    /// The files were written by a format this version of tidings does not read.
+    ///
+    /// Upgrade tidings, or migrate the store with the version that wrote it (`export`/`import`).
+    #[error("unsupported storage format {found} at {path} (this build reads format {supported})")]
+    UnsupportedFormat {
+        /// The store's directory.
+        path: PathBuf,
+        /// The format found on disk.
+        found: u32,
+        /// The format this build reads and writes.
+        supported: u32,
+    },
+
+    /// The request itself is invalid (empty append, empty or oversized stream id, ...).
+    ///
+    /// A programming error on the caller's side: fix the request. Nothing was written.
+    #[error("invalid request: {0}")]
+    InvalidInput(String),
+
+    /// An I/O error from the file system or from the storage engine.
+    ///
+    /// The outcome of a write that fails this way is unknown (as with any database): after a
+    /// failed commit the store refuses further writes ([`StoreError::Failed`]); reopen it, then
+    /// read to learn what was stored.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// The storage engine reported an error that is not plain I/O.
+    ///
+    /// Treat as [`StoreError::Io`].
+    #[error("storage engine error: {0}")]
+    Engine(String),
+
+    /// A value could not be encoded or decoded by the codec.
+    ///
+    /// For data read from disk this comes as [`StoreError::Damaged`]; this variant is for values
+    /// handed in by the caller (for example a snapshot too large to encode).
+    #[error("codec error: {0}")]
+    Codec(String),
+
+    /// An earlier write failed, so this store handle refuses further writes.
+    ///
+    /// After a failed fsync the state of the page cache is unknown (see "fsyncgate"): reopen the
+    /// store, which recovers to what is on disk.
+    #[error("the store failed earlier and refuses writes until reopened: {0}")]
+    Failed(String),
+
+    /// The store was closed (or its writer stopped) while the request was in flight.
+    ///
+    /// The outcome of an append that gets this is unknown: reopen and read.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => StoreError::Io(io),
+            other => StoreError::Engine(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The event store: a durable, ordered log of events, grouped into streams.
+//!
+//! [`EventStore`] is the port every backend implements; [`SledEventStore`] is the embedded
+//! default. Nothing in the trait names a backend type, so that other backends (a server database,
+//! a distributed log) can implement it and pass the same conformance suite.
+
+mod codec;
+mod error;
+mod head;
+mod sled;
+mod types;
+
+pub use self::error::{Result, StoreError};
+pub use self::head::HeadWatch;
+pub use self::sled::{SledConfig, SledEventStore};
+pub use self::types::{
+    category_of, AppendResult, EventData, ExpectedVersion, Filter, ReadBatch, RecordedEvent,
+    Snapshot, VerifyReport, MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN, MAX_STREAM_ID_LEN,
+};
+
+use async_trait::async_trait;
+
+/// A durable, ordered event log with optimistic concurrency.
+///
+/// Every event has a global **position** (gap-free, from 1, in commit order) and a **version**
+/// within its stream (gap-free, from 1). An append is acknowledged only when it is durable, and
+/// readers never see an event before it is durable: positions above [`head`](EventStore::head)
+/// are invisible.
+///
+/// Reads are paged: a read returns at most `max_count` events, so that reading a log of any size
+/// never holds it all in memory.
+///
+/// ```
+/// use tidings::store::{EventData, EventStore, ExpectedVersion, Filter, SledEventStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let store = SledEventStore::open(dir.path())?;
+///
+/// let placed = EventData::new("OrderPlaced", br#"{"total":42}"#.to_vec());
+/// let result = store.append("order-1", ExpectedVersion::NoStream, vec![placed]).await?;
+/// assert_eq!((result.first_position, result.stream_version), (1, 1));
+///
+/// // A second writer that still believes the stream is new is refused.
+/// let late = EventData::new("OrderPlaced", b"{}".to_vec());
+/// assert!(store.append("order-1", ExpectedVersion::NoStream, vec![late]).await.is_err());
+///
+/// let history = store.read_stream("order-1", 1, 100).await?;
+/// assert_eq!(history[0].event_type, "OrderPlaced");
+///
+/// let page = store.read_all(1, 100, &Filter::all().categories(["order"])).await?;
+/// assert_eq!(page.events.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` if the stream is at the `expected` version, atomically: all
+    /// of them or none. Returns once the events are durable.
+    ///
+    /// Fails with [`StoreError::WrongExpectedVersion`] (nothing written) when the check fails.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult>;
+
+    /// Reads up to `max_count` events of `stream`, starting at version `from_version` (1 is the
+    /// first event), in version order. An unknown stream reads as empty.
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>>;
+
+    /// The durable version of `stream` (0 when it has no events).
+    async fn stream_version(&self, stream: &str) -> Result<u64>;
+
+    /// Reads the global log from `from_position` (inclusive), returning at most `max_count`
+    /// events that pass `filter`. A page ends at `max_count` matches, at the durable head, or
+    /// after the backend has examined a bounded number of events; `next_position` says where to
+    /// go on.
+    async fn read_all(
+        &self,
+        from_position: u64,
+        max_count: usize,
+        filter: &Filter,
+    ) -> Result<ReadBatch>;
+
+    /// The durable head: the position of the last durable event (0 for an empty store).
+    fn head(&self) -> u64;
+
+    /// A watch on the durable head, woken each time more events become durable.
+    fn watch_head(&self) -> HeadWatch;
+
+    /// Durably stores the position a named consumer has processed up to.
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()>;
+
+    /// The position last saved under `name`, if any.
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>>;
+
+    /// Durably stores a snapshot for `stream`, replacing any earlier one.
+    async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<()>;
+
+    /// The latest snapshot of `stream`, if any.
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>>;
+
+    /// Scans the whole store: every record's checksum and every index entry. Damage is reported
+    /// in the [`VerifyReport`], not as an error; errors are for failures to scan at all.
+    async fn verify(&self) -> Result<VerifyReport>;
+}
+
+/// Checks the parts of an append request that do not depend on the store's state.
+pub(crate) fn validate_append(stream: &str, events: &[EventData]) -> Result<()> {
+    if stream.is_empty() || stream.len() > MAX_STREAM_ID_LEN {
+        return Err(StoreError::InvalidInput(format!(
+            "stream id must be 1 to {MAX_STREAM_ID_LEN} bytes, got {}",
+            stream.len()
+        )));
+    }
+    if events.is_empty() {
+        return Err(StoreError::InvalidInput(format!(
+            "append to {stream:?} has no events"
+        )));
+    }
+    for e in events {
+        if e.event_type.is_empty() || e.event_type.len() > MAX_EVENT_TYPE_LEN {
+            return Err(StoreError::InvalidInput(format!(
+                "event type must be 1 to {MAX_EVENT_TYPE_LEN} bytes, got {:?}",
+                e.event_type
+            )));
+        }
+        if e.payload.len() > MAX_PAYLOAD_LEN {
+            return Err(StoreError::InvalidInput(format!(
+                "payload of {} bytes exceeds the limit of {MAX_PAYLOAD_LEN}",
+                e.payload.len()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! The sled key layout. Everything lives in sled's default tree, so that one `apply_batch` is
+//! atomic across the log, the stream index, checkpoints and snapshots.
+
+/// The key of the store's format number.
+pub const FORMAT_KEY: &[u8] = b"F";
+/// Prefix of log chunks: `L` + first position (u64 big-endian).
+pub const LOG: u8 = b'L';
+/// Prefix of stream-index entries: `S` + stream id length (u16 BE) + stream id + first version (u64 BE).
+pub const INDEX: u8 = b'S';
+/// Prefix of checkpoints: `C` + name.
+pub const CHECKPOINT: u8 = b'C';
+/// Prefix of snapshots: `P` + stream id.
+pub const SNAPSHOT: u8 = b'P';
+
+/// The key of the log chunk whose first event is at `position`.
+pub fn log_key(position: u64) -> [u8; 9] {
+    let mut key = [LOG; 9];
+    key[1..].copy_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// The position a log key starts at, if it is a well-formed log key.
+pub fn log_key_position(key: &[u8]) -> Option<u64> {
+    match key {
+        [LOG, rest @ ..] if rest.len() == 8 => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// The prefix shared by every index entry of `stream`.
+pub fn stream_prefix(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + stream.len() + 8);
+    key.push(INDEX);
+    // Stream ids are at most MAX_STREAM_ID_LEN (512) bytes, checked before any write.
+    key.extend_from_slice(&(stream.len() as u16).to_be_bytes());
+    key.extend_from_slice(stream.as_bytes());
+    key
+}
+
+/// The key of the index entry of `stream` whose first event has `version`.
+pub fn index_key(stream: &str, version: u64) -> Vec<u8> {
+    let mut key = stream_prefix(stream);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// Splits an index key into stream id and first version.
+pub fn parse_index_key(key: &[u8]) -> Option<(&str, u64)> {
+    let [INDEX, a, b, rest @ ..] = key else {
+        return None;
+    };
+    let len = u16::from_be_bytes([*a, *b]) as usize;
+    if rest.len() != len + 8 {
+        return None;
+    }
+    let stream = std::str::from_utf8(&rest[..len]).ok()?;
+    let version = u64::from_be_bytes(rest[len..].try_into().ok()?);
+    Some((stream, version))
+}
+
+/// The key of a checkpoint.
+pub fn checkpoint_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(CHECKPOINT);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The key of a stream's snapshot.
+pub fn snapshot_key(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + stream.len());
+    key.push(SNAPSHOT);
+    key.extend_from_slice(stream.as_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_keys_of_one_stream_sort_by_version_and_never_mix_with_a_prefix_stream() {
+        assert!(index_key("a", 2) < index_key("a", 10));
+        // "a" and "a-b" differ in length, so one's entries never fall inside the other's prefix.
+        assert!(!index_key("a-b", 1).starts_with(&stream_prefix("a")));
+        assert_eq!(
+            parse_index_key(&index_key("order-1", 7)),
+            Some(("order-1", 7))
+        );
+        assert_eq!(log_key_position(&log_key(42)), Some(42));
+    }
+}

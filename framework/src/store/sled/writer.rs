@@ -1,0 +1,284 @@
+//! The single writer thread: group commit of appends, checkpoints and snapshots.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+use tracing::{debug, error};
+
+use super::durable::Durability;
+use super::keys;
+use super::Shared;
+use crate::store::codec::{self, ChunkBuilder, HeaderOut, IndexEntry};
+use crate::store::{
+    category_of, AppendResult, EventData, ExpectedVersion, Result, Snapshot, StoreError,
+};
+
+/// A request to the writer.
+pub enum Request {
+    /// Append events to a stream.
+    Append {
+        stream: String,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+        reply: oneshot::Sender<Result<AppendResult>>,
+    },
+    /// Save a checkpoint.
+    Checkpoint {
+        name: String,
+        position: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Save a snapshot.
+    Snapshot {
+        stream: String,
+        snapshot: Snapshot,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// Settings the writer needs.
+pub struct WriterSettings {
+    pub max_group: usize,
+    pub chunk_target_bytes: usize,
+    pub stream_cache_capacity: usize,
+}
+
+/// The writer's state; runs on its own thread.
+pub struct Writer {
+    shared: Arc<Shared>,
+    durability: Durability,
+    settings: WriterSettings,
+    /// Stream heads known to be committed. A cache: a miss reads the index.
+    heads: HashMap<String, u64>,
+    next_position: u64,
+    failed: Option<String>,
+}
+
+enum Reply {
+    Append(oneshot::Sender<Result<AppendResult>>, Result<AppendResult>),
+    Unit(oneshot::Sender<Result<()>>),
+}
+
+impl Writer {
+    pub fn new(
+        shared: Arc<Shared>,
+        durability: Durability,
+        settings: WriterSettings,
+        head: u64,
+    ) -> Self {
+        Writer {
+            shared,
+            durability,
+            settings,
+            heads: HashMap::new(),
+            next_position: head + 1,
+            failed: None,
+        }
+    }
+
+    /// Serves requests until every sender is gone.
+    pub fn run(mut self, rx: mpsc::Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = Vec::with_capacity(64);
+            group.push(first);
+            while group.len() < self.settings.max_group {
+                match rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+        }
+        debug!("event store writer stopped");
+    }
+
+    fn stream_head(&mut self, stream: &str) -> Result<u64> {
+        if let Some(v) = self.heads.get(stream) {
+            return Ok(*v);
+        }
+        self.shared.last_index_entry(stream, u64::MAX)
+    }
+
+    fn commit(&mut self, group: Vec<Request>) {
+        if let Some(reason) = &self.failed {
+            let reason = reason.clone();
+            for req in group {
+                fail(req, StoreError::Failed(reason.clone()));
+            }
+            return;
+        }
+        let timestamp_micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let mut batch = sled::Batch::default();
+        let mut writes = 0usize;
+        let mut overlay: HashMap<String, u64> = HashMap::new();
+        let mut replies = Vec::with_capacity(group.len());
+        let mut position = self.next_position;
+        let mut chunk = ChunkBuilder::new();
+        let mut chunk_first = position;
+
+        for req in group {
+            match req {
+                Request::Append {
+                    stream,
+                    expected,
+                    events,
+                    reply,
+                } => {
+                    let current = match overlay.get(&stream) {
+                        Some(v) => Ok(*v),
+                        None => self.stream_head(&stream),
+                    };
+                    let current = match current {
+                        Ok(v) => v,
+                        Err(e) => {
+                            replies.push(Reply::Append(reply, Err(e)));
+                            continue;
+                        }
+                    };
+                    if !expected.accepts(current) {
+                        let err = StoreError::WrongExpectedVersion {
+                            stream,
+                            expected,
+                            actual: current,
+                        };
+                        replies.push(Reply::Append(reply, Err(err)));
+                        continue;
+                    }
+                    let first_position = position;
+                    let category = category_of(&stream);
+                    for (i, event) in events.iter().enumerate() {
+                        chunk.push(
+                            &HeaderOut {
+                                position,
+                                stream_id: &stream,
+                                stream_version: current + 1 + i as u64,
+                                category,
+                                event_type: &event.event_type,
+                                schema_version: event.schema_version,
+                                event_id: event.event_id,
+                                correlation_id: event.correlation_id,
+                                causation_id: event.causation_id,
+                                timestamp_micros,
+                            },
+                            &event.payload,
+                        );
+                        position += 1;
+                        if chunk.len() >= self.settings.chunk_target_bytes {
+                            let full = std::mem::replace(&mut chunk, ChunkBuilder::new());
+                            batch.insert(&keys::log_key(chunk_first)[..], full.finish());
+                            writes += 1;
+                            chunk_first = position;
+                        }
+                    }
+                    let count = events.len() as u32;
+                    batch.insert(
+                        keys::index_key(&stream, current + 1),
+                        codec::encode_index(IndexEntry {
+                            first_position,
+                            count,
+                        }),
+                    );
+                    writes += 1;
+                    let version = current + u64::from(count);
+                    overlay.insert(stream, version);
+                    replies.push(Reply::Append(
+                        reply,
+                        Ok(AppendResult {
+                            first_position,
+                            last_position: position - 1,
+                            stream_version: version,
+                        }),
+                    ));
+                }
+                Request::Checkpoint {
+                    name,
+                    position: p,
+                    reply,
+                } => {
+                    batch.insert(keys::checkpoint_key(&name), codec::encode_checkpoint(p));
+                    writes += 1;
+                    replies.push(Reply::Unit(reply));
+                }
+                Request::Snapshot {
+                    stream,
+                    snapshot,
+                    reply,
+                } => {
+                    batch.insert(
+                        keys::snapshot_key(&stream),
+                        codec::encode_snapshot(&snapshot),
+                    );
+                    writes += 1;
+                    replies.push(Reply::Unit(reply));
+                }
+            }
+        }
+        if chunk.count() > 0 {
+            batch.insert(&keys::log_key(chunk_first)[..], chunk.finish());
+            writes += 1;
+        }
+
+        if writes > 0 {
+            if let Err(e) = self.write_durably(batch) {
+                let reason = e.to_string();
+                error!(error = %reason, "event store commit failed; refusing further writes");
+                self.failed = Some(reason.clone());
+                for reply in replies {
+                    match reply {
+                        Reply::Append(tx, _) => {
+                            let _ = tx.send(Err(StoreError::Failed(reason.clone())));
+                        }
+                        Reply::Unit(tx) => {
+                            let _ = tx.send(Err(StoreError::Failed(reason.clone())));
+                        }
+                    }
+                }
+                return;
+            }
+        }
+
+        let head = position - 1;
+        if position != self.next_position {
+            self.next_position = position;
+            if self.heads.len() + overlay.len() > self.settings.stream_cache_capacity {
+                self.heads.clear();
+            }
+            self.heads.extend(overlay);
+            self.shared.durable_head.store(head, Ordering::Release);
+            self.shared.head_tx.send_replace(head);
+        }
+        for reply in replies {
+            match reply {
+                Reply::Append(tx, result) => {
+                    let _ = tx.send(result);
+                }
+                Reply::Unit(tx) => {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    fn write_durably(&mut self, batch: sled::Batch) -> Result<()> {
+        self.shared.db.apply_batch(batch)?;
+        self.shared.db.flush()?;
+        self.durability.sync()?;
+        Ok(())
+    }
+}
+
+fn fail(req: Request, err: StoreError) {
+    match req {
+        Request::Append { reply, .. } => {
+            let _ = reply.send(Err(err));
+        }
+        Request::Checkpoint { reply, .. } | Request::Snapshot { reply, .. } => {
+            let _ = reply.send(Err(err));
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The values that travel through an [`EventStore`](super::EventStore).
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
+
+/// The longest stream id accepted, in bytes.
+pub const MAX_STREAM_ID_LEN: usize = 512;
+/// The longest event type name accepted, in bytes.
+pub const MAX_EVENT_TYPE_LEN: usize = 256;
+/// The largest payload accepted for one event, in bytes (like Kafka's `message.max.bytes`).
+pub const MAX_PAYLOAD_LEN: usize = 8 * 1024 * 1024;
+
+/// What an append expects the stream's version to be (optimistic concurrency).
+///
+/// Stream versions count events: a stream with no events is at version 0, its first event has
+/// version 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version is.
+    Any,
+    /// The stream must have no events yet.
+    NoStream,
+    /// The stream must be at exactly this version (0 means the same as `NoStream`).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream at `actual` satisfies this expectation.
+    pub fn accepts(self, actual: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// An event to append: what the caller knows before the store assigns a position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventData {
+    /// A unique id for the event (a UUIDv7 unless the caller sets one).
+    pub event_id: Uuid,
+    /// The event's type name, for example `"OrderPlaced"`. Filters and handlers match on it.
+    pub event_type: String,
+    /// The version of the payload's schema, so that upcasters can tell old payloads apart.
+    pub schema_version: u32,
+    /// The id that ties together everything caused by one original request.
+    pub correlation_id: Option<Uuid>,
+    /// The id of the command or event that caused this event.
+    pub causation_id: Option<Uuid>,
+    /// The encoded event.
+    pub payload: Vec<u8>,
+}
+
+impl EventData {
+    /// A new event of `event_type` with schema version 1 and a fresh UUIDv7 id.
+    pub fn new(event_type: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        EventData {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            correlation_id: None,
+            causation_id: None,
+            payload: payload.into(),
+        }
+    }
+
+    /// Sets the event id (for example one derived from a command id, for idempotence).
+    pub fn with_event_id(mut self, id: Uuid) -> Self {
+        self.event_id = id;
+        self
+    }
+
+    /// Sets the schema version.
+    pub fn with_schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
+    }
+
+    /// Sets the correlation id.
+    pub fn with_correlation_id(mut self, id: Uuid) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn with_causation_id(mut self, id: Uuid) -> Self {
+        self.causation_id = Some(id);
+        self
+    }
+}
+
+/// An event as the store recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// The event's place in the global log: gap-free, starting at 1, in commit order.
+    pub position: u64,
+    /// The stream the event belongs to.
+    pub stream_id: String,
+    /// The event's version within its stream: gap-free, starting at 1.
+    pub stream_version: u64,
+    /// The stream's category: the part of the stream id before the first `-` (see [`category_of`]).
+    pub category: String,
+    /// The event's type name.
+    pub event_type: String,
+    /// The version of the payload's schema.
+    pub schema_version: u32,
+    /// The event's unique id.
+    pub event_id: Uuid,
+    /// The correlation id given at append.
+    pub correlation_id: Option<Uuid>,
+    /// The causation id given at append.
+    pub causation_id: Option<Uuid>,
+    /// When the store committed the event, in microseconds since the Unix epoch.
+    pub timestamp_micros: u64,
+    /// The encoded event.
+    pub payload: Vec<u8>,
+}
+
+impl RecordedEvent {
+    /// When the store committed the event.
+    pub fn timestamp(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(self.timestamp_micros)
+    }
+}
+
+/// The category of a stream: the part of its id before the first `-`, or the whole id.
+///
+/// `"order-42"` is in category `"order"`; aggregates use their type as the category.
+pub fn category_of(stream_id: &str) -> &str {
+    stream_id.split_once('-').map_or(stream_id, |(c, _)| c)
+}
+
+/// What an append was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The global position of the first appended event.
+    pub first_position: u64,
+    /// The global position of the last appended event.
+    pub last_position: u64,
+    /// The stream's version after the append (the version of its last event).
+    pub stream_version: u64,
+}
+
+/// Which events a global read returns. The default matches every event.
+///
+/// An event matches when its category is in `categories` (or `categories` is `None`) and its type
+/// is in `event_types` (or `event_types` is `None`). The store checks the filter before it copies
+/// a payload, so filtered-out events cost no payload decoding.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// The categories to keep, or `None` for all.
+    pub categories: Option<Vec<String>>,
+    /// The event types to keep, or `None` for all.
+    pub event_types: Option<Vec<String>>,
+}
+
+impl Filter {
+    /// A filter that keeps every event.
+    pub fn all() -> Self {
+        Filter::default()
+    }
+
+    /// Keeps only events of these categories.
+    pub fn categories<I, S>(mut self, categories: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.categories = Some(categories.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Keeps only events of these types.
+    pub fn event_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.event_types = Some(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether an event of this category and type passes the filter.
+    pub fn matches(&self, category: &str, event_type: &str) -> bool {
+        self.categories
+            .as_ref()
+            .is_none_or(|c| c.iter().any(|x| x == category))
+            && self
+                .event_types
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|x| x == event_type))
+    }
+
+    /// Whether the filter keeps every event.
+    pub fn is_all(&self) -> bool {
+        self.categories.is_none() && self.event_types.is_none()
+    }
+}
+
+/// One page of the global log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadBatch {
+    /// The matching events, in position order.
+    pub events: Vec<RecordedEvent>,
+    /// Where the next read should start. Every position before it has been looked at, including
+    /// events the filter left out, so a filtered page may be empty without being the end.
+    pub next_position: u64,
+    /// The durable head when the page was read.
+    pub head: u64,
+}
+
+impl ReadBatch {
+    /// Whether the page reached the durable head (nothing more to read for now).
+    pub fn is_end(&self) -> bool {
+        self.next_position > self.head
+    }
+}
+
+/// A snapshot of an aggregate's state at a stream version.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// The stream version the state includes (every event up to and including it).
+    pub stream_version: u64,
+    /// The version of the state's schema.
+    pub schema_version: u32,
+    /// The encoded state.
+    pub payload: Vec<u8>,
+}
+
+/// What [`EventStore::verify`](super::EventStore::verify) found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// How many event records were read and checked.
+    pub events_checked: u64,
+    /// How many stream-index entries were checked against the records they point at.
+    pub index_entries_checked: u64,
+    /// The durable head that was verified up to.
+    pub head: u64,
+    /// Every problem found, in the order found.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether the store is free of damage.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}

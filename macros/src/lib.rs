@@ -1,0 +1,1 @@
+//! Derive macros for tidings. `#[derive(EventHandler)]` arrives with durable subscriptions.
