@@ -66,3 +66,67 @@ impl Durability {
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+/// The name of the file that remembers the last acknowledged position.
+pub const HEAD_FILE: &str = "tidings.head";
+
+/// Remembers, outside sled, the last position the store acknowledged.
+///
+/// sled 0.34.7 treats a damaged message in its log as the torn end of the log and silently drops
+/// everything after it. Comparing the recovered head with this file turns that silent loss into
+/// an error at open. The file is rewritten in place after each durable commit, without an fsync
+/// of its own (it is fsynced at close): after a power loss it may lag behind, which can only hide
+/// a loss, never invent one.
+pub struct HeadFile {
+    file: File,
+}
+
+impl HeadFile {
+    /// Reads the head recorded in `dir`, if the file exists and is intact.
+    pub fn read(dir: &Path) -> io::Result<Option<u64>> {
+        match std::fs::read(dir.join(HEAD_FILE)) {
+            Ok(bytes) => Ok(decode_head(&bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens (or creates) the file in `dir` and records `head`.
+    pub fn open(dir: &Path, head: u64) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(HEAD_FILE))?;
+        let mut marker = HeadFile { file };
+        marker.write(head)?;
+        marker.file.sync_data()?;
+        Ok(marker)
+    }
+
+    /// Records `head` (one 12-byte write at offset 0).
+    pub fn write(&mut self, head: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(&encode_head(head), 0)
+    }
+
+    /// fsyncs the file.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+fn encode_head(head: u64) -> [u8; 12] {
+    let mut out = [0; 12];
+    out[..8].copy_from_slice(&head.to_be_bytes());
+    let crc = crc32fast::hash(&out[..8]);
+    out[8..].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+fn decode_head(bytes: &[u8]) -> Option<u64> {
+    let bytes: &[u8; 12] = bytes.get(..12)?.try_into().ok()?;
+    let crc = u32::from_be_bytes(bytes[8..].try_into().ok()?);
+    (crc32fast::hash(&bytes[..8]) == crc)
+        .then(|| u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")))
+}

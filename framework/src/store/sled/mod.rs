@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use self::durable::Durability;
+use self::durable::{Durability, HeadFile};
 use self::writer::{Request, Writer, WriterSettings};
 use super::codec;
 use super::{
@@ -169,6 +169,18 @@ impl SledEventStore {
         durability.sync()?;
 
         let head = read::recover_head(&db)?;
+        if let Some(acknowledged) = HeadFile::read(&path)? {
+            if acknowledged > head {
+                return Err(StoreError::Damaged {
+                    position: head + 1,
+                    reason: format!(
+                        "the log ends at position {head}, but {acknowledged} events were \
+                         acknowledged: the storage engine dropped a damaged part of its log"
+                    ),
+                });
+            }
+        }
+        let head_file = HeadFile::open(&path, head)?;
         let (head_tx, _) = watch::channel(head);
         let shared = Arc::new(Shared {
             db,
@@ -182,7 +194,7 @@ impl SledEventStore {
             chunk_target_bytes: config.chunk_target_bytes.max(1),
             stream_cache_capacity: config.stream_cache_capacity,
         };
-        let writer = Writer::new(shared.clone(), durability, settings, head);
+        let writer = Writer::new(shared.clone(), durability, head_file, settings, head);
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("tidings-writer".into())
@@ -398,3 +410,6 @@ impl std::fmt::Debug for SledEventStore {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
-use super::durable::Durability;
+use super::durable::{Durability, HeadFile};
 use super::keys;
 use super::Shared;
 use crate::store::codec::{self, ChunkBuilder, HeaderOut, IndexEntry};
@@ -50,6 +50,7 @@ pub struct WriterSettings {
 pub struct Writer {
     shared: Arc<Shared>,
     durability: Durability,
+    head_file: HeadFile,
     settings: WriterSettings,
     /// Stream heads known to be committed. A cache: a miss reads the index.
     heads: HashMap<String, u64>,
@@ -66,12 +67,14 @@ impl Writer {
     pub fn new(
         shared: Arc<Shared>,
         durability: Durability,
+        head_file: HeadFile,
         settings: WriterSettings,
         head: u64,
     ) -> Self {
         Writer {
             shared,
             durability,
+            head_file,
             settings,
             heads: HashMap::new(),
             next_position: head + 1,
@@ -91,6 +94,9 @@ impl Writer {
                 }
             }
             self.commit(group);
+        }
+        if let Err(e) = self.head_file.sync() {
+            error!(error = %e, "could not sync the head file at close");
         }
         debug!("event store writer stopped");
     }
@@ -251,6 +257,7 @@ impl Writer {
             self.heads.extend(overlay);
             self.shared.durable_head.store(head, Ordering::Release);
             self.shared.head_tx.send_replace(head);
+            self.record_head(head);
         }
         for reply in replies {
             match reply {
@@ -269,6 +276,13 @@ impl Writer {
         self.shared.db.flush()?;
         self.durability.sync()?;
         Ok(())
+    }
+
+    fn record_head(&mut self, head: u64) {
+        // Only a detector of lost data (see HeadFile): a failure to write it is logged, not fatal.
+        if let Err(e) = self.head_file.write(head) {
+            error!(error = %e, "could not record the head in the head file");
+        }
     }
 }
 
