@@ -25,7 +25,8 @@ impl HeadWatch {
         *self.rx.borrow()
     }
 
-    /// Waits until the head moves past what this watch last returned, and returns the new head.
+    /// Waits until the head changes after the watch was made or last woke from `changed` or
+    /// `wait_for` (not [`current`](HeadWatch::current)), and returns the new head.
     ///
     /// Fails with [`StoreError::Closed`] once the store is closed.
     pub async fn changed(&mut self) -> Result<u64> {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::{oneshot, watch};
@@ -97,7 +98,9 @@ pub(crate) struct Shared {
     path: PathBuf,
     /// The position of the last durable event. Readers never go past it.
     durable_head: AtomicU64,
-    head_tx: watch::Sender<u64>,
+    /// A receiver to clone for each [`HeadWatch`]; the sender belongs to the writer thread, so
+    /// that watches see `Closed` as soon as the writer stops.
+    head_rx: watch::Receiver<u64>,
     /// Held for as long as the store is open; the OS releases the lock when it closes.
     _lock: File,
 }
@@ -150,25 +153,13 @@ impl SledEventStore {
             .mode(sled::Mode::HighThroughput)
             // Every commit flushes and fsyncs by itself; sled's timer would only add fsyncs.
             .flush_every_ms(None);
-        let db = match std::panic::catch_unwind(AssertUnwindSafe(|| sled_config.open())) {
-            Ok(Ok(db)) => db,
-            Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
-                return Err(StoreError::InUse { path });
-            }
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => {
-                return Err(StoreError::Engine(format!(
-                    "the storage engine panicked while opening {}",
-                    path.display()
-                )))
-            }
-        };
+        let db = open_sled(&sled_config, &path)?;
         check_format(&db, &path)?;
         let mut durability = Durability::open(&path)?;
         db.flush()?;
         durability.sync()?;
 
-        let head = read::recover_head(&db)?;
+        let (head, last_timestamp) = read::recover_tail(&db)?;
         if let Some(acknowledged) = HeadFile::read(&path)? {
             if acknowledged > head {
                 return Err(StoreError::Damaged {
@@ -181,12 +172,12 @@ impl SledEventStore {
             }
         }
         let head_file = HeadFile::open(&path, head)?;
-        let (head_tx, _) = watch::channel(head);
+        let (head_tx, head_rx) = watch::channel(head);
         let shared = Arc::new(Shared {
             db,
             path,
             durable_head: AtomicU64::new(head),
-            head_tx,
+            head_rx,
             _lock: lock,
         });
         let settings = WriterSettings {
@@ -194,7 +185,14 @@ impl SledEventStore {
             chunk_target_bytes: config.chunk_target_bytes.max(1),
             stream_cache_capacity: config.stream_cache_capacity,
         };
-        let writer = Writer::new(shared.clone(), durability, head_file, settings, head);
+        let writer = Writer::new(
+            shared.clone(),
+            durability,
+            head_file,
+            head_tx,
+            settings,
+            (head, last_timestamp),
+        );
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("tidings-writer".into())
@@ -239,6 +237,36 @@ impl SledEventStore {
         match tokio::task::spawn_blocking(move || f(&shared)).await {
             Ok(result) => result,
             Err(e) => Err(StoreError::Engine(format!("a store read failed: {e}"))),
+        }
+    }
+}
+
+/// Opens sled, turning a panic into an error.
+///
+/// We hold `tidings.lock`, so a held lock on sled's `db` file can only be our own process's
+/// previous handle: sled 0.34.7 writes log buffers on its own thread pool, and a job there can
+/// keep the file (and its lock) open for a moment after the `Db` is dropped. So a lock failure is
+/// retried for up to two seconds before it is reported as `InUse`.
+fn open_sled(config: &sled::Config, path: &Path) -> Result<sled::Db> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| config.open())) {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
+                if Instant::now() >= deadline {
+                    return Err(StoreError::InUse {
+                        path: path.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(StoreError::Engine(format!(
+                    "the storage engine panicked while opening {}",
+                    path.display()
+                )))
+            }
         }
     }
 }
@@ -364,7 +392,9 @@ impl EventStore for SledEventStore {
     }
 
     fn watch_head(&self) -> HeadWatch {
-        HeadWatch::new(self.inner.shared.head_tx.subscribe())
+        let mut rx = self.inner.shared.head_rx.clone();
+        rx.mark_unchanged();
+        HeadWatch::new(rx)
     }
 
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {

@@ -21,21 +21,23 @@ fn damaged(first: u64, e: DecodeError) -> StoreError {
     }
 }
 
-/// The last position in the log, from the last chunk's header (0 for an empty log).
-pub fn recover_head(db: &sled::Db) -> Result<u64> {
-    match db.scan_prefix([keys::LOG]).next_back() {
-        None => Ok(0),
-        Some(item) => {
-            let (key, value) = item?;
-            let first =
-                keys::log_key_position(&key).ok_or_else(|| StoreError::DamagedMetadata {
-                    what: "log key".into(),
-                    reason: format!("malformed key {key:?}"),
-                })?;
-            let count = codec::chunk_count(&value).map_err(|e| damaged(first, e))?;
-            Ok(first + u64::from(count) - 1)
-        }
+/// The last position in the log and its timestamp, from the last chunk (zeros for an empty log).
+pub fn recover_tail(db: &sled::Db) -> Result<(u64, u64)> {
+    let Some(item) = db.scan_prefix([keys::LOG]).next_back() else {
+        return Ok((0, 0));
+    };
+    let (key, value) = item?;
+    let first = keys::log_key_position(&key).ok_or_else(|| StoreError::DamagedMetadata {
+        what: "log key".into(),
+        reason: format!("malformed key {key:?}"),
+    })?;
+    let mut last = None;
+    for record in ChunkIter::new(&value).map_err(|e| damaged(first, e))? {
+        last = Some(record.map_err(|e| damaged(first, e))?);
     }
+    let last = last.ok_or_else(|| damaged(first, DecodeError::at(0, "empty log chunk")))?;
+    let header = last.header().map_err(|e| damaged(first, e))?;
+    Ok((first + u64::from(last.index), header.timestamp_micros))
 }
 
 /// A chunk held by a [`LogCursor`], with where its iterator stands.

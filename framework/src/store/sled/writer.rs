@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, error};
 
 use super::durable::{Durability, HeadFile};
@@ -51,10 +51,13 @@ pub struct Writer {
     shared: Arc<Shared>,
     durability: Durability,
     head_file: HeadFile,
+    head_tx: watch::Sender<u64>,
     settings: WriterSettings,
     /// Stream heads known to be committed. A cache: a miss reads the index.
     heads: HashMap<String, u64>,
     next_position: u64,
+    /// The timestamp given to the last commit; timestamps never go down with position.
+    last_timestamp: u64,
     failed: Option<String>,
 }
 
@@ -68,16 +71,19 @@ impl Writer {
         shared: Arc<Shared>,
         durability: Durability,
         head_file: HeadFile,
+        head_tx: watch::Sender<u64>,
         settings: WriterSettings,
-        head: u64,
+        (head, last_timestamp): (u64, u64),
     ) -> Self {
         Writer {
             shared,
             durability,
             head_file,
+            head_tx,
             settings,
             heads: HashMap::new(),
             next_position: head + 1,
+            last_timestamp,
             failed: None,
         }
     }
@@ -116,9 +122,10 @@ impl Writer {
             }
             return;
         }
-        let timestamp_micros = SystemTime::now()
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
+        let timestamp_micros = now.max(self.last_timestamp);
         let mut batch = sled::Batch::default();
         let mut writes = 0usize;
         let mut overlay: HashMap<String, u64> = HashMap::new();
@@ -256,7 +263,8 @@ impl Writer {
             }
             self.heads.extend(overlay);
             self.shared.durable_head.store(head, Ordering::Release);
-            self.shared.head_tx.send_replace(head);
+            self.last_timestamp = timestamp_micros;
+            self.head_tx.send_replace(head);
             self.record_head(head);
         }
         for reply in replies {
