@@ -2,11 +2,84 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// Lets the derive macros' `::tidings::...` paths resolve inside this crate's own tests too.
+extern crate self as tidings;
+
+mod event;
 pub mod store;
+
+pub use event::{DomainEvent, EventDecodeError};
+pub use tidings_macros::DomainEvent;
 
 /// The names most programs need.
 pub mod prelude {
+    pub use crate::event::DomainEvent;
     pub use crate::store::{
         EventData, EventStore, ExpectedVersion, Filter, RecordedEvent, SledEventStore, StoreError,
     };
+}
+
+/// Paths used by code that the derive macros generate. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::event::DomainEvent;
+}
+
+#[cfg(test)]
+mod derive_tests {
+    use serde::{Deserialize, Serialize};
+
+    use crate::store::{EventStore, ExpectedVersion, SledEventStore};
+    use crate::DomainEvent;
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, crate::DomainEvent)]
+    #[domain_event(version = 2)]
+    enum Order {
+        Placed {
+            cents: u64,
+        },
+        #[domain_event(name = "OrderCancelled")]
+        Cancelled,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, crate::DomainEvent)]
+    struct Restocked {
+        sku: String,
+        quantity: u32,
+    }
+
+    #[test]
+    fn derived_event_types_and_versions() {
+        assert_eq!(Order::EVENT_TYPES, &["Placed", "OrderCancelled"]);
+        assert_eq!(Order::Cancelled.event_type(), "OrderCancelled");
+        assert_eq!(Order::Placed { cents: 1 }.event_version(), 2);
+        assert_eq!(Restocked::EVENT_TYPES, &["Restocked"]);
+    }
+
+    #[tokio::test]
+    async fn a_domain_event_round_trips_through_the_store_and_a_wrong_payload_names_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let events = vec![
+            Order::Placed { cents: 1250 }.to_event_data().unwrap(),
+            Order::Cancelled.to_event_data().unwrap(),
+            crate::store::EventData::new("Placed", b"{\"Placed\":{\"cents\":\"x\"}}".to_vec())
+                .with_schema_version(2),
+        ];
+        store
+            .append("order-1", ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
+        let read = store.read_stream("order-1", 1, 10).await.unwrap();
+        assert_eq!(read[0].schema_version, 2);
+        assert_eq!(
+            Order::from_recorded(&read[0]).unwrap(),
+            Order::Placed { cents: 1250 }
+        );
+        assert_eq!(Order::from_recorded(&read[1]).unwrap(), Order::Cancelled);
+        let err = Order::from_recorded(&read[2]).unwrap_err();
+        assert_eq!((err.position, err.event_type.as_str()), (3, "Placed"));
+        // A type this Rust type does not know is an error too, not a skip.
+        assert!(Restocked::from_recorded(&read[0]).is_err());
+    }
 }
