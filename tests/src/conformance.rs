@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tidings::store::{
     category_of, AppendResult, EventData, EventStore, ExpectedVersion, Filter, ReadBatch,
-    RecordedEvent, Result, Snapshot, StoreError, MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN,
+    RecordedEvent, Result, Snapshot, StateWrite, StoreError, MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN,
     MAX_STREAM_ID_LEN,
 };
 use uuid::Uuid;
@@ -119,6 +119,9 @@ macro_rules! conformance_suite {
             read_all_filter_matching_nothing_makes_progress,
             streamed_read_of_a_large_log,
             checkpoints,
+            checkpoint_commits_carry_state_atomically,
+            checkpoint_commit_with_a_wrong_expectation_writes_nothing,
+            state_scans_page_by_prefix,
             snapshots,
             watch_head_current_value,
             watch_head_changed_wakes_after_append_in_another_task,
@@ -1279,6 +1282,157 @@ pub async fn streamed_read_of_a_large_log<S: EventStore>(store: S) {
 
 /// Checkpoints: missing is `None`; saved values load back; a save overwrites (even with a lower
 /// value or 0); names are independent; saving writes no events.
+fn put(key: &str, value: &str) -> StateWrite {
+    StateWrite {
+        key: key.as_bytes().to_vec(),
+        value: Some(value.as_bytes().to_vec()),
+    }
+}
+
+/// `commit_checkpoint` stores the checkpoint and every state write together; deletes work; state
+/// is per consumer.
+pub async fn checkpoint_commits_carry_state_atomically<S: EventStore>(store: S) {
+    store
+        .commit_checkpoint("proj", None, 5, vec![put("a", "1"), put("b", "2")])
+        .await
+        .unwrap();
+    assert_eq!(store.load_checkpoint("proj").await.unwrap(), Some(5));
+    assert_eq!(
+        store.load_state("proj", b"a").await.unwrap(),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(
+        store.load_state("proj", b"b").await.unwrap(),
+        Some(b"2".to_vec())
+    );
+    assert_eq!(
+        store.load_state("proj2", b"a").await.unwrap(),
+        None,
+        "state leaked across consumers"
+    );
+    let delete = StateWrite {
+        key: b"a".to_vec(),
+        value: None,
+    };
+    store
+        .commit_checkpoint("proj", Some(5), 9, vec![delete, put("b", "3")])
+        .await
+        .unwrap();
+    assert_eq!(store.load_checkpoint("proj").await.unwrap(), Some(9));
+    assert_eq!(store.load_state("proj", b"a").await.unwrap(), None);
+    assert_eq!(
+        store.load_state("proj", b"b").await.unwrap(),
+        Some(b"3".to_vec())
+    );
+    // A plain checkpoint save and a commit agree on what the checkpoint is.
+    store.save_checkpoint("plain", 3).await.unwrap();
+    store
+        .commit_checkpoint("plain", Some(3), 4, vec![])
+        .await
+        .unwrap();
+    assert_eq!(store.load_checkpoint("plain").await.unwrap(), Some(4));
+}
+
+/// A commit whose expected checkpoint is not the stored one fails with `CheckpointConflict` and
+/// writes neither checkpoint nor state; of two concurrent commits from the same checkpoint, one wins.
+pub async fn checkpoint_commit_with_a_wrong_expectation_writes_nothing<S: EventStore>(store: S) {
+    store
+        .commit_checkpoint("proj", None, 5, vec![put("k", "v5")])
+        .await
+        .unwrap();
+    match store
+        .commit_checkpoint("proj", None, 6, vec![put("k", "zombie")])
+        .await
+    {
+        Err(StoreError::CheckpointConflict {
+            expected: None,
+            actual: Some(5),
+            ..
+        }) => {}
+        other => panic!("expected a checkpoint conflict, got {other:?}"),
+    }
+    match store
+        .commit_checkpoint("proj", Some(4), 6, vec![put("k", "zombie")])
+        .await
+    {
+        Err(StoreError::CheckpointConflict {
+            expected: Some(4),
+            actual: Some(5),
+            ..
+        }) => {}
+        other => panic!("expected a checkpoint conflict, got {other:?}"),
+    }
+    assert_eq!(store.load_checkpoint("proj").await.unwrap(), Some(5));
+    assert_eq!(
+        store.load_state("proj", b"k").await.unwrap(),
+        Some(b"v5".to_vec())
+    );
+    let store = Arc::new(store);
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .commit_checkpoint("proj", Some(5), 10 + i, vec![put("k", &format!("r{i}"))])
+                    .await
+                    .is_ok()
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for r in racers {
+        wins += usize::from(r.await.unwrap());
+    }
+    assert_eq!(wins, 1, "exactly one of the racing commits may win");
+    let cp = store.load_checkpoint("proj").await.unwrap().unwrap();
+    let value = store.load_state("proj", b"k").await.unwrap().unwrap();
+    assert_eq!(
+        value,
+        format!("r{}", cp - 10).into_bytes(),
+        "state and checkpoint disagree"
+    );
+}
+
+/// `scan_state` returns a consumer's entries by prefix, in key order, page by page.
+pub async fn state_scans_page_by_prefix<S: EventStore>(store: S) {
+    let mut writes: Vec<StateWrite> = (0..25)
+        .map(|i| put(&format!("order/{i:03}"), &i.to_string()))
+        .collect();
+    writes.push(put("stock/widget", "7"));
+    writes.push(put("orders", "not under order/"));
+    store
+        .commit_checkpoint("shop", None, 1, writes)
+        .await
+        .unwrap();
+    store
+        .commit_checkpoint("other", None, 1, vec![put("order/999", "x")])
+        .await
+        .unwrap();
+    let mut from = Vec::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = store
+            .scan_state("shop", b"order/", &from, 10)
+            .await
+            .unwrap();
+        assert!(page.len() <= 10);
+        if page.is_empty() {
+            break;
+        }
+        from = page.last().unwrap().0.clone();
+        from.push(0);
+        seen.extend(page);
+    }
+    let keys: Vec<String> = seen
+        .iter()
+        .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..25).map(|i| format!("order/{i:03}")).collect();
+    assert_eq!(keys, expected);
+    assert_eq!(seen[7].1, b"7".to_vec());
+}
+
+/// Checkpoints: missing, saved, overwritten, per name.
 pub async fn checkpoints<S: EventStore>(store: S) {
     assert_eq!(store.load_checkpoint("projector").await.unwrap(), None);
     store.save_checkpoint("projector", 10).await.unwrap();

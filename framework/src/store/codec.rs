@@ -367,6 +367,16 @@ pub fn decode_checkpoint(value: &[u8]) -> Result<u64, String> {
     })?))
 }
 
+/// Encodes a state value.
+pub fn encode_state(value: &[u8]) -> Vec<u8> {
+    seal(value.to_vec())
+}
+
+/// Decodes a state value.
+pub fn decode_state(value: &[u8]) -> Result<Vec<u8>, String> {
+    unseal(value).map(<[u8]>::to_vec)
+}
+
 /// Encodes a snapshot.
 pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
     seal(bincode::serialize(snapshot).expect("encode snapshot"))

@@ -27,6 +27,20 @@ pub enum StoreError {
         actual: u64,
     },
 
+    /// A checkpoint commit expected a different stored checkpoint: another instance of the same
+    /// consumer moved it. Nothing was written.
+    ///
+    /// Stop this instance (it is a zombie) or reload the checkpoint and state, then go on.
+    #[error("checkpoint {name:?} conflict: expected {expected:?}, found {actual:?}")]
+    CheckpointConflict {
+        /// The consumer's name.
+        name: String,
+        /// The checkpoint the commit expected.
+        expected: Option<u64>,
+        /// The checkpoint found.
+        actual: Option<u64>,
+    },
+
     /// A stored record failed its checksum, was cut short, or does not decode.
     ///
     /// The store did not skip it and did not guess. Stop and run `verify` to see the extent of the

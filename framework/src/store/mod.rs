@@ -15,7 +15,8 @@ pub use self::head::HeadWatch;
 pub use self::sled::{SledConfig, SledEventStore};
 pub use self::types::{
     category_of, AppendResult, EventData, ExpectedVersion, Filter, ReadBatch, RecordedEvent,
-    Snapshot, VerifyReport, MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN, MAX_STREAM_ID_LEN,
+    Snapshot, StateWrite, VerifyReport, MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN, MAX_STATE_KEY_LEN,
+    MAX_STREAM_ID_LEN,
 };
 
 use async_trait::async_trait;
@@ -102,6 +103,34 @@ pub trait EventStore: Send + Sync + 'static {
     /// The position last saved under `name`, if any.
     async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>>;
 
+    /// Durably and atomically stores the checkpoint `position` of consumer `name` together with
+    /// changes to that consumer's state, if the stored checkpoint is `expected` (`None`: no
+    /// checkpoint yet). This is what makes a projection exactly-once: its state and the position
+    /// it reflects can never disagree, and a zombie instance cannot overwrite a newer one.
+    ///
+    /// Fails with [`StoreError::CheckpointConflict`] (nothing written) when the check fails.
+    async fn commit_checkpoint(
+        &self,
+        name: &str,
+        expected: Option<u64>,
+        position: u64,
+        state: Vec<StateWrite>,
+    ) -> Result<()>;
+
+    /// One value of consumer `name`'s state.
+    async fn load_state(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Up to `max_count` entries of consumer `name`'s state whose keys start with `prefix` and
+    /// are at or after `from_key`, in key order (a page: call again from the last key plus a
+    /// zero byte).
+    async fn scan_state(
+        &self,
+        name: &str,
+        prefix: &[u8],
+        from_key: &[u8],
+        max_count: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
     /// Durably stores a snapshot for `stream`, replacing any earlier one.
     async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<()>;
 
@@ -111,6 +140,30 @@ pub trait EventStore: Send + Sync + 'static {
     /// Scans the whole store: every record's checksum and every index entry. Damage is reported
     /// in the [`VerifyReport`], not as an error; errors are for failures to scan at all.
     async fn verify(&self) -> Result<VerifyReport>;
+}
+
+/// Checks a checkpoint commit's names and keys.
+pub(crate) fn validate_commit(name: &str, state: &[StateWrite]) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_STREAM_ID_LEN {
+        return Err(StoreError::InvalidInput(format!(
+            "consumer name must be 1 to {MAX_STREAM_ID_LEN} bytes, got {}",
+            name.len()
+        )));
+    }
+    for w in state {
+        if w.key.len() > MAX_STATE_KEY_LEN {
+            return Err(StoreError::InvalidInput(format!(
+                "state key of {} bytes exceeds the limit of {MAX_STATE_KEY_LEN}",
+                w.key.len()
+            )));
+        }
+        if w.value.as_ref().is_some_and(|v| v.len() > MAX_PAYLOAD_LEN) {
+            return Err(StoreError::InvalidInput(format!(
+                "state value exceeds the limit of {MAX_PAYLOAD_LEN} bytes"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks the parts of an append request that do not depend on the store's state.

@@ -259,3 +259,16 @@ impl VerifyReport {
         self.problems.is_empty()
     }
 }
+
+/// One change to a consumer's state, committed together with its checkpoint by
+/// [`EventStore::commit_checkpoint`](super::EventStore::commit_checkpoint).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateWrite {
+    /// The key, within the consumer's own namespace.
+    pub key: Vec<u8>,
+    /// The new value, or `None` to delete the key.
+    pub value: Option<Vec<u8>>,
+}
+
+/// The longest state key accepted, in bytes.
+pub const MAX_STATE_KEY_LEN: usize = 1024;

@@ -11,6 +11,8 @@ pub const INDEX: u8 = b'S';
 pub const CHECKPOINT: u8 = b'C';
 /// Prefix of snapshots: `P` + stream id.
 pub const SNAPSHOT: u8 = b'P';
+/// Prefix of consumer state: `V` + name length (u16 BE) + name + key.
+pub const STATE: u8 = b'V';
 
 /// The key of the log chunk whose first event is at `position`.
 pub fn log_key(position: u64) -> [u8; 9] {
@@ -64,6 +66,23 @@ pub fn checkpoint_key(name: &str) -> Vec<u8> {
     key.push(CHECKPOINT);
     key.extend_from_slice(name.as_bytes());
     key
+}
+
+/// The prefix of every state key of consumer `name`.
+pub fn state_prefix(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + name.len());
+    key.push(STATE);
+    // Names are at most MAX_STREAM_ID_LEN (512) bytes, checked before any write.
+    key.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The key of one state value of consumer `name`.
+pub fn state_key(name: &str, key: &[u8]) -> Vec<u8> {
+    let mut out = state_prefix(name);
+    out.extend_from_slice(key);
+    out
 }
 
 /// The key of a stream's snapshot.

@@ -21,8 +21,8 @@ use self::durable::{Durability, HeadFile};
 use self::writer::{Request, Writer, WriterSettings};
 use super::codec;
 use super::{
-    validate_append, AppendResult, EventData, EventStore, ExpectedVersion, Filter, HeadWatch,
-    ReadBatch, RecordedEvent, Result, Snapshot, StoreError, VerifyReport,
+    validate_append, validate_commit, AppendResult, EventData, EventStore, ExpectedVersion, Filter,
+    HeadWatch, ReadBatch, RecordedEvent, Result, Snapshot, StateWrite, StoreError, VerifyReport,
 };
 
 /// The storage format this build reads and writes.
@@ -410,6 +410,42 @@ impl EventStore for SledEventStore {
     async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>> {
         let name = name.to_owned();
         self.blocking(move |s| s.load_checkpoint(&name)).await
+    }
+
+    async fn commit_checkpoint(
+        &self,
+        name: &str,
+        expected: Option<u64>,
+        position: u64,
+        state: Vec<StateWrite>,
+    ) -> Result<()> {
+        validate_commit(name, &state)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Commit {
+            name: name.to_owned(),
+            expected,
+            position,
+            state,
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn load_state(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (name, key) = (name.to_owned(), key.to_vec());
+        self.blocking(move |s| s.load_state(&name, &key)).await
+    }
+
+    async fn scan_state(
+        &self,
+        name: &str,
+        prefix: &[u8],
+        from_key: &[u8],
+        max_count: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (name, prefix, from) = (name.to_owned(), prefix.to_vec(), from_key.to_vec());
+        self.blocking(move |s| s.scan_state(&name, &prefix, &from, max_count))
+            .await
     }
 
     async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<()> {

@@ -267,6 +267,50 @@ impl Shared {
             })
     }
 
+    /// See [`EventStore::load_state`](crate::store::EventStore::load_state).
+    pub fn load_state(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(value) = self.db.get(keys::state_key(name, key))? else {
+            return Ok(None);
+        };
+        codec::decode_state(&value)
+            .map(Some)
+            .map_err(|reason| StoreError::DamagedMetadata {
+                what: format!("state {:?} of {name:?}", lossy(key)),
+                reason,
+            })
+    }
+
+    /// See [`EventStore::scan_state`](crate::store::EventStore::scan_state).
+    pub fn scan_state(
+        &self,
+        name: &str,
+        prefix: &[u8],
+        from_key: &[u8],
+        max_count: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let namespace = keys::state_prefix(name).len();
+        let full_prefix = keys::state_key(name, prefix);
+        let start = keys::state_key(name, from_key).max(full_prefix.clone());
+        let mut out = Vec::new();
+        for item in self.db.range(start..) {
+            if out.len() >= max_count {
+                break;
+            }
+            let (key, value) = item?;
+            if !key.starts_with(&full_prefix) {
+                break;
+            }
+            let user_key = key[namespace..].to_vec();
+            let value =
+                codec::decode_state(&value).map_err(|reason| StoreError::DamagedMetadata {
+                    what: format!("state {:?} of {name:?}", lossy(&user_key)),
+                    reason,
+                })?;
+            out.push((user_key, value));
+        }
+        Ok(out)
+    }
+
     /// See [`EventStore::load_snapshot`](crate::store::EventStore::load_snapshot).
     pub fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
         let Some(value) = self.db.get(keys::snapshot_key(stream))? else {
@@ -390,7 +434,13 @@ impl Shared {
             ));
         }
 
-        // 3. Checkpoints and snapshots decode.
+        // 3. Checkpoints, snapshots and consumer state decode.
+        for item in self.db.scan_prefix([keys::STATE]) {
+            let (key, value) = item?;
+            if let Err(reason) = codec::decode_state(&value) {
+                problems.push(format!("state {:?}: {reason}", lossy(&key[1..])));
+            }
+        }
         for item in self.db.scan_prefix([keys::CHECKPOINT]) {
             let (key, value) = item?;
             if let Err(reason) = codec::decode_checkpoint(&value) {

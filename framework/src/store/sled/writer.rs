@@ -13,7 +13,7 @@ use super::keys;
 use super::Shared;
 use crate::store::codec::{self, ChunkBuilder, HeaderOut, IndexEntry};
 use crate::store::{
-    category_of, AppendResult, EventData, ExpectedVersion, Result, Snapshot, StoreError,
+    category_of, AppendResult, EventData, ExpectedVersion, Result, Snapshot, StateWrite, StoreError,
 };
 
 /// A request to the writer.
@@ -29,6 +29,14 @@ pub enum Request {
     Checkpoint {
         name: String,
         position: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Commit a checkpoint with state writes, if the stored checkpoint is `expected`.
+    Commit {
+        name: String,
+        expected: Option<u64>,
+        position: u64,
+        state: Vec<StateWrite>,
         reply: oneshot::Sender<Result<()>>,
     },
     /// Save a snapshot.
@@ -63,7 +71,7 @@ pub struct Writer {
 
 enum Reply {
     Append(oneshot::Sender<Result<AppendResult>>, Result<AppendResult>),
-    Unit(oneshot::Sender<Result<()>>),
+    Unit(oneshot::Sender<Result<()>>, Result<()>),
 }
 
 impl Writer {
@@ -129,6 +137,8 @@ impl Writer {
         let mut batch = sled::Batch::default();
         let mut writes = 0usize;
         let mut overlay: HashMap<String, u64> = HashMap::new();
+        // Checkpoints written earlier in this group, for the checks of later commits.
+        let mut checkpoints: HashMap<String, Option<u64>> = HashMap::new();
         let mut replies = Vec::with_capacity(group.len());
         let mut position = self.next_position;
         let mut chunk = ChunkBuilder::new();
@@ -214,8 +224,9 @@ impl Writer {
                     reply,
                 } => {
                     batch.insert(keys::checkpoint_key(&name), codec::encode_checkpoint(p));
+                    checkpoints.insert(name, Some(p));
                     writes += 1;
-                    replies.push(Reply::Unit(reply));
+                    replies.push(Reply::Unit(reply, Ok(())));
                 }
                 Request::Snapshot {
                     stream,
@@ -227,7 +238,41 @@ impl Writer {
                         codec::encode_snapshot(&snapshot),
                     );
                     writes += 1;
-                    replies.push(Reply::Unit(reply));
+                    replies.push(Reply::Unit(reply, Ok(())));
+                }
+                Request::Commit {
+                    name,
+                    expected,
+                    position: p,
+                    state,
+                    reply,
+                } => {
+                    let actual = match checkpoints.get(&name) {
+                        Some(v) => Ok(*v),
+                        None => self.shared.load_checkpoint(&name),
+                    };
+                    let result = match actual {
+                        Err(e) => Err(e),
+                        Ok(actual) if actual != expected => Err(StoreError::CheckpointConflict {
+                            name,
+                            expected,
+                            actual,
+                        }),
+                        Ok(_) => {
+                            batch.insert(keys::checkpoint_key(&name), codec::encode_checkpoint(p));
+                            for w in state {
+                                let key = keys::state_key(&name, &w.key);
+                                match w.value {
+                                    Some(v) => batch.insert(key, codec::encode_state(&v)),
+                                    None => batch.remove(key),
+                                }
+                            }
+                            checkpoints.insert(name, Some(p));
+                            writes += 1;
+                            Ok(())
+                        }
+                    };
+                    replies.push(Reply::Unit(reply, result));
                 }
             }
         }
@@ -246,7 +291,7 @@ impl Writer {
                         Reply::Append(tx, _) => {
                             let _ = tx.send(Err(StoreError::Failed(reason.clone())));
                         }
-                        Reply::Unit(tx) => {
+                        Reply::Unit(tx, _) => {
                             let _ = tx.send(Err(StoreError::Failed(reason.clone())));
                         }
                     }
@@ -272,8 +317,8 @@ impl Writer {
                 Reply::Append(tx, result) => {
                     let _ = tx.send(result);
                 }
-                Reply::Unit(tx) => {
-                    let _ = tx.send(Ok(()));
+                Reply::Unit(tx, result) => {
+                    let _ = tx.send(result);
                 }
             }
         }
@@ -299,7 +344,9 @@ fn fail(req: Request, err: StoreError) {
         Request::Append { reply, .. } => {
             let _ = reply.send(Err(err));
         }
-        Request::Checkpoint { reply, .. } | Request::Snapshot { reply, .. } => {
+        Request::Checkpoint { reply, .. }
+        | Request::Snapshot { reply, .. }
+        | Request::Commit { reply, .. } => {
             let _ = reply.send(Err(err));
         }
     }
