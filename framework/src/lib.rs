@@ -7,9 +7,11 @@ extern crate self as tidings;
 
 mod event;
 pub mod store;
+pub mod subscription;
 
+pub use async_trait::async_trait;
 pub use event::{DomainEvent, EventDecodeError};
-pub use tidings_macros::DomainEvent;
+pub use tidings_macros::{DomainEvent, EventHandler};
 
 /// The names most programs need.
 pub mod prelude {
@@ -23,6 +25,10 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::event::DomainEvent;
+    pub use crate::store::RecordedEvent;
+    pub use crate::subscription::{EventContext, EventHandler, Handle, HandlerFailure, StartFrom};
+    pub use async_trait::async_trait;
+    pub use std::vec::Vec;
 }
 
 #[cfg(test)]

@@ -1,0 +1,196 @@
+//! The handler side of a subscription: `Handle<E>`, `EventHandler` and the context.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::event::{DomainEvent, EventDecodeError};
+use crate::store::{EventStore, Filter, RecordedEvent, StateWrite, StoreError};
+
+/// What a handler returns when it cannot handle an event. Any error type converts into it.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Where a subscription starts the first time it runs (when it has no checkpoint yet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartFrom {
+    /// From the first event in the store.
+    #[default]
+    Beginning,
+    /// From the first event appended after the subscription starts.
+    End,
+    /// From this global position (inclusive).
+    Position(u64),
+}
+
+/// Handles events of the domain event type `E`.
+///
+/// A handler type implements `Handle<E>` for each event type it lists in
+/// `#[derive(EventHandler)]`; the derive routes each recorded event to the right impl.
+#[async_trait]
+pub trait Handle<E: DomainEvent>: Send {
+    /// Handles one event. Returning an error stops the subscription at this event (its
+    /// checkpoint stays before it), so that nothing is skipped.
+    async fn handle(&mut self, event: E, ctx: &mut EventContext<'_>) -> Result<(), HandlerError>;
+}
+
+/// Why a handler could not handle an event.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerFailure {
+    /// The payload does not decode as the type the handler lists: written by another schema.
+    #[error(transparent)]
+    Decode(#[from] EventDecodeError),
+    /// The handler returned an error.
+    #[error("handler failed: {0}")]
+    Handler(HandlerError),
+    /// Reading or writing the subscription's state failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A type that handles a subscription's events: what `#[derive(EventHandler)]` implements.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use tidings::subscription::{EventContext, Handle, HandlerError};
+/// use tidings::{async_trait, DomainEvent, EventHandler};
+///
+/// #[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+/// enum OrderEvent {
+///     OrderPlaced { cents: u64 },
+///     OrderCancelled,
+/// }
+///
+/// /// Counts orders: an exactly-once projection, its state kept in the store.
+/// #[derive(EventHandler)]
+/// #[event_handler(name = "order-counter", events(OrderEvent))]
+/// struct OrderCounter;
+///
+/// #[async_trait]
+/// impl Handle<OrderEvent> for OrderCounter {
+///     async fn handle(&mut self, event: OrderEvent, ctx: &mut EventContext<'_>) -> Result<(), HandlerError> {
+///         let placed: u64 = ctx.get_json(b"placed").await?.unwrap_or(0);
+///         if let OrderEvent::OrderPlaced { .. } = event {
+///             ctx.put_json(b"placed", &(placed + 1))?;
+///         }
+///         Ok(())
+///     }
+/// }
+/// # use tidings::subscription::EventHandler as _;
+/// # assert_eq!(OrderCounter::NAME, "order-counter");
+/// ```
+#[async_trait]
+pub trait EventHandler: Send + 'static {
+    /// The subscription's name: stable across releases, since the checkpoint is stored under it.
+    const NAME: &'static str;
+
+    /// Every event type name the handler handles.
+    fn event_types() -> Vec<&'static str>;
+
+    /// Where the subscription starts the first time. Default: the beginning.
+    fn start_from() -> StartFrom {
+        StartFrom::Beginning
+    }
+
+    /// The store filter: only these events are read, and no other payload is copied.
+    fn filter() -> Filter {
+        Filter::all().event_types(Self::event_types())
+    }
+
+    /// Decodes `event` and hands it to the matching `Handle` impl.
+    async fn dispatch(
+        &mut self,
+        event: &RecordedEvent,
+        ctx: &mut EventContext<'_>,
+    ) -> Result<(), HandlerFailure>;
+}
+
+/// Uncommitted state writes: the key's new value, or `None` for a delete.
+pub(crate) type StateBatch = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// What a handler can see and do while it handles one event.
+///
+/// State written through the context is the subscription's own (namespaced by its name) and is
+/// committed atomically with the checkpoint: a projection that keeps its state here sees every
+/// event's effect exactly once, also across crashes. Reads see the writes of earlier events that
+/// are not committed yet.
+pub struct EventContext<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) event: &'a RecordedEvent,
+    pub(crate) store: &'a dyn EventStore,
+    /// Writes of earlier events, not yet committed.
+    pub(crate) pending: &'a StateBatch,
+    /// Writes of this event; merged into `pending` only if the handler succeeds.
+    pub(crate) writes: StateBatch,
+}
+
+impl<'a> EventContext<'a> {
+    /// The event being handled, with its metadata (position, stream, ids, timestamp).
+    pub fn event(&self) -> &'a RecordedEvent {
+        self.event
+    }
+
+    /// The subscription's name.
+    pub fn subscription(&self) -> &'a str {
+        self.name
+    }
+
+    /// The store, for reads (for example a stream's history).
+    pub fn store(&self) -> &'a dyn EventStore {
+        self.store
+    }
+
+    /// One value of the subscription's state, as of the events handled so far.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.writes.get(key).or_else(|| self.pending.get(key)) {
+            return Ok(v.clone());
+        }
+        self.store.load_state(self.name, key).await
+    }
+
+    /// Sets a value of the subscription's state (committed with the checkpoint).
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
+        self.writes.insert(key.to_vec(), Some(value));
+    }
+
+    /// Deletes a value of the subscription's state (committed with the checkpoint).
+    pub fn delete(&mut self, key: &[u8]) {
+        self.writes.insert(key.to_vec(), None);
+    }
+
+    /// [`get`](Self::get) and decode from JSON.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, HandlerError> {
+        match self.get(key).await? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Encode as JSON and [`put`](Self::put).
+    pub fn put_json<T: Serialize + ?Sized>(
+        &mut self,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), HandlerError> {
+        self.put(key, serde_json::to_vec(value)?);
+        Ok(())
+    }
+}
+
+/// Moves a finished event's writes into the pending batch.
+pub(crate) fn merge(pending: &mut StateBatch, writes: StateBatch) {
+    pending.extend(writes);
+}
+
+/// Turns a pending batch into store writes.
+pub(crate) fn drain(pending: &mut StateBatch) -> Vec<StateWrite> {
+    std::mem::take(pending)
+        .into_iter()
+        .map(|(key, value)| StateWrite { key, value })
+        .collect()
+}

@@ -1,0 +1,83 @@
+//! Durable subscriptions: handlers that remember their checkpoint, catch up on what they missed,
+//! then follow the log live.
+//!
+//! A handler is a type with `#[derive(EventHandler)]` and one [`Handle<E>`] impl per event type it
+//! lists. [`Subscriptions`] runs each handler as an actix actor under its name; stopping and
+//! starting one by name is how a service "goes down" and "comes back".
+//!
+//! Delivery is at-least-once for effects outside the store (after a crash, events after the last
+//! checkpoint are handled again), and exactly-once for state the handler keeps through
+//! [`EventContext`] (committed atomically with the checkpoint). See `docs/subscriptions.md`.
+
+mod actor;
+mod handler;
+mod runner;
+mod status;
+
+use std::time::Duration;
+
+pub use self::actor::{GetStatus, Stop, SubscriptionActor, SubscriptionHandle, Subscriptions};
+pub use self::handler::{
+    EventContext, EventHandler, Handle, HandlerError, HandlerFailure, StartFrom,
+};
+pub use self::status::{SubscriptionState, SubscriptionStatus};
+
+/// Settings of one subscription.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SubscriptionConfig {
+    /// Events read per page (and so held in memory at most). Default 256.
+    pub batch_size: usize,
+    /// Commit the checkpoint after this many handled events. Default 100.
+    pub commit_every: u64,
+    /// ...or after this long, whichever comes first. Default 200 ms.
+    pub commit_interval: Duration,
+    /// How many handler panics are restarted before the subscription fails. Default 10.
+    pub max_restarts: u64,
+    /// Pause before a restart, times the number of restarts so far (at most 10×). Default 100 ms.
+    pub restart_backoff: Duration,
+}
+
+impl Default for SubscriptionConfig {
+    fn default() -> Self {
+        SubscriptionConfig {
+            batch_size: 256,
+            commit_every: 100,
+            commit_interval: Duration::from_millis(200),
+            max_restarts: 10,
+            restart_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+impl SubscriptionConfig {
+    /// Sets the page size.
+    pub fn batch_size(mut self, events: usize) -> Self {
+        self.batch_size = events.max(1);
+        self
+    }
+
+    /// Sets how many events are handled between checkpoint commits.
+    pub fn commit_every(mut self, events: u64) -> Self {
+        self.commit_every = events.max(1);
+        self
+    }
+
+    /// Sets the longest time between checkpoint commits.
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
+    }
+
+    /// Sets how many panics are restarted.
+    pub fn max_restarts(mut self, restarts: u64) -> Self {
+        self.max_restarts = restarts;
+        self
+    }
+
+    /// Sets the pause before a restart.
+    pub fn restart_backoff(mut self, backoff: Duration) -> Self {
+        self.restart_backoff = backoff;
+        self
+    }
+}

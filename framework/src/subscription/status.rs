@@ -1,0 +1,71 @@
+//! What a subscription reports about itself.
+
+use std::sync::{Arc, Mutex};
+
+/// The lifecycle state of a subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscriptionState {
+    /// Started, reading its checkpoint.
+    Starting,
+    /// Reading events behind the durable head.
+    CatchingUp,
+    /// At the durable head, waiting for new events.
+    Live,
+    /// Stopped on request; its checkpoint is saved.
+    Stopped,
+    /// Stopped by an error it cannot get past (the message says which event and why).
+    Failed(String),
+}
+
+/// A snapshot of a subscription's progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionStatus {
+    /// The subscription's name.
+    pub name: String,
+    /// Its lifecycle state.
+    pub state: SubscriptionState,
+    /// The last committed checkpoint (every event up to it is handled and saved).
+    pub checkpoint: u64,
+    /// The last position handled (may be ahead of the checkpoint until the next commit).
+    pub handled_up_to: u64,
+    /// The durable head of the store when last seen.
+    pub head: u64,
+    /// Events handled since the subscription started in this process.
+    pub events_handled: u64,
+    /// How many times a handler panic restarted it from its checkpoint.
+    pub restarts: u64,
+}
+
+impl SubscriptionStatus {
+    /// How far behind the head the subscription is, in positions.
+    pub fn lag(&self) -> u64 {
+        self.head.saturating_sub(self.handled_up_to)
+    }
+}
+
+/// A status shared between the running subscription and whoever watches it.
+#[derive(Clone, Debug)]
+pub(crate) struct StatusCell(Arc<Mutex<SubscriptionStatus>>);
+
+impl StatusCell {
+    pub fn new(name: &str) -> Self {
+        StatusCell(Arc::new(Mutex::new(SubscriptionStatus {
+            name: name.to_owned(),
+            state: SubscriptionState::Starting,
+            checkpoint: 0,
+            handled_up_to: 0,
+            head: 0,
+            events_handled: 0,
+            restarts: 0,
+        })))
+    }
+
+    pub fn get(&self) -> SubscriptionStatus {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut SubscriptionStatus)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
