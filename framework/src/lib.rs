@@ -5,6 +5,7 @@
 // Lets the derive macros' `::tidings::...` paths resolve inside this crate's own tests too.
 extern crate self as tidings;
 
+pub mod aggregate;
 mod event;
 pub mod store;
 pub mod subscription;
@@ -15,6 +16,9 @@ pub use tidings_macros::{DomainEvent, EventHandler};
 
 /// The names most programs need.
 pub mod prelude {
+    pub use crate::aggregate::{
+        Aggregate, AggregateConfig, AggregateError, AggregateRegistry, CommandEnvelope,
+    };
     pub use crate::event::DomainEvent;
     pub use crate::store::{
         EventData, EventStore, ExpectedVersion, Filter, RecordedEvent, SledEventStore, StoreError,

@@ -1,0 +1,347 @@
+//! Loading an aggregate from the store and deciding a command: the logic the actor runs, free of
+//! actix, so that it can be used (and tested) on its own.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use tracing::{debug, warn};
+
+use super::{
+    Aggregate, AggregateConfig, AggregateError, CommandEnvelope, CommandOutcome, ProcessedCommands,
+    Recorded,
+};
+use crate::event::DomainEvent;
+use crate::store::{EventStore, ExpectedVersion, Snapshot, StoreError, MAX_STREAM_ID_LEN};
+
+/// The stream id of aggregate `id` of type `A`: `"{A::TYPE}-{id}"`.
+pub fn stream_id<A: Aggregate>(id: &str) -> Result<String, AggregateError<A::Error>> {
+    if A::TYPE.is_empty() || A::TYPE.contains('-') {
+        return Err(AggregateError::InvalidId(format!(
+            "aggregate TYPE {:?} must be non-empty and contain no '-' (it is the stream category)",
+            A::TYPE
+        )));
+    }
+    if id.is_empty() {
+        return Err(AggregateError::InvalidId(format!(
+            "an id of a {} aggregate cannot be empty",
+            A::TYPE
+        )));
+    }
+    let stream = format!("{}-{id}", A::TYPE);
+    if stream.len() > MAX_STREAM_ID_LEN {
+        return Err(AggregateError::InvalidId(format!(
+            "stream id of {} bytes exceeds {MAX_STREAM_ID_LEN}",
+            stream.len()
+        )));
+    }
+    Ok(stream)
+}
+
+/// An aggregate's state as loaded from the store, with its stream version and idempotence
+/// window.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Loaded<A> {
+    /// The aggregate's state after every event up to `version`.
+    pub state: A,
+    /// The stream version the state includes (0: no events).
+    pub version: u64,
+    /// The stream.
+    pub stream: String,
+    /// The snapshot version the state was loaded from, if a snapshot was used.
+    pub from_snapshot: Option<u64>,
+    /// The command ids remembered for idempotence.
+    pub processed: ProcessedCommands,
+    /// The version of the last snapshot saved or loaded (0: none).
+    pub(crate) snapshot_version: u64,
+}
+
+/// Loads aggregate `id` of type `A`: the latest usable snapshot, then the events after it (and
+/// the events of the idempotence window before it).
+///
+/// A snapshot is unusable, and ignored in favour of a full replay, when its schema version is
+/// not [`Aggregate::SNAPSHOT_VERSION`], when it does not decode, or when it is ahead of the
+/// stream.
+pub async fn load<A: Aggregate>(
+    store: &dyn EventStore,
+    id: &str,
+    config: &AggregateConfig,
+) -> Result<Loaded<A>, AggregateError<A::Error>> {
+    load_with(store, id, config, true).await
+}
+
+/// Loads aggregate `id` by replaying its whole stream, ignoring snapshots. [`load`] gives the
+/// same result, faster.
+pub async fn replay<A: Aggregate>(
+    store: &dyn EventStore,
+    id: &str,
+    config: &AggregateConfig,
+) -> Result<Loaded<A>, AggregateError<A::Error>> {
+    load_with(store, id, config, false).await
+}
+
+async fn load_with<A: Aggregate>(
+    store: &dyn EventStore,
+    id: &str,
+    config: &AggregateConfig,
+    use_snapshot: bool,
+) -> Result<Loaded<A>, AggregateError<A::Error>> {
+    let stream = stream_id::<A>(id)?;
+    if use_snapshot {
+        if let Some(snapshot) = store.load_snapshot(&stream).await? {
+            if let Some(state) = decode_snapshot::<A>(&stream, &snapshot) {
+                let loaded = Loaded {
+                    state,
+                    version: snapshot.stream_version,
+                    stream: stream.clone(),
+                    from_snapshot: Some(snapshot.stream_version),
+                    processed: ProcessedCommands::new(config.dedup_window),
+                    snapshot_version: snapshot.stream_version,
+                };
+                match catch_up(store, loaded, config).await? {
+                    Some(loaded) => return Ok(loaded),
+                    None => warn!(
+                        stream,
+                        snapshot_version = snapshot.stream_version,
+                        "snapshot is ahead of its stream; replaying the stream"
+                    ),
+                }
+            }
+        }
+    }
+    let loaded = Loaded {
+        state: A::default(),
+        version: 0,
+        stream,
+        from_snapshot: None,
+        processed: ProcessedCommands::new(config.dedup_window),
+        snapshot_version: 0,
+    };
+    Ok(catch_up(store, loaded, config)
+        .await?
+        .expect("a replay from version 0 cannot be ahead of the stream"))
+}
+
+fn decode_snapshot<A: Aggregate>(stream: &str, snapshot: &Snapshot) -> Option<A> {
+    if snapshot.schema_version != A::SNAPSHOT_VERSION {
+        debug!(
+            stream,
+            found = snapshot.schema_version,
+            current = A::SNAPSHOT_VERSION,
+            "ignoring a snapshot of another schema version"
+        );
+        return None;
+    }
+    match serde_json::from_slice(&snapshot.payload) {
+        Ok(state) => Some(state),
+        Err(e) => {
+            warn!(stream, error = %e, "ignoring a snapshot that does not decode");
+            None
+        }
+    }
+}
+
+/// Reads the events after `loaded.version` (and the window's lookback before it), applying the
+/// new ones. `None` when the stream ends before `loaded.version` (a snapshot ahead of its stream).
+async fn catch_up<A: Aggregate>(
+    store: &dyn EventStore,
+    mut loaded: Loaded<A>,
+    config: &AggregateConfig,
+) -> Result<Option<Loaded<A>>, AggregateError<A::Error>> {
+    let known = loaded.version;
+    // Read at least the event at `known` itself, to check that the stream reaches it.
+    let mut next = ProcessedCommands::lookback_start(config.dedup_window, known).min(known.max(1));
+    let mut last_seen = 0;
+    loop {
+        let page = store
+            .read_stream(&loaded.stream, next, config.read_page)
+            .await?;
+        let full = page.len() >= config.read_page;
+        for event in &page {
+            if event.stream_version > known {
+                let decoded = A::Event::from_recorded(event)?;
+                let stream = &loaded.stream;
+                let state = &mut loaded.state;
+                guard(stream, || state.apply(&decoded))?;
+                loaded.version = event.stream_version;
+            }
+            loaded.processed.observe(event);
+            last_seen = event.stream_version;
+            next = event.stream_version + 1;
+        }
+        if !full {
+            break;
+        }
+    }
+    if known > 0 && last_seen < known {
+        return Ok(None);
+    }
+    loaded.processed.evict(loaded.version);
+    Ok(Some(loaded))
+}
+
+/// Runs user code, turning a panic into [`AggregateError::Panicked`].
+pub(crate) fn guard<T, E>(stream: &str, f: impl FnOnce() -> T) -> Result<T, AggregateError<E>> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic with a non-string payload".into());
+        warn!(stream, message, "aggregate code panicked");
+        AggregateError::Panicked {
+            stream: stream.to_owned(),
+            message,
+        }
+    })
+}
+
+/// Decides `envelope` on the aggregate in `slot`, loading it first when the slot is empty, and
+/// records the events. Leaves the slot empty when the state can no longer be trusted (after a
+/// panic, a conflict or a failed append), so that the next command reloads it.
+pub(crate) async fn execute<A: Aggregate>(
+    slot: &mut Option<Box<Loaded<A>>>,
+    store: &dyn EventStore,
+    config: &AggregateConfig,
+    id: &str,
+    envelope: CommandEnvelope<A::Command>,
+) -> Result<CommandOutcome, AggregateError<A::Error>> {
+    let command_id = envelope.command_id;
+    let correlation_id = envelope.effective_correlation_id();
+    let mut attempts = 0u32;
+    loop {
+        if slot.is_none() {
+            *slot = Some(Box::new(load::<A>(store, id, config).await?));
+        }
+        let loaded = slot.as_mut().expect("loaded just above");
+        if let Some(recorded) = loaded.processed.get(&command_id) {
+            debug!(
+                first_version = recorded.first_version,
+                "duplicate command answered from history"
+            );
+            return Ok(CommandOutcome {
+                command_id,
+                recorded: Some(recorded),
+                duplicate: true,
+            });
+        }
+        attempts += 1;
+        let command = envelope.command.clone();
+        let decided = {
+            let state = &loaded.state;
+            guard(&loaded.stream, || state.handle(command))
+        };
+        let events = match decided {
+            Ok(Ok(events)) => events,
+            Ok(Err(rejection)) => return Err(AggregateError::Rejected(rejection)),
+            Err(panicked) => {
+                *slot = None;
+                return Err(panicked);
+            }
+        };
+        if events.is_empty() {
+            return Ok(CommandOutcome {
+                command_id,
+                recorded: None,
+                duplicate: false,
+            });
+        }
+        let mut data = Vec::with_capacity(events.len());
+        for event in &events {
+            let encoded = event.to_event_data().map_err(|e| AggregateError::Encode {
+                event_type: event.event_type().to_owned(),
+                reason: e.to_string(),
+            })?;
+            data.push(
+                encoded
+                    .with_causation_id(command_id)
+                    .with_correlation_id(correlation_id),
+            );
+        }
+        // Apply before appending: a panic in `apply` then records nothing. The state is ahead of
+        // the store until the append succeeds; on any failure it is thrown away and reloaded.
+        let before = loaded.version;
+        let applied = {
+            let state = &mut loaded.state;
+            guard(&loaded.stream, || {
+                for event in &events {
+                    state.apply(event);
+                }
+            })
+        };
+        if let Err(panicked) = applied {
+            *slot = None;
+            return Err(panicked);
+        }
+        let stream = loaded.stream.clone();
+        match store
+            .append(&stream, ExpectedVersion::Exact(before), data)
+            .await
+        {
+            Ok(result) => {
+                let recorded = Recorded {
+                    first_version: before + 1,
+                    last_version: result.stream_version,
+                    first_position: result.first_position,
+                    last_position: result.last_position,
+                };
+                loaded.version = result.stream_version;
+                loaded.processed.record(command_id, recorded);
+                loaded.processed.evict(loaded.version);
+                maybe_snapshot(store, loaded, config).await;
+                return Ok(CommandOutcome {
+                    command_id,
+                    recorded: Some(recorded),
+                    duplicate: false,
+                });
+            }
+            Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                *slot = None;
+                if attempts > config.conflict_retries {
+                    return Err(AggregateError::Conflict { stream, attempts });
+                }
+                debug!(
+                    expected = before,
+                    actual, attempts, "stream moved; reloading"
+                );
+            }
+            Err(e) => {
+                *slot = None;
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// Saves a snapshot when `snapshot_every` events were recorded since the last one. A failure is
+/// logged, not returned: the command's events are recorded, and a snapshot only speeds up loads.
+async fn maybe_snapshot<A: Aggregate>(
+    store: &dyn EventStore,
+    loaded: &mut Loaded<A>,
+    config: &AggregateConfig,
+) {
+    let Some(every) = config.snapshot_every else {
+        return;
+    };
+    if loaded.version < loaded.snapshot_version + every {
+        return;
+    }
+    let payload = match serde_json::to_vec(&loaded.state) {
+        Ok(payload) => payload,
+        Err(e) => {
+            warn!(stream = loaded.stream, error = %e, "the state does not encode; no snapshot");
+            return;
+        }
+    };
+    let snapshot = Snapshot {
+        stream_version: loaded.version,
+        schema_version: A::SNAPSHOT_VERSION,
+        payload,
+    };
+    match store.save_snapshot(&loaded.stream, snapshot).await {
+        Ok(()) => {
+            debug!(version = loaded.version, "snapshot saved");
+            loaded.snapshot_version = loaded.version;
+        }
+        Err(e) => warn!(stream = loaded.stream, error = %e, "saving a snapshot failed"),
+    }
+}
