@@ -120,3 +120,8 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + 'static {
     /// Changes the state by one event. State changes only, no decisions.
     fn apply(&mut self, event: &Self::Event);
 }
+
+/// The guide's examples are compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/aggregates.md")]
+pub struct AggregatesGuide;
