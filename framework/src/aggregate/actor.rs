@@ -90,7 +90,9 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(timeout) = self.config.idle_timeout {
-            let period = (timeout / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+            // Stopped between `timeout` and 1.25 × `timeout` after the last message; a coarse
+            // timer keeps thousands of idle instances cheap.
+            let period = (timeout / 4).clamp(Duration::from_millis(5), Duration::from_secs(60));
             ctx.run_interval(period, move |act, ctx| act.check_idle(ctx, timeout));
         }
     }

@@ -26,7 +26,9 @@ pub struct AggregateConfig {
     /// Default `Some(100)`. Existing snapshots are used for loading either way.
     pub snapshot_every: Option<u64>,
     /// Stop an instance that has had no command for this long (`None`: never). Default 5
-    /// minutes. Its state is rebuilt from the store on its next command.
+    /// minutes. It is checked every quarter of the timeout, so an idle instance stops between
+    /// 1 and 1.25 times the timeout after its last message. Its state is rebuilt from the store
+    /// on its next command.
     pub idle_timeout: Option<Duration>,
     /// The most instances kept in memory per registry; starting one more first stops the least
     /// recently used. Default 10 000.
