@@ -4,3 +4,5 @@
 /// The conformance suite every [`EventStore`](tidings::store::EventStore) backend must pass,
 /// written once and generic over the backend; run it with [`conformance_suite!`].
 pub mod conformance;
+
+pub mod domain;

@@ -182,7 +182,9 @@ impl<H: EventHandler> Runner<H> {
                         });
                     }
                     Ok(Err(failure)) => {
-                        // Save the progress before the failing event, then stop at it.
+                        // Save the progress before the failing event (every earlier position
+                        // was handled or filtered out), then stop at it.
+                        checkpoint = position - 1;
                         self.commit(&mut committed, checkpoint, &mut pending)
                             .await?;
                         return Err(Fault::Fatal(describe(
@@ -192,6 +194,7 @@ impl<H: EventHandler> Runner<H> {
                         )));
                     }
                     Err(panic) => {
+                        checkpoint = position - 1;
                         self.commit(&mut committed, checkpoint, &mut pending)
                             .await?;
                         return Err(Fault::Panicked {

@@ -1,0 +1,572 @@
+//! Durable subscriptions: catch-up, the switch to live under racing appends, downtime, stop and
+//! start by name, panics, failures, exactly-once state.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tidings::store::{EventData, EventStore, ExpectedVersion, Filter, SledEventStore};
+use tidings::subscription::{
+    EventContext, Handle, HandlerError, SubscriptionConfig, SubscriptionState, Subscriptions,
+};
+use tidings::{async_trait, DomainEvent, EventHandler};
+use tidings_tests::domain::{Audited, OrderEvent, PaymentEvent};
+
+/// What a recording handler saw: positions in the order handled.
+type Seen = Arc<Mutex<Vec<u64>>>;
+
+/// Records every order and payment event it gets.
+#[derive(EventHandler)]
+#[event_handler(name = "recorder", events(OrderEvent, PaymentEvent))]
+struct Recorder {
+    seen: Seen,
+    /// Sleep this long per event (a slow handler).
+    delay: Duration,
+}
+
+#[async_trait]
+impl Handle<OrderEvent> for Recorder {
+    async fn handle(
+        &mut self,
+        _: OrderEvent,
+        ctx: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.seen.lock().unwrap().push(ctx.event().position);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handle<PaymentEvent> for Recorder {
+    async fn handle(
+        &mut self,
+        _: PaymentEvent,
+        ctx: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        self.seen.lock().unwrap().push(ctx.event().position);
+        Ok(())
+    }
+}
+
+/// Records payments only, under another name.
+#[derive(EventHandler)]
+#[event_handler(name = "payments-only", events(PaymentEvent))]
+struct PaymentsOnly {
+    seen: Seen,
+}
+
+#[async_trait]
+impl Handle<PaymentEvent> for PaymentsOnly {
+    async fn handle(
+        &mut self,
+        _: PaymentEvent,
+        ctx: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        self.seen.lock().unwrap().push(ctx.event().position);
+        Ok(())
+    }
+}
+
+/// A copy of what was seen (so that no lock is held across an await).
+fn taken(seen: &Seen) -> Vec<u64> {
+    seen.lock().unwrap().clone()
+}
+
+fn open() -> (Arc<SledEventStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
+    (store, dir)
+}
+
+fn event(i: u64) -> EventData {
+    match i % 3 {
+        0 => OrderEvent::OrderPlaced { cents: i }
+            .to_event_data()
+            .unwrap(),
+        1 => PaymentEvent::PaymentVerified { cents: i }
+            .to_event_data()
+            .unwrap(),
+        _ => Audited {
+            note: format!("n{i}"),
+        }
+        .to_event_data()
+        .unwrap(),
+    }
+}
+
+/// Appends `count` events from `start`, in appends of 1 to 3, over 10 streams.
+async fn append_many(store: &SledEventStore, start: u64, count: u64) {
+    let mut i = start;
+    while i < start + count {
+        let n = (1 + i % 3).min(start + count - i);
+        let events = (i..i + n).map(event).collect();
+        store
+            .append(&format!("mixed-{}", i % 10), ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+        i += n;
+    }
+}
+
+/// The positions of every order and payment event in the log, read independently.
+async fn expected_positions(store: &SledEventStore, from: u64) -> Vec<u64> {
+    let filter = Filter::all().event_types(
+        OrderEvent::EVENT_TYPES
+            .iter()
+            .chain(PaymentEvent::EVENT_TYPES)
+            .copied(),
+    );
+    let mut out = Vec::new();
+    let mut next = from;
+    loop {
+        let page = store.read_all(next, 1000, &filter).await.unwrap();
+        out.extend(page.events.iter().map(|e| e.position));
+        next = page.next_position;
+        if page.is_end() {
+            return out;
+        }
+    }
+}
+
+#[actix::test]
+async fn catch_up_then_live_with_appends_racing_the_switch_skips_and_repeats_nothing() {
+    let (store, _dir) = open();
+    append_many(&store, 0, 3_000).await;
+    let subs = Subscriptions::new(store.clone());
+    let seen = Seen::default();
+    let handle = subs
+        .start_with(
+            Recorder {
+                seen: seen.clone(),
+                delay: Duration::ZERO,
+            },
+            SubscriptionConfig::default().batch_size(64),
+        )
+        .unwrap();
+    // Appends race the catch-up, the switch to live, and live processing.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for round in 0..30u64 {
+                append_many(&store, 3_000 + round * 100, 100).await;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    writer.await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), handle.caught_up_to(store.head()))
+        .await
+        .expect("caught up in time");
+    assert_eq!(status.state, SubscriptionState::Live, "{status:?}");
+    assert_eq!(taken(&seen), expected_positions(&store, 1).await);
+    let stopped = handle.stop().await;
+    assert_eq!(stopped.state, SubscriptionState::Stopped);
+    assert_eq!(
+        store.load_checkpoint("recorder").await.unwrap(),
+        Some(store.head())
+    );
+}
+
+#[actix::test]
+async fn a_subscription_stopped_while_10_000_events_are_appended_gets_exactly_those_in_order() {
+    let (store, _dir) = open();
+    let subs = Subscriptions::new(store.clone());
+    append_many(&store, 0, 300).await;
+    let first = Seen::default();
+    let handle = subs
+        .start(Recorder {
+            seen: first.clone(),
+            delay: Duration::ZERO,
+        })
+        .unwrap();
+    handle.caught_up_to(store.head()).await;
+    // The stock service goes down...
+    subs.stop("recorder").await.unwrap();
+    let down_at = store.head();
+    // ...while 10 000 events are appended (in appends of 100, to keep the test quick)...
+    for chunk in 0..100u64 {
+        let events = (0..100).map(|i| event(10_000 + chunk * 100 + i)).collect();
+        store
+            .append(&format!("bulk-{}", chunk % 7), ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.head(), down_at + 10_000);
+    // ...and comes back: it gets exactly what it missed, in order.
+    let second = Seen::default();
+    let handle = subs
+        .start(Recorder {
+            seen: second.clone(),
+            delay: Duration::ZERO,
+        })
+        .unwrap();
+    handle.caught_up_to(store.head()).await;
+    let first = first.lock().unwrap().clone();
+    let all = expected_positions(&store, 1).await;
+    assert_eq!(first, all[..first.len()]);
+    assert_eq!(first.last(), all.iter().rfind(|p| **p <= down_at));
+    assert_eq!(
+        taken(&second),
+        expected_positions(&store, down_at + 1).await
+    );
+    assert!(second.lock().unwrap().len() > 6_000);
+    handle.stop().await;
+}
+
+#[actix::test]
+async fn subscriptions_run_side_by_side_each_at_its_own_pace_and_by_name() {
+    let (store, _dir) = open();
+    append_many(&store, 0, 600).await;
+    let subs = Subscriptions::new(store.clone());
+    let (slow_seen, fast_seen) = (Seen::default(), Seen::default());
+    let slow = subs
+        .start_with(
+            Recorder {
+                seen: slow_seen.clone(),
+                delay: Duration::from_millis(2),
+            },
+            SubscriptionConfig::default().batch_size(16),
+        )
+        .unwrap();
+    let fast = subs
+        .start(PaymentsOnly {
+            seen: fast_seen.clone(),
+        })
+        .unwrap();
+    fast.caught_up_to(store.head()).await;
+    let slow_progress = slow.status().handled_up_to;
+    assert!(
+        slow_progress < store.head(),
+        "the slow one should still be behind ({slow_progress})"
+    );
+    assert!(
+        subs.start(PaymentsOnly {
+            seen: Seen::default()
+        })
+        .is_err(),
+        "a second instance of a running name"
+    );
+    let names: Vec<String> = subs.statuses().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["payments-only", "recorder"]);
+    slow.caught_up_to(store.head()).await;
+    assert_eq!(taken(&slow_seen), expected_positions(&store, 1).await);
+    let payments: Vec<u64> = {
+        let mut v = Vec::new();
+        let mut next = 1;
+        loop {
+            let page = store
+                .read_all(
+                    next,
+                    1000,
+                    &Filter::all().event_types(PaymentEvent::EVENT_TYPES.iter().copied()),
+                )
+                .await
+                .unwrap();
+            v.extend(page.events.iter().map(|e| e.position));
+            next = page.next_position;
+            if page.is_end() {
+                break v;
+            }
+        }
+    };
+    assert_eq!(taken(&fast_seen), payments);
+    subs.stop_all().await;
+}
+
+/// Panics the first time it meets position `panic_at`.
+#[derive(EventHandler)]
+#[event_handler(name = "panicky", events(OrderEvent, PaymentEvent))]
+struct Panicky {
+    seen: Seen,
+    panic_at: u64,
+    panicked: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Handle<OrderEvent> for Panicky {
+    async fn handle(
+        &mut self,
+        _: OrderEvent,
+        ctx: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        let position = ctx.event().position;
+        if position == self.panic_at && !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("boom at {position}");
+        }
+        self.seen.lock().unwrap().push(position);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handle<PaymentEvent> for Panicky {
+    async fn handle(
+        &mut self,
+        _: PaymentEvent,
+        ctx: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        self.seen.lock().unwrap().push(ctx.event().position);
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn a_handler_panic_restarts_from_the_checkpoint_and_leaves_others_running() {
+    let (store, _dir) = open();
+    append_many(&store, 0, 300).await;
+    let expected = expected_positions(&store, 1).await;
+    let panic_at = expected
+        .iter()
+        .copied()
+        .find(|p| *p > 150 && store_type_is_order(*p))
+        .unwrap_or(expected[100]);
+    let subs = Subscriptions::new(store.clone());
+    let seen = Seen::default();
+    let other = Seen::default();
+    let panicky = subs
+        .start_with(
+            Panicky {
+                seen: seen.clone(),
+                panic_at,
+                panicked: Arc::default(),
+            },
+            SubscriptionConfig::default().restart_backoff(Duration::from_millis(1)),
+        )
+        .unwrap();
+    let bystander = subs
+        .start(PaymentsOnly {
+            seen: other.clone(),
+        })
+        .unwrap();
+    let status = panicky.caught_up_to(store.head()).await;
+    assert_eq!(status.restarts, 1, "{status:?}");
+    assert_eq!(status.state, SubscriptionState::Live);
+    // Nothing skipped: after the restart it went on from its checkpoint, in order, and the
+    // panicking event was handled (once it no longer panics).
+    let mut deduped = seen.lock().unwrap().clone();
+    deduped.dedup();
+    assert_eq!(deduped, expected);
+    assert!(seen.lock().unwrap().contains(&panic_at));
+    bystander.caught_up_to(store.head()).await;
+    assert_eq!(bystander.status().restarts, 0);
+    assert!(!other.lock().unwrap().is_empty());
+    subs.stop_all().await;
+}
+
+fn store_type_is_order(position: u64) -> bool {
+    // `append_many` gives event i the type by i % 3 and position i + 1.
+    (position - 1).is_multiple_of(3)
+}
+
+/// Fails (returns an error) at one position.
+#[derive(EventHandler)]
+#[event_handler(name = "failing", events(OrderEvent))]
+struct Failing {
+    fail_at: u64,
+}
+
+#[async_trait]
+impl Handle<OrderEvent> for Failing {
+    async fn handle(
+        &mut self,
+        _: OrderEvent,
+        ctx: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        if ctx.event().position == self.fail_at {
+            return Err("payment gateway said no".into());
+        }
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn a_handler_error_stops_at_that_event_with_the_checkpoint_just_before_it() {
+    let (store, _dir) = open();
+    append_many(&store, 0, 60).await;
+    let subs = Subscriptions::new(store.clone());
+    let handle = subs.start(Failing { fail_at: 31 }).unwrap();
+    let status = handle.finished().await;
+    match &status.state {
+        SubscriptionState::Failed(reason) => {
+            assert!(reason.contains("position 31"), "{reason}");
+            assert!(reason.contains("payment gateway said no"), "{reason}");
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert_eq!(store.load_checkpoint("failing").await.unwrap(), Some(30));
+}
+
+#[actix::test]
+async fn an_undecodable_payload_fails_the_subscription_naming_position_and_type() {
+    let (store, _dir) = open();
+    append_many(&store, 0, 6).await;
+    let bad = EventData::new(
+        "OrderPlaced",
+        br#"{"OrderPlaced":{"cents":"lots"}}"#.to_vec(),
+    );
+    let at = store
+        .append("order-9", ExpectedVersion::Any, vec![bad])
+        .await
+        .unwrap()
+        .first_position;
+    append_many(&store, 100, 6).await;
+    let subs = Subscriptions::new(store.clone());
+    let handle = subs
+        .start(Recorder {
+            seen: Seen::default(),
+            delay: Duration::ZERO,
+        })
+        .unwrap();
+    let status = handle.finished().await;
+    match &status.state {
+        SubscriptionState::Failed(reason) => {
+            assert!(reason.contains(&format!("position {at}")), "{reason}");
+            assert!(reason.contains("OrderPlaced"), "{reason}");
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert_eq!(
+        store.load_checkpoint("recorder").await.unwrap(),
+        Some(at - 1)
+    );
+}
+
+/// An exactly-once projection: totals kept in the subscription's state.
+#[derive(EventHandler)]
+#[event_handler(name = "totals", events(OrderEvent, PaymentEvent))]
+struct Totals;
+
+#[async_trait]
+impl Handle<OrderEvent> for Totals {
+    async fn handle(
+        &mut self,
+        event: OrderEvent,
+        ctx: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        if let OrderEvent::OrderPlaced { cents } = event {
+            let total: u64 = ctx.get_json(b"ordered").await?.unwrap_or(0);
+            ctx.put_json(b"ordered", &(total + cents))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handle<PaymentEvent> for Totals {
+    async fn handle(
+        &mut self,
+        event: PaymentEvent,
+        ctx: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        let PaymentEvent::PaymentVerified { cents } = event;
+        let total: u64 = ctx.get_json(b"paid").await?.unwrap_or(0);
+        ctx.put_json(b"paid", &(total + cents))?;
+        Ok(())
+    }
+}
+
+async fn total(store: &SledEventStore, key: &[u8]) -> u64 {
+    store
+        .load_state("totals", key)
+        .await
+        .unwrap()
+        .map_or(0, |v| serde_json::from_slice(&v).unwrap())
+}
+
+#[actix::test]
+async fn projection_state_is_committed_with_the_checkpoint_and_never_counted_twice() {
+    let (store, _dir) = open();
+    let subs = Subscriptions::new(store.clone());
+    let expected = |n: u64| -> (u64, u64) {
+        let ordered = (0..n).filter(|i| i % 3 == 0).sum();
+        let paid = (0..n).filter(|i| i % 3 == 1).sum();
+        (ordered, paid)
+    };
+    for round in 1..=4u64 {
+        append_many(&store, (round - 1) * 250, 250).await;
+        let handle = subs
+            .start_with(Totals, SubscriptionConfig::default().commit_every(7))
+            .unwrap();
+        handle.caught_up_to(store.head()).await;
+        handle.stop().await;
+        assert_eq!(
+            store.load_checkpoint("totals").await.unwrap(),
+            Some(store.head())
+        );
+        assert_eq!(
+            (
+                total(&store, b"ordered").await,
+                total(&store, b"paid").await
+            ),
+            expected(round * 250)
+        );
+    }
+}
+
+#[actix::test]
+async fn start_from_end_skips_history_and_is_remembered_before_the_first_event() {
+    #[derive(EventHandler)]
+    #[event_handler(
+        name = "from-end",
+        events(OrderEvent, PaymentEvent),
+        start_from = "end"
+    )]
+    struct FromEnd {
+        seen: Seen,
+        count: Arc<AtomicU64>,
+    }
+    #[async_trait]
+    impl Handle<OrderEvent> for FromEnd {
+        async fn handle(
+            &mut self,
+            _: OrderEvent,
+            ctx: &mut EventContext<'_>,
+        ) -> Result<(), HandlerError> {
+            self.count.fetch_add(1, Ordering::SeqCst);
+            self.seen.lock().unwrap().push(ctx.event().position);
+            Ok(())
+        }
+    }
+    #[async_trait]
+    impl Handle<PaymentEvent> for FromEnd {
+        async fn handle(
+            &mut self,
+            _: PaymentEvent,
+            ctx: &mut EventContext<'_>,
+        ) -> Result<(), HandlerError> {
+            self.seen.lock().unwrap().push(ctx.event().position);
+            Ok(())
+        }
+    }
+    let (store, _dir) = open();
+    append_many(&store, 0, 90).await;
+    let subs = Subscriptions::new(store.clone());
+    let seen = Seen::default();
+    let handle = subs
+        .start(FromEnd {
+            seen: seen.clone(),
+            count: Arc::default(),
+        })
+        .unwrap();
+    // Wait until it has recorded where it starts, then stop it before anything new arrives.
+    while store.load_checkpoint("from-end").await.unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    handle.stop().await;
+    let start = store.load_checkpoint("from-end").await.unwrap().unwrap();
+    assert_eq!(start, 90);
+    // Events appended while it is down are not skipped when it comes back.
+    append_many(&store, 90, 30).await;
+    let handle = subs
+        .start(FromEnd {
+            seen: seen.clone(),
+            count: Arc::default(),
+        })
+        .unwrap();
+    handle.caught_up_to(store.head()).await;
+    assert_eq!(taken(&seen), expected_positions(&store, 91).await);
+    handle.stop().await;
+}
