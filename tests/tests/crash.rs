@@ -139,7 +139,9 @@ fn open(dir: &Path) -> SledEventStore {
 
 /// Drops `store`, then waits until sled's `db` file is unlocked (at most 5 s), returning how long
 /// the lock outlived the store. sled 0.34.7 can keep the file open in a background thread after
-/// the store is dropped; without this wait the next child would fail with `InUse`.
+/// the store is dropped. `SledEventStore::open` now rides this out (it retries sled's lock for up
+/// to 2 s once it holds `tidings.lock`); the wait stays so that the figures show how often and
+/// how long it happens.
 fn close(store: SledEventStore) -> Duration {
     let db = store.path().join("db");
     drop(store);
