@@ -2,18 +2,26 @@
 //! error collected.
 
 use proc_macro2::Span;
-use syn::{Attribute, Expr, ExprLit, Lit, LitInt, LitStr};
+use quote::ToTokens;
+use syn::punctuated::Punctuated;
+use syn::{Attribute, Expr, ExprLit, Lit, LitInt, LitStr, Token};
 
 /// Collects errors so that all of them are reported at once (like serde's `Ctxt`).
 #[derive(Default)]
 pub struct Errors {
     errors: Option<syn::Error>,
+    unknown_key: bool,
 }
 
 impl Errors {
     /// Records an error at `span`.
     pub fn push(&mut self, span: Span, message: impl std::fmt::Display) {
         self.add(syn::Error::new(span, message));
+    }
+
+    /// Records an error spanning all of `tokens` (the whole range is underlined).
+    pub fn push_spanned(&mut self, tokens: impl ToTokens, message: impl std::fmt::Display) {
+        self.add(syn::Error::new_spanned(tokens, message));
     }
 
     /// Records an error.
@@ -29,6 +37,12 @@ impl Errors {
         self.errors.is_some()
     }
 
+    /// Whether an unknown key was reported: a misspelt key, so that "missing key" errors would
+    /// only repeat it.
+    pub fn unknown_key_seen(&self) -> bool {
+        self.unknown_key
+    }
+
     /// The errors as `compile_error!` invocations, if any.
     pub fn finish(self) -> Option<proc_macro2::TokenStream> {
         self.errors.map(|e| e.to_compile_error())
@@ -40,7 +54,7 @@ pub struct Entry {
     pub key: String,
     pub span: Span,
     pub value: Option<Expr>,
-    /// For `key(a, b, c)`: the paths inside.
+    /// For `key(a, b, c)`: the paths inside (possibly none).
     pub list: Option<Vec<syn::Path>>,
 }
 
@@ -69,6 +83,7 @@ pub fn entries(attrs: &[Attribute], name: &str, known: &[&str], errors: &mut Err
                         known.join(", ")
                     ),
                 );
+                errors.unknown_key = true;
                 // Skip its value, if any, to go on with the next key.
                 if meta.input.peek(syn::Token![=]) {
                     let _: Expr = meta.value()?.parse()?;
@@ -89,12 +104,12 @@ pub fn entries(attrs: &[Attribute], name: &str, known: &[&str], errors: &mut Err
             if meta.input.peek(syn::Token![=]) {
                 entry.value = Some(meta.value()?.parse()?);
             } else if meta.input.peek(syn::token::Paren) {
-                let mut list = Vec::new();
-                meta.parse_nested_meta(|inner| {
-                    list.push(inner.path.clone());
-                    Ok(())
-                })?;
-                entry.list = Some(list);
+                // Not `parse_nested_meta`: an empty list must reach the caller, whose error
+                // says what belongs there.
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let list = Punctuated::<syn::Path, Token![,]>::parse_terminated(&content)?;
+                entry.list = Some(list.into_iter().collect());
             }
             out.push(entry);
             Ok(())
@@ -114,10 +129,7 @@ impl Entry {
                 lit: Lit::Str(s), ..
             })) => Some(s.clone()),
             _ => {
-                errors.push(
-                    self.span,
-                    format!("`{}` takes a string: {} = \"...\"", self.key, self.key),
-                );
+                self.wrong_value(errors, format!("a string: {} = \"...\"", self.key));
                 None
             }
         }
@@ -130,12 +142,18 @@ impl Entry {
                 lit: Lit::Int(i), ..
             })) => Some(i.clone()),
             _ => {
-                errors.push(
-                    self.span,
-                    format!("`{}` takes an integer: {} = 2", self.key, self.key),
-                );
+                self.wrong_value(errors, format!("an integer: {} = 2", self.key));
                 None
             }
+        }
+    }
+
+    /// Reports a value of the wrong kind at the value, or at the key if it has none.
+    fn wrong_value(&self, errors: &mut Errors, expected: String) {
+        let message = format!("`{}` takes {expected}", self.key);
+        match &self.value {
+            Some(value) => errors.push_spanned(value, message),
+            None => errors.push(self.span, message),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `#[derive(DomainEvent)]`.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::quote;
 use syn::{Data, DeriveInput};
 
@@ -14,6 +14,7 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
     let ident = &input.ident;
     let type_entries = entries(&input.attrs, "domain_event", TYPE_KEYS, &mut errors);
     let mut version: u32 = 1;
+    // The type-level `name`, with the span of its key.
     let mut type_name = None;
     for e in &type_entries {
         match e.key.as_str() {
@@ -27,37 +28,42 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
                     }
                 }
             }
-            "name" => type_name = e.str_value(&mut errors),
+            "name" => type_name = e.str_value(&mut errors).map(|s| (s, e.span)),
             _ => {}
         }
     }
 
-    // (event type name, match pattern)
-    let mut types: Vec<(String, proc_macro2::Span, TokenStream)> = Vec::new();
+    // (event type name; its span: the `name = "..."` string, else the type's or variant's name;
+    // the variant; match pattern)
+    let mut types: Vec<(String, Span, Option<&syn::Ident>, TokenStream)> = Vec::new();
     match &input.data {
         Data::Struct(_) => {
-            let name = type_name.map_or_else(|| ident.to_string(), |s| s.value());
-            types.push((name, ident.span(), quote!(_)));
+            let (name, span) = type_name.map_or_else(
+                || (ident.to_string(), ident.span()),
+                |(s, _)| (s.value(), s.span()),
+            );
+            types.push((name, span, None, quote!(_)));
         }
         Data::Enum(data) => {
-            if let Some(name) = &type_name {
+            if let Some((_, key_span)) = &type_name {
                 errors.push(
-                    name.span(),
-                    "`name` on an enum: put it on each variant instead",
+                    *key_span,
+                    "`name` names a struct's event type; an enum has one event type per variant: \
+                     put #[domain_event(name = \"...\")] on a variant instead",
                 );
             }
             if data.variants.is_empty() {
                 errors.push(ident.span(), "an event enum needs at least one variant");
             }
             for variant in &data.variants {
-                let mut name = variant.ident.to_string();
+                let v = &variant.ident;
+                let (mut name, mut span) = (v.to_string(), v.span());
                 for e in entries(&variant.attrs, "domain_event", VARIANT_KEYS, &mut errors) {
                     if let Some(s) = e.str_value(&mut errors) {
-                        name = s.value();
+                        (name, span) = (s.value(), s.span());
                     }
                 }
-                let v = &variant.ident;
-                types.push((name, variant.ident.span(), quote!(Self::#v { .. })));
+                types.push((name, span, Some(v), quote!(Self::#v { .. })));
             }
         }
         Data::Union(u) => errors.push(
@@ -65,18 +71,22 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
             "DomainEvent cannot be derived for a union",
         ),
     }
-    for (i, (name, span, _)) in types.iter().enumerate() {
+    for (i, (name, span, _, _)) in types.iter().enumerate() {
         if name.is_empty() {
             errors.push(*span, "an event type name cannot be empty");
         }
-        if types[..i].iter().any(|(n, _, _)| n == name) {
-            errors.push(*span, format!("event type name {name:?} is used twice"));
+        if let Some((_, _, first, _)) = types[..i].iter().find(|(n, ..)| n == name) {
+            let first = first.map_or_else(String::new, |v| format!(": variant `{v}` has it too"));
+            errors.push(
+                *span,
+                format!("event type name {name:?} is used twice{first}"),
+            );
         }
     }
 
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
-    let names: Vec<&String> = types.iter().map(|(n, _, _)| n).collect();
-    let arms = types.iter().map(|(n, _, pat)| quote!(#pat => #n,));
+    let names: Vec<&String> = types.iter().map(|(n, ..)| n).collect();
+    let arms = types.iter().map(|(n, _, _, pat)| quote!(#pat => #n,));
     let body = if errors.errors_present() {
         // Fallback: the impl still exists, so the user sees only the errors above.
         quote!(unimplemented!())
@@ -84,6 +94,10 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
         quote!(match self { #(#arms)* })
     };
     let errors = errors.finish();
+    if matches!(input.data, Data::Union(_)) {
+        // No fallback impl: a union is never `Serialize`, so it would only add errors.
+        return quote!(#errors);
+    }
     quote! {
         #errors
         #[allow(non_upper_case_globals, unused_attributes, unused_qualifications, unreachable_code)]

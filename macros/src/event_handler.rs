@@ -1,6 +1,6 @@
 //! `#[derive(EventHandler)]`.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{DeriveInput, LitStr};
@@ -33,15 +33,20 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
             "events" => {
                 saw_events = true;
                 match &e.list {
-                    Some(list) if !list.is_empty() => {
+                    Some(list) if list.is_empty() => errors.push(
+                        e.span,
+                        "`events()` is empty: list the event types handled, \
+                         e.g. events(OrderEvent, PaymentEvent)",
+                    ),
+                    Some(list) => {
                         for path in list {
                             let text = path.to_token_stream().to_string();
                             if events
                                 .iter()
                                 .any(|p| p.to_token_stream().to_string() == text)
                             {
-                                errors.push(
-                                    path.span(),
+                                errors.push_spanned(
+                                    path,
                                     format!("event type `{text}` is listed twice"),
                                 );
                             } else {
@@ -77,26 +82,41 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
             _ => {}
         }
     }
-    if !found.iter().any(|e| e.key == "name") {
-        errors.push(
-            attr_span(input),
-            "missing subscription name: #[event_handler(name = \"...\", events(...))]",
-        );
-    }
-    if !saw_events {
-        errors.push(
-            attr_span(input),
-            "missing the event types handled: #[event_handler(name = \"...\", events(SomeEvent))]",
-        );
+    // After an unknown key (most likely a misspelt one), a missing key would only repeat it.
+    if !errors.unknown_key_seen() {
+        if !found.iter().any(|e| e.key == "name") {
+            missing(
+                input,
+                &mut errors,
+                "missing subscription name: #[event_handler(name = \"...\", events(...))]",
+            );
+        }
+        if !saw_events {
+            missing(
+                input,
+                &mut errors,
+                "missing the event types handled: #[event_handler(name = \"...\", events(SomeEvent))]",
+            );
+        }
     }
     if !input.generics.params.is_empty() {
-        errors.push(
-            input.generics.span(),
-            "an EventHandler cannot be generic: its name is a constant",
+        errors.push_spanned(
+            &input.generics,
+            "EventHandler cannot be derived for a generic type: its subscription name is one \
+             constant, which every instantiation would share",
         );
     }
 
     let failed = errors.errors_present();
+    // A generic type's fallback impl names its parameters (else "missing generics" follows the
+    // error above); `Self: Send + 'static` stands for the bounds the parameters lack.
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let where_clause = if input.generics.params.is_empty() {
+        quote!(#where_clause)
+    } else {
+        let predicates = where_clause.iter().flat_map(|w| &w.predicates);
+        quote!(where #(#predicates,)* Self: ::core::marker::Send + 'static)
+    };
     let errors = errors.finish();
     let name = name.map_or_else(|| quote!("invalid"), |n| n.to_token_stream());
     let arms = events.iter().map(|ty| {
@@ -130,7 +150,7 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
         const _: () = {
             #[automatically_derived]
             #[::tidings::__private::async_trait]
-            impl ::tidings::__private::EventHandler for #ident {
+            impl #impl_generics ::tidings::__private::EventHandler for #ident #ty_generics #where_clause {
                 const NAME: &'static str = #name;
 
                 fn event_types() -> ::tidings::__private::Vec<&'static str> {
@@ -155,11 +175,14 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
     }
 }
 
-/// Where to report a missing key: the `#[event_handler]` attribute if present, else the type.
-fn attr_span(input: &DeriveInput) -> Span {
-    input
+/// Reports a missing key at the whole `#[event_handler]` attribute if present, else the type.
+fn missing(input: &DeriveInput, errors: &mut Errors, message: &str) {
+    match input
         .attrs
         .iter()
         .find(|a| a.path().is_ident("event_handler"))
-        .map_or_else(|| input.ident.span(), |a| a.span())
+    {
+        Some(attr) => errors.push_spanned(attr, message),
+        None => errors.push(input.ident.span(), message),
+    }
 }

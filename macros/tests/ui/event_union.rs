@@ -1,0 +1,9 @@
+use tidings::DomainEvent;
+
+#[derive(DomainEvent)]
+union OrderPlaced {
+    cents: u64,
+    euros: f64,
+}
+
+fn main() {}

@@ -1,0 +1,23 @@
+use serde::{Deserialize, Serialize};
+use tidings::subscription::{EventContext, Handle, HandlerError};
+use tidings::{async_trait, DomainEvent, EventHandler};
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+enum OrderEvent {
+    OrderPlaced { cents: u64 },
+}
+
+#[derive(EventHandler)]
+#[event_handler(name = "counter", events(OrderEvent))]
+struct Counter<T> {
+    inner: T,
+}
+
+#[async_trait]
+impl<T: Send + 'static> Handle<OrderEvent> for Counter<T> {
+    async fn handle(&mut self, _: OrderEvent, _: &mut EventContext<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+fn main() {}
