@@ -7,6 +7,7 @@ extern crate self as tidings;
 
 pub mod aggregate;
 mod event;
+mod panic;
 pub mod store;
 pub mod subscription;
 

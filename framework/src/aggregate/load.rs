@@ -182,11 +182,7 @@ async fn catch_up<A: Aggregate>(
 /// Runs user code, turning a panic into [`AggregateError::Panicked`].
 pub(crate) fn guard<T, E>(stream: &str, f: impl FnOnce() -> T) -> Result<T, AggregateError<E>> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic with a non-string payload".into());
+        let message = crate::panic::panic_message(&*payload);
         warn!(stream, message, "aggregate code panicked");
         AggregateError::Panicked {
             stream: stream.to_owned(),

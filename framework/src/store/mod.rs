@@ -97,7 +97,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// A watch on the durable head, woken each time more events become durable.
     fn watch_head(&self) -> HeadWatch;
 
-    /// Durably stores the position a named consumer has processed up to.
+    /// Durably stores the position a named consumer has processed up to, unconditionally.
+    ///
+    /// For consumers that keep no state in the store. A subscription's checkpoint goes through
+    /// [`commit_checkpoint`](EventStore::commit_checkpoint), which is fenced and carries state;
+    /// moving such a checkpoint with this method would replay events onto state that already
+    /// includes them.
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()>;
 
     /// The position last saved under `name`, if any.
@@ -142,14 +147,20 @@ pub trait EventStore: Send + Sync + 'static {
     async fn verify(&self) -> Result<VerifyReport>;
 }
 
-/// Checks a checkpoint commit's names and keys.
-pub(crate) fn validate_commit(name: &str, state: &[StateWrite]) -> Result<()> {
+/// Checks a stream id or consumer name: 1 to [`MAX_STREAM_ID_LEN`] bytes.
+pub(crate) fn validate_name(what: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_STREAM_ID_LEN {
         return Err(StoreError::InvalidInput(format!(
-            "consumer name must be 1 to {MAX_STREAM_ID_LEN} bytes, got {}",
+            "{what} must be 1 to {MAX_STREAM_ID_LEN} bytes, got {}",
             name.len()
         )));
     }
+    Ok(())
+}
+
+/// Checks a checkpoint commit's names and keys.
+pub(crate) fn validate_commit(name: &str, state: &[StateWrite]) -> Result<()> {
+    validate_name("consumer name", name)?;
     for w in state {
         if w.key.len() > MAX_STATE_KEY_LEN {
             return Err(StoreError::InvalidInput(format!(
@@ -168,12 +179,7 @@ pub(crate) fn validate_commit(name: &str, state: &[StateWrite]) -> Result<()> {
 
 /// Checks the parts of an append request that do not depend on the store's state.
 pub(crate) fn validate_append(stream: &str, events: &[EventData]) -> Result<()> {
-    if stream.is_empty() || stream.len() > MAX_STREAM_ID_LEN {
-        return Err(StoreError::InvalidInput(format!(
-            "stream id must be 1 to {MAX_STREAM_ID_LEN} bytes, got {}",
-            stream.len()
-        )));
-    }
+    validate_name("stream id", stream)?;
     if events.is_empty() {
         return Err(StoreError::InvalidInput(format!(
             "append to {stream:?} has no events"

@@ -44,6 +44,23 @@ impl<H: EventHandler> Actor for SubscriptionActor<H> {
     }
 }
 
+impl<H: EventHandler> Drop for SubscriptionActor<H> {
+    fn drop(&mut self) {
+        // If the actor went away from outside (its arbiter or System shut down), the loop was
+        // dropped mid-way: say so, so that nobody waits for it forever.
+        self.status.update(|s| {
+            if !matches!(
+                s.state,
+                SubscriptionState::Stopped | SubscriptionState::Failed(_)
+            ) {
+                s.state = SubscriptionState::Failed(
+                    "the subscription's actor was dropped before its loop finished".into(),
+                );
+            }
+        });
+    }
+}
+
 impl<H: EventHandler> Handler<Stop> for SubscriptionActor<H> {
     type Result = ();
 
@@ -66,7 +83,6 @@ pub struct SubscriptionHandle {
     name: &'static str,
     stop: watch::Sender<bool>,
     status: StatusCell,
-    addr: Recipient<Stop>,
 }
 
 impl SubscriptionHandle {
@@ -91,7 +107,6 @@ impl SubscriptionHandle {
     /// Stops it after the event in hand, and waits until its checkpoint is saved.
     pub async fn stop(&self) -> SubscriptionStatus {
         self.stop.send_replace(true);
-        self.addr.do_send(Stop);
         self.finished().await
     }
 
@@ -169,7 +184,7 @@ impl Subscriptions {
             status: status.clone(),
             stop: stop_rx,
         };
-        let addr = SubscriptionActor {
+        SubscriptionActor {
             runner: Some(Box::new(runner)),
             stop: stop.clone(),
             status: status.clone(),
@@ -179,7 +194,6 @@ impl Subscriptions {
             name: H::NAME,
             stop,
             status,
-            addr: addr.recipient(),
         };
         running.insert(H::NAME, handle.clone());
         Ok(handle)

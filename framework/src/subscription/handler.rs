@@ -52,6 +52,10 @@ pub enum HandlerFailure {
 
 /// A type that handles a subscription's events: what `#[derive(EventHandler)]` implements.
 ///
+/// After a panic the subscription runs again from its checkpoint with the same handler value, as
+/// the panic left it: keep state that must be exact in the store (through [`EventContext`]), not
+/// in the handler's fields.
+///
 /// ```
 /// use serde::{Deserialize, Serialize};
 /// use tidings::subscription::{EventContext, Handle, HandlerError};

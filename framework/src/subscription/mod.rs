@@ -16,7 +16,9 @@ mod status;
 
 use std::time::Duration;
 
-pub use self::actor::{GetStatus, Stop, SubscriptionActor, SubscriptionHandle, Subscriptions};
+pub use self::actor::{
+    GetStatus, StartError, Stop, SubscriptionActor, SubscriptionHandle, Subscriptions,
+};
 pub use self::handler::{
     EventContext, EventHandler, Handle, HandlerError, HandlerFailure, StartFrom,
 };

@@ -16,6 +16,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use super::handler::{drain, merge, EventContext, EventHandler, HandlerFailure, StateBatch};
 use super::status::{StatusCell, SubscriptionState};
 use super::{StartFrom, SubscriptionConfig};
+use crate::panic::panic_message;
 use crate::store::{EventStore, StoreError};
 
 /// Why one run of the loop ended without a stop request.
@@ -292,12 +293,4 @@ struct Committed {
 
 fn describe(position: u64, event_type: &str, failure: &HandlerFailure) -> String {
     format!("event at position {position} ({event_type}): {failure}")
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with a non-string payload".into())
 }

@@ -85,7 +85,17 @@ impl HeadFile {
     /// Reads the head recorded in `dir`, if the file exists and is intact.
     pub fn read(dir: &Path) -> io::Result<Option<u64>> {
         match std::fs::read(dir.join(HEAD_FILE)) {
-            Ok(bytes) => Ok(decode_head(&bytes)),
+            Ok(bytes) => {
+                let head = decode_head(&bytes);
+                if head.is_none() {
+                    tracing::warn!(
+                        file = %dir.join(HEAD_FILE).display(),
+                        "the head file is damaged; the check for a log dropped by the storage \
+                         engine is skipped for this open"
+                    );
+                }
+                Ok(head)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -101,6 +111,7 @@ impl HeadFile {
         let mut marker = HeadFile { file };
         marker.write(head)?;
         marker.file.sync_data()?;
+        sync_dir(dir)?;
         Ok(marker)
     }
 

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,9 @@ use self::durable::{Durability, HeadFile};
 use self::writer::{Request, Writer, WriterSettings};
 use super::codec;
 use super::{
-    validate_append, validate_commit, AppendResult, EventData, EventStore, ExpectedVersion, Filter,
-    HeadWatch, ReadBatch, RecordedEvent, Result, Snapshot, StateWrite, StoreError, VerifyReport,
+    validate_append, validate_commit, validate_name, AppendResult, EventData, EventStore,
+    ExpectedVersion, Filter, HeadWatch, ReadBatch, RecordedEvent, Result, Snapshot, StateWrite,
+    StoreError, VerifyReport,
 };
 
 /// The storage format this build reads and writes.
@@ -98,11 +99,28 @@ pub(crate) struct Shared {
     path: PathBuf,
     /// The position of the last durable event. Readers never go past it.
     durable_head: AtomicU64,
+    /// Held for writing by the writer from `apply_batch` until the fsync, so that reads of
+    /// checkpoints, state and snapshots (which have no position to cap) never see a value a crash
+    /// could take back.
+    commit_gate: RwLock<()>,
     /// A receiver to clone for each [`HeadWatch`]; the sender belongs to the writer thread, so
     /// that watches see `Closed` as soon as the writer stops.
     head_rx: watch::Receiver<u64>,
     /// Held for as long as the store is open; the OS releases the lock when it closes.
     _lock: File,
+}
+
+impl Shared {
+    /// Waits until no commit is between `apply_batch` and its fsync; hold the guard while reading
+    /// values that are not capped by the durable head.
+    fn durable_view(&self) -> RwLockReadGuard<'_, ()> {
+        self.commit_gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps readers of uncapped values out while a commit is not yet durable.
+    fn committing(&self) -> RwLockWriteGuard<'_, ()> {
+        self.commit_gate.write().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The embedded event store: a durable log on sled, with group commit.
@@ -166,7 +184,10 @@ impl SledEventStore {
                     position: head + 1,
                     reason: format!(
                         "the log ends at position {head}, but {acknowledged} events were \
-                         acknowledged: the storage engine dropped a damaged part of its log"
+                         acknowledged: the storage engine dropped a damaged part of its log. \
+                         Restore the store from a backup; or, to accept the loss and go on \
+                         from position {head}, delete {}",
+                        path.join(durable::HEAD_FILE).display()
                     ),
                 });
             }
@@ -177,6 +198,7 @@ impl SledEventStore {
             db,
             path,
             durable_head: AtomicU64::new(head),
+            commit_gate: RwLock::new(()),
             head_rx,
             _lock: lock,
         });
@@ -398,6 +420,7 @@ impl EventStore for SledEventStore {
     }
 
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
+        validate_name("consumer name", name)?;
         let (reply, rx) = oneshot::channel();
         self.send(Request::Checkpoint {
             name: name.to_owned(),
@@ -449,6 +472,7 @@ impl EventStore for SledEventStore {
     }
 
     async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<()> {
+        validate_name("stream id", stream)?;
         let (reply, rx) = oneshot::channel();
         self.send(Request::Snapshot {
             stream: stream.to_owned(),

@@ -21,7 +21,9 @@ fn damaged(first: u64, e: DecodeError) -> StoreError {
     }
 }
 
-/// The last position in the log and its timestamp, from the last chunk (zeros for an empty log).
+/// The last position in the log (from the last chunk's checksummed header, so that a damaged
+/// record cannot make the store unopenable) and the timestamp of the last record that still
+/// decodes (0 if none does; it only keeps timestamps from going down).
 pub fn recover_tail(db: &sled::Db) -> Result<(u64, u64)> {
     let Some(item) = db.scan_prefix([keys::LOG]).next_back() else {
         return Ok((0, 0));
@@ -31,13 +33,16 @@ pub fn recover_tail(db: &sled::Db) -> Result<(u64, u64)> {
         what: "log key".into(),
         reason: format!("malformed key {key:?}"),
     })?;
-    let mut last = None;
-    for record in ChunkIter::new(&value).map_err(|e| damaged(first, e))? {
-        last = Some(record.map_err(|e| damaged(first, e))?);
+    let count = codec::chunk_count(&value).map_err(|e| damaged(first, e))?;
+    if count == 0 {
+        return Err(damaged(first, DecodeError::at(0, "empty log chunk")));
     }
-    let last = last.ok_or_else(|| damaged(first, DecodeError::at(0, "empty log chunk")))?;
-    let header = last.header().map_err(|e| damaged(first, e))?;
-    Ok((first + u64::from(last.index), header.timestamp_micros))
+    let timestamp = ChunkIter::new(&value)
+        .map_err(|e| damaged(first, e))?
+        .map_while(|r| r.ok().and_then(|r| r.header().ok()))
+        .last()
+        .map_or(0, |h| h.timestamp_micros);
+    Ok((first + u64::from(count) - 1, timestamp))
 }
 
 /// A chunk held by a [`LogCursor`], with where its iterator stands.
@@ -256,6 +261,7 @@ impl Shared {
 
     /// See [`EventStore::load_checkpoint`](crate::store::EventStore::load_checkpoint).
     pub fn load_checkpoint(&self, name: &str) -> Result<Option<u64>> {
+        let _durable = self.durable_view();
         let Some(value) = self.db.get(keys::checkpoint_key(name))? else {
             return Ok(None);
         };
@@ -269,6 +275,7 @@ impl Shared {
 
     /// See [`EventStore::load_state`](crate::store::EventStore::load_state).
     pub fn load_state(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let _durable = self.durable_view();
         let Some(value) = self.db.get(keys::state_key(name, key))? else {
             return Ok(None);
         };
@@ -288,6 +295,7 @@ impl Shared {
         from_key: &[u8],
         max_count: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let _durable = self.durable_view();
         let namespace = keys::state_prefix(name).len();
         let full_prefix = keys::state_key(name, prefix);
         let start = keys::state_key(name, from_key).max(full_prefix.clone());
@@ -313,6 +321,7 @@ impl Shared {
 
     /// See [`EventStore::load_snapshot`](crate::store::EventStore::load_snapshot).
     pub fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
+        let _durable = self.durable_view();
         let Some(value) = self.db.get(keys::snapshot_key(stream))? else {
             return Ok(None);
         };

@@ -286,3 +286,25 @@ fn a_directory_of_some_other_sled_database_is_not_taken_for_a_store() {
         Err(StoreError::DamagedMetadata { .. })
     ));
 }
+
+#[test]
+fn damage_in_the_last_chunk_leaves_the_store_openable_and_the_events_before_it_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    prepare(dir.path(), 4, 1);
+    tamper(dir.path(), &keys::log_key(4), |v| {
+        let last = v.len() - 1;
+        v[last] ^= 0x01;
+    });
+    rt().block_on(async {
+        let store =
+            SledEventStore::open(dir.path()).expect("a damaged last record must not stop the open");
+        assert_eq!(store.head(), 4);
+        let page = store.read_all(1, 3, &Filter::all()).await.unwrap();
+        assert_eq!(page.events.len(), 3);
+        assert!(matches!(
+            store.read_all(4, 10, &Filter::all()).await,
+            Err(StoreError::Damaged { position: 4, .. })
+        ));
+        assert!(!store.verify().await.unwrap().is_ok());
+    });
+}

@@ -325,6 +325,7 @@ impl Writer {
     }
 
     fn write_durably(&mut self, batch: sled::Batch) -> Result<()> {
+        let _gate = self.shared.committing();
         self.shared.db.apply_batch(batch)?;
         self.shared.db.flush()?;
         self.durability.sync()?;
