@@ -1,6 +1,7 @@
 //! A small shared example domain for integration tests: orders and payments.
 
 use serde::{Deserialize, Serialize};
+use tidings::store::EventData;
 use tidings::DomainEvent;
 
 /// Events of the order stream.
@@ -30,4 +31,19 @@ pub enum PaymentEvent {
 pub struct Audited {
     /// What was audited.
     pub note: String,
+}
+
+/// Event number `i` of a mixed log: an order, a payment, an audit (which no test handler lists)
+/// or a cancelled order, in turn.
+pub fn mixed_event(i: u64) -> EventData {
+    let data = match i % 4 {
+        0 => OrderEvent::OrderPlaced { cents: i }.to_event_data(),
+        1 => PaymentEvent::PaymentVerified { cents: i }.to_event_data(),
+        2 => Audited {
+            note: format!("n{i}"),
+        }
+        .to_event_data(),
+        _ => OrderEvent::OrderCancelled.to_event_data(),
+    };
+    data.expect("test events encode")
 }

@@ -6,7 +6,6 @@
 //! number of kills; run with `--nocapture` to see the figures.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -15,29 +14,9 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tidings::store::{EventData, EventStore, ExpectedVersion, Filter, SledEventStore};
+use tidings_tests::support::{close, env_or, open, parse_payload, payload, runtime};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_crash_child");
-
-/// The payload of the event at `version` of `stream`, number `index` of an append of `count`.
-/// The same function as in `src/bin/crash_child.rs`: keep them identical.
-fn payload(stream: &str, version: u64, index: usize, count: usize) -> String {
-    let head = format!("{stream} v{version} {index}/{count}");
-    let seed = head.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let filler: String = format!("{seed:016x}").repeat(4);
-    format!("{head} {}", &filler[..8 + (version % 57) as usize])
-}
-
-/// Reads back what [`payload`] wrote: `(stream, version, index, count)`.
-fn parse_payload(bytes: &[u8]) -> Option<(String, u64, usize, usize)> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut parts = text.split(' ');
-    let stream = parts.next()?.to_owned();
-    let version = parts.next()?.strip_prefix('v')?.parse().ok()?;
-    let (index, count) = parts.next()?.split_once('/')?;
-    Some((stream, version, index.parse().ok()?, count.parse().ok()?))
-}
 
 /// An acknowledged append.
 #[derive(Clone, Debug)]
@@ -116,45 +95,6 @@ fn run_child(mode: &str, dir: &Path, delay: Duration) -> Run {
         opened,
         stderr: err.join().unwrap(),
     }
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn open(dir: &Path) -> SledEventStore {
-    SledEventStore::open(dir)
-        .unwrap_or_else(|e| panic!("store at {} does not open: {e:?}", dir.display()))
-}
-
-/// Drops `store`, then waits until sled's `db` file is unlocked (at most 5 s), returning how long
-/// the lock outlived the store. sled 0.34.7 can keep the file open in a background thread after
-/// the store is dropped. `SledEventStore::open` now rides this out (it retries sled's lock for up
-/// to 2 s once it holds `tidings.lock`); the wait stays so that the figures show how often and
-/// how long it happens.
-fn close(store: SledEventStore) -> Duration {
-    let db = store.path().join("db");
-    drop(store);
-    let dropped = Instant::now();
-    while File::open(&db).unwrap().try_lock().is_err() {
-        assert!(
-            dropped.elapsed() < Duration::from_secs(5),
-            "{} stays locked",
-            db.display()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    dropped.elapsed()
 }
 
 /// How often, and for how long at most, [`close`] had to wait.

@@ -21,7 +21,6 @@
 //! `--nocapture` to see the figures, and with `TIDINGS_SUB_CRASH_TRACE=1` for a line per kill.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -30,26 +29,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tidings::store::{EventData, EventStore, ExpectedVersion, Filter, SledEventStore};
+use tidings::store::{EventStore, ExpectedVersion, Filter, SledEventStore};
 use tidings::DomainEvent;
-use tidings_tests::domain::{Audited, OrderEvent, PaymentEvent};
+use tidings_tests::domain::{mixed_event, OrderEvent, PaymentEvent};
+use tidings_tests::support::{close, env_or, open, runtime};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_subscription_child");
-
-/// Event number `i` of a mixed log: an order, a payment, an audit (which neither handler lists)
-/// or a cancelled order, in turn.
-fn mixed_event(i: u64) -> EventData {
-    let data = match i % 4 {
-        0 => OrderEvent::OrderPlaced { cents: i }.to_event_data(),
-        1 => PaymentEvent::PaymentVerified { cents: i }.to_event_data(),
-        2 => Audited {
-            note: format!("n{i}"),
-        }
-        .to_event_data(),
-        _ => OrderEvent::OrderCancelled.to_event_data(),
-    };
-    data.unwrap()
-}
 
 /// Appends `count` mixed events from 16 concurrent tasks, each appending 1 to 3 events at a time
 /// to one of 4 streams (concurrent appends share the store's group commits, which keeps it
@@ -200,41 +185,6 @@ fn run_child(dir: &Path, append: bool, until: Until) -> Run {
     out.join().unwrap();
     run.stderr = err.join().unwrap();
     run
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn open(dir: &Path) -> SledEventStore {
-    SledEventStore::open(dir)
-        .unwrap_or_else(|e| panic!("store at {} does not open: {e:?}", dir.display()))
-}
-
-/// Drops `store`, then waits until sled's `db` file is unlocked (at most 5 s), so that the next
-/// child does not find it held by this process (sled 0.34.7 can keep it open for a moment).
-fn close(store: SledEventStore) {
-    let db = store.path().join("db");
-    drop(store);
-    let dropped = Instant::now();
-    while File::open(&db).unwrap().try_lock().is_err() {
-        assert!(
-            dropped.elapsed() < Duration::from_secs(5),
-            "{} stays locked",
-            db.display()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// The order and payment events of the log (what both handlers get), read independently of the

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidings::store::{EventData, EventStore, ExpectedVersion, SledEventStore};
+use tidings_tests::support::payload;
 
 /// Concurrent appending tasks.
 const TASKS: usize = 16;
@@ -24,19 +25,6 @@ const STREAMS_PER_TASK: usize = 4;
 const MAX_APPENDS: u64 = 200_000;
 /// ... or after this long.
 const MAX_RUN: Duration = Duration::from_secs(60);
-
-/// The payload of the event at `version` of `stream`, number `index` of an append of `count`.
-///
-/// `"<stream> v<version> <index>/<count> <filler>"`, the filler being hex digits derived from the
-/// rest. `tests/tests/crash.rs` has the same function: keep them identical.
-pub fn payload(stream: &str, version: u64, index: usize, count: usize) -> String {
-    let head = format!("{stream} v{version} {index}/{count}");
-    let seed = head.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let filler: String = format!("{seed:016x}").repeat(4);
-    format!("{head} {}", &filler[..8 + (version % 57) as usize])
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

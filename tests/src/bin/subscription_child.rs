@@ -25,13 +25,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidings::store::{EventData, EventStore, ExpectedVersion, SledEventStore};
+use tidings::store::{EventStore, ExpectedVersion, SledEventStore};
 use tidings::subscription::{
     EventContext, Handle, HandlerError, SubscriptionConfig, SubscriptionHandle, SubscriptionState,
     Subscriptions,
 };
-use tidings::{async_trait, DomainEvent, EventHandler};
-use tidings_tests::domain::{Audited, OrderEvent, PaymentEvent};
+use tidings::{async_trait, EventHandler};
+use tidings_tests::domain::{mixed_event, OrderEvent, PaymentEvent};
 
 /// The child stops by itself after this long.
 const MAX_RUN: Duration = Duration::from_secs(30);
@@ -137,21 +137,6 @@ impl Handle<PaymentEvent> for ExactlyOnce {
     ) -> Result<(), HandlerError> {
         project(ctx).await
     }
-}
-
-/// Event number `i` of a mixed log: an order, a payment or an audit (which neither handler
-/// lists), in turn. `tests/tests/subscription_crash.rs` has the same function.
-pub fn mixed_event(i: u64) -> EventData {
-    let data = match i % 4 {
-        0 => OrderEvent::OrderPlaced { cents: i }.to_event_data(),
-        1 => PaymentEvent::PaymentVerified { cents: i }.to_event_data(),
-        2 => Audited {
-            note: format!("n{i}"),
-        }
-        .to_event_data(),
-        _ => OrderEvent::OrderCancelled.to_event_data(),
-    };
-    data.unwrap_or_else(|e| die(&e))
 }
 
 fn main() {
