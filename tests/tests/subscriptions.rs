@@ -570,3 +570,181 @@ async fn start_from_end_skips_history_and_is_remembered_before_the_first_event()
     assert_eq!(taken(&seen), expected_positions(&store, 91).await);
     handle.stop().await;
 }
+
+/// A store that counts how many events a subscription has been handed but not yet handled.
+struct Metered {
+    inner: SledEventStore,
+    /// Events returned by `read_all` so far.
+    returned: Arc<AtomicU64>,
+    /// The largest `max_count` asked for.
+    largest_page: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl EventStore for Metered {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> tidings::store::Result<tidings::store::AppendResult> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        max: usize,
+    ) -> tidings::store::Result<Vec<tidings::store::RecordedEvent>> {
+        self.inner.read_stream(stream, from, max).await
+    }
+    async fn stream_version(&self, stream: &str) -> tidings::store::Result<u64> {
+        self.inner.stream_version(stream).await
+    }
+    async fn read_all(
+        &self,
+        from: u64,
+        max: usize,
+        filter: &Filter,
+    ) -> tidings::store::Result<tidings::store::ReadBatch> {
+        self.largest_page.fetch_max(max as u64, Ordering::SeqCst);
+        let page = self.inner.read_all(from, max, filter).await?;
+        self.returned
+            .fetch_add(page.events.len() as u64, Ordering::SeqCst);
+        Ok(page)
+    }
+    fn head(&self) -> u64 {
+        self.inner.head()
+    }
+    fn watch_head(&self) -> tidings::store::HeadWatch {
+        self.inner.watch_head()
+    }
+    async fn save_checkpoint(&self, name: &str, position: u64) -> tidings::store::Result<()> {
+        self.inner.save_checkpoint(name, position).await
+    }
+    async fn load_checkpoint(&self, name: &str) -> tidings::store::Result<Option<u64>> {
+        self.inner.load_checkpoint(name).await
+    }
+    async fn commit_checkpoint(
+        &self,
+        name: &str,
+        expected: Option<u64>,
+        position: u64,
+        state: Vec<tidings::store::StateWrite>,
+    ) -> tidings::store::Result<()> {
+        self.inner
+            .commit_checkpoint(name, expected, position, state)
+            .await
+    }
+    async fn load_state(&self, name: &str, key: &[u8]) -> tidings::store::Result<Option<Vec<u8>>> {
+        self.inner.load_state(name, key).await
+    }
+    async fn scan_state(
+        &self,
+        name: &str,
+        prefix: &[u8],
+        from: &[u8],
+        max: usize,
+    ) -> tidings::store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_state(name, prefix, from, max).await
+    }
+    async fn save_snapshot(
+        &self,
+        stream: &str,
+        snapshot: tidings::store::Snapshot,
+    ) -> tidings::store::Result<()> {
+        self.inner.save_snapshot(stream, snapshot).await
+    }
+    async fn load_snapshot(
+        &self,
+        stream: &str,
+    ) -> tidings::store::Result<Option<tidings::store::Snapshot>> {
+        self.inner.load_snapshot(stream).await
+    }
+    async fn verify(&self) -> tidings::store::Result<tidings::store::VerifyReport> {
+        self.inner.verify().await
+    }
+}
+
+/// Counts what it handles, slowly.
+#[derive(EventHandler)]
+#[event_handler(name = "slow-counter", events(OrderEvent, PaymentEvent))]
+struct SlowCounter {
+    handled: Arc<AtomicU64>,
+    returned: Arc<AtomicU64>,
+    /// The most events handed out but not yet handled, seen at any event.
+    most_in_flight: Arc<AtomicU64>,
+}
+
+impl SlowCounter {
+    async fn count(&mut self) -> Result<(), HandlerError> {
+        let handled = self.handled.fetch_add(1, Ordering::SeqCst) + 1;
+        if handled.is_multiple_of(20) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let in_flight = self.returned.load(Ordering::SeqCst).saturating_sub(handled);
+        self.most_in_flight.fetch_max(in_flight, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handle<OrderEvent> for SlowCounter {
+    async fn handle(
+        &mut self,
+        _: OrderEvent,
+        _: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        self.count().await
+    }
+}
+
+#[async_trait]
+impl Handle<PaymentEvent> for SlowCounter {
+    async fn handle(
+        &mut self,
+        _: PaymentEvent,
+        _: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        self.count().await
+    }
+}
+
+#[actix::test]
+async fn a_slow_handler_holds_at_most_one_page_however_far_behind_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = SledEventStore::open(dir.path()).unwrap();
+    let (returned, largest_page) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let store = Arc::new(Metered {
+        inner,
+        returned: returned.clone(),
+        largest_page: largest_page.clone(),
+    });
+    append_many(&store.inner, 0, 3_000).await;
+    let subs = Subscriptions::new(store.clone());
+    let (handled, most_in_flight) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let handle = subs
+        .start_with(
+            SlowCounter {
+                handled: handled.clone(),
+                returned: returned.clone(),
+                most_in_flight: most_in_flight.clone(),
+            },
+            SubscriptionConfig::default().batch_size(50),
+        )
+        .unwrap();
+    // Appends keep coming while it is far behind.
+    append_many(&store.inner, 3_000, 1_000).await;
+    handle.caught_up_to(store.head()).await;
+    handle.stop().await;
+    assert_eq!(largest_page.load(Ordering::SeqCst), 50);
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        expected_positions(&store.inner, 1).await.len() as u64
+    );
+    let most = most_in_flight.load(Ordering::SeqCst);
+    assert!(
+        most < 50,
+        "{most} events were handed out ahead of the handler (page size 50)"
+    );
+}
