@@ -4,10 +4,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
+use super::failure::{
+    parked_in_store, request_replay_in_store, reset_in_store, skip_in_store, ControlError,
+    ParkedEvent, ReplayOutcome, ResetTo,
+};
 use super::handler::EventHandler;
-use super::runner::Runner;
+use super::runner::{Command, Runner};
 use super::status::{StatusCell, SubscriptionState, SubscriptionStatus};
 use super::SubscriptionConfig;
 use crate::store::EventStore;
@@ -83,6 +87,17 @@ pub struct SubscriptionHandle {
     name: &'static str,
     stop: watch::Sender<bool>,
     status: StatusCell,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Replay { stream, .. } => write!(f, "Replay({stream:?})"),
+            Command::Skip { position, .. } => write!(f, "Skip({position})"),
+            Command::Flush { .. } => write!(f, "Flush"),
+        }
+    }
 }
 
 impl SubscriptionHandle {
@@ -108,6 +123,38 @@ impl SubscriptionHandle {
     pub async fn stop(&self) -> SubscriptionStatus {
         self.stop.send_replace(true);
         self.finished().await
+    }
+
+    /// Sends an operation to the running loop and waits for its answer; `None` if the loop is
+    /// gone (stopped or failed), in which case nothing was done.
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ControlError>>) -> Command,
+    ) -> Option<Result<T, ControlError>> {
+        if self.is_finished() {
+            return None;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(make(reply)).ok()?;
+        answer.await.ok()
+    }
+
+    /// Handles the parked events of `stream` again, in order (after a fix), through the running
+    /// subscription. `None` if it is not running (use [`Subscriptions::replay_parked`]).
+    pub async fn replay_parked(&self, stream: &str) -> Option<Result<ReplayOutcome, ControlError>> {
+        let stream = stream.to_owned();
+        self.send(|reply| Command::Replay { stream, reply }).await
+    }
+
+    /// Drops the parked event at `position`, through the running subscription. `None` if it is
+    /// not running (use [`Subscriptions::skip_parked`]).
+    pub async fn skip_parked(&self, position: u64) -> Option<Result<bool, ControlError>> {
+        self.send(|reply| Command::Skip { position, reply }).await
+    }
+
+    /// Commits what the running subscription has pending (so that the store shows it).
+    pub async fn flush(&self) -> Option<Result<(), ControlError>> {
+        self.send(|reply| Command::Flush { reply }).await
     }
 
     /// Waits until it has stopped or failed.
@@ -176,6 +223,7 @@ impl Subscriptions {
             return Err(StartError::AlreadyRunning(H::NAME));
         }
         let (stop, stop_rx) = watch::channel(false);
+        let (commands, commands_rx) = mpsc::unbounded_channel();
         let status = StatusCell::new(H::NAME);
         let runner = Runner {
             handler,
@@ -183,6 +231,9 @@ impl Subscriptions {
             config,
             status: status.clone(),
             stop: stop_rx,
+            commands: commands_rx,
+            commands_open: true,
+            parked_streams: Default::default(),
         };
         SubscriptionActor {
             runner: Some(Box::new(runner)),
@@ -194,6 +245,7 @@ impl Subscriptions {
             name: H::NAME,
             stop,
             status,
+            commands,
         };
         running.insert(H::NAME, handle.clone());
         Ok(handle)
@@ -220,6 +272,71 @@ impl Subscriptions {
         let mut all: Vec<_> = running.values().map(SubscriptionHandle::status).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// The running subscription of that name, if it is running.
+    fn running(&self, name: &str) -> Option<SubscriptionHandle> {
+        self.get(name).filter(|h| !h.is_finished())
+    }
+
+    /// The parked events of subscription `name`, in position order: through the running
+    /// subscription (after committing what it has pending), or from the store when it is stopped.
+    pub async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, ControlError> {
+        if let Some(handle) = self.running(name) {
+            if let Some(flushed) = handle.flush().await {
+                flushed?;
+            }
+        }
+        Ok(parked_in_store(&*self.store, name).await?)
+    }
+
+    /// Handles the parked events of `stream` again, in order, after a fix. Those handled leave
+    /// the parked list; if one fails again it stays parked with the rest behind it. When the
+    /// subscription is stopped the replay is recorded (atomically, fenced by its checkpoint) and
+    /// runs when it starts (`deferred` in the outcome).
+    pub async fn replay_parked(
+        &self,
+        name: &str,
+        stream: &str,
+    ) -> Result<ReplayOutcome, ControlError> {
+        if let Some(handle) = self.running(name) {
+            if let Some(result) = handle.replay_parked(stream).await {
+                return result;
+            }
+        }
+        let waiting = request_replay_in_store(&*self.store, name, stream).await?;
+        Ok(ReplayOutcome {
+            handled: 0,
+            still_parked: waiting,
+            deferred: waiting > 0,
+        })
+    }
+
+    /// Drops the parked event at `position` (it is never handled). If later events of its stream
+    /// are parked they stay parked until replayed. Returns false if none is parked there.
+    pub async fn skip_parked(&self, name: &str, position: u64) -> Result<bool, ControlError> {
+        if let Some(handle) = self.running(name) {
+            if let Some(result) = handle.skip_parked(position).await {
+                return result;
+            }
+        }
+        Ok(skip_in_store(&*self.store, name, position).await?)
+    }
+
+    /// Moves the checkpoint of the STOPPED subscription `name` (fenced commit), so that it
+    /// handles again (or skips) events when it starts. With `clear_state`, the handler's state
+    /// (not its parked events) is deleted in the same commit: without it an exactly-once
+    /// projection replays onto its existing state. Returns the new checkpoint.
+    pub async fn reset(
+        &self,
+        name: &str,
+        to: ResetTo,
+        clear_state: bool,
+    ) -> Result<u64, ControlError> {
+        if self.running(name).is_some() {
+            return Err(ControlError::Running(name.to_owned()));
+        }
+        Ok(reset_in_store(&*self.store, name, to, clear_state).await?)
     }
 
     /// Stops every subscription and waits for each.

@@ -10,6 +10,7 @@
 //! [`EventContext`] (committed atomically with the checkpoint). See `docs/subscriptions.md`.
 
 mod actor;
+mod failure;
 mod handler;
 mod runner;
 mod status;
@@ -18,6 +19,10 @@ use std::time::Duration;
 
 pub use self::actor::{
     GetStatus, StartError, Stop, SubscriptionActor, SubscriptionHandle, Subscriptions,
+};
+pub use self::failure::{
+    subscription_status_from_store, ControlError, FailurePolicy, ParkedEvent, ReplayOutcome,
+    ResetTo, RESERVED_PREFIX,
 };
 pub use self::handler::{
     EventContext, EventHandler, Handle, HandlerError, HandlerFailure, StartFrom,
@@ -38,6 +43,8 @@ pub struct SubscriptionConfig {
     pub max_restarts: u64,
     /// Pause before a restart, times the number of restarts so far (at most 10×). Default 100 ms.
     pub restart_backoff: Duration,
+    /// What a handler error does: stop (the default) or retry, then park the event's stream.
+    pub failure_policy: FailurePolicy,
 }
 
 impl Default for SubscriptionConfig {
@@ -48,6 +55,7 @@ impl Default for SubscriptionConfig {
             commit_interval: Duration::from_millis(200),
             max_restarts: 10,
             restart_backoff: Duration::from_millis(100),
+            failure_policy: FailurePolicy::Stop,
         }
     }
 }
@@ -80,6 +88,12 @@ impl SubscriptionConfig {
     /// Sets the pause before a restart.
     pub fn restart_backoff(mut self, backoff: Duration) -> Self {
         self.restart_backoff = backoff;
+        self
+    }
+
+    /// Sets what a handler error does.
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure_policy = policy;
         self
     }
 }

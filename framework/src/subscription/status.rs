@@ -2,8 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
+
 /// The lifecycle state of a subscription.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum SubscriptionState {
     /// Started, reading its checkpoint.
@@ -19,7 +21,8 @@ pub enum SubscriptionState {
 }
 
 /// A snapshot of a subscription's progress.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SubscriptionStatus {
     /// The subscription's name.
     pub name: String,
@@ -35,6 +38,15 @@ pub struct SubscriptionStatus {
     pub events_handled: u64,
     /// How many times a handler panic restarted it from its checkpoint.
     pub restarts: u64,
+    /// How many times a failed event was retried (since it started in this process).
+    #[serde(default)]
+    pub retries: u64,
+    /// How many events are parked now (durable: counted from the store at start).
+    #[serde(default)]
+    pub parked: u64,
+    /// How many streams are parked now.
+    #[serde(default)]
+    pub parked_streams: u64,
 }
 
 impl SubscriptionStatus {
@@ -58,6 +70,9 @@ impl StatusCell {
             head: 0,
             events_handled: 0,
             restarts: 0,
+            retries: 0,
+            parked: 0,
+            parked_streams: 0,
         })))
     }
 
