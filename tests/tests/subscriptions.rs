@@ -226,7 +226,7 @@ async fn subscriptions_run_side_by_side_each_at_its_own_pace_and_by_name() {
         .start_with(
             Recorder {
                 seen: slow_seen.clone(),
-                delay: Duration::from_millis(2),
+                delay: Duration::from_millis(5),
             },
             SubscriptionConfig::default().batch_size(16),
         )
