@@ -249,6 +249,7 @@ async fn commit_at_current(
     name: &str,
     mut writes: Vec<StateWrite>,
     new_checkpoint: Option<u64>,
+    parked_after: Option<(u64, u64)>,
 ) -> Result<(), StoreError> {
     let current = store.load_checkpoint(name).await?;
     let position = new_checkpoint.or(current).unwrap_or(0);
@@ -256,8 +257,15 @@ async fn commit_at_current(
         status.checkpoint = position;
         status.handled_up_to = position;
         status.head = store.head();
-        let parked = parked_in_store(store, name).await?;
-        status.parked = parked.len() as u64;
+        let (parked, streams) = match parked_after {
+            Some(counts) => counts,
+            None => (
+                parked_in_store(store, name).await?.len() as u64,
+                parked_streams_in_store(store, name).await?.len() as u64,
+            ),
+        };
+        status.parked = parked;
+        status.parked_streams = streams;
         writes.push(StateWrite {
             key: STATUS.to_vec(),
             value: Some(serde_json::to_vec(&status).expect("a status encodes")),
@@ -283,6 +291,7 @@ pub(crate) async fn skip_in_store(
         key: parked_key(position),
         value: None,
     }];
+    let mut streams = parked_streams_in_store(store, name).await?;
     if !parked
         .iter()
         .any(|p| p.stream_id == entry.stream_id && p.position != position)
@@ -291,8 +300,10 @@ pub(crate) async fn skip_in_store(
             key: parked_stream_key(&entry.stream_id),
             value: None,
         });
+        streams.remove(&entry.stream_id);
     }
-    commit_at_current(store, name, writes, None).await?;
+    let counts = (parked.len() as u64 - 1, streams.len() as u64);
+    commit_at_current(store, name, writes, None, Some(counts)).await?;
     Ok(true)
 }
 
@@ -314,7 +325,7 @@ pub(crate) async fn request_replay_in_store(
         key: replay_key(stream),
         value: Some(Vec::new()),
     }];
-    commit_at_current(store, name, writes, None).await?;
+    commit_at_current(store, name, writes, None, None).await?;
     Ok(waiting)
 }
 
@@ -347,7 +358,7 @@ pub(crate) async fn reset_in_store(
             }
         }
     }
-    commit_at_current(store, name, writes, Some(checkpoint)).await?;
+    commit_at_current(store, name, writes, Some(checkpoint), None).await?;
     Ok(checkpoint)
 }
 
