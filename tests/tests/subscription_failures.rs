@@ -378,3 +378,66 @@ async fn reset_to_beginning_position_time_and_end_replays_exactly_what_it_should
         .unwrap();
     assert_eq!((stored.checkpoint, stored.lag()), (store.head(), 0));
 }
+
+/// Panics on every poison order.
+#[derive(EventHandler)]
+#[event_handler(name = "panicky", events(OrderEvent))]
+struct Panicky;
+
+#[async_trait]
+impl Handle<OrderEvent> for Panicky {
+    async fn handle(
+        &mut self,
+        event: OrderEvent,
+        _: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        if let OrderEvent::OrderPlaced { cents: POISON } = event {
+            panic!("poison order");
+        }
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn the_status_record_in_the_store_says_failed_under_the_stop_policy_and_after_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a1 = order(&store, "order-a", 1).await;
+    let poison = order(&store, "order-a", POISON).await;
+    order(&store, "order-b", 2).await;
+
+    // The default policy stops at the failing event: the store says so, naming it.
+    let probe = Probe::broken();
+    let subs = Subscriptions::new(store.clone());
+    let handle = subs.start(Orders(probe.clone())).unwrap();
+    let status = handle.finished().await;
+    assert!(matches!(status.state, SubscriptionState::Failed(_)));
+    assert_eq!(probe.poison_attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(status.retries, 0);
+    let stored = subscription_status_from_store(&*store, "orders")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.checkpoint, a1);
+    assert_eq!(stored.state, status.state);
+    assert!(subs.parked("orders").await.unwrap().is_empty());
+
+    // Panics are restarts, not parking; after max_restarts the store says failed too.
+    let config = config()
+        .max_restarts(2)
+        .restart_backoff(Duration::from_millis(1));
+    let handle = subs.start_with(Panicky, config).unwrap();
+    let status = handle.finished().await;
+    assert_eq!(status.restarts, 3);
+    let SubscriptionState::Failed(reason) = &status.state else {
+        panic!("{status:?}");
+    };
+    assert!(reason.contains(&format!("position {poison}")), "{reason}");
+    let stored = subscription_status_from_store(&*store, "panicky")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((stored.checkpoint, stored.restarts), (a1, 3));
+    assert_eq!(stored.state, status.state);
+    assert_eq!(stored.lag(), store.head() - a1);
+}

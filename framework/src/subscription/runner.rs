@@ -23,7 +23,7 @@ use super::handler::{drain, merge, EventContext, EventHandler, HandlerFailure, S
 use super::status::{StatusCell, SubscriptionState};
 use super::{StartFrom, SubscriptionConfig};
 use crate::panic::panic_message;
-use crate::store::{EventStore, Filter, RecordedEvent, StoreError};
+use crate::store::{EventStore, Filter, RecordedEvent, StateWrite, StoreError};
 
 /// An operation on parked events, applied by the running loop (so that it is fenced and ordered
 /// with the loop's own commits).
@@ -106,7 +106,9 @@ impl<H: EventHandler> Runner<H> {
                                 "handler panicked at position {position} ({message}); gave up after {} restarts",
                                 self.config.max_restarts
                             );
-                            self.status.update(|s| s.state = SubscriptionState::Failed(reason));
+                            let state = SubscriptionState::Failed(reason);
+                            self.record_final(state.clone()).await;
+                            self.status.update(|s| s.state = state);
                             return;
                         }
                         let backoff = self.config.restart_backoff * restarts.min(10) as u32;
@@ -125,6 +127,28 @@ impl<H: EventHandler> Runner<H> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Writes the status record at the stored checkpoint (fenced by it), for a run that ended
+    /// without a commit of its own. Best effort: the status in memory is the authority.
+    async fn record_final(&self, state: SubscriptionState) {
+        let Ok(Some(current)) = self.store.load_checkpoint(H::NAME).await else {
+            return;
+        };
+        let mut status = self.status.get();
+        status.state = state;
+        status.checkpoint = current;
+        let record = StateWrite {
+            key: STATUS.to_vec(),
+            value: Some(serde_json::to_vec(&status).expect("a status encodes")),
+        };
+        if let Err(e) = self
+            .store
+            .commit_checkpoint(H::NAME, Some(current), current, vec![record])
+            .await
+        {
+            warn!(error = %e, "could not record the final status");
+        }
     }
 
     /// Sleeps, or returns true early if a stop is requested.
@@ -199,8 +223,10 @@ impl<H: EventHandler> Runner<H> {
 
         loop {
             if self.stop_requested() {
-                self.status.update(|s| s.state = SubscriptionState::Stopped);
-                self.commit_forced(&mut committed, checkpoint, &mut pending)
+                // The status cell says "stopped" only once this commit is done (whoever waits
+                // for the stop relies on the checkpoint being saved); the record says it now.
+                let state = Some(SubscriptionState::Stopped);
+                self.commit_forced(&mut committed, checkpoint, &mut pending, state)
                     .await?;
                 return Ok(());
             }
@@ -219,19 +245,23 @@ impl<H: EventHandler> Runner<H> {
                 let position = event.position;
                 if self.parked_streams.contains(&event.stream_id) {
                     // An earlier event of this stream is parked: this one waits behind it, in
-                    // order, recorded as parked so that the checkpoint can move past it.
-                    park(
-                        &mut pending,
-                        event,
-                        "an earlier event of its stream is parked",
-                    );
+                    // order, recorded as parked so that the checkpoint can move past it. (After
+                    // a reset it may be parked already: keep its record and reason.)
+                    let key = parked_key(position);
+                    if !pending.contains_key(&key)
+                        && self.store.load_state(name, &key).await?.is_none()
+                    {
+                        park(
+                            &mut pending,
+                            event,
+                            "an earlier event of its stream is parked",
+                        );
+                        self.status.update(|s| s.parked += 1);
+                    }
                     debug!(position, stream = %event.stream_id, "parked behind its stream");
                     checkpoint = position;
                     uncommitted += 1;
-                    self.status.update(|s| {
-                        s.handled_up_to = position;
-                        s.parked += 1;
-                    });
+                    self.status.update(|s| s.handled_up_to = position);
                 } else {
                     match self.attempt(event, &pending).await {
                         Attempt::Handled(writes) => {
@@ -249,10 +279,8 @@ impl<H: EventHandler> Runner<H> {
                                 // Save the progress before the failing event (every earlier
                                 // position was handled or filtered out), then stop at it.
                                 checkpoint = position - 1;
-                                self.status.update(|s| {
-                                    s.state = SubscriptionState::Failed(reason.clone())
-                                });
-                                self.commit_forced(&mut committed, checkpoint, &mut pending)
+                                let state = Some(SubscriptionState::Failed(reason.clone()));
+                                self.commit_forced(&mut committed, checkpoint, &mut pending, state)
                                     .await?;
                                 return Err(Fault::Fatal(reason));
                             }
@@ -524,7 +552,8 @@ impl<H: EventHandler> Runner<H> {
             committed.at = Instant::now();
             return Ok(());
         }
-        self.commit_forced(committed, checkpoint, pending).await
+        self.commit_forced(committed, checkpoint, pending, None)
+            .await
     }
 
     /// Commits the checkpoint with the pending state and the status record.
@@ -533,9 +562,13 @@ impl<H: EventHandler> Runner<H> {
         committed: &mut Committed,
         checkpoint: u64,
         pending: &mut StateBatch,
+        state: Option<SubscriptionState>,
     ) -> Result<(), Fault> {
         let mut status = self.status.get();
         status.checkpoint = checkpoint;
+        if let Some(state) = state {
+            status.state = state;
+        }
         pending.insert(
             STATUS.to_vec(),
             Some(serde_json::to_vec(&status).expect("a status encodes")),
