@@ -1,6 +1,9 @@
 //! Subscriptions under failure: retries with backoff, ordered parking per stream, replay and skip
 //! of parked events, reset of the checkpoint, and the status kept in the store.
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -12,6 +15,9 @@ use tidings::subscription::{
 };
 use tidings::{async_trait, DomainEvent, EventHandler};
 use tidings_tests::domain::OrderEvent;
+use tidings_tests::support::{close, env_or, runtime};
+
+const PARKING_CHILD: &str = env!("CARGO_BIN_EXE_parking_child");
 
 /// The order value that the handler cannot handle while it is broken.
 const POISON: u64 = 13;
@@ -440,4 +446,133 @@ async fn the_status_record_in_the_store_says_failed_under_the_stop_policy_and_af
     assert_eq!((stored.checkpoint, stored.restarts), (a1, 3));
     assert_eq!(stored.state, status.state);
     assert_eq!(stored.lag(), store.head() - a1);
+}
+
+/// Runs `parking_child` on `dir`: kills it with SIGKILL after `kill_after`, or (with `None`) once
+/// it says it caught up. Returns whether it caught up.
+fn run_parking_child(dir: &std::path::Path, kill_after: Option<Duration>) -> bool {
+    let mut child = Command::new(PARKING_CHILD)
+        .arg("run")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn parking_child");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + kill_after.unwrap_or(Duration::from_secs(20));
+    let mut caught_up = false;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left.min(Duration::from_millis(20))) {
+            Ok(line) => {
+                assert!(!line.starts_with("FAILED"), "parking_child: {line}");
+                if line.starts_with("CAUGHTUP") {
+                    caught_up = true;
+                    if kill_after.is_none() {
+                        break;
+                    }
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill(); // SIGKILL on Unix.
+    child.wait().expect("wait for parking_child");
+    reader.join().unwrap();
+    caught_up
+}
+
+/// After any kill: every order at or below the checkpoint of a good stream is counted exactly
+/// once, and every order at or below it of a `bad-` stream is parked exactly once, in order.
+async fn check_parking(store: &SledEventStore, streams: &[(u64, String)]) -> u64 {
+    let checkpoint = store.load_checkpoint("parking").await.unwrap().unwrap_or(0);
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut parked_expected = Vec::new();
+    for (position, stream) in streams.iter().filter(|(p, _)| *p <= checkpoint) {
+        if stream.starts_with("bad-") {
+            parked_expected.push(*position);
+        } else {
+            *counts.entry(stream).or_default() += 1;
+        }
+    }
+    for stream in ["good-0", "good-1", "good-2", "bad-0", "bad-1"] {
+        let key = format!("stream/{stream}").into_bytes();
+        let stored: Option<u64> = store
+            .load_state("parking", &key)
+            .await
+            .unwrap()
+            .map(|b| serde_json::from_slice(&b).unwrap());
+        assert_eq!(
+            stored.unwrap_or(0),
+            counts.get(stream).copied().unwrap_or(0),
+            "count of {stream} at checkpoint {checkpoint}"
+        );
+    }
+    let parked = tidings::subscription::parked_in_store(store, "parking")
+        .await
+        .unwrap();
+    let positions: Vec<u64> = parked.iter().map(|p| p.position).collect();
+    assert_eq!(
+        positions, parked_expected,
+        "parked at checkpoint {checkpoint}"
+    );
+    for stream in ["bad-0", "bad-1"] {
+        let mut of_stream = parked.iter().filter(|p| p.stream_id == stream);
+        if let Some(first) = of_stream.next() {
+            assert!(first.reason.contains("bad stream"), "{}", first.reason);
+        }
+        assert!(of_stream.all(|p| p.reason.contains("earlier event of its stream")));
+    }
+    if let Some(status) = subscription_status_from_store(store, "parking")
+        .await
+        .unwrap()
+    {
+        assert_eq!(status.checkpoint, checkpoint);
+        assert_eq!(status.parked, parked_expected.len() as u64);
+    }
+    checkpoint
+}
+
+#[test]
+fn parked_events_survive_kill_9_exactly_once_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let names = ["good-0", "bad-0", "good-1", "good-2", "bad-1"];
+    let streams: Vec<(u64, String)> = rt.block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let mut streams = Vec::new();
+        for i in 0..1500u64 {
+            let stream = names[(i * 7 % 11) as usize % names.len()];
+            let position = order(&store, stream, i).await;
+            streams.push((position, stream.to_owned()));
+        }
+        close(store);
+        streams
+    });
+    let cycles = env_or("TIDINGS_PARK_CRASH_CYCLES", 6);
+    let mut checkpoints = Vec::new();
+    for cycle in 0..cycles {
+        let kill_after = Duration::from_millis(60 + (cycle * 97) % 250);
+        run_parking_child(dir.path(), Some(kill_after));
+        let store = SledEventStore::open(dir.path()).unwrap();
+        checkpoints.push(rt.block_on(check_parking(&store, &streams)));
+        close(store);
+    }
+    assert!(
+        run_parking_child(dir.path(), None),
+        "the last run catches up"
+    );
+    let store = SledEventStore::open(dir.path()).unwrap();
+    let last = rt.block_on(check_parking(&store, &streams));
+    assert_eq!(last, store.head());
+    eprintln!("checkpoints after each kill: {checkpoints:?}, then {last}");
+    close(store);
 }

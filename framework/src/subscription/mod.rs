@@ -21,8 +21,8 @@ pub use self::actor::{
     GetStatus, StartError, Stop, SubscriptionActor, SubscriptionHandle, Subscriptions,
 };
 pub use self::failure::{
-    subscription_status_from_store, ControlError, FailurePolicy, ParkedEvent, ReplayOutcome,
-    ResetTo, RESERVED_PREFIX,
+    parked_in_store, subscription_status_from_store, ControlError, FailurePolicy, ParkedEvent,
+    ReplayOutcome, ResetTo, RESERVED_PREFIX,
 };
 pub use self::handler::{
     EventContext, EventHandler, Handle, HandlerError, HandlerFailure, StartFrom,
