@@ -31,6 +31,8 @@ struct Probe {
     poison_attempts: Arc<AtomicU64>,
     /// While true, the handler fails on poison events.
     broken: Arc<AtomicBool>,
+    /// Otherwise, it fails on this many more attempts at poison events (a transient failure).
+    transient: Arc<AtomicU64>,
 }
 
 impl Probe {
@@ -65,6 +67,13 @@ impl Handle<OrderEvent> for Orders {
             self.0.poison_attempts.fetch_add(1, Ordering::SeqCst);
             if self.0.broken.load(Ordering::SeqCst) {
                 return Err("poison order".into());
+            }
+            let transient = &self.0.transient;
+            if transient
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err("gateway timeout".into());
             }
         }
         let count: u64 = ctx.get_json(b"count").await?.unwrap_or(0);
@@ -182,6 +191,35 @@ async fn a_poison_event_is_retried_then_parked_with_the_rest_of_its_stream_and_r
         (stored.checkpoint, stored.parked, stored.retries),
         (a5, 0, 3)
     );
+}
+
+#[actix::test]
+async fn a_transient_failure_is_retried_with_backoff_and_handled_in_place_without_parking() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a1 = order(&store, "order-a", 1).await;
+    let poison = order(&store, "order-a", POISON).await;
+    let a2 = order(&store, "order-a", 2).await;
+
+    let probe = Probe::default();
+    probe.transient.store(2, Ordering::SeqCst);
+    let subs = Subscriptions::new(store.clone());
+    let config = SubscriptionConfig::default().failure_policy(FailurePolicy::retry_then_park(
+        3,
+        Duration::from_millis(20),
+        Duration::from_millis(30),
+    ));
+    let started = std::time::Instant::now();
+    let handle = subs.start_with(Orders(probe.clone()), config).unwrap();
+    let status = handle.caught_up_to(a2).await;
+    // Pauses of at least half of 20 ms, then half of min(40, 30) ms (the jitter is the rest).
+    assert!(started.elapsed() >= Duration::from_millis(25));
+    assert_eq!(probe.poison_attempts.load(Ordering::SeqCst), 3);
+    assert_eq!((status.retries, status.parked), (2, 0));
+    assert_eq!(probe.seen(), vec![a1, poison, a2]);
+    assert!(subs.parked("orders").await.unwrap().is_empty());
+    handle.stop().await;
+    assert_eq!(count(&store).await, 3);
 }
 
 #[actix::test]

@@ -382,3 +382,32 @@ async fn first_at_or_after(
     }
     Ok(lo)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_half_of_it_random() {
+        let policy = FailurePolicy::retry_then_park(
+            10,
+            Duration::from_millis(10),
+            Duration::from_millis(300),
+        );
+        for retry in 0..12 {
+            let base = (Duration::from_millis(10) * (1 << retry)).min(Duration::from_millis(300));
+            for seed in 0..50 {
+                let pause = policy.backoff(retry, seed);
+                assert!(pause >= base / 2 && pause <= base, "{retry}: {pause:?}");
+            }
+        }
+        assert_eq!(FailurePolicy::Stop.backoff(3, 1), Duration::ZERO);
+    }
+
+    #[test]
+    fn parked_keys_sort_by_position() {
+        assert!(parked_key(9) < parked_key(10));
+        assert!(parked_key(99_999) < parked_key(100_000));
+        assert!(parked_key(1).starts_with(RESERVED_PREFIX));
+    }
+}
