@@ -33,6 +33,8 @@ struct Probe {
     broken: Arc<AtomicBool>,
     /// Otherwise, it fails on this many more attempts at poison events (a transient failure).
     transient: Arc<AtomicU64>,
+    /// While true, the next attempt at a poison event panics (once).
+    panic_once: Arc<AtomicBool>,
 }
 
 impl Probe {
@@ -65,6 +67,9 @@ impl Handle<OrderEvent> for Orders {
     ) -> Result<(), HandlerError> {
         if let OrderEvent::OrderPlaced { cents: POISON } = event {
             self.0.poison_attempts.fetch_add(1, Ordering::SeqCst);
+            if self.0.panic_once.swap(false, Ordering::SeqCst) {
+                panic!("a bug met the poison order");
+            }
             if self.0.broken.load(Ordering::SeqCst) {
                 return Err("poison order".into());
             }
@@ -613,4 +618,43 @@ fn parked_events_survive_kill_9_exactly_once_and_in_order() {
     assert_eq!(last, store.head());
     eprintln!("checkpoints after each kill: {checkpoints:?}, then {last}");
     close(store);
+}
+
+#[actix::test]
+async fn a_panic_during_a_replay_is_not_parked_it_restarts_and_the_replay_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let poison = order(&store, "order-a", POISON).await;
+    let a2 = order(&store, "order-a", 3).await;
+    let b1 = order(&store, "order-b", 2).await;
+    let probe = Probe::broken();
+    let subs = Subscriptions::new(store.clone());
+    let handle = subs
+        .start_with(
+            Orders(probe.clone()),
+            config().restart_backoff(Duration::from_millis(1)),
+        )
+        .unwrap();
+    handle.caught_up_to(store.head()).await;
+    assert_eq!(probe.seen(), vec![b1]);
+    assert_eq!(subs.parked("orders").await.unwrap().len(), 2);
+
+    // Fixed, but the first replay attempt meets a panic: the replay is not parked again with a
+    // panic as its reason; the subscription restarts and the replay goes on after it.
+    probe.broken.store(false, Ordering::SeqCst);
+    probe.panic_once.store(true, Ordering::SeqCst);
+    let _ = subs.replay_parked("orders", "order-a").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !subs.parked("orders").await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replay did not go on after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = handle.status();
+    assert_eq!(status.restarts, 1, "{status:?}");
+    assert_eq!(probe.seen(), vec![b1, poison, a2]);
+    assert_eq!(count(&store).await, 3, "each order counted exactly once");
+    handle.stop().await;
 }

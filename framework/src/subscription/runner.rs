@@ -510,11 +510,23 @@ impl<H: EventHandler> Runner<H> {
                     continue;
                 }
                 Attempt::Failed(failure) => describe(event.position, &event.event_type, &failure),
-                Attempt::Panicked(message) => format!(
-                    "event at position {} ({}): handler panicked: {message}",
-                    event.position, event.event_type
-                ),
-                Attempt::Stopped => entry.reason.clone(),
+                Attempt::Panicked(message) => {
+                    // Panics are not parked: commit what was handled, keep the request so that
+                    // the replay goes on after the restart, and restart as for any panic.
+                    batch.insert(replay_key(stream), Some(Vec::new()));
+                    self.commit(committed, checkpoint, &mut batch).await?;
+                    return Err(Fault::Panicked {
+                        position: event.position,
+                        message,
+                    });
+                }
+                Attempt::Stopped => {
+                    // Interrupted by a stop: the rest stays parked as it was, and the request is
+                    // kept, so that the replay goes on at the next start.
+                    batch.insert(replay_key(stream), Some(Vec::new()));
+                    outcome.still_parked = (entries.len() - i) as u64;
+                    break;
+                }
             };
             // It failed again: it stays parked, first of its stream, with the rest behind it.
             let again = ParkedEvent {
