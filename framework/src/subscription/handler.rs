@@ -30,8 +30,9 @@ pub enum StartFrom {
 /// `#[derive(EventHandler)]`; the derive routes each recorded event to the right impl.
 #[async_trait]
 pub trait Handle<E: DomainEvent>: Send {
-    /// Handles one event. Returning an error stops the subscription at this event (its
-    /// checkpoint stays before it), so that nothing is skipped.
+    /// Handles one event. Returning an error is never a silent skip: by the subscription's
+    /// `FailurePolicy` it either stops the subscription at this event (its checkpoint stays
+    /// before it), or retries it with backoff and then parks it with the rest of its stream.
     async fn handle(&mut self, event: E, ctx: &mut EventContext<'_>) -> Result<(), HandlerError>;
 }
 
