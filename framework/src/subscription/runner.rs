@@ -129,12 +129,11 @@ impl<H: EventHandler> Runner<H> {
         .await
     }
 
-    /// Writes the status record at the stored checkpoint (fenced by it), for a run that ended
+    /// Writes the status record at this instance's last committed checkpoint (fenced by it, so
+    /// that a zombie instance cannot overwrite the status of a newer one), for a run that ended
     /// without a commit of its own. Best effort: the status in memory is the authority.
     async fn record_final(&self, state: SubscriptionState) {
-        let Ok(Some(current)) = self.store.load_checkpoint(H::NAME).await else {
-            return;
-        };
+        let current = self.status.get().checkpoint;
         let mut status = self.status.get();
         status.state = state;
         status.checkpoint = current;
