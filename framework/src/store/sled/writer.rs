@@ -74,6 +74,28 @@ enum Reply {
     Unit(oneshot::Sender<Result<()>>, Result<()>),
 }
 
+impl Reply {
+    /// Sends the result decided for the request (a caller that went away is fine).
+    fn send(self) {
+        match self {
+            Reply::Append(tx, result) => {
+                let _ = tx.send(result);
+            }
+            Reply::Unit(tx, result) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+
+    /// Sends `err` instead of the result decided for the request.
+    fn fail(self, err: StoreError) {
+        match self {
+            Reply::Append(tx, _) => Reply::Append(tx, Err(err)).send(),
+            Reply::Unit(tx, _) => Reply::Unit(tx, Err(err)).send(),
+        }
+    }
+}
+
 impl Writer {
     pub fn new(
         shared: Arc<Shared>,
@@ -287,14 +309,7 @@ impl Writer {
                 error!(error = %reason, "event store commit failed; refusing further writes");
                 self.failed = Some(reason.clone());
                 for reply in replies {
-                    match reply {
-                        Reply::Append(tx, _) => {
-                            let _ = tx.send(Err(StoreError::Failed(reason.clone())));
-                        }
-                        Reply::Unit(tx, _) => {
-                            let _ = tx.send(Err(StoreError::Failed(reason.clone())));
-                        }
-                    }
+                    reply.fail(StoreError::Failed(reason.clone()));
                 }
                 return;
             }
@@ -313,14 +328,7 @@ impl Writer {
             self.record_head(head);
         }
         for reply in replies {
-            match reply {
-                Reply::Append(tx, result) => {
-                    let _ = tx.send(result);
-                }
-                Reply::Unit(tx, result) => {
-                    let _ = tx.send(result);
-                }
-            }
+            reply.send();
         }
     }
 
@@ -342,13 +350,9 @@ impl Writer {
 
 fn fail(req: Request, err: StoreError) {
     match req {
-        Request::Append { reply, .. } => {
-            let _ = reply.send(Err(err));
-        }
+        Request::Append { reply, .. } => Reply::Append(reply, Err(err)).send(),
         Request::Checkpoint { reply, .. }
         | Request::Snapshot { reply, .. }
-        | Request::Commit { reply, .. } => {
-            let _ = reply.send(Err(err));
-        }
+        | Request::Commit { reply, .. } => Reply::Unit(reply, Err(err)).send(),
     }
 }
