@@ -144,6 +144,14 @@ const PARKED_STREAMS: &[u8] = b"\0tidings/parked-streams/";
 const REPLAY: &[u8] = b"\0tidings/replay/";
 pub(crate) const STATUS: &[u8] = b"\0tidings/status";
 
+/// The state write that records `status` under [`STATUS`].
+pub(crate) fn status_write(status: &SubscriptionStatus) -> StateWrite {
+    StateWrite {
+        key: STATUS.to_vec(),
+        value: Some(serde_json::to_vec(status).expect("a status encodes")),
+    }
+}
+
 pub(crate) fn parked_key(position: u64) -> Vec<u8> {
     let mut k = PARKED.to_vec();
     k.extend_from_slice(format!("{position:020}").as_bytes());
@@ -266,10 +274,7 @@ async fn commit_at_current(
         };
         status.parked = parked;
         status.parked_streams = streams;
-        writes.push(StateWrite {
-            key: STATUS.to_vec(),
-            value: Some(serde_json::to_vec(&status).expect("a status encodes")),
-        });
+        writes.push(status_write(&status));
     }
     store
         .commit_checkpoint(name, current, position, writes)

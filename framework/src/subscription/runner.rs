@@ -16,14 +16,14 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::failure::{
     encode_parked, parked_in_store, parked_key, parked_stream_key, parked_streams_in_store,
-    replay_key, replay_requests_in_store, ControlError, FailurePolicy, ParkedEvent, ReplayOutcome,
-    STATUS,
+    replay_key, replay_requests_in_store, status_write, ControlError, FailurePolicy, ParkedEvent,
+    ReplayOutcome,
 };
 use super::handler::{drain, merge, EventContext, EventHandler, HandlerFailure, StateBatch};
 use super::status::{StatusCell, SubscriptionState};
 use super::{StartFrom, SubscriptionConfig};
 use crate::panic::panic_message;
-use crate::store::{EventStore, Filter, RecordedEvent, StateWrite, StoreError};
+use crate::store::{EventStore, Filter, RecordedEvent, StoreError};
 
 /// An operation on parked events, applied by the running loop (so that it is fenced and ordered
 /// with the loop's own commits).
@@ -137,10 +137,7 @@ impl<H: EventHandler> Runner<H> {
         let mut status = self.status.get();
         status.state = state;
         status.checkpoint = current;
-        let record = StateWrite {
-            key: STATUS.to_vec(),
-            value: Some(serde_json::to_vec(&status).expect("a status encodes")),
-        };
+        let record = status_write(&status);
         if let Err(e) = self
             .store
             .commit_checkpoint(H::NAME, Some(current), current, vec![record])
@@ -580,10 +577,8 @@ impl<H: EventHandler> Runner<H> {
         if let Some(state) = state {
             status.state = state;
         }
-        pending.insert(
-            STATUS.to_vec(),
-            Some(serde_json::to_vec(&status).expect("a status encodes")),
-        );
+        let record = status_write(&status);
+        pending.insert(record.key, record.value);
         let writes = drain(pending);
         match self
             .store
