@@ -1,0 +1,2 @@
+//! The tidings benchmark runner (see issue 7).
+fn main() {}

@@ -1,0 +1,1 @@
+//! The `tidings` operations CLI, also embeddable by an application (see issue 8).
