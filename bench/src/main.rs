@@ -1,2 +1,177 @@
-//! The tidings benchmark runner (see issue 7).
-fn main() {}
+//! The tidings benchmark runner (issue 7): each workload's figure for tidings beside baselines
+//! measured in the same run, with the ratio and the target.
+//!
+//! ```text
+//! cargo run --release -p tidings-bench                 # full run (docs/performance.md)
+//! cargo run --release -p tidings-bench -- --quick      # seconds: small sizes, a smoke test
+//! cargo run --release -p tidings-bench -- --only W1,W3 --json
+//! ```
+
+mod baseline;
+mod data;
+mod engines;
+mod report;
+mod w12;
+
+use std::fmt;
+use std::time::Instant;
+
+use report::Row;
+
+const USAGE: &str =
+    "usage: tidings-bench [--quick] [--json] [--only W1,W2,...] [--rounds N] [--verbose]
+
+  --quick    small sizes, runs in seconds (a smoke test; figures are not meaningful)
+  --json     print the rows as JSON instead of the table
+  --only     run only these workloads (W1..W7)
+  --rounds   rounds of W1 per engine (median reported); default 3, 1 with --quick
+  --verbose  print each measurement to stderr as it is taken
+Temporary stores go under $TMPDIR (default /tmp): put it on the disk you want to measure.";
+
+/// What to run, and how big.
+pub struct Settings {
+    /// Small sizes.
+    pub quick: bool,
+    /// Rounds of W1.
+    pub rounds: usize,
+    /// Print each measurement to stderr.
+    pub verbose: bool,
+    only: Option<Vec<String>>,
+    json: bool,
+}
+
+impl Settings {
+    fn parse(args: &[String]) -> Result<Settings, String> {
+        let mut s = Settings {
+            quick: false,
+            rounds: 0,
+            verbose: false,
+            only: None,
+            json: false,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--quick" => s.quick = true,
+                "--json" => s.json = true,
+                "--verbose" | "-v" => s.verbose = true,
+                "--only" => {
+                    let v = it.next().ok_or("--only needs a list, e.g. W1,W3")?;
+                    let list: Vec<String> = v.split(',').map(|w| w.trim().to_uppercase()).collect();
+                    if let Some(bad) = list.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+                        return Err(format!(
+                            "unknown workload {bad:?} (known: {})",
+                            WORKLOADS.join(", ")
+                        ));
+                    }
+                    s.only = Some(list);
+                }
+                "--rounds" => {
+                    let v = it.next().ok_or("--rounds needs a number")?;
+                    s.rounds = v
+                        .parse()
+                        .ok()
+                        .filter(|r| *r > 0)
+                        .ok_or_else(|| format!("--rounds: {v:?} is not a positive number"))?;
+                }
+                "-h" | "--help" => return Err(String::new()),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        if s.rounds == 0 {
+            s.rounds = if s.quick { 1 } else { 3 };
+        }
+        Ok(s)
+    }
+
+    fn wants(&self, w: &str) -> bool {
+        self.only.as_ref().is_none_or(|l| l.iter().any(|x| x == w))
+    }
+
+    /// Events written by W1 at `writers` writers.
+    pub fn w1_events(&self, writers: u64) -> u64 {
+        match (self.quick, writers) {
+            (true, 1) => 300,
+            (true, _) => 3_000,
+            (false, 1) => 10_000,
+            (false, 16) => 100_000,
+            (false, _) => 300_000,
+        }
+    }
+
+    /// Appends timed one by one in W2.
+    pub fn w2_appends(&self) -> u64 {
+        if self.quick {
+            200
+        } else {
+            5_000
+        }
+    }
+
+    /// A temporary directory for one store.
+    pub fn tempdir(&self) -> Result<tempfile::TempDir, String> {
+        tempfile::Builder::new()
+            .prefix("tidings-bench-")
+            .tempdir()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Prints a progress line to stderr when verbose.
+    pub fn log(&self, line: fmt::Arguments<'_>) {
+        if self.verbose {
+            eprintln!("{line}");
+        }
+    }
+}
+
+const WORKLOADS: [&str; 7] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7"];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let settings = match Settings::parse(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            if e.is_empty() {
+                println!("{USAGE}");
+                return;
+            }
+            eprintln!("error: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&settings) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+type Workload = fn(&Settings, &mut Vec<Row>) -> Result<(), String>;
+
+fn run(s: &Settings) -> Result<(), String> {
+    let started = Instant::now();
+    let workloads: [(&str, Workload); 2] = [("W1", w12::w1), ("W2", w12::w2)];
+    let mut rows = Vec::new();
+    for (name, f) in workloads {
+        if s.wants(name) {
+            let t = Instant::now();
+            f(s, &mut rows)?;
+            s.log(format_args!(
+                "{name} took {:.1} s",
+                t.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    if s.json {
+        println!("{}", report::json(&rows));
+    } else {
+        println!(
+            "tidings benchmark ({} mode, {} round(s) of W1, {} cores) — ratio = tidings ÷ baseline; ↑ higher is better, ↓ lower is better",
+            if s.quick { "quick" } else { "full" },
+            s.rounds,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        print!("{}", report::table(&rows));
+        println!("total {:.1} s", started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! The result table: one row per (workload, case, baseline), with the ratio and the target.
+
+use std::fmt::Write as _;
+
+/// How a figure compares: which way is better.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Better {
+    /// Throughputs: more is better.
+    Higher,
+    /// Latencies, memory, bytes: less is better.
+    Lower,
+}
+
+/// A target on the ratio tidings ÷ baseline (or on the tidings figure itself).
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// No target: the ratio is shown for information.
+    None,
+    /// ratio ≥ value.
+    RatioAtLeast(f64),
+    /// ratio ≤ value.
+    RatioAtMost(f64),
+    /// the tidings figure itself ≤ value (in the row's unit).
+    ValueAtMost(f64),
+    /// the tidings figure itself ≥ value (in the row's unit).
+    ValueAtLeast(f64),
+}
+
+/// One line of the table.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// W1..W7.
+    pub workload: &'static str,
+    /// What was run, e.g. "256 writers".
+    pub case: String,
+    /// The unit of both figures.
+    pub unit: &'static str,
+    /// Whether a larger figure is better.
+    pub better: Better,
+    /// tidings' figure.
+    pub tidings: f64,
+    /// The baseline's name ("" when the row has no baseline).
+    pub baseline: &'static str,
+    /// The baseline's figure (NaN when there is none).
+    pub base: f64,
+    /// The target, if any.
+    pub target: Target,
+}
+
+impl Row {
+    /// A row comparing tidings with a baseline.
+    pub fn vs(
+        workload: &'static str,
+        case: impl Into<String>,
+        unit: &'static str,
+        better: Better,
+        tidings: f64,
+        baseline: &'static str,
+        base: f64,
+        target: Target,
+    ) -> Row {
+        Row {
+            workload,
+            case: case.into(),
+            unit,
+            better,
+            tidings,
+            baseline,
+            base,
+            target,
+        }
+    }
+
+    /// A row with tidings' figure alone (and perhaps a target on it).
+    pub fn alone(
+        workload: &'static str,
+        case: impl Into<String>,
+        unit: &'static str,
+        better: Better,
+        tidings: f64,
+        target: Target,
+    ) -> Row {
+        Row::vs(workload, case, unit, better, tidings, "", f64::NAN, target)
+    }
+
+    /// tidings ÷ baseline.
+    pub fn ratio(&self) -> f64 {
+        self.tidings / self.base
+    }
+
+    /// Whether the target is met (`None` when there is no target).
+    pub fn met(&self) -> Option<bool> {
+        match self.target {
+            Target::None => None,
+            Target::RatioAtLeast(t) => Some(self.ratio() >= t),
+            Target::RatioAtMost(t) => Some(self.ratio() <= t),
+            Target::ValueAtMost(t) => Some(self.tidings <= t),
+            Target::ValueAtLeast(t) => Some(self.tidings >= t),
+        }
+    }
+
+    fn target_text(&self) -> String {
+        match self.target {
+            Target::None => String::new(),
+            Target::RatioAtLeast(t) => format!("ratio >= {t}"),
+            Target::RatioAtMost(t) => format!("ratio <= {t}"),
+            Target::ValueAtMost(t) => format!("<= {} {}", fmt_num(t), self.unit),
+            Target::ValueAtLeast(t) => format!(">= {} {}", fmt_num(t), self.unit),
+        }
+    }
+}
+
+/// A figure with few significant digits and a thousands separator where it helps.
+pub fn fmt_num(x: f64) -> String {
+    if x.is_nan() {
+        return "-".into();
+    }
+    let a = x.abs();
+    if a >= 100_000.0 {
+        format!("{:.0}k", x / 1000.0)
+    } else if a >= 10_000.0 {
+        format!("{:.1}k", x / 1000.0)
+    } else if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// The table as aligned text.
+pub fn table(rows: &[Row]) -> String {
+    let header = [
+        "workload",
+        "case",
+        "unit",
+        "tidings",
+        "baseline",
+        "baseline fig",
+        "ratio",
+        "target",
+        "met",
+    ];
+    let cells: Vec<[String; 9]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.workload.to_string(),
+                r.case.clone(),
+                format!(
+                    "{}{}",
+                    r.unit,
+                    if r.better == Better::Higher {
+                        " ↑"
+                    } else {
+                        " ↓"
+                    }
+                ),
+                fmt_num(r.tidings),
+                if r.baseline.is_empty() {
+                    "-".into()
+                } else {
+                    r.baseline.to_string()
+                },
+                fmt_num(r.base),
+                if r.base.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{:.2}", r.ratio())
+                },
+                r.target_text(),
+                match r.met() {
+                    None => String::new(),
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO".into(),
+                },
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cols: &[String]| {
+        out.push('|');
+        for (c, w) in cols.iter().zip(&widths) {
+            let pad = w - c.chars().count();
+            let _ = write!(out, " {c}{} |", " ".repeat(pad));
+        }
+        out.push('\n');
+    };
+    line(&mut out, &header.map(String::from));
+    out.push('|');
+    for w in &widths {
+        let _ = write!(out, "{}|", "-".repeat(w + 2));
+    }
+    out.push('\n');
+    for row in &cells {
+        line(&mut out, row);
+    }
+    out
+}
+
+/// The rows as a JSON array (for scripts and profiling).
+pub fn json(rows: &[Row]) -> String {
+    let items: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let num = |x: f64| if x.is_finite() { serde_json::json!(x) } else { serde_json::Value::Null };
+            serde_json::json!({
+                "workload": r.workload,
+                "case": r.case,
+                "unit": r.unit,
+                "higher_is_better": r.better == Better::Higher,
+                "tidings": num(r.tidings),
+                "baseline": if r.baseline.is_empty() { serde_json::Value::Null } else { r.baseline.into() },
+                "baseline_value": num(r.base),
+                "ratio": num(r.ratio()),
+                "target": r.target_text(),
+                "met": r.met(),
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&items).expect("rows serialize")
+}
+
+/// The median of `xs` (which must not be empty).
+pub fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+/// The `q`-quantile (0..=1) of sorted samples, nearest rank.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_use_the_nearest_rank() {
+        let xs: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&xs, 0.5), 50.0);
+        assert_eq!(quantile(&xs, 0.99), 99.0);
+        assert_eq!(quantile(&xs, 1.0), 100.0);
+        assert_eq!(quantile(&[7.0], 0.99), 7.0);
+        assert!(quantile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn targets_compare_the_ratio_in_the_stated_direction() {
+        let r = Row::vs(
+            "W1",
+            "x",
+            "ev/s",
+            Better::Higher,
+            3.0,
+            "b",
+            2.0,
+            Target::RatioAtLeast(2.0),
+        );
+        assert_eq!(r.met(), Some(false));
+        let r = Row::vs(
+            "W2",
+            "x",
+            "µs",
+            Better::Lower,
+            3.0,
+            "b",
+            2.0,
+            Target::RatioAtMost(2.0),
+        );
+        assert_eq!(r.met(), Some(true));
+        let r = Row::alone(
+            "W6",
+            "x",
+            "MB",
+            Better::Lower,
+            120.0,
+            Target::ValueAtMost(100.0),
+        );
+        assert_eq!(r.met(), Some(false));
+        assert!(table(&[r.clone()]).contains("NO"));
+        assert!(json(&[r]).contains("\"met\": false"));
+    }
+}

@@ -1,0 +1,157 @@
+//! W1 (durable append throughput) and W2 (append latency beside raw fdatasync).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::baseline;
+use crate::data::Payloads;
+use crate::engines::{drive, Engine, Sink};
+use crate::report::{median, quantile, Better, Row, Target};
+use crate::Settings;
+
+/// W1: events/s with 1, 16 and 256 concurrent writers, appends of 1–3 events, each engine on a
+/// fresh store, `rounds` rounds interleaved, medians.
+pub fn w1(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
+    let payloads = Arc::new(Payloads::new());
+    let rt = runtime()?;
+    for writers in [1u64, 16, 256] {
+        let events = s.w1_events(writers);
+        let mut figures: HashMap<&'static str, Vec<f64>> = HashMap::new();
+        for _ in 0..s.rounds {
+            for engine in Engine::ALL {
+                let dir = s.tempdir()?;
+                let sink = Sink::open(engine, dir.path())?;
+                let run = rt.block_on(drive(&sink, payloads.clone(), writers, events, false))?;
+                sink.close();
+                figures
+                    .entry(engine.name())
+                    .or_default()
+                    .push(run.events_per_sec());
+                s.log(format_args!(
+                    "W1 {writers:>3} writers {:<20} {:>10.0} events/s ({} appends)",
+                    engine.name(),
+                    run.events_per_sec(),
+                    run.appends
+                ));
+            }
+        }
+        let mut med = |e: Engine| median(figures.get_mut(e.name()).expect("measured"));
+        let t = med(Engine::Tidings);
+        let case = format!("{writers} writers, {events} events");
+        rows.push(Row::vs(
+            "W1",
+            &case,
+            "events/s",
+            Better::Higher,
+            t,
+            Engine::Sqlite.name(),
+            med(Engine::Sqlite),
+            Target::RatioAtLeast(2.0),
+        ));
+        rows.push(Row::vs(
+            "W1",
+            &case,
+            "events/s",
+            Better::Higher,
+            t,
+            Engine::RawSled.name(),
+            med(Engine::RawSled),
+            Target::RatioAtLeast(0.8),
+        ));
+        rows.push(Row::vs(
+            "W1",
+            &case,
+            "events/s",
+            Better::Higher,
+            t,
+            Engine::RawFile.name(),
+            med(Engine::RawFile),
+            Target::None,
+        ));
+    }
+    Ok(())
+}
+
+/// W2: latency of single appends (1 writer, one at a time), p50 and p99, beside raw
+/// `write + fdatasync` of the same bytes and the other engines.
+pub fn w2(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
+    let payloads = Arc::new(Payloads::new());
+    let rt = runtime()?;
+    let n = s.w2_appends();
+    let mut lat: HashMap<&'static str, Vec<f64>> = HashMap::new();
+    for engine in [Engine::Tidings, Engine::Sqlite, Engine::RawSled] {
+        let dir = s.tempdir()?;
+        let sink = Sink::open(engine, dir.path())?;
+        // ~2 events per append: n appends.
+        let run = rt.block_on(drive(&sink, payloads.clone(), 1, n * 2, true))?;
+        sink.close();
+        lat.insert(engine.name(), run.latencies);
+    }
+    let dir = s.tempdir()?;
+    let raw =
+        baseline::file::fdatasync_latencies(dir.path(), &payloads, n).map_err(|e| e.to_string())?;
+    lat.insert("raw fdatasync", raw);
+    let mut q = HashMap::new();
+    for (name, mut xs) in lat {
+        xs.sort_by(|a, b| a.total_cmp(b));
+        s.log(format_args!(
+            "W2 {name:<20} p50 {:>8.0} µs  p99 {:>8.0} µs  ({} appends)",
+            quantile(&xs, 0.5),
+            quantile(&xs, 0.99),
+            xs.len()
+        ));
+        q.insert(name, (quantile(&xs, 0.5), quantile(&xs, 0.99)));
+    }
+    let t = q[Engine::Tidings.name()];
+    let case = |p: &str| format!("1 writer, {n} appends, {p}");
+    rows.push(Row::vs(
+        "W2",
+        case("p50"),
+        "µs",
+        Better::Lower,
+        t.0,
+        "raw fdatasync",
+        q["raw fdatasync"].0,
+        Target::None,
+    ));
+    rows.push(Row::vs(
+        "W2",
+        case("p99"),
+        "µs",
+        Better::Lower,
+        t.1,
+        "raw fdatasync",
+        q["raw fdatasync"].1,
+        Target::RatioAtMost(2.0),
+    ));
+    rows.push(Row::vs(
+        "W2",
+        case("p99"),
+        "µs",
+        Better::Lower,
+        t.1,
+        Engine::RawSled.name(),
+        q[Engine::RawSled.name()].1,
+        Target::None,
+    ));
+    rows.push(Row::vs(
+        "W2",
+        case("p99"),
+        "µs",
+        Better::Lower,
+        t.1,
+        Engine::Sqlite.name(),
+        q[Engine::Sqlite.name()].1,
+        Target::None,
+    ));
+    Ok(())
+}
+
+/// A current-thread tokio runtime: the stores' writers are their own threads and reads run on
+/// the blocking pool, so one thread drives every task (as in tidings' own example).
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
