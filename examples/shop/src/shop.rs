@@ -1,0 +1,377 @@
+//! [`Shop`]: the store, the three aggregate registries, and the four services, in one value
+//! that the binary, the tests and the crash child drive.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidings::aggregate::{AggregateConfig, AggregateError, AggregateRegistry, CommandEnvelope, CommandOutcome};
+use tidings::store::{EventStore, Filter, SledEventStore, StoreError};
+use tidings::subscription::{
+    ControlError, EventHandler, FailurePolicy, StartError, SubscriptionConfig, SubscriptionHandle,
+    SubscriptionState, SubscriptionStatus, Subscriptions,
+};
+use tidings::DomainEvent;
+
+use crate::catalog::Line;
+use crate::gateway::{PaymentGateway, SimulatedGateway};
+use crate::invariants::{self, Check};
+use crate::order::{Order, OrderCommand, OrderError, OrderEvent};
+use crate::payment::Payment;
+use crate::services::{FulfilmentService, PaymentService, StockService};
+use crate::stock::{Stock, StockCommand, StockError, WAREHOUSE};
+use crate::view::{ReadModel, ShopView};
+
+/// One of the shop's services (a durable subscription).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    /// Charges placed orders, refunds cancelled paid ones ([`PaymentService`]).
+    Payments,
+    /// Reserves the items of paid orders ([`StockService`]).
+    Stock,
+    /// Confirms or cancels orders ([`FulfilmentService`]).
+    Fulfilment,
+    /// Keeps the read model ([`ShopView`]).
+    View,
+}
+
+impl Service {
+    /// Every service, in the order they are started.
+    pub const ALL: [Service; 4] = [
+        Service::Payments,
+        Service::Stock,
+        Service::Fulfilment,
+        Service::View,
+    ];
+
+    /// Its subscription's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Payments => PaymentService::NAME,
+            Service::Stock => StockService::NAME,
+            Service::Fulfilment => FulfilmentService::NAME,
+            Service::View => ShopView::NAME,
+        }
+    }
+}
+
+/// How the shop runs.
+#[derive(Clone)]
+pub struct ShopConfig {
+    /// The payment gateway the payment service calls.
+    pub gateway: Arc<dyn PaymentGateway>,
+    /// Settings of every service's subscription.
+    pub subscription: SubscriptionConfig,
+    /// What a failing payment service does: retry (the gateway may be flaky), then park.
+    pub payments_failure_policy: FailurePolicy,
+    /// Settings of the three aggregate registries.
+    pub aggregates: AggregateConfig,
+}
+
+impl Default for ShopConfig {
+    fn default() -> Self {
+        ShopConfig {
+            gateway: Arc::new(SimulatedGateway::default()),
+            subscription: SubscriptionConfig::default().commit_interval(Duration::from_millis(50)),
+            payments_failure_policy: FailurePolicy::retry_then_park(
+                5,
+                Duration::from_millis(20),
+                Duration::from_millis(500),
+            ),
+            aggregates: AggregateConfig::default().idle_timeout(Some(Duration::from_secs(60))),
+        }
+    }
+}
+
+impl ShopConfig {
+    /// Sets the gateway.
+    pub fn gateway(mut self, gateway: Arc<dyn PaymentGateway>) -> Self {
+        self.gateway = gateway;
+        self
+    }
+
+    /// Sets the payment service's failure policy.
+    pub fn payments_failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.payments_failure_policy = policy;
+        self
+    }
+
+    /// Sets every service's subscription settings (the payment service's failure policy is
+    /// [`payments_failure_policy`](Self::payments_failure_policy)).
+    pub fn subscription(mut self, config: SubscriptionConfig) -> Self {
+        self.subscription = config;
+        self
+    }
+}
+
+/// What can go wrong running the shop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShopError {
+    /// The store failed (or does not open: another process has it, damage, ...).
+    #[error("event store: {0}")]
+    Store(#[from] StoreError),
+    /// A service could not be started (it is already running).
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// An operation on a service's parked events failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A service failed (the reason names the event).
+    #[error("service {name} failed: {reason}")]
+    ServiceFailed {
+        /// The service's subscription name.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The running services did not catch up with the log in time.
+    #[error("not settled after {waited:?}: head {head}, behind: {behind:?}")]
+    NotSettled {
+        /// How long it waited.
+        waited: Duration,
+        /// The head then.
+        head: u64,
+        /// The services still behind.
+        behind: Vec<&'static str>,
+    },
+}
+
+/// The shop: an embedded store, the order, payment and stock aggregates, and the services that
+/// react to their events. Must be opened and used inside an actix `System`.
+pub struct Shop {
+    store: Arc<SledEventStore>,
+    orders: AggregateRegistry<Order>,
+    payments: AggregateRegistry<Payment>,
+    stock: AggregateRegistry<Stock>,
+    subscriptions: Subscriptions,
+    config: ShopConfig,
+}
+
+impl Shop {
+    /// Opens (or creates) the shop's store in `dir` and starts the aggregate registries. No
+    /// service runs yet: see [`start_all`](Self::start_all).
+    pub fn open(dir: &Path, config: ShopConfig) -> Result<Shop, ShopError> {
+        let store = Arc::new(SledEventStore::open(dir)?);
+        let shared: Arc<dyn EventStore> = store.clone();
+        let aggregates = config.aggregates.clone();
+        Ok(Shop {
+            orders: AggregateRegistry::start_shared(shared.clone(), aggregates.clone()),
+            payments: AggregateRegistry::start_shared(shared.clone(), aggregates.clone()),
+            // One warehouse records an event per order: a wide idempotence window keeps every
+            // redelivery after a crash within it.
+            stock: AggregateRegistry::start_shared(shared.clone(), aggregates.dedup_window(10_000)),
+            subscriptions: Subscriptions::new(shared),
+            store,
+            config,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<SledEventStore> {
+        &self.store
+    }
+
+    /// The order aggregates.
+    pub fn orders(&self) -> &AggregateRegistry<Order> {
+        &self.orders
+    }
+
+    /// The payment aggregates.
+    pub fn payments(&self) -> &AggregateRegistry<Payment> {
+        &self.payments
+    }
+
+    /// The warehouse.
+    pub fn stock(&self) -> &AggregateRegistry<Stock> {
+        &self.stock
+    }
+
+    /// The services' subscriptions (status, parked events, reset...).
+    pub fn subscriptions(&self) -> &Subscriptions {
+        &self.subscriptions
+    }
+
+    /// Starts one service: it catches up from its checkpoint, then follows the log.
+    pub fn start(&self, service: Service) -> Result<SubscriptionHandle, ShopError> {
+        let config = self.config.subscription.clone();
+        let subs = &self.subscriptions;
+        Ok(match service {
+            Service::Payments => subs.start_with(
+                PaymentService::new(self.payments.clone(), self.config.gateway.clone()),
+                config.failure_policy(self.config.payments_failure_policy.clone()),
+            )?,
+            Service::Stock => subs.start_with(
+                StockService::new(self.orders.clone(), self.stock.clone()),
+                config,
+            )?,
+            Service::Fulfilment => {
+                subs.start_with(FulfilmentService::new(self.orders.clone()), config)?
+            }
+            Service::View => subs.start_with(ShopView, config)?,
+        })
+    }
+
+    /// Starts every service that is not running.
+    pub fn start_all(&self) -> Result<(), ShopError> {
+        for service in Service::ALL {
+            if !self.is_running(service) {
+                self.start(service)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops a service after the event in hand; returns its status once its checkpoint is saved.
+    pub async fn stop(&self, service: Service) -> Option<SubscriptionStatus> {
+        self.subscriptions.stop(service.name()).await
+    }
+
+    /// Whether a service is running.
+    pub fn is_running(&self, service: Service) -> bool {
+        self.subscriptions
+            .get(service.name())
+            .is_some_and(|h| !h.is_finished())
+    }
+
+    /// A service's status in this process, if it was started.
+    pub fn status(&self, service: Service) -> Option<SubscriptionStatus> {
+        self.subscriptions
+            .get(service.name())
+            .map(|h| h.status())
+    }
+
+    /// How many positions of the log a service has not looked at yet (running or stopped).
+    pub async fn lag(&self, service: Service) -> Result<u64, StoreError> {
+        let done = match self.status(service) {
+            Some(s) => s.handled_up_to,
+            None => self
+                .store
+                .load_checkpoint(service.name())
+                .await?
+                .unwrap_or(0),
+        };
+        Ok(self.store.head().saturating_sub(done))
+    }
+
+    /// Places an order (a new command id each call).
+    pub async fn place_order(
+        &self,
+        order_id: &str,
+        customer: &str,
+        items: Vec<Line>,
+    ) -> Result<CommandOutcome, AggregateError<OrderError>> {
+        let command = OrderCommand::Place {
+            order_id: order_id.to_owned(),
+            customer: customer.to_owned(),
+            items,
+        };
+        self.orders
+            .execute(order_id, CommandEnvelope::new(command))
+            .await
+    }
+
+    /// Restocks the warehouse.
+    pub async fn restock(
+        &self,
+        items: Vec<Line>,
+    ) -> Result<CommandOutcome, AggregateError<StockError>> {
+        self.stock
+            .execute_command(WAREHOUSE, StockCommand::Restock { items })
+            .await
+    }
+
+    /// The next free order number: one more than the highest `o-<number>` order in the log.
+    pub async fn next_order_number(&self) -> Result<u64, ShopError> {
+        let filter = Filter::all().event_types(["OrderPlaced"]);
+        let (mut from, mut highest) = (1, 0u64);
+        loop {
+            let page = self.store.read_all(from, 512, &filter).await?;
+            for e in &page.events {
+                if let Ok(event) = OrderEvent::from_recorded(e) {
+                    if let Some(n) = event
+                        .order_id()
+                        .strip_prefix("o-")
+                        .and_then(|n| n.parse::<u64>().ok())
+                    {
+                        highest = highest.max(n);
+                    }
+                }
+            }
+            from = page.next_position;
+            if page.is_end() {
+                return Ok(highest + 1);
+            }
+        }
+    }
+
+    /// Waits until every running service has handled the whole log and the log stopped
+    /// growing (every reaction has run), at most `timeout`. Returns the head. A service that
+    /// failed is an error.
+    pub async fn settle(&self, timeout: Duration) -> Result<u64, ShopError> {
+        let started = Instant::now();
+        loop {
+            let head = self.store.head();
+            let mut behind = Vec::new();
+            for service in Service::ALL {
+                let Some(status) = self.status(service) else {
+                    continue;
+                };
+                match status.state {
+                    SubscriptionState::Failed(reason) => {
+                        return Err(ShopError::ServiceFailed {
+                            name: service.name(),
+                            reason,
+                        })
+                    }
+                    SubscriptionState::Stopped => {}
+                    _ if status.handled_up_to < head => behind.push(service.name()),
+                    _ => {}
+                }
+            }
+            if behind.is_empty() && self.store.head() == head {
+                return Ok(head);
+            }
+            if started.elapsed() >= timeout {
+                return Err(ShopError::NotSettled {
+                    waited: started.elapsed(),
+                    head,
+                    behind,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Commits what the read model's projection has pending (if it runs), so that the store
+    /// shows it.
+    pub async fn flush_view(&self) -> Result<(), ShopError> {
+        if let Some(handle) = self.subscriptions.get(ShopView::NAME) {
+            if let Some(result) = handle.flush().await {
+                result?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The read model, as committed (after flushing the projection).
+    pub async fn read_model(&self) -> Result<ReadModel, ShopError> {
+        self.flush_view().await?;
+        Ok(ReadModel::load(&*self.store).await?)
+    }
+
+    /// Checks the invariants from the log (flushing the projection first, so that the read
+    /// model can be compared). Settle first for a verdict on a quiet shop.
+    pub async fn check(&self) -> Result<Vec<Check>, ShopError> {
+        self.flush_view().await?;
+        Ok(invariants::check(&*self.store).await?)
+    }
+
+    /// Stops every service (saving checkpoints) and every aggregate instance.
+    pub async fn shutdown(self) {
+        self.subscriptions.stop_all().await;
+        self.orders.shutdown().await;
+        self.payments.shutdown().await;
+        self.stock.shutdown().await;
+    }
+}
