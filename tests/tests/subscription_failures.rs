@@ -156,7 +156,7 @@ async fn a_poison_event_is_retried_then_parked_with_the_rest_of_its_stream_and_r
     let status = handle.caught_up_to(b3).await;
     assert_eq!(probe.seen(), vec![a1, b1, b2, b3]);
     assert_eq!((status.parked, status.parked_streams), (4, 1));
-    assert_eq!(status.state, SubscriptionState::Live);
+    assert_eq!(status.state, SubscriptionState::Parked);
     assert_eq!(status.lag(), 0);
 
     // Through the store (as another process sees it), after the loop committed.

@@ -186,6 +186,9 @@ impl SubscriptionHandle {
 pub struct Subscriptions {
     store: Arc<dyn EventStore>,
     running: Arc<Mutex<HashMap<&'static str, SubscriptionHandle>>>,
+    /// One lock per name: held by a running loop for its whole life, and by an operation on a
+    /// stopped subscription's stored checkpoint, so that the two never interleave.
+    guards: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// Why a subscription could not be started.
@@ -203,7 +206,18 @@ impl Subscriptions {
         Subscriptions {
             store,
             running: Arc::default(),
+            guards: Arc::default(),
         }
+    }
+
+    /// The lock of subscription `name`.
+    fn guard(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.guards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Starts `handler` with the default settings.
@@ -218,6 +232,33 @@ impl Subscriptions {
         handler: H,
         config: SubscriptionConfig,
     ) -> Result<SubscriptionHandle, StartError> {
+        self.launch(vec![handler], config)
+    }
+
+    /// Starts `handler` with `partitions` copies of it working concurrently, the events spread
+    /// over them by stream: the events of one stream always go to the same copy, in order.
+    ///
+    /// The checkpoint never passes an event that is not handled, and state kept through
+    /// [`EventContext`](super::EventContext) stays exactly-once. Give each stream its own state
+    /// keys to keep the partitions parallel: when events of different partitions touch the same
+    /// key in one page, the rest of that page is handled one event at a time (correct, slower).
+    /// Useful when handling waits on I/O (a payment gateway, another service); the partitions
+    /// share the subscription's actor and thread.
+    pub fn start_partitioned<H: EventHandler + Clone>(
+        &self,
+        handler: H,
+        partitions: usize,
+        config: SubscriptionConfig,
+    ) -> Result<SubscriptionHandle, StartError> {
+        let handlers = vec![handler; partitions.max(1)];
+        self.launch(handlers, config)
+    }
+
+    fn launch<H: EventHandler>(
+        &self,
+        handlers: Vec<H>,
+        config: SubscriptionConfig,
+    ) -> Result<SubscriptionHandle, StartError> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if running.get(H::NAME).is_some_and(|h| !h.is_finished()) {
             return Err(StartError::AlreadyRunning(H::NAME));
@@ -226,7 +267,7 @@ impl Subscriptions {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let status = StatusCell::new(H::NAME);
         let runner = Runner {
-            handler,
+            handlers,
             store: self.store.clone(),
             config,
             status: status.clone(),
@@ -234,6 +275,7 @@ impl Subscriptions {
             commands: commands_rx,
             commands_open: true,
             parked_streams: Default::default(),
+            guard: self.guard(H::NAME),
         };
         SubscriptionActor {
             runner: Some(Box::new(runner)),
@@ -274,6 +316,13 @@ impl Subscriptions {
         all
     }
 
+    /// Takes the lock of a STOPPED subscription, for an operation on its stored checkpoint;
+    /// `None` if it is running (or was started meanwhile: go through its loop then).
+    async fn lock_stopped(&self, name: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let guard = self.guard(name).lock_owned().await;
+        self.running(name).is_none().then_some(guard)
+    }
+
     /// The running subscription of that name, if it is running.
     fn running(&self, name: &str) -> Option<SubscriptionHandle> {
         self.get(name).filter(|h| !h.is_finished())
@@ -299,28 +348,36 @@ impl Subscriptions {
         name: &str,
         stream: &str,
     ) -> Result<ReplayOutcome, ControlError> {
-        if let Some(handle) = self.running(name) {
-            if let Some(result) = handle.replay_parked(stream).await {
-                return result;
+        loop {
+            if let Some(handle) = self.running(name) {
+                if let Some(result) = handle.replay_parked(stream).await {
+                    return result;
+                }
+            }
+            if let Some(_stopped) = self.lock_stopped(name).await {
+                let waiting = request_replay_in_store(&*self.store, name, stream).await?;
+                return Ok(ReplayOutcome {
+                    handled: 0,
+                    still_parked: waiting,
+                    deferred: waiting > 0,
+                });
             }
         }
-        let waiting = request_replay_in_store(&*self.store, name, stream).await?;
-        Ok(ReplayOutcome {
-            handled: 0,
-            still_parked: waiting,
-            deferred: waiting > 0,
-        })
     }
 
     /// Drops the parked event at `position` (it is never handled). If later events of its stream
     /// are parked they stay parked until replayed. Returns false if none is parked there.
     pub async fn skip_parked(&self, name: &str, position: u64) -> Result<bool, ControlError> {
-        if let Some(handle) = self.running(name) {
-            if let Some(result) = handle.skip_parked(position).await {
-                return result;
+        loop {
+            if let Some(handle) = self.running(name) {
+                if let Some(result) = handle.skip_parked(position).await {
+                    return result;
+                }
+            }
+            if let Some(_stopped) = self.lock_stopped(name).await {
+                return Ok(skip_in_store(&*self.store, name, position).await?);
             }
         }
-        Ok(skip_in_store(&*self.store, name, position).await?)
     }
 
     /// Moves the checkpoint of the STOPPED subscription `name` (fenced commit), so that it
@@ -333,9 +390,9 @@ impl Subscriptions {
         to: ResetTo,
         clear_state: bool,
     ) -> Result<u64, ControlError> {
-        if self.running(name).is_some() {
+        let Some(_stopped) = self.lock_stopped(name).await else {
             return Err(ControlError::Running(name.to_owned()));
-        }
+        };
         Ok(reset_in_store(&*self.store, name, to, clear_state).await?)
     }
 

@@ -49,6 +49,9 @@ pub enum HandlerFailure {
     /// Reading or writing the subscription's state failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The handler wrote a key under the framework's reserved prefix (`\0tidings/`).
+    #[error("handler wrote the reserved state key {0:?}: keys starting with \\0tidings/ belong to the framework")]
+    ReservedKey(String),
 }
 
 /// A type that handles a subscription's events: what `#[derive(EventHandler)]` implements.
@@ -127,8 +130,16 @@ pub struct EventContext<'a> {
     pub(crate) store: &'a dyn EventStore,
     /// Writes of earlier events, not yet committed.
     pub(crate) pending: &'a StateBatch,
+    /// In a partitioned subscription: writes of earlier events of this partition in the current
+    /// round (newer than `pending`).
+    pub(crate) round: Option<&'a StateBatch>,
     /// Writes of this event; merged into `pending` only if the handler succeeds.
     pub(crate) writes: StateBatch,
+    /// In a partitioned subscription: the keys this event read (to detect keys shared by
+    /// partitions).
+    pub(crate) reads: Option<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// The first write to a key under [`RESERVED_PREFIX`](super::RESERVED_PREFIX), refused.
+    pub(crate) reserved: Option<Vec<u8>>,
 }
 
 impl<'a> EventContext<'a> {
@@ -149,20 +160,43 @@ impl<'a> EventContext<'a> {
 
     /// One value of the subscription's state, as of the events handled so far.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(v) = self.writes.get(key).or_else(|| self.pending.get(key)) {
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
+        }
+        if let Some(reads) = &self.reads {
+            reads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(key.to_vec());
+        }
+        let earlier = self.round.and_then(|r| r.get(key));
+        if let Some(v) = earlier.or_else(|| self.pending.get(key)) {
             return Ok(v.clone());
         }
         self.store.load_state(self.name, key).await
     }
 
     /// Sets a value of the subscription's state (committed with the checkpoint).
+    ///
+    /// Keys that start with [`RESERVED_PREFIX`](super::RESERVED_PREFIX) belong to the framework:
+    /// writing one fails the event (a [`HandlerFailure::ReservedKey`]) instead of corrupting the
+    /// subscription's parked events or status.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
-        self.writes.insert(key.to_vec(), Some(value));
+        self.write(key, Some(value));
     }
 
-    /// Deletes a value of the subscription's state (committed with the checkpoint).
+    /// Deletes a value of the subscription's state (committed with the checkpoint). Reserved
+    /// keys are refused as for [`put`](Self::put).
     pub fn delete(&mut self, key: &[u8]) {
-        self.writes.insert(key.to_vec(), None);
+        self.write(key, None);
+    }
+
+    fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+        if key.starts_with(super::RESERVED_PREFIX) {
+            self.reserved.get_or_insert_with(|| key.to_vec());
+            return;
+        }
+        self.writes.insert(key.to_vec(), value);
     }
 
     /// [`get`](Self::get) and decode from JSON.

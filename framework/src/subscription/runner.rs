@@ -5,25 +5,27 @@
 //! catching up to live cannot skip or repeat an event however appends race it (the failure mode
 //! of push-based designs, commanded/eventstore#327).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::future::join_all;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::failure::{
     encode_parked, parked_in_store, parked_key, parked_stream_key, parked_streams_in_store,
-    replay_key, replay_requests_in_store, status_write, ControlError, FailurePolicy, ParkedEvent,
-    ReplayOutcome,
+    replay_key, replay_requests_in_store, status_write, subscription_status_from_store,
+    ControlError, FailurePolicy, ParkedEvent, ReplayOutcome,
 };
 use super::handler::{drain, merge, EventContext, EventHandler, HandlerFailure, StateBatch};
-use super::status::{StatusCell, SubscriptionState};
+use super::status::{StatusCell, SubscriptionState, SubscriptionStatus};
 use super::{StartFrom, SubscriptionConfig};
 use crate::panic::panic_message;
-use crate::store::{EventStore, Filter, RecordedEvent, StoreError};
+use crate::store::{EventStore, Filter, HeadWatch, RecordedEvent, StoreError};
 
 /// An operation on parked events, applied by the running loop (so that it is fenced and ordered
 /// with the loop's own commits).
@@ -46,7 +48,8 @@ pub(crate) enum Command {
 
 /// The result of handling one event, retries included.
 enum Attempt {
-    Handled(StateBatch),
+    /// Handled: its state writes, and (when tracked) the keys it read.
+    Handled(StateBatch, Vec<Vec<u8>>),
     Failed(HandlerFailure),
     Panicked(String),
     /// A stop was requested during a backoff pause.
@@ -68,7 +71,9 @@ impl From<StoreError> for Fault {
 }
 
 pub(crate) struct Runner<H: EventHandler> {
-    pub handler: H,
+    /// One handler per partition (one for an unpartitioned subscription); the events of a
+    /// stream always go to the same one.
+    pub handlers: Vec<H>,
     pub store: Arc<dyn EventStore>,
     pub config: SubscriptionConfig,
     pub status: StatusCell,
@@ -77,6 +82,17 @@ pub(crate) struct Runner<H: EventHandler> {
     pub commands_open: bool,
     /// Streams with parked events (loaded from the store at each run).
     pub parked_streams: BTreeSet<String>,
+    /// Held for the whole life of the loop: operations on the stopped subscription's stored
+    /// checkpoint take it too, so they never interleave with a loop that is starting.
+    pub guard: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// What to do after one event of the sequential loop.
+enum Flow {
+    /// The event is handled (or parked): the checkpoint moved to it.
+    Next,
+    /// A stop was requested while it was being retried: it is not handled.
+    Stopped,
 }
 
 impl<H: EventHandler> Runner<H> {
@@ -84,8 +100,20 @@ impl<H: EventHandler> Runner<H> {
     pub async fn run(mut self) {
         let span = info_span!("subscription", name = H::NAME);
         async move {
+            let _guard = self.guard.clone().lock_owned().await;
+            if let Err(e) = self.restore_counters().await {
+                let reason = format!("store error: {e}");
+                error!(reason = %reason, "subscription failed");
+                self.status.update(|s| s.state = SubscriptionState::Failed(reason));
+                return;
+            }
             loop {
-                match self.run_once().await {
+                let run = if self.handlers.len() > 1 {
+                    self.run_partitioned().await
+                } else {
+                    self.run_once().await
+                };
+                match run {
                     Ok(()) => {
                         self.status.update(|s| s.state = SubscriptionState::Stopped);
                         info!("subscription stopped");
@@ -129,6 +157,22 @@ impl<H: EventHandler> Runner<H> {
         .await
     }
 
+    /// Carries the counters of the last status record over (handled events, retries and
+    /// restarts are totals, not per process).
+    async fn restore_counters(&self) -> Result<(), StoreError> {
+        let partitions = self.handlers.len() as u64;
+        let stored = subscription_status_from_store(&*self.store, H::NAME).await?;
+        self.status.update(|s| {
+            s.partitions = partitions;
+            if let Some(stored) = stored {
+                s.events_handled = stored.events_handled;
+                s.retries = stored.retries;
+                s.restarts = stored.restarts;
+            }
+        });
+        Ok(())
+    }
+
     /// Writes the status record at this instance's last committed checkpoint (fenced by it, so
     /// that a zombie instance cannot overwrite the status of a newer one), for a run that ended
     /// without a commit of its own. Best effort: the status in memory is the authority.
@@ -149,24 +193,24 @@ impl<H: EventHandler> Runner<H> {
 
     /// Sleeps, or returns true early if a stop is requested.
     async fn sleep_or_stop(&mut self, duration: Duration) -> bool {
-        if *self.stop.borrow() {
-            return true;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(duration) => false,
-            _ = self.stop.changed() => true,
-        }
+        sleep_or_stop(&mut self.stop, duration).await
     }
 
     fn stop_requested(&self) -> bool {
         *self.stop.borrow()
     }
 
-    /// One run from the stored checkpoint. `Ok` means stopped on request.
-    async fn run_once(&mut self) -> Result<(), Fault> {
+    /// The partition (handler) of a stream's events.
+    fn partition_of(&self, stream: &str) -> usize {
+        partition_of(stream, self.handlers.len())
+    }
+
+    /// Loads the checkpoint, parked streams and deferred replays: the start of every run.
+    /// Returns the checkpoint and the last commit.
+    async fn begin(&mut self) -> Result<(u64, Committed), Fault> {
         let name = H::NAME;
         let stored = self.store.load_checkpoint(name).await?;
-        let mut checkpoint = match stored {
+        let checkpoint = match stored {
             Some(p) => p,
             None => match H::start_from() {
                 StartFrom::Beginning => 0,
@@ -190,7 +234,7 @@ impl<H: EventHandler> Runner<H> {
             s.head = head;
             s.parked = parked;
             s.parked_streams = parked_streams;
-            s.state = SubscriptionState::CatchingUp;
+            s.state = running_state(s, false);
         });
         if stored.is_none() {
             // Record where a new subscription starts, so that a restart before the first event
@@ -211,7 +255,17 @@ impl<H: EventHandler> Runner<H> {
             )
             .await?;
         }
-        info!(checkpoint, "subscription started");
+        info!(
+            checkpoint,
+            partitions = self.handlers.len(),
+            "subscription started"
+        );
+        Ok((checkpoint, committed))
+    }
+
+    /// One run from the stored checkpoint, one event at a time. `Ok` means stopped on request.
+    async fn run_once(&mut self) -> Result<(), Fault> {
+        let (mut checkpoint, mut committed) = self.begin().await?;
         let filter = H::filter();
         let mut heads = self.store.watch_head();
         let mut pending = StateBatch::new();
@@ -219,12 +273,9 @@ impl<H: EventHandler> Runner<H> {
 
         loop {
             if self.stop_requested() {
-                // The status cell says "stopped" only once this commit is done (whoever waits
-                // for the stop relies on the checkpoint being saved); the record says it now.
-                let state = Some(SubscriptionState::Stopped);
-                self.commit_forced(&mut committed, checkpoint, &mut pending, state)
-                    .await?;
-                return Ok(());
+                return self
+                    .commit_stopped(&mut committed, checkpoint, &mut pending)
+                    .await;
             }
             let page = self
                 .store
@@ -238,70 +289,12 @@ impl<H: EventHandler> Runner<H> {
                     self.apply(command, &mut committed, checkpoint, &mut pending)
                         .await?;
                 }
-                let position = event.position;
-                if self.parked_streams.contains(&event.stream_id) {
-                    // An earlier event of this stream is parked: this one waits behind it, in
-                    // order, recorded as parked so that the checkpoint can move past it. (After
-                    // a reset it may be parked already: keep its record and reason.)
-                    let key = parked_key(position);
-                    if !pending.contains_key(&key)
-                        && self.store.load_state(name, &key).await?.is_none()
-                    {
-                        park(
-                            &mut pending,
-                            event,
-                            "an earlier event of its stream is parked",
-                        );
-                        self.status.update(|s| s.parked += 1);
-                    }
-                    debug!(position, stream = %event.stream_id, "parked behind its stream");
-                    checkpoint = position;
-                    uncommitted += 1;
-                    self.status.update(|s| s.handled_up_to = position);
-                } else {
-                    match self.attempt(event, &pending).await {
-                        Attempt::Handled(writes) => {
-                            merge(&mut pending, writes);
-                            checkpoint = position;
-                            uncommitted += 1;
-                            self.status.update(|s| {
-                                s.handled_up_to = position;
-                                s.events_handled += 1;
-                            });
-                        }
-                        Attempt::Failed(failure) => {
-                            let reason = describe(position, &event.event_type, &failure);
-                            if self.config.failure_policy == FailurePolicy::Stop {
-                                // Save the progress before the failing event (every earlier
-                                // position was handled or filtered out), then stop at it.
-                                checkpoint = position - 1;
-                                let state = Some(SubscriptionState::Failed(reason.clone()));
-                                self.commit_forced(&mut committed, checkpoint, &mut pending, state)
-                                    .await?;
-                                return Err(Fault::Fatal(reason));
-                            }
-                            error!(position, stream = %event.stream_id, reason = %reason, "event parked with the rest of its stream");
-                            park(&mut pending, event, &reason);
-                            self.parked_streams.insert(event.stream_id.clone());
-                            checkpoint = position;
-                            uncommitted += 1;
-                            self.status.update(|s| {
-                                s.handled_up_to = position;
-                                s.parked += 1;
-                                s.parked_streams += 1;
-                            });
-                        }
-                        Attempt::Panicked(message) => {
-                            checkpoint = position - 1;
-                            self.commit(&mut committed, checkpoint, &mut pending)
-                                .await?;
-                            return Err(Fault::Panicked { position, message });
-                        }
-                        Attempt::Stopped => {
-                            checkpoint = position - 1;
-                            break;
-                        }
-                    }
+                match self
+                    .step(event, 0, &mut committed, &mut checkpoint, &mut pending)
+                    .await?
+                {
+                    Flow::Next => uncommitted += 1,
+                    Flow::Stopped => break,
                 }
                 if uncommitted >= self.config.commit_every
                     || committed.at.elapsed() >= self.config.commit_interval
@@ -323,50 +316,534 @@ impl<H: EventHandler> Runner<H> {
             if !page.is_end() {
                 continue;
             }
-            self.status.update(|s| s.state = SubscriptionState::Live);
-            // At the head: wait for more, committing what is pending when its time comes.
-            let deadline = committed.at + self.config.commit_interval;
-            let dirty = checkpoint != committed.position || !pending.is_empty();
-            let open = self.commands_open;
-            tokio::select! {
-                changed = heads.changed() => {
-                    if changed.is_err() {
-                        warn!("the store closed; stopping");
-                        self.commit(&mut committed, checkpoint, &mut pending).await.ok();
-                        return Err(Fault::Fatal("the store was closed".into()));
-                    }
-                }
-                _ = self.stop.changed() => {}
-                command = self.commands.recv(), if open => {
-                    match command {
-                        Some(command) => {
-                            self.apply(command, &mut committed, checkpoint, &mut pending).await?;
-                        }
-                        None => self.commands_open = false,
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline.into()), if dirty => {
-                    self.commit(&mut committed, checkpoint, &mut pending).await?;
-                    uncommitted = 0;
+            self.wait_at_head(
+                &mut heads,
+                &mut committed,
+                checkpoint,
+                &mut pending,
+                &mut uncommitted,
+            )
+            .await?;
+        }
+    }
+
+    /// Commits on a stop request. The status cell says "stopped" only once this commit is done
+    /// (whoever waits for the stop relies on the checkpoint being saved); the record says it now.
+    async fn commit_stopped(
+        &mut self,
+        committed: &mut Committed,
+        checkpoint: u64,
+        pending: &mut StateBatch,
+    ) -> Result<(), Fault> {
+        let state = Some(SubscriptionState::Stopped);
+        self.commit_forced(committed, checkpoint, pending, state)
+            .await
+    }
+
+    /// At the head: waits for more events, a command or a stop, committing what is pending
+    /// when its time comes.
+    async fn wait_at_head(
+        &mut self,
+        heads: &mut HeadWatch,
+        committed: &mut Committed,
+        checkpoint: u64,
+        pending: &mut StateBatch,
+        uncommitted: &mut u64,
+    ) -> Result<(), Fault> {
+        self.status.update(|s| s.state = running_state(s, true));
+        let deadline = committed.at + self.config.commit_interval;
+        let dirty = checkpoint != committed.position || !pending.is_empty();
+        let open = self.commands_open;
+        tokio::select! {
+            changed = heads.changed() => {
+                if changed.is_err() {
+                    warn!("the store closed; stopping");
+                    self.commit(committed, checkpoint, pending).await.ok();
+                    return Err(Fault::Fatal("the store was closed".into()));
                 }
             }
-            if heads.current() > checkpoint {
-                self.status
-                    .update(|s| s.state = SubscriptionState::CatchingUp);
+            _ = self.stop.changed() => {}
+            command = self.commands.recv(), if open => {
+                match command {
+                    Some(command) => {
+                        self.apply(command, committed, checkpoint, pending).await?;
+                    }
+                    None => self.commands_open = false,
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()), if dirty => {
+                self.commit(committed, checkpoint, pending).await?;
+                *uncommitted = 0;
+            }
+        }
+        if heads.current() > checkpoint {
+            self.status.update(|s| s.state = running_state(s, false));
+        }
+        Ok(())
+    }
+
+    /// Handles (or parks) one event with the handler of `partition`, moving `checkpoint` to it.
+    /// A panic, or a failure under `FailurePolicy::Stop`, commits the progress before the event
+    /// and ends the run.
+    async fn step(
+        &mut self,
+        event: &RecordedEvent,
+        partition: usize,
+        committed: &mut Committed,
+        checkpoint: &mut u64,
+        pending: &mut StateBatch,
+    ) -> Result<Flow, Fault> {
+        let position = event.position;
+        if self.parked_streams.contains(&event.stream_id) {
+            self.park_behind(event, pending).await?;
+            *checkpoint = position;
+            self.status.update(|s| s.handled_up_to = position);
+            return Ok(Flow::Next);
+        }
+        let attempt = {
+            let mut worker = self.worker(partition);
+            worker.attempt(event, pending, None, false).await
+        };
+        match attempt {
+            Attempt::Handled(writes, _) => {
+                merge(pending, writes);
+                *checkpoint = position;
+                self.status.update(|s| {
+                    s.handled_up_to = position;
+                    s.events_handled += 1;
+                });
+                Ok(Flow::Next)
+            }
+            Attempt::Failed(failure) => {
+                let reason = describe(position, &event.event_type, &failure);
+                if self.config.failure_policy == FailurePolicy::Stop {
+                    // Save the progress before the failing event (every earlier position was
+                    // handled or filtered out), then stop at it.
+                    *checkpoint = position - 1;
+                    return Err(self.fail_at(committed, *checkpoint, pending, reason).await);
+                }
+                self.park_failed(event, &reason, pending);
+                *checkpoint = position;
+                self.status.update(|s| s.handled_up_to = position);
+                Ok(Flow::Next)
+            }
+            Attempt::Panicked(message) => {
+                *checkpoint = position - 1;
+                self.commit(committed, *checkpoint, pending).await?;
+                Err(Fault::Panicked { position, message })
+            }
+            Attempt::Stopped => {
+                *checkpoint = position - 1;
+                Ok(Flow::Stopped)
             }
         }
     }
 
-    /// Handles one event, retrying a failure as the failure policy says.
-    async fn attempt(&mut self, event: &RecordedEvent, pending: &StateBatch) -> Attempt {
+    /// Commits the progress before a failing event with the `Failed` state, and returns the
+    /// fault that ends the run.
+    async fn fail_at(
+        &mut self,
+        committed: &mut Committed,
+        checkpoint: u64,
+        pending: &mut StateBatch,
+        reason: String,
+    ) -> Fault {
+        let state = Some(SubscriptionState::Failed(reason.clone()));
+        match self
+            .commit_forced(committed, checkpoint, pending, state)
+            .await
+        {
+            Ok(()) => Fault::Fatal(reason),
+            Err(fault) => fault,
+        }
+    }
+
+    /// Parks an event whose handling failed, with every later event of its stream.
+    fn park_failed(&mut self, event: &RecordedEvent, reason: &str, pending: &mut StateBatch) {
+        error!(position = event.position, stream = %event.stream_id, reason = %reason, "event parked with the rest of its stream");
+        park(pending, event, reason);
+        self.parked_streams.insert(event.stream_id.clone());
+        self.status.update(|s| {
+            s.handled_up_to = event.position;
+            s.parked += 1;
+            s.parked_streams += 1;
+        });
+    }
+
+    /// An earlier event of this stream is parked: this one waits behind it, in order, recorded
+    /// as parked so that the checkpoint can move past it. (After a reset it may be parked
+    /// already: its record and reason are kept.)
+    async fn park_behind(
+        &mut self,
+        event: &RecordedEvent,
+        pending: &mut StateBatch,
+    ) -> Result<(), Fault> {
+        let key = parked_key(event.position);
+        if !pending.contains_key(&key) && self.store.load_state(H::NAME, &key).await?.is_none() {
+            park(pending, event, "an earlier event of its stream is parked");
+            self.status.update(|s| s.parked += 1);
+        }
+        debug!(position = event.position, stream = %event.stream_id, "parked behind its stream");
+        Ok(())
+    }
+
+    /// The handler of `partition`, with what it needs to handle events.
+    fn worker(&mut self, partition: usize) -> Worker<'_, H> {
+        Worker {
+            handler: &mut self.handlers[partition],
+            store: &*self.store,
+            policy: &self.config.failure_policy,
+            status: &self.status,
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// One run from the stored checkpoint with the events spread over the partitions, a page
+    /// (a round) at a time. `Ok` means stopped on request.
+    ///
+    /// Each round hands every partition its events of the page, in order, and runs the
+    /// partitions concurrently; then the results are taken in position order up to the first
+    /// event that is not handled (a stop, a panic, a failure under `Stop`). The checkpoint never
+    /// passes an event that is not handled, and only the state writes of events at or before
+    /// the checkpoint are committed with it: exactly-once state stays exactly-once.
+    async fn run_partitioned(&mut self) -> Result<(), Fault> {
+        let (mut checkpoint, mut committed) = self.begin().await?;
+        let filter = H::filter();
+        let mut heads = self.store.watch_head();
+        let mut pending = StateBatch::new();
+        let mut uncommitted = 0u64;
+
+        loop {
+            if self.stop_requested() {
+                return self
+                    .commit_stopped(&mut committed, checkpoint, &mut pending)
+                    .await;
+            }
+            while let Ok(command) = self.commands.try_recv() {
+                self.apply(command, &mut committed, checkpoint, &mut pending)
+                    .await?;
+            }
+            let page = self
+                .store
+                .read_all(checkpoint + 1, self.config.batch_size, &filter)
+                .await?;
+            let end = self
+                .round(&page.events, &mut committed, &mut checkpoint, &mut pending)
+                .await?;
+            uncommitted += end.handled;
+            if end.stopped {
+                continue;
+            }
+            checkpoint = checkpoint.max(page.next_position - 1);
+            self.status.update(|s| {
+                s.head = page.head;
+                s.handled_up_to = checkpoint;
+            });
+            if uncommitted >= self.config.commit_every
+                || committed.at.elapsed() >= self.config.commit_interval
+            {
+                self.commit(&mut committed, checkpoint, &mut pending)
+                    .await?;
+                uncommitted = 0;
+            }
+            if !page.is_end() {
+                continue;
+            }
+            self.wait_at_head(
+                &mut heads,
+                &mut committed,
+                checkpoint,
+                &mut pending,
+                &mut uncommitted,
+            )
+            .await?;
+        }
+    }
+
+    /// Handles one page over the partitions (see [`run_partitioned`](Self::run_partitioned)).
+    async fn round(
+        &mut self,
+        events: &[RecordedEvent],
+        committed: &mut Committed,
+        checkpoint: &mut u64,
+        pending: &mut StateBatch,
+    ) -> Result<RoundEnd, Fault> {
+        let n = self.handlers.len();
+        let mut queues: Vec<Vec<&RecordedEvent>> = vec![Vec::new(); n];
+        for event in events {
+            queues[partition_of(&event.stream_id, n)].push(event);
+        }
+        // The first position that must not be handled in this round (a panic or a failure
+        // under `Stop` before it): the partitions stop there, and nothing after it counts.
+        let halt = AtomicU64::new(u64::MAX);
+        let results: Vec<Vec<(u64, Outcome)>> = {
+            let store = &*self.store;
+            let policy = &self.config.failure_policy;
+            let status = &self.status;
+            let parked = &self.parked_streams;
+            let shared: &StateBatch = pending;
+            let halt = &halt;
+            let lanes = self
+                .handlers
+                .iter_mut()
+                .zip(queues)
+                .map(|(handler, queue)| {
+                    let worker = Worker {
+                        handler,
+                        store,
+                        policy,
+                        status,
+                        stop: self.stop.clone(),
+                    };
+                    lane(worker, queue, shared, parked, halt)
+                });
+            join_all(lanes).await
+        };
+        let mut outcomes: BTreeMap<u64, Outcome> = results.into_iter().flatten().collect();
+        // Keys touched by events of more than one partition, one of them writing: those events
+        // saw each other's state out of order. The first of them and everything after it are
+        // handled again, one at a time, below.
+        let redo_from = shared_key_conflict(events, &outcomes, n);
+        if let Some(position) = redo_from {
+            warn!(
+                position,
+                "state keys shared by streams of different partitions: handling the rest of the \
+                 round one event at a time (give each stream its own keys to keep it parallel)"
+            );
+        }
+        let mut end = RoundEnd::default();
+        for event in events {
+            let position = event.position;
+            if redo_from.is_some_and(|from| position >= from) {
+                break;
+            }
+            match outcomes.remove(&position) {
+                Some(Outcome::Handled { writes, .. }) => {
+                    merge(pending, writes);
+                    self.status.update(|s| s.events_handled += 1);
+                }
+                Some(Outcome::Behind) => self.park_behind(event, pending).await?,
+                Some(Outcome::Parked(reason)) => self.park_failed(event, &reason, pending),
+                Some(Outcome::Failed(reason)) => {
+                    *checkpoint = position - 1;
+                    return Err(self.fail_at(committed, *checkpoint, pending, reason).await);
+                }
+                Some(Outcome::Panicked(message)) => {
+                    *checkpoint = position - 1;
+                    self.commit(committed, *checkpoint, pending).await?;
+                    return Err(Fault::Panicked { position, message });
+                }
+                None => {
+                    // Not handled: a stop came first.
+                    *checkpoint = position - 1;
+                    end.stopped = true;
+                    return Ok(end);
+                }
+            }
+            *checkpoint = position;
+            end.handled += 1;
+            self.status.update(|s| s.handled_up_to = position);
+        }
+        if let Some(from) = redo_from {
+            for event in events.iter().filter(|e| e.position >= from) {
+                if self.stop_requested() {
+                    end.stopped = true;
+                    return Ok(end);
+                }
+                let partition = self.partition_of(&event.stream_id);
+                match self
+                    .step(event, partition, committed, checkpoint, pending)
+                    .await?
+                {
+                    Flow::Next => end.handled += 1,
+                    Flow::Stopped => {
+                        end.stopped = true;
+                        return Ok(end);
+                    }
+                }
+            }
+        }
+        Ok(end)
+    }
+}
+
+/// What one round of a partitioned run did.
+#[derive(Default)]
+struct RoundEnd {
+    /// Events handled or parked.
+    handled: u64,
+    /// A stop came before the end of the page.
+    stopped: bool,
+}
+
+/// The result of one event in a partition's lane.
+enum Outcome {
+    /// Handled: its state writes, and the keys it read.
+    Handled {
+        writes: StateBatch,
+        reads: Vec<Vec<u8>>,
+    },
+    /// An earlier event of its stream is parked.
+    Behind,
+    /// It failed and is parked (with the rest of its stream), for this reason.
+    Parked(String),
+    /// It failed under `FailurePolicy::Stop`, for this reason.
+    Failed(String),
+    /// The handler panicked.
+    Panicked(String),
+}
+
+/// One partition's share of a round: its events in order, until a stop or the halt position.
+async fn lane<H: EventHandler>(
+    mut worker: Worker<'_, H>,
+    queue: Vec<&RecordedEvent>,
+    pending: &StateBatch,
+    parked: &BTreeSet<String>,
+    halt: &AtomicU64,
+) -> Vec<(u64, Outcome)> {
+    let mut out = Vec::with_capacity(queue.len());
+    let mut round = StateBatch::new();
+    let mut newly_parked: BTreeSet<&str> = BTreeSet::new();
+    for event in queue {
+        let position = event.position;
+        if *worker.stop.borrow() || position >= halt.load(Ordering::SeqCst) {
+            break;
+        }
+        if parked.contains(&event.stream_id) || newly_parked.contains(event.stream_id.as_str()) {
+            out.push((position, Outcome::Behind));
+            continue;
+        }
+        let outcome = match worker.attempt(event, pending, Some(&round), true).await {
+            Attempt::Handled(writes, reads) => {
+                round.extend(writes.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Outcome::Handled { writes, reads }
+            }
+            Attempt::Failed(failure) => {
+                let reason = describe(position, &event.event_type, &failure);
+                if *worker.policy == FailurePolicy::Stop {
+                    halt.fetch_min(position, Ordering::SeqCst);
+                    out.push((position, Outcome::Failed(reason)));
+                    break;
+                }
+                newly_parked.insert(&event.stream_id);
+                Outcome::Parked(reason)
+            }
+            Attempt::Panicked(message) => {
+                halt.fetch_min(position, Ordering::SeqCst);
+                out.push((position, Outcome::Panicked(message)));
+                break;
+            }
+            Attempt::Stopped => break,
+        };
+        out.push((position, outcome));
+    }
+    out
+}
+
+/// Who touched one state key in a round: the partitions that wrote it, and the (partition,
+/// position) of every access.
+type Touches = (BTreeSet<usize>, Vec<(usize, u64)>);
+
+/// The first position of an event that touched a state key which an event of another partition
+/// wrote in the same round (so one of them may have read it out of order), if any.
+fn shared_key_conflict(
+    events: &[RecordedEvent],
+    outcomes: &BTreeMap<u64, Outcome>,
+    partitions: usize,
+) -> Option<u64> {
+    let mut touched: BTreeMap<&[u8], Touches> = BTreeMap::new();
+    for event in events {
+        let Some(Outcome::Handled { writes, reads }) = outcomes.get(&event.position) else {
+            continue;
+        };
+        let partition = partition_of(&event.stream_id, partitions);
+        for key in writes.keys() {
+            let entry = touched.entry(key.as_slice()).or_default();
+            entry.0.insert(partition);
+            entry.1.push((partition, event.position));
+        }
+        for key in reads {
+            let entry = touched.entry(key.as_slice()).or_default();
+            entry.1.push((partition, event.position));
+        }
+    }
+    touched
+        .values()
+        .filter(|(writers, accesses)| {
+            !writers.is_empty() && accesses.iter().any(|(p, _)| *p != accesses[0].0)
+        })
+        .flat_map(|(_, accesses)| accesses.iter().map(|(_, position)| *position))
+        .min()
+}
+
+/// The partition of a stream's events among `partitions`: FNV-1a of its id, so it is the same
+/// in every run and process.
+pub(crate) fn partition_of(stream: &str, partitions: usize) -> usize {
+    if partitions <= 1 {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in stream.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % partitions as u64) as usize
+}
+
+/// The state of a running subscription: `Parked` while it has parked events, else `Live` at
+/// the head and `CatchingUp` behind it.
+fn running_state(status: &SubscriptionStatus, at_head: bool) -> SubscriptionState {
+    if status.parked > 0 {
+        SubscriptionState::Parked
+    } else if at_head {
+        SubscriptionState::Live
+    } else {
+        SubscriptionState::CatchingUp
+    }
+}
+
+/// Sleeps, or returns true early if a stop is requested.
+async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, duration: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => false,
+        _ = stop.changed() => true,
+    }
+}
+
+/// A handler with what it needs to handle events: one per partition.
+struct Worker<'a, H> {
+    handler: &'a mut H,
+    store: &'a dyn EventStore,
+    policy: &'a FailurePolicy,
+    status: &'a StatusCell,
+    stop: watch::Receiver<bool>,
+}
+
+impl<H: EventHandler> Worker<'_, H> {
+    /// Handles one event, retrying a failure as the failure policy says. `round` is the
+    /// partition's uncommitted writes of this round (newer than `pending`); with `track_reads`
+    /// the keys the handler read are returned.
+    async fn attempt(
+        &mut self,
+        event: &RecordedEvent,
+        pending: &StateBatch,
+        round: Option<&StateBatch>,
+        track_reads: bool,
+    ) -> Attempt {
         let mut retry = 0u32;
         loop {
             let mut ctx = EventContext {
                 name: H::NAME,
                 event,
-                store: &*self.store,
+                store: self.store,
                 pending,
+                round,
                 writes: StateBatch::new(),
+                reads: track_reads.then(Default::default),
+                reserved: None,
             };
             let span = info_span!(
                 "event",
@@ -379,29 +856,42 @@ impl<H: EventHandler> Runner<H> {
                 .instrument(span)
                 .await;
             let writes = std::mem::take(&mut ctx.writes);
-            let failure = match outcome {
-                Ok(Ok(())) => return Attempt::Handled(writes),
-                Err(panic) => return Attempt::Panicked(panic_message(&*panic)),
-                Ok(Err(failure)) => failure,
+            let reads = ctx
+                .reads
+                .take()
+                .map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner()))
+                .unwrap_or_default();
+            let failure = match (outcome, ctx.reserved.take()) {
+                (Err(panic), _) => return Attempt::Panicked(panic_message(&*panic)),
+                (Ok(Ok(())), Some(key)) | (Ok(Err(_)), Some(key)) => {
+                    // Not retried: the same code writes the same key again.
+                    return Attempt::Failed(HandlerFailure::ReservedKey(
+                        String::from_utf8_lossy(&key).into_owned(),
+                    ));
+                }
+                (Ok(Ok(())), None) => return Attempt::Handled(writes, reads),
+                (Ok(Err(failure)), None) => failure,
             };
-            let max_retries = match self.config.failure_policy {
-                FailurePolicy::RetryThenPark { max_retries, .. } => max_retries,
+            let max_retries = match self.policy {
+                FailurePolicy::RetryThenPark { max_retries, .. } => *max_retries,
                 FailurePolicy::Stop => 0,
             };
             if retry >= max_retries || matches!(failure, HandlerFailure::Decode(_)) {
                 return Attempt::Failed(failure);
             }
             let seed = event.position ^ (event.event_id.as_u128() as u64);
-            let pause = self.config.failure_policy.backoff(retry, seed);
+            let pause = self.policy.backoff(retry, seed);
             retry += 1;
             warn!(position = event.position, retry, ?pause, error = %failure, "handler failed; retrying");
             self.status.update(|s| s.retries += 1);
-            if self.sleep_or_stop(pause).await {
+            if sleep_or_stop(&mut self.stop, pause).await {
                 return Attempt::Stopped;
             }
         }
     }
+}
 
+impl<H: EventHandler> Runner<H> {
     /// Applies an operation on parked events: commits what is pending first, then the
     /// operation's writes in a second fenced commit at the same checkpoint.
     async fn apply(
@@ -435,7 +925,13 @@ impl<H: EventHandler> Runner<H> {
                 let result = self.replay(&stream, committed, checkpoint).await;
                 respond(reply, result)
             }
-        }
+        }?;
+        self.status.update(|s| {
+            if s.state == SubscriptionState::Parked && s.parked == 0 {
+                s.state = running_state(s, s.handled_up_to >= s.head);
+            }
+        });
+        Ok(())
     }
 
     async fn skip(
@@ -494,8 +990,14 @@ impl<H: EventHandler> Runner<H> {
                 batch.insert(parked_key(entry.position), None);
                 continue;
             };
-            let reason = match self.attempt(&event, &batch).await {
-                Attempt::Handled(writes) => {
+            let attempt = {
+                let partition = self.partition_of(stream);
+                self.worker(partition)
+                    .attempt(&event, &batch, None, false)
+                    .await
+            };
+            let reason = match attempt {
+                Attempt::Handled(writes, _) => {
                     merge(&mut batch, writes);
                     batch.insert(parked_key(entry.position), None);
                     outcome.handled += 1;

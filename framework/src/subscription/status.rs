@@ -14,6 +14,9 @@ pub enum SubscriptionState {
     CatchingUp,
     /// At the durable head, waiting for new events.
     Live,
+    /// Running (catching up or live) with parked events that wait for a replay or a skip:
+    /// `parked` and `parked_streams` say how many, `lag` how far behind it is.
+    Parked,
     /// Stopped on request; its checkpoint is saved.
     Stopped,
     /// Stopped by an error it cannot get past (the message says which event and why).
@@ -34,11 +37,12 @@ pub struct SubscriptionStatus {
     pub handled_up_to: u64,
     /// The durable head of the store when last seen.
     pub head: u64,
-    /// Events handled since the subscription started in this process.
+    /// Events handled, in total: carried over from the status record in the store when it
+    /// starts. Events handled again after a crash (those after the last checkpoint) count again.
     pub events_handled: u64,
-    /// How many times a handler panic restarted it from its checkpoint.
+    /// How many times a handler panic restarted it from its checkpoint, in total.
     pub restarts: u64,
-    /// How many times a failed event was retried (since it started in this process).
+    /// How many times a failed event was retried, in total.
     #[serde(default)]
     pub retries: u64,
     /// How many events are parked now (durable: counted from the store at start).
@@ -47,6 +51,13 @@ pub struct SubscriptionStatus {
     /// How many streams are parked now.
     #[serde(default)]
     pub parked_streams: u64,
+    /// How many partitions (handlers working concurrently, by stream) it runs with.
+    #[serde(default = "one")]
+    pub partitions: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl SubscriptionStatus {
@@ -73,6 +84,7 @@ impl StatusCell {
             retries: 0,
             parked: 0,
             parked_streams: 0,
+            partitions: 1,
         })))
     }
 

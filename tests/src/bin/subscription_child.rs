@@ -13,6 +13,10 @@
 //! The projection also prints `EO <position>` (flushed) for every event it handles, so that the
 //! parent can tell how much handled work a kill threw away.
 //!
+//! With `TIDINGS_CHILD_PARTITIONS=N` (N > 1) both run with N partitioned workers, and the
+//! projection keeps only per-stream keys (`stream/<id>` and `sum/<id>`), so that its partitions
+//! work in parallel.
+//!
 //! It prints `STARTED <head>` once both are started, `LIVE <name> <head>` once a subscription has
 //! handled every event up to the head it started at, and `COMMITTED <head>` once both have
 //! committed a checkpoint there. With `append` a task also appends mixed events (1 to 3 per
@@ -70,7 +74,7 @@ fn die(error: &dyn std::fmt::Display) -> ! {
 }
 
 /// The at-least-once handler: its effect is the `SEEN` line it prints.
-#[derive(EventHandler)]
+#[derive(Clone, EventHandler)]
 #[event_handler(name = "alo", events(OrderEvent, PaymentEvent))]
 pub struct AtLeastOnce;
 
@@ -99,20 +103,29 @@ impl Handle<PaymentEvent> for AtLeastOnce {
 }
 
 /// The exactly-once projection: everything it knows is in its subscription state.
-#[derive(EventHandler)]
+#[derive(Clone, EventHandler)]
 #[event_handler(name = "eo", events(OrderEvent, PaymentEvent))]
-pub struct ExactlyOnce;
+pub struct ExactlyOnce {
+    /// Partitioned: keep per-stream keys only.
+    partitioned: bool,
+}
 
-/// Counts the event in hand: `count`, `sum` of positions, and `stream/<id>`.
-async fn project(ctx: &mut EventContext<'_>) -> Result<(), HandlerError> {
+/// Counts the event in hand: `stream/<id>`, `sum/<id>` (of positions), and unless partitioned,
+/// `count` and `sum` over all streams.
+async fn project(ctx: &mut EventContext<'_>, partitioned: bool) -> Result<(), HandlerError> {
     let event = ctx.event();
-    let count: u64 = ctx.get_json(b"count").await?.unwrap_or(0);
-    let sum: u64 = ctx.get_json(b"sum").await?.unwrap_or(0);
+    if !partitioned {
+        let count: u64 = ctx.get_json(b"count").await?.unwrap_or(0);
+        let sum: u64 = ctx.get_json(b"sum").await?.unwrap_or(0);
+        ctx.put_json(b"count", &(count + 1))?;
+        ctx.put_json(b"sum", &(sum + event.position))?;
+    }
     let key = format!("stream/{}", event.stream_id).into_bytes();
     let in_stream: u64 = ctx.get_json(&key).await?.unwrap_or(0);
-    ctx.put_json(b"count", &(count + 1))?;
-    ctx.put_json(b"sum", &(sum + event.position))?;
     ctx.put_json(&key, &(in_stream + 1))?;
+    let key = format!("sum/{}", event.stream_id).into_bytes();
+    let stream_sum: u64 = ctx.get_json(&key).await?.unwrap_or(0);
+    ctx.put_json(&key, &(stream_sum + event.position))?;
     say(format_args!("EO {}", event.position));
     Ok(())
 }
@@ -124,7 +137,7 @@ impl Handle<OrderEvent> for ExactlyOnce {
         _: OrderEvent,
         ctx: &mut EventContext<'_>,
     ) -> Result<(), HandlerError> {
-        project(ctx).await
+        project(ctx, self.partitioned).await
     }
 }
 
@@ -135,7 +148,7 @@ impl Handle<PaymentEvent> for ExactlyOnce {
         _: PaymentEvent,
         ctx: &mut EventContext<'_>,
     ) -> Result<(), HandlerError> {
-        project(ctx).await
+        project(ctx, self.partitioned).await
     }
 }
 
@@ -160,24 +173,36 @@ async fn run(dir: &Path, append: bool) {
     let store = Arc::new(SledEventStore::open(dir).unwrap_or_else(|e| die(&e)));
     let start_head = store.head();
     let subs = Subscriptions::new(store.clone());
-    let alo = subs
-        .start_with(
-            AtLeastOnce,
-            SubscriptionConfig::default()
-                .batch_size(64)
-                .commit_every(ALO_COMMIT_EVERY)
-                .commit_interval(ALO_COMMIT_INTERVAL),
+    let partitions: usize = match std::env::var("TIDINGS_CHILD_PARTITIONS") {
+        Ok(n) => n.parse().unwrap_or_else(|e| die(&e)),
+        Err(_) => 1,
+    };
+    let alo_config = SubscriptionConfig::default()
+        .batch_size(64)
+        .commit_every(ALO_COMMIT_EVERY)
+        .commit_interval(ALO_COMMIT_INTERVAL);
+    let eo_config = SubscriptionConfig::default()
+        .batch_size(64)
+        .commit_every(EO_COMMIT_EVERY)
+        .commit_interval(EO_COMMIT_INTERVAL);
+    let projection = ExactlyOnce {
+        partitioned: partitions > 1,
+    };
+    let (alo, eo) = if partitions > 1 {
+        (
+            subs.start_partitioned(AtLeastOnce, partitions, alo_config),
+            subs.start_partitioned(projection, partitions, eo_config),
         )
-        .unwrap_or_else(|e| die(&e));
-    let eo = subs
-        .start_with(
-            ExactlyOnce,
-            SubscriptionConfig::default()
-                .batch_size(64)
-                .commit_every(EO_COMMIT_EVERY)
-                .commit_interval(EO_COMMIT_INTERVAL),
+    } else {
+        (
+            subs.start_with(AtLeastOnce, alo_config),
+            subs.start_with(projection, eo_config),
         )
-        .unwrap_or_else(|e| die(&e));
+    };
+    let (alo, eo) = (
+        alo.unwrap_or_else(|e| die(&e)),
+        eo.unwrap_or_else(|e| die(&e)),
+    );
     say(format_args!("STARTED {start_head}"));
     if append {
         actix::spawn(append_until(store.clone(), deadline));
