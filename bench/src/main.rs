@@ -9,9 +9,11 @@
 
 mod baseline;
 mod data;
+mod dataset;
 mod engines;
 mod report;
 mod w12;
+mod w37;
 
 use std::fmt;
 use std::time::Instant;
@@ -108,6 +110,15 @@ impl Settings {
         }
     }
 
+    /// Events in the data set of W3 and W7 (and written in W6).
+    pub fn big_events(&self) -> u64 {
+        if self.quick {
+            20_000
+        } else {
+            1_000_000
+        }
+    }
+
     /// A temporary directory for one store.
     pub fn tempdir(&self) -> Result<tempfile::TempDir, String> {
         tempfile::Builder::new()
@@ -159,6 +170,22 @@ fn run(s: &Settings) -> Result<(), String> {
                 "{name} took {:.1} s",
                 t.elapsed().as_secs_f64()
             ));
+        }
+    }
+    if s.wants("W3") || s.wants("W7") {
+        let t = Instant::now();
+        let d = dataset::Dataset::build(s, &mut rows)?;
+        s.log(format_args!(
+            "data set built in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
+        if s.wants("W7") {
+            w37::w7(s, &d, &mut rows)?;
+        }
+        if s.wants("W3") {
+            let t = Instant::now();
+            w37::w3(s, &d, &mut rows)?;
+            s.log(format_args!("W3 took {:.1} s", t.elapsed().as_secs_f64()));
         }
     }
     if s.json {
