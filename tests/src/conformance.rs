@@ -32,9 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tidings::store::{
-    category_of, AppendResult, EventData, EventStore, ExpectedVersion, Filter, ReadBatch,
-    RecordedEvent, Result, Snapshot, StateWrite, StoreError, MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN,
-    MAX_STREAM_ID_LEN,
+    category_of, AppendResult, CheckpointInfo, EventData, EventStore, ExpectedVersion, Filter,
+    ReadBatch, RecordedEvent, Result, Snapshot, StateWrite, StoreError, StreamInfo,
+    MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN, MAX_STREAM_ID_LEN,
 };
 use uuid::Uuid;
 
@@ -131,6 +131,10 @@ macro_rules! conformance_suite {
             events_above_head_are_never_returned,
             timestamps_are_monotone_with_position,
             verify_reports_a_healthy_store,
+            list_streams_pages_through_every_stream_once_with_its_version,
+            list_checkpoints_pages_through_every_checkpoint_in_name_order,
+            import_reproduces_recorded_events_exactly_and_appends_continue_after_it,
+            import_that_does_not_continue_the_log_writes_nothing,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
@@ -1846,4 +1850,296 @@ pub async fn verify_reports_a_healthy_store<S: EventStore>(store: S) {
     assert_eq!(report.head, store.head());
     assert_eq!(report.events_checked, store.head(), "events checked");
     assert!(report.index_entries_checked >= streams.len() as u64);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listing and import (used by the operations CLI)
+// ---------------------------------------------------------------------------------------------
+
+/// Every stream of the store, through `list_streams` in pages of `page`, checking that pages
+/// respect the limit and never repeat a stream.
+async fn list_all_streams<S: EventStore>(store: &S, page: usize) -> Vec<StreamInfo> {
+    let mut out: Vec<StreamInfo> = Vec::new();
+    loop {
+        let after = out.last().map(|s| s.stream_id.clone());
+        let batch = store
+            .list_streams(after.as_deref(), page)
+            .await
+            .unwrap_or_else(|e| panic!("list_streams(after {after:?}, {page}) failed: {e}"));
+        assert!(
+            batch.len() <= page,
+            "list_streams returned more than its limit"
+        );
+        for s in &batch {
+            assert!(
+                !out.iter().any(|o| o.stream_id == s.stream_id),
+                "list_streams listed {:?} twice",
+                s.stream_id
+            );
+        }
+        let n = batch.len();
+        out.extend(batch);
+        if n < page {
+            return out;
+        }
+    }
+}
+
+/// `list_streams` lists each stream with events exactly once, with its version, category and
+/// last position, in pages that continue after a given stream; an empty store lists nothing.
+pub async fn list_streams_pages_through_every_stream_once_with_its_version<S: EventStore>(
+    store: S,
+) {
+    assert!(store.list_streams(None, 10).await.unwrap().is_empty());
+    let names = [
+        "a", "a-b", "ab", "order-1", "order-10", "order-2", "über-1", "x-y-z", "cart", "cart-9",
+    ];
+    let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for round in 0..3usize {
+        for (i, name) in names.iter().enumerate() {
+            if (i + round) % 3 == 0 {
+                continue;
+            }
+            let r = ok_append(&store, name, ExpectedVersion::Any, evs(name, 1 + i % 3)).await;
+            expected.insert((*name).to_owned(), (r.stream_version, r.last_position));
+        }
+    }
+    assert!(
+        store.list_streams(None, 0).await.unwrap().is_empty(),
+        "a limit of 0 lists nothing"
+    );
+    for page in [1, 3, 100] {
+        let listed = list_all_streams(&store, page).await;
+        let got: BTreeMap<String, (u64, u64)> = listed
+            .iter()
+            .map(|s| (s.stream_id.clone(), (s.version, s.last_position)))
+            .collect();
+        assert_eq!(got, expected, "streams listed in pages of {page}");
+        for s in &listed {
+            assert_eq!(s.category, category_of(&s.stream_id), "category of {s:?}");
+            assert_eq!(store.stream_version(&s.stream_id).await.unwrap(), s.version);
+        }
+    }
+}
+
+/// `list_checkpoints` lists saved and committed checkpoints in name order, in pages.
+pub async fn list_checkpoints_pages_through_every_checkpoint_in_name_order<S: EventStore>(
+    store: S,
+) {
+    assert!(store.list_checkpoints(None, 10).await.unwrap().is_empty());
+    let mut expected = BTreeMap::new();
+    for (i, name) in ["billing", "b", "zeta", "über", "billing-2", "a"]
+        .iter()
+        .enumerate()
+    {
+        store.save_checkpoint(name, i as u64 * 10).await.unwrap();
+        expected.insert((*name).to_owned(), i as u64 * 10);
+    }
+    store
+        .commit_checkpoint("projector", None, 5, vec![put("k", "v")])
+        .await
+        .unwrap();
+    expected.insert("projector".into(), 5);
+    store.save_checkpoint("zeta", 99).await.unwrap();
+    expected.insert("zeta".into(), 99);
+    for page in [1, 2, 100] {
+        let mut all: Vec<CheckpointInfo> = Vec::new();
+        loop {
+            let after = all.last().map(|c| c.name.clone());
+            let batch = store
+                .list_checkpoints(after.as_deref(), page)
+                .await
+                .unwrap();
+            assert!(batch.len() <= page);
+            let n = batch.len();
+            all.extend(batch);
+            if n < page {
+                break;
+            }
+        }
+        let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
+        let expected_names: Vec<&str> = expected.keys().map(String::as_str).collect();
+        assert_eq!(names, expected_names, "names in order, pages of {page}");
+        for c in &all {
+            assert_eq!(Some(&c.position), expected.get(&c.name), "checkpoint {c:?}");
+        }
+    }
+}
+
+/// A recorded event made by hand, as an export from another store would give it.
+fn recorded(position: u64, stream: &str, version: u64, timestamp_micros: u64) -> RecordedEvent {
+    RecordedEvent {
+        position,
+        stream_id: stream.to_owned(),
+        stream_version: version,
+        category: category_of(stream).to_owned(),
+        event_type: format!("Imported{}", position % 3),
+        schema_version: 1 + (position % 2) as u32,
+        event_id: Uuid::new_v4(),
+        correlation_id: (position % 2 == 0).then(Uuid::new_v4),
+        causation_id: (position % 3 == 0).then(Uuid::new_v4),
+        timestamp_micros,
+        payload: (0..(position % 7) as u8)
+            .map(|b| b.wrapping_mul(37))
+            .collect(),
+    }
+}
+
+/// `import` writes events exactly as given (positions, versions, ids, timestamps, payloads),
+/// in several batches; reads, versions, listing and `verify` agree; later appends continue the
+/// positions, versions and timestamps.
+pub async fn import_reproduces_recorded_events_exactly_and_appends_continue_after_it<
+    S: EventStore,
+>(
+    store: S,
+) {
+    let streams = ["order-1", "order-2", "payment-1", "solo"];
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    let base = 1_600_000_000_000_000u64;
+    let events: Vec<RecordedEvent> = (1..=60u64)
+        .map(|p| {
+            // Runs of the same stream, then switches, like appends of several events would give.
+            let stream = streams[((p / 4) % streams.len() as u64) as usize];
+            let v = versions.entry(stream).or_insert(0);
+            *v += 1;
+            // Timestamps that repeat within a "commit" and then go up.
+            recorded(p, stream, *v, base + (p / 5) * 1000)
+        })
+        .collect();
+    assert_eq!(store.import(events[..25].to_vec()).await.unwrap(), 25);
+    assert_eq!(store.import(events[25..].to_vec()).await.unwrap(), 60);
+    assert_eq!(store.head(), 60);
+    assert_eq!(all_events(&store).await, events, "the log after import");
+    for stream in streams {
+        let of_stream: Vec<RecordedEvent> = events
+            .iter()
+            .filter(|e| e.stream_id == stream)
+            .cloned()
+            .collect();
+        assert_eq!(
+            store.read_stream(stream, 1, 1000).await.unwrap(),
+            of_stream,
+            "stream {stream} after import"
+        );
+        assert_eq!(
+            store.stream_version(stream).await.unwrap(),
+            versions[stream]
+        );
+    }
+    let listed = list_all_streams(&store, 100).await;
+    assert_eq!(listed.len(), streams.len());
+    let report = store.verify().await.unwrap();
+    assert!(report.is_ok(), "verify after import: {:?}", report.problems);
+    assert_eq!(report.events_checked, 60);
+
+    let r = ok_append(
+        &store,
+        "order-1",
+        ExpectedVersion::Exact(versions["order-1"]),
+        evs("n", 2),
+    )
+    .await;
+    assert_eq!(r.first_position, 61, "an append after an import");
+    assert_eq!(r.stream_version, versions["order-1"] + 2);
+    let appended = store.read_all(61, 10, &Filter::all()).await.unwrap().events;
+    assert!(
+        appended[0].timestamp_micros >= events[59].timestamp_micros,
+        "timestamps go on from the imported ones"
+    );
+}
+
+/// Asserts that `result` is an `ImportRejected` at `position`.
+fn assert_import_rejected(result: Result<u64>, position: u64, what: &str) {
+    match result {
+        Err(StoreError::ImportRejected { position: p, .. }) => {
+            assert_eq!(p, position, "{what}: the rejected position")
+        }
+        other => panic!("{what} must fail with ImportRejected at {position}, got {other:?}"),
+    }
+}
+
+/// An import that does not continue the log exactly (wrong first position, a gap, a stream
+/// version out of sequence, timestamps going down, a wrong category) fails with a typed error
+/// and writes nothing; invalid names are `InvalidInput`.
+pub async fn import_that_does_not_continue_the_log_writes_nothing<S: EventStore>(store: S) {
+    assert_invalid(store.import(Vec::new()).await, "an empty import");
+    ok_append(&store, "order-1", ExpectedVersion::NoStream, evs("a", 2)).await;
+    let before = all_events(&store).await;
+    let last_ts = before[1].timestamp_micros;
+    let ts = last_ts + 1;
+
+    assert_import_rejected(
+        store.import(vec![recorded(1, "order-9", 1, ts)]).await,
+        1,
+        "an import over existing positions",
+    );
+    assert_import_rejected(
+        store.import(vec![recorded(4, "order-9", 1, ts)]).await,
+        4,
+        "an import that leaves a gap after the head",
+    );
+    assert_import_rejected(
+        store
+            .import(vec![
+                recorded(3, "order-9", 1, ts),
+                recorded(5, "order-9", 2, ts),
+            ])
+            .await,
+        5,
+        "an import with a gap inside",
+    );
+    assert_import_rejected(
+        store.import(vec![recorded(3, "order-1", 1, ts)]).await,
+        3,
+        "an import that repeats a stream version",
+    );
+    assert_import_rejected(
+        store
+            .import(vec![
+                recorded(3, "order-9", 1, ts),
+                recorded(4, "order-9", 3, ts),
+            ])
+            .await,
+        4,
+        "an import that skips a stream version",
+    );
+    assert_import_rejected(
+        store
+            .import(vec![
+                recorded(3, "order-9", 1, ts + 5),
+                recorded(4, "order-9", 2, ts + 4),
+            ])
+            .await,
+        4,
+        "an import whose timestamps go down",
+    );
+    assert_import_rejected(
+        store
+            .import(vec![recorded(3, "order-9", 1, last_ts.saturating_sub(1))])
+            .await,
+        3,
+        "an import from before the store's last event",
+    );
+    let mut wrong_category = recorded(3, "order-9", 1, ts);
+    wrong_category.category = "payment".into();
+    assert_import_rejected(
+        store.import(vec![wrong_category]).await,
+        3,
+        "an import with a category that is not the stream's",
+    );
+    assert_invalid(
+        store.import(vec![recorded(3, "", 1, ts)]).await,
+        "an import with an empty stream id",
+    );
+    assert_eq!(store.head(), 2, "rejected imports moved the head");
+    assert_eq!(
+        all_events(&store).await,
+        before,
+        "rejected imports wrote events"
+    );
+    assert_eq!(store.stream_version("order-9").await.unwrap(), 0);
+
+    let fitting = vec![recorded(3, "order-9", 1, ts), recorded(4, "order-1", 3, ts)];
+    assert_eq!(store.import(fitting.clone()).await.unwrap(), 4);
+    assert_eq!(all_events(&store).await[2..], fitting[..]);
 }

@@ -93,6 +93,25 @@ pub enum StoreError {
     #[error("invalid request: {0}")]
     InvalidInput(String),
 
+    /// An import was refused: the events do not continue the store's log exactly (a position
+    /// other than head + 1, a gap, a stream version out of sequence, a timestamp going down, a
+    /// category that does not match the stream id). Nothing of the import was written.
+    ///
+    /// Import into an empty store, in position order, the events exactly as exported.
+    #[error("import refused at position {position}: {reason}")]
+    ImportRejected {
+        /// The position of the first event that does not fit (as given in the import).
+        position: u64,
+        /// Why it does not fit.
+        reason: String,
+    },
+
+    /// The backend does not implement this operation (an optional one, such as listing).
+    ///
+    /// Use a backend that does, or do without the operation.
+    #[error("{0} is not supported by this event store backend")]
+    Unsupported(&'static str),
+
     /// An I/O error from the file system or from the storage engine.
     ///
     /// The outcome of a write that fails this way is unknown (as with any database): after a

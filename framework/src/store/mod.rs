@@ -14,9 +14,9 @@ pub use self::error::{Result, StoreError};
 pub use self::head::HeadWatch;
 pub use self::sled::{SledConfig, SledEventStore};
 pub use self::types::{
-    category_of, AppendResult, EventData, ExpectedVersion, Filter, ReadBatch, RecordedEvent,
-    Snapshot, StateWrite, VerifyReport, MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN, MAX_STATE_KEY_LEN,
-    MAX_STREAM_ID_LEN,
+    category_of, AppendResult, CheckpointInfo, EventData, ExpectedVersion, Filter, ReadBatch,
+    RecordedEvent, Snapshot, StateWrite, StreamInfo, VerifyReport, MAX_EVENT_TYPE_LEN,
+    MAX_PAYLOAD_LEN, MAX_STATE_KEY_LEN, MAX_STREAM_ID_LEN,
 };
 
 use async_trait::async_trait;
@@ -145,6 +145,44 @@ pub trait EventStore: Send + Sync + 'static {
     /// Scans the whole store: every record's checksum and every index entry. Damage is reported
     /// in the [`VerifyReport`], not as an error; errors are for failures to scan at all.
     async fn verify(&self) -> Result<VerifyReport>;
+
+    /// Lists up to `limit` streams that have durable events, with their versions, in a stable
+    /// order defined by the backend; `after` continues a listing after the last stream id of the
+    /// previous page (`None` starts from the beginning). A page shorter than `limit` is the end.
+    ///
+    /// Optional: the default fails with [`StoreError::Unsupported`].
+    async fn list_streams(&self, after: Option<&str>, limit: usize) -> Result<Vec<StreamInfo>> {
+        let _ = (after, limit);
+        Err(StoreError::Unsupported("list_streams"))
+    }
+
+    /// Lists up to `limit` stored checkpoints (subscriptions and other consumers) in name order,
+    /// after the name `after` (`None` starts from the beginning). A page shorter than `limit` is
+    /// the end.
+    ///
+    /// Optional: the default fails with [`StoreError::Unsupported`].
+    async fn list_checkpoints(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CheckpointInfo>> {
+        let _ = (after, limit);
+        Err(StoreError::Unsupported("list_checkpoints"))
+    }
+
+    /// Appends events exactly as recorded elsewhere (a backup, another backend): same positions,
+    /// stream versions, ids, timestamps and payloads. The first event must be at `head() + 1`, the
+    /// rest must follow without a gap, each stream's versions must continue its current version,
+    /// timestamps must not go down, and each category must be the stream id's. Atomic and durable
+    /// like an append; returns the new head.
+    ///
+    /// Fails with [`StoreError::ImportRejected`] (nothing written) when the events do not fit,
+    /// and [`StoreError::InvalidInput`] for what an append would refuse. Optional: the default
+    /// fails with [`StoreError::Unsupported`].
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
+        let _ = events;
+        Err(StoreError::Unsupported("import"))
+    }
 }
 
 /// Checks a stream id or consumer name: 1 to [`MAX_STREAM_ID_LEN`] bytes.
@@ -173,6 +211,63 @@ pub(crate) fn validate_commit(name: &str, state: &[StateWrite]) -> Result<()> {
                 "state value exceeds the limit of {MAX_PAYLOAD_LEN} bytes"
             )));
         }
+    }
+    Ok(())
+}
+
+/// Checks the parts of an import that do not depend on the store's state: valid names, types
+/// and payloads, contiguous positions, versions from 1, categories that match the stream ids,
+/// timestamps that do not go down.
+pub(crate) fn validate_import(events: &[RecordedEvent]) -> Result<()> {
+    let Some(first) = events.first() else {
+        return Err(StoreError::InvalidInput("import has no events".into()));
+    };
+    let mut previous: Option<&RecordedEvent> = None;
+    for (i, e) in events.iter().enumerate() {
+        let reject = |reason: String| StoreError::ImportRejected {
+            position: e.position,
+            reason,
+        };
+        validate_name("stream id", &e.stream_id)?;
+        validate_event(&e.event_type, e.payload.len())?;
+        if e.position != first.position + i as u64 {
+            return Err(reject(format!(
+                "expected position {} (positions must follow each other)",
+                first.position + i as u64
+            )));
+        }
+        if e.stream_version == 0 {
+            return Err(reject("stream versions start at 1".into()));
+        }
+        if e.category != category_of(&e.stream_id) {
+            return Err(reject(format!(
+                "category {:?} is not the category of stream {:?}",
+                e.category, e.stream_id
+            )));
+        }
+        if let Some(p) = previous {
+            if e.timestamp_micros < p.timestamp_micros {
+                return Err(reject(format!(
+                    "timestamp {} is before the previous event's {}",
+                    e.timestamp_micros, p.timestamp_micros
+                )));
+            }
+        }
+        previous = Some(e);
+    }
+    Ok(())
+}
+
+fn validate_event(event_type: &str, payload_len: usize) -> Result<()> {
+    if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_LEN {
+        return Err(StoreError::InvalidInput(format!(
+            "event type must be 1 to {MAX_EVENT_TYPE_LEN} bytes, got {event_type:?}"
+        )));
+    }
+    if payload_len > MAX_PAYLOAD_LEN {
+        return Err(StoreError::InvalidInput(format!(
+            "payload of {payload_len} bytes exceeds the limit of {MAX_PAYLOAD_LEN}"
+        )));
     }
     Ok(())
 }

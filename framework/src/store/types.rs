@@ -143,6 +143,29 @@ pub fn category_of(stream_id: &str) -> &str {
     stream_id.split_once('-').map_or(stream_id, |(c, _)| c)
 }
 
+/// One stream as listed by [`EventStore::list_streams`](super::EventStore::list_streams).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// The stream's id.
+    pub stream_id: String,
+    /// Its category (see [`category_of`]).
+    pub category: String,
+    /// Its durable version: the number of its events, and the version of the last one.
+    pub version: u64,
+    /// The global position of its last durable event.
+    pub last_position: u64,
+}
+
+/// A consumer's stored checkpoint, as listed by
+/// [`EventStore::list_checkpoints`](super::EventStore::list_checkpoints).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// The consumer's (subscription's) name.
+    pub name: String,
+    /// The position it has processed up to.
+    pub position: u64,
+}
+
 /// What an append was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppendResult {

@@ -21,9 +21,9 @@ use self::durable::{Durability, HeadFile};
 use self::writer::{Request, Writer, WriterSettings};
 use super::codec;
 use super::{
-    validate_append, validate_commit, validate_name, AppendResult, EventData, EventStore,
-    ExpectedVersion, Filter, HeadWatch, ReadBatch, RecordedEvent, Result, Snapshot, StateWrite,
-    StoreError, VerifyReport,
+    validate_append, validate_commit, validate_import, validate_name, AppendResult, CheckpointInfo,
+    EventData, EventStore, ExpectedVersion, Filter, HeadWatch, ReadBatch, RecordedEvent, Result,
+    Snapshot, StateWrite, StoreError, StreamInfo, VerifyReport,
 };
 
 /// The storage format this build reads and writes.
@@ -489,6 +489,29 @@ impl EventStore for SledEventStore {
 
     async fn verify(&self) -> Result<VerifyReport> {
         self.blocking(|s| s.verify()).await
+    }
+
+    async fn list_streams(&self, after: Option<&str>, limit: usize) -> Result<Vec<StreamInfo>> {
+        let after = after.map(str::to_owned);
+        self.blocking(move |s| s.list_streams(after.as_deref(), limit))
+            .await
+    }
+
+    async fn list_checkpoints(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CheckpointInfo>> {
+        let after = after.map(str::to_owned);
+        self.blocking(move |s| s.list_checkpoints(after.as_deref(), limit))
+            .await
+    }
+
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
+        validate_import(&events)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Import { events, reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 }
 

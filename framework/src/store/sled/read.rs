@@ -1,5 +1,6 @@
 //! Reading the sled layout: the log, the stream index, checkpoints, snapshots, and `verify`.
 
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
 use sled::IVec;
@@ -7,7 +8,10 @@ use sled::IVec;
 use super::keys;
 use super::Shared;
 use crate::store::codec::{self, ChunkIter, DecodeError, IndexEntry};
-use crate::store::{Filter, ReadBatch, RecordedEvent, Result, Snapshot, StoreError, VerifyReport};
+use crate::store::{
+    category_of, CheckpointInfo, Filter, ReadBatch, RecordedEvent, Result, Snapshot, StoreError,
+    StreamInfo, VerifyReport,
+};
 
 /// At most this many events are examined by one filtered `read_all` page.
 const SCAN_LIMIT: u64 = 16 * 1024;
@@ -257,6 +261,85 @@ impl Shared {
             next_position: next,
             head,
         })
+    }
+
+    /// See [`EventStore::list_streams`](crate::store::EventStore::list_streams): streams in the
+    /// index's key order (shorter ids first, then bytewise), one seek per stream.
+    pub fn list_streams(&self, after: Option<&str>, limit: usize) -> Result<Vec<StreamInfo>> {
+        let head = self.durable_head.load(Ordering::Acquire);
+        let mut out = Vec::new();
+        let mut from = match after {
+            Some(stream) => Bound::Excluded(keys::index_key(stream, u64::MAX)),
+            None => Bound::Included(vec![keys::INDEX]),
+        };
+        while out.len() < limit {
+            let Some(item) = self.db.range((from, Bound::Unbounded)).next() else {
+                break;
+            };
+            let (key, _) = item?;
+            if key.first() != Some(&keys::INDEX) {
+                break;
+            }
+            let (stream, _) =
+                keys::parse_index_key(&key).ok_or_else(|| StoreError::DamagedMetadata {
+                    what: "stream index key".into(),
+                    reason: format!("malformed key {key:?}"),
+                })?;
+            if let Some((version, last_position)) = self.last_visible(stream, head)? {
+                out.push(StreamInfo {
+                    stream_id: stream.to_owned(),
+                    category: category_of(stream).to_owned(),
+                    version,
+                    last_position,
+                });
+            }
+            from = Bound::Excluded(keys::index_key(stream, u64::MAX));
+        }
+        Ok(out)
+    }
+
+    /// The version and last position of `stream` counting only events at or below `head`.
+    fn last_visible(&self, stream: &str, head: u64) -> Result<Option<(u64, u64)>> {
+        for item in self.db.scan_prefix(keys::stream_prefix(stream)).rev() {
+            let (key, value) = item?;
+            let (first_version, entry) = decode_index_item(&key, &value)?;
+            if entry.first_position <= head {
+                let last = u64::from(entry.count) - 1;
+                return Ok(Some((first_version + last, entry.first_position + last)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// See [`EventStore::list_checkpoints`](crate::store::EventStore::list_checkpoints).
+    pub fn list_checkpoints(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CheckpointInfo>> {
+        let _durable = self.durable_view();
+        let from = match after {
+            Some(name) => Bound::Excluded(keys::checkpoint_key(name)),
+            None => Bound::Included(vec![keys::CHECKPOINT]),
+        };
+        let mut out = Vec::new();
+        for item in self.db.range((from, Bound::Unbounded)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            if key.first() != Some(&keys::CHECKPOINT) {
+                break;
+            }
+            let name = lossy(&key[1..]);
+            let position =
+                codec::decode_checkpoint(&value).map_err(|reason| StoreError::DamagedMetadata {
+                    what: format!("checkpoint {name:?}"),
+                    reason,
+                })?;
+            out.push(CheckpointInfo { name, position });
+        }
+        Ok(out)
     }
 
     /// See [`EventStore::load_checkpoint`](crate::store::EventStore::load_checkpoint).

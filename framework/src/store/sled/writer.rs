@@ -13,7 +13,8 @@ use super::keys;
 use super::Shared;
 use crate::store::codec::{self, ChunkBuilder, HeaderOut, IndexEntry};
 use crate::store::{
-    category_of, AppendResult, EventData, ExpectedVersion, Result, Snapshot, StateWrite, StoreError,
+    category_of, AppendResult, EventData, ExpectedVersion, RecordedEvent, Result, Snapshot,
+    StateWrite, StoreError,
 };
 
 /// A request to the writer.
@@ -45,6 +46,11 @@ pub enum Request {
         snapshot: Snapshot,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Append events exactly as recorded elsewhere (already checked by `validate_import`).
+    Import {
+        events: Vec<RecordedEvent>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
 }
 
 /// Settings the writer needs.
@@ -72,6 +78,7 @@ pub struct Writer {
 enum Reply {
     Append(oneshot::Sender<Result<AppendResult>>, Result<AppendResult>),
     Unit(oneshot::Sender<Result<()>>, Result<()>),
+    Head(oneshot::Sender<Result<u64>>, Result<u64>),
 }
 
 impl Reply {
@@ -84,6 +91,9 @@ impl Reply {
             Reply::Unit(tx, result) => {
                 let _ = tx.send(result);
             }
+            Reply::Head(tx, result) => {
+                let _ = tx.send(result);
+            }
         }
     }
 
@@ -92,6 +102,7 @@ impl Reply {
         match self {
             Reply::Append(tx, _) => Reply::Append(tx, Err(err)).send(),
             Reply::Unit(tx, _) => Reply::Unit(tx, Err(err)).send(),
+            Reply::Head(tx, _) => Reply::Head(tx, Err(err)).send(),
         }
     }
 }
@@ -155,7 +166,9 @@ impl Writer {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let timestamp_micros = now.max(self.last_timestamp);
+        let mut timestamp_micros = now.max(self.last_timestamp);
+        // The timestamp of the last event placed in this group so far (imports keep their own).
+        let mut group_ts = self.last_timestamp;
         let mut batch = sled::Batch::default();
         let mut writes = 0usize;
         let mut overlay: HashMap<String, u64> = HashMap::new();
@@ -231,6 +244,7 @@ impl Writer {
                     writes += 1;
                     let version = current + u64::from(count);
                     overlay.insert(stream, version);
+                    group_ts = timestamp_micros;
                     replies.push(Reply::Append(
                         reply,
                         Ok(AppendResult {
@@ -261,6 +275,62 @@ impl Writer {
                     );
                     writes += 1;
                     replies.push(Reply::Unit(reply, Ok(())));
+                }
+                Request::Import { events, reply } => {
+                    let versions = match self.check_import(&events, position, group_ts, &overlay) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            replies.push(Reply::Head(reply, Err(e)));
+                            continue;
+                        }
+                    };
+                    // One index entry per run of consecutive events of one stream.
+                    let mut run: Option<(&str, u64, u64, u32)> = None;
+                    for e in &events {
+                        chunk.push(
+                            &HeaderOut {
+                                position,
+                                stream_id: &e.stream_id,
+                                stream_version: e.stream_version,
+                                category: &e.category,
+                                event_type: &e.event_type,
+                                schema_version: e.schema_version,
+                                event_id: e.event_id,
+                                correlation_id: e.correlation_id,
+                                causation_id: e.causation_id,
+                                timestamp_micros: e.timestamp_micros,
+                            },
+                            &e.payload,
+                        );
+                        position += 1;
+                        if chunk.len() >= self.settings.chunk_target_bytes {
+                            let full = std::mem::replace(&mut chunk, ChunkBuilder::new());
+                            batch.insert(&keys::log_key(chunk_first)[..], full.finish());
+                            writes += 1;
+                            chunk_first = position;
+                        }
+                        match &mut run {
+                            Some((s, _, _, count)) if *s == e.stream_id => *count += 1,
+                            _ => {
+                                if let Some(done) =
+                                    run.replace((&e.stream_id, e.stream_version, e.position, 1))
+                                {
+                                    insert_index_run(&mut batch, done);
+                                    writes += 1;
+                                }
+                            }
+                        }
+                    }
+                    if let Some(done) = run {
+                        insert_index_run(&mut batch, done);
+                        writes += 1;
+                    }
+                    overlay.extend(versions);
+                    if let Some(last) = events.last() {
+                        group_ts = last.timestamp_micros;
+                        timestamp_micros = timestamp_micros.max(group_ts);
+                    }
+                    replies.push(Reply::Head(reply, Ok(position - 1)));
                 }
                 Request::Commit {
                     name,
@@ -323,13 +393,60 @@ impl Writer {
             }
             self.heads.extend(overlay);
             self.shared.durable_head.store(head, Ordering::Release);
-            self.last_timestamp = timestamp_micros;
+            self.last_timestamp = group_ts;
             self.head_tx.send_replace(head);
             self.record_head(head);
         }
         for reply in replies {
             reply.send();
         }
+    }
+
+    /// Checks that an import continues the log at `position` (after events of this group whose
+    /// last timestamp is `floor`) and each stream's version; returns the streams' new versions.
+    fn check_import(
+        &mut self,
+        events: &[RecordedEvent],
+        position: u64,
+        floor: u64,
+        overlay: &HashMap<String, u64>,
+    ) -> Result<HashMap<String, u64>> {
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let Some(first) = events.first() else {
+            return Ok(versions);
+        };
+        if first.position != position {
+            return Err(StoreError::ImportRejected {
+                position: first.position,
+                reason: format!("the store's next position is {position}"),
+            });
+        }
+        if first.timestamp_micros < floor {
+            return Err(StoreError::ImportRejected {
+                position: first.position,
+                reason: format!(
+                    "timestamp {} is before the store's last event's {floor}",
+                    first.timestamp_micros
+                ),
+            });
+        }
+        for e in events {
+            let current = match versions.get(&e.stream_id).or(overlay.get(&e.stream_id)) {
+                Some(v) => *v,
+                None => self.stream_head(&e.stream_id)?,
+            };
+            if e.stream_version != current + 1 {
+                return Err(StoreError::ImportRejected {
+                    position: e.position,
+                    reason: format!(
+                        "stream {:?} is at version {current}, the event has version {}",
+                        e.stream_id, e.stream_version
+                    ),
+                });
+            }
+            versions.insert(e.stream_id.clone(), e.stream_version);
+        }
+        Ok(versions)
     }
 
     fn write_durably(&mut self, batch: sled::Batch) -> Result<()> {
@@ -348,9 +465,24 @@ impl Writer {
     }
 }
 
+/// Writes the index entry of an imported run: (stream, first version, first position, count).
+fn insert_index_run(
+    batch: &mut sled::Batch,
+    (stream, version, first_position, count): (&str, u64, u64, u32),
+) {
+    batch.insert(
+        keys::index_key(stream, version),
+        codec::encode_index(IndexEntry {
+            first_position,
+            count,
+        }),
+    );
+}
+
 fn fail(req: Request, err: StoreError) {
     match req {
         Request::Append { reply, .. } => Reply::Append(reply, Err(err)).send(),
+        Request::Import { reply, .. } => Reply::Head(reply, Err(err)).send(),
         Request::Checkpoint { reply, .. }
         | Request::Snapshot { reply, .. }
         | Request::Commit { reply, .. } => Reply::Unit(reply, Err(err)).send(),
