@@ -1,0 +1,342 @@
+//! `subscriptions`, `reset`, `parked`, `replay-parked` and `skip-parked`.
+
+use std::io::Write;
+
+use serde::Serialize;
+use tidings::subscription::{
+    parked_in_store, subscription_status_from_store, ParkedEvent, ResetTo, SubscriptionState,
+    SubscriptionStatus, Subscriptions,
+};
+
+use super::Ctx;
+use crate::error::{CliError, EXIT_OK};
+use crate::output::{json_line, parse_rfc3339, rfc3339, Rows};
+use crate::ResetTarget;
+
+/// Checkpoints listed per page.
+const PAGE: usize = 1000;
+
+#[derive(Serialize)]
+struct SubscriptionLine {
+    name: String,
+    checkpoint: u64,
+    head: u64,
+    lag: u64,
+    state: String,
+    running: bool,
+    parked: u64,
+    parked_streams: u64,
+}
+
+/// How a state reads in the table, and whether the subscription is running in this process.
+fn state_text(live: Option<&SubscriptionStatus>, stored: Option<&SubscriptionStatus>) -> String {
+    if let Some(s) = live {
+        return describe(&s.state);
+    }
+    match stored.map(|s| &s.state) {
+        None => "-".into(),
+        Some(s @ (SubscriptionState::Stopped | SubscriptionState::Failed(_))) => describe(s),
+        // Recorded while it ran, and it is not running now: its process ended without a stop.
+        Some(s) => format!("not running (last recorded: {})", describe(s)),
+    }
+}
+
+fn describe(state: &SubscriptionState) -> String {
+    match state {
+        SubscriptionState::Starting => "starting".into(),
+        SubscriptionState::CatchingUp => "catching up".into(),
+        SubscriptionState::Live => "live".into(),
+        SubscriptionState::Stopped => "stopped".into(),
+        SubscriptionState::Failed(why) => format!("failed: {why}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// `subscriptions`: every stored checkpoint with lag, state and parked count.
+pub(crate) async fn list(
+    ctx: &Ctx<'_>,
+    out: &mut dyn Write,
+    subscriptions: &Subscriptions,
+) -> Result<u8, CliError> {
+    let head = ctx.store.head();
+    let mut rows = Rows::new(
+        ctx.json,
+        out,
+        &["NAME", "CHECKPOINT", "HEAD", "LAG", "PARKED", "STATE"],
+    );
+    let mut after: Option<String> = None;
+    loop {
+        let page = ctx.store.list_checkpoints(after.as_deref(), PAGE).await?;
+        for c in &page {
+            let stored = subscription_status_from_store(ctx.store, &c.name).await?;
+            let live = subscriptions
+                .get(&c.name)
+                .filter(|h| !h.is_finished())
+                .map(|h| h.status());
+            let parked = parked_in_store(ctx.store, &c.name).await?;
+            let mut streams: Vec<&str> = parked.iter().map(|p| p.stream_id.as_str()).collect();
+            streams.sort_unstable();
+            streams.dedup();
+            let checkpoint = live.as_ref().map_or(c.position, |s| s.checkpoint);
+            let line = SubscriptionLine {
+                name: c.name.clone(),
+                checkpoint,
+                head,
+                lag: head.saturating_sub(checkpoint),
+                state: state_text(live.as_ref(), stored.as_ref()),
+                running: live.is_some(),
+                parked: parked.len() as u64,
+                parked_streams: streams.len() as u64,
+            };
+            rows.row(
+                || {
+                    vec![
+                        line.name.clone(),
+                        line.checkpoint.to_string(),
+                        line.head.to_string(),
+                        line.lag.to_string(),
+                        if line.parked == 0 {
+                            "0".into()
+                        } else {
+                            format!("{} ({} streams)", line.parked, line.parked_streams)
+                        },
+                        line.state.clone(),
+                    ]
+                },
+                || &line,
+            )?;
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = Some(last.name.clone()),
+            _ => break,
+        }
+    }
+    rows.finish()?;
+    Ok(EXIT_OK)
+}
+
+/// The stored checkpoint of `name`, or a not-found error that says how to list names.
+async fn checkpoint_of(ctx: &Ctx<'_>, name: &str) -> Result<u64, CliError> {
+    ctx.store.load_checkpoint(name).await?.ok_or_else(|| {
+        CliError::NotFound(format!(
+            "no subscription named {name:?} in this store (`subscriptions` lists them)"
+        ))
+    })
+}
+
+#[derive(Serialize)]
+struct ResetLine<'a> {
+    name: &'a str,
+    previous_checkpoint: u64,
+    checkpoint: u64,
+    next_position: u64,
+    head: u64,
+    state_cleared: bool,
+}
+
+/// `reset NAME --to ...`: moves a stopped subscription's checkpoint.
+pub(crate) async fn reset(
+    ctx: &Ctx<'_>,
+    out: &mut dyn Write,
+    subscriptions: &Subscriptions,
+    name: &str,
+    to: &ResetTarget,
+    clear_state: bool,
+) -> Result<u8, CliError> {
+    let previous = checkpoint_of(ctx, name).await?;
+    let target = match to {
+        ResetTarget::Beginning => ResetTo::Beginning,
+        ResetTarget::End => ResetTo::End,
+        ResetTarget::Position(p) => ResetTo::Position(*p),
+        ResetTarget::Time(t) => ResetTo::Timestamp(
+            parse_rfc3339(t).ok_or_else(|| CliError::Invalid(format!("bad time {t:?}")))?,
+        ),
+    };
+    let checkpoint = subscriptions.reset(name, target, clear_state).await?;
+    let line = ResetLine {
+        name,
+        previous_checkpoint: previous,
+        checkpoint,
+        next_position: checkpoint + 1,
+        head: ctx.store.head(),
+        state_cleared: clear_state,
+    };
+    if ctx.json {
+        json_line(out, &line)?;
+    } else {
+        writeln!(
+            out,
+            "reset subscription {name:?}: checkpoint {previous} -> {checkpoint} (head {}); \
+             when it starts, the first event it handles is at position {} or later{}",
+            line.head,
+            line.next_position,
+            if clear_state {
+                "; its handler state was deleted (parked events kept)"
+            } else {
+                "; its handler state was kept"
+            }
+        )?;
+    }
+    Ok(EXIT_OK)
+}
+
+#[derive(Serialize)]
+struct ParkedLine<'a> {
+    position: u64,
+    stream_id: &'a str,
+    event_type: &'a str,
+    parked_at: String,
+    reason: &'a str,
+}
+
+/// `parked NAME`: the subscription's parked events in position order.
+pub(crate) async fn parked(
+    ctx: &Ctx<'_>,
+    out: &mut dyn Write,
+    subscriptions: &Subscriptions,
+    name: &str,
+) -> Result<u8, CliError> {
+    checkpoint_of(ctx, name).await?;
+    let parked = subscriptions.parked(name).await?;
+    let mut rows = Rows::new(
+        ctx.json,
+        out,
+        &["POSITION", "STREAM", "TYPE", "PARKED AT", "REASON"],
+    );
+    for p in &parked {
+        let line = ParkedLine {
+            position: p.position,
+            stream_id: &p.stream_id,
+            event_type: &p.event_type,
+            parked_at: rfc3339(p.parked_at),
+            reason: &p.reason,
+        };
+        rows.row(
+            || {
+                vec![
+                    line.position.to_string(),
+                    line.stream_id.to_owned(),
+                    line.event_type.to_owned(),
+                    line.parked_at.clone(),
+                    line.reason.to_owned(),
+                ]
+            },
+            || &line,
+        )?;
+    }
+    rows.finish()?;
+    Ok(EXIT_OK)
+}
+
+#[derive(Serialize)]
+struct ReplayLine<'a> {
+    name: &'a str,
+    stream_id: &'a str,
+    handled: u64,
+    still_parked: u64,
+    deferred: bool,
+}
+
+/// `replay-parked NAME [--stream S]`: handles parked events again, stream by stream.
+pub(crate) async fn replay(
+    ctx: &Ctx<'_>,
+    out: &mut dyn Write,
+    subscriptions: &Subscriptions,
+    name: &str,
+    stream: Option<&str>,
+) -> Result<u8, CliError> {
+    checkpoint_of(ctx, name).await?;
+    let parked = subscriptions.parked(name).await?;
+    let mut streams: Vec<&str> = Vec::new();
+    for p in &parked {
+        if stream.is_none_or(|s| s == p.stream_id) && !streams.contains(&p.stream_id.as_str()) {
+            streams.push(&p.stream_id);
+        }
+    }
+    if streams.is_empty() {
+        return Err(CliError::NotFound(match stream {
+            Some(s) => format!("subscription {name:?} has no parked events in stream {s:?}"),
+            None => format!("subscription {name:?} has no parked events"),
+        }));
+    }
+    for s in streams {
+        let outcome = subscriptions.replay_parked(name, s).await?;
+        let line = ReplayLine {
+            name,
+            stream_id: s,
+            handled: outcome.handled,
+            still_parked: outcome.still_parked,
+            deferred: outcome.deferred,
+        };
+        if ctx.json {
+            json_line(out, &line)?;
+        } else if outcome.deferred {
+            writeln!(
+                out,
+                "stream {s:?}: recorded a replay of its {} parked events; subscription {name:?} \
+                 is not running here, so they are handled, in order, when it next starts",
+                outcome.still_parked
+            )?;
+        } else {
+            writeln!(
+                out,
+                "stream {s:?}: handled {} parked events; {} still parked",
+                outcome.handled, outcome.still_parked
+            )?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+#[derive(Serialize)]
+struct SkipLine<'a> {
+    name: &'a str,
+    position: u64,
+    stream_id: &'a str,
+    event_type: &'a str,
+    still_parked: u64,
+}
+
+/// `skip-parked NAME POS`: drops one parked event.
+pub(crate) async fn skip(
+    ctx: &Ctx<'_>,
+    out: &mut dyn Write,
+    subscriptions: &Subscriptions,
+    name: &str,
+    position: u64,
+) -> Result<u8, CliError> {
+    checkpoint_of(ctx, name).await?;
+    let parked = subscriptions.parked(name).await?;
+    let not_parked = || {
+        CliError::NotFound(format!(
+            "subscription {name:?} has no event parked at position {position}"
+        ))
+    };
+    let entry: ParkedEvent = parked
+        .iter()
+        .find(|p| p.position == position)
+        .cloned()
+        .ok_or_else(not_parked)?;
+    if !subscriptions.skip_parked(name, position).await? {
+        return Err(not_parked());
+    }
+    let still_parked = parked_in_store(ctx.store, name).await?.len() as u64;
+    let line = SkipLine {
+        name,
+        position,
+        stream_id: &entry.stream_id,
+        event_type: &entry.event_type,
+        still_parked,
+    };
+    if ctx.json {
+        json_line(out, &line)?;
+    } else {
+        writeln!(
+            out,
+            "skipped the parked event at position {position} ({} of stream {:?}) of \
+             subscription {name:?}: it will never be handled; {still_parked} events still parked",
+            entry.event_type, entry.stream_id
+        )?;
+    }
+    Ok(EXIT_OK)
+}
