@@ -147,9 +147,7 @@ impl SimulatedGateway {
         }
         if n <= self.fail_first {
             ledger.stats.failures += 1;
-            return Err(GatewayError(format!(
-                "timeout (attempt {n} of key {key})"
-            )));
+            return Err(GatewayError(format!("timeout (attempt {n} of key {key})")));
         }
         Ok(())
     }
@@ -235,7 +233,10 @@ mod tests {
         assert_eq!(gateway.charge(&r).await.unwrap(), first);
         let s = gateway.stats();
         assert_eq!((s.calls, s.failures, s.repeats), (4, 2, 1));
-        assert_eq!((s.charges, s.charged_cents, s.max_charges_per_order), (1, 500, 1));
+        assert_eq!(
+            (s.charges, s.charged_cents, s.max_charges_per_order),
+            (1, 500, 1)
+        );
     }
 
     #[tokio::test]

@@ -304,7 +304,9 @@ pub async fn check(store: &dyn EventStore) -> Result<Vec<Check>, StoreError> {
                     let Some((items, total)) = f.placed.first() else {
                         return true;
                     };
-                    f.verified != [*total] || !f.refunded.is_empty() || f.reserved != [items.clone()]
+                    f.verified != [*total]
+                        || !f.refunded.is_empty()
+                        || f.reserved != [items.clone()]
                 })
                 .map(|(id, _)| id),
         ),
@@ -398,13 +400,14 @@ async fn read_model_agrees(store: &dyn EventStore, log: &Log) -> Result<Check, S
             (_, d, _) if d > 0 => PaymentView::Declined,
             _ => PaymentView::Pending,
         };
-        let outcome_matches = match (&s.outcome, f.finals.first()) {
-            (OutcomeView::Pending, None) => true,
-            (OutcomeView::Confirmed, Some(true)) => true,
-            (OutcomeView::Cancelled(_), Some(false)) => true,
-            _ => false,
-        };
-        if s.payment != payment || !outcome_matches || s.reserved != !f.reserved.is_empty() {
+        let outcome_matches = matches!(
+            (&s.outcome, f.finals.first()),
+            (OutcomeView::Pending, None)
+                | (OutcomeView::Confirmed, Some(true))
+                | (OutcomeView::Cancelled(_), Some(false))
+        );
+        let reserved = !f.reserved.is_empty();
+        if s.payment != payment || !outcome_matches || s.reserved != reserved {
             problems.push(format!("order {id}: read model {s:?}"));
         }
     }

@@ -151,7 +151,11 @@ impl Handle<PaymentEvent> for StockService {
                 CommandEnvelope::caused_by(ctx.event(), RESERVE, command),
             )
             .await?;
-        debug!(order_id, duplicate = outcome.duplicate, "reservation decided");
+        debug!(
+            order_id,
+            duplicate = outcome.duplicate,
+            "reservation decided"
+        );
         Ok(())
     }
 }
@@ -181,7 +185,12 @@ impl FulfilmentService {
         // A refusal (the order is already in the other final state) is an error: it would mean
         // two verdicts for one order, which the flow never gives. It is not skipped silently.
         let outcome = self.orders.execute(order_id, envelope).await?;
-        debug!(order_id, name, duplicate = outcome.duplicate, "order updated");
+        debug!(
+            order_id,
+            name,
+            duplicate = outcome.duplicate,
+            "order updated"
+        );
         Ok(())
     }
 }

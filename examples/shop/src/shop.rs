@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidings::aggregate::{AggregateConfig, AggregateError, AggregateRegistry, CommandEnvelope, CommandOutcome};
+use tidings::aggregate::{
+    AggregateConfig, AggregateError, AggregateRegistry, CommandEnvelope, CommandOutcome,
+};
 use tidings::store::{EventStore, Filter, SledEventStore, StoreError};
 use tidings::subscription::{
     ControlError, EventHandler, FailurePolicy, StartError, SubscriptionConfig, SubscriptionHandle,
@@ -236,9 +238,7 @@ impl Shop {
 
     /// A service's status in this process, if it was started.
     pub fn status(&self, service: Service) -> Option<SubscriptionStatus> {
-        self.subscriptions
-            .get(service.name())
-            .map(|h| h.status())
+        self.subscriptions.get(service.name()).map(|h| h.status())
     }
 
     /// How many positions of the log a service has not looked at yet (running or stopped).
