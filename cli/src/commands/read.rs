@@ -75,7 +75,9 @@ impl<'a> EventPrinter<'a> {
         ];
         if let Some((enc, raw, error)) = shown {
             let mut cell = match enc {
-                crate::PayloadEncoding::Base64 => format!("base64:{}", raw.get()),
+                crate::PayloadEncoding::Base64 => {
+                    format!("base64:{}", raw.get().trim_matches('"'))
+                }
                 _ => raw.get().to_owned(),
             };
             if let Some(error) = error {

@@ -98,7 +98,12 @@ pub(crate) async fn list(
                         if line.parked == 0 {
                             "0".into()
                         } else {
-                            format!("{} ({} streams)", line.parked, line.parked_streams)
+                            format!(
+                                "{} in {} stream{}",
+                                line.parked,
+                                line.parked_streams,
+                                if line.parked_streams == 1 { "" } else { "s" }
+                            )
                         },
                         line.state.clone(),
                     ]
