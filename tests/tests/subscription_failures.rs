@@ -475,7 +475,7 @@ async fn the_status_record_in_the_store_says_failed_under_the_stop_policy_and_af
     let config = config()
         .max_restarts(2)
         .restart_backoff(Duration::from_millis(1));
-    let handle = subs.start_with(Panicky, config).unwrap();
+    let handle = subs.start_with(Panicky, config.clone()).unwrap();
     let status = handle.finished().await;
     assert_eq!(status.restarts, 3);
     let SubscriptionState::Failed(reason) = &status.state else {
@@ -489,6 +489,13 @@ async fn the_status_record_in_the_store_says_failed_under_the_stop_policy_and_af
     assert_eq!((stored.checkpoint, stored.restarts), (a1, 3));
     assert_eq!(stored.state, status.state);
     assert_eq!(stored.lag(), store.head() - a1);
+
+    // Started again, the total carries over, but the limit counts this start's restarts only:
+    // it fails after 2 more restarts, not at once.
+    let handle = subs.start_with(Panicky, config).unwrap();
+    let status = handle.finished().await;
+    assert_eq!(status.restarts, 6);
+    assert!(matches!(status.state, SubscriptionState::Failed(_)));
 }
 
 /// Runs `parking_child` on `dir`: kills it with SIGKILL after `kill_after`, or (with `None`) once

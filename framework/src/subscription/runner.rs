@@ -107,6 +107,9 @@ impl<H: EventHandler> Runner<H> {
                 self.status.update(|s| s.state = SubscriptionState::Failed(reason));
                 return;
             }
+            // Panics restarted in this process: the limit and the backoff go by these (the
+            // total in the status carries over from earlier processes).
+            let mut restarts = 0u64;
             loop {
                 let run = if self.handlers.len() > 1 {
                     self.run_partitioned().await
@@ -120,14 +123,8 @@ impl<H: EventHandler> Runner<H> {
                         return;
                     }
                     Err(Fault::Panicked { position, message }) => {
-                        let restarts = {
-                            let mut n = 0;
-                            self.status.update(|s| {
-                                s.restarts += 1;
-                                n = s.restarts;
-                            });
-                            n
-                        };
+                        restarts += 1;
+                        self.status.update(|s| s.restarts += 1);
                         error!(position, restarts, panic = %message, "handler panicked; restarting from the checkpoint");
                         if restarts > self.config.max_restarts {
                             let reason = format!(
