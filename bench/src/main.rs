@@ -10,10 +10,13 @@
 mod baseline;
 mod data;
 mod dataset;
+mod domain;
 mod engines;
 mod report;
 mod w12;
 mod w37;
+mod w45;
+mod w6;
 
 use std::fmt;
 use std::time::Instant;
@@ -139,6 +142,20 @@ const WORKLOADS: [&str; 7] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Hidden subcommands: workloads that run in a child process of their own.
+    let child: Option<fn(&[String]) -> Result<(), String>> = match args.first().map(String::as_str)
+    {
+        Some(w6::CHILD) => Some(w6::child),
+        Some(w45::CQRS_CHILD) => Some(w45::cqrs_child),
+        _ => None,
+    };
+    if let Some(child) = child {
+        if let Err(e) = child(&args[1..]) {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let settings = match Settings::parse(&args) {
         Ok(s) => s,
         Err(e) => {
@@ -160,7 +177,13 @@ type Workload = fn(&Settings, &mut Vec<Row>) -> Result<(), String>;
 
 fn run(s: &Settings) -> Result<(), String> {
     let started = Instant::now();
-    let workloads: [(&str, Workload); 2] = [("W1", w12::w1), ("W2", w12::w2)];
+    let workloads: [(&str, Workload); 5] = [
+        ("W1", w12::w1),
+        ("W2", w12::w2),
+        ("W4", w45::w4),
+        ("W5", w45::w5),
+        ("W6", w6::w6),
+    ];
     let mut rows = Vec::new();
     for (name, f) in workloads {
         if s.wants(name) {

@@ -1,0 +1,199 @@
+//! W6: peak RSS and bytes on disk per event after appending (and reading back) N events, each
+//! engine in a child process of its own so that workloads do not pollute each other's memory.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use tidings::store::{EventStore, Filter, SledEventStore};
+
+use crate::baseline;
+use crate::data::Payloads;
+use crate::engines::{drive, Engine, Sink};
+use crate::report::{Better, Row, Target};
+use crate::w12::runtime;
+use crate::Settings;
+
+/// The hidden subcommand the child runs: `__w6 <engine> <events>`.
+pub const CHILD: &str = "__w6";
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// What a child measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    /// Peak resident set (VmHWM), bytes.
+    pub peak_rss: u64,
+    /// Bytes of the store's files.
+    pub disk: u64,
+    /// Events written.
+    pub events: u64,
+}
+
+/// Runs in the child: appends `events` events from 256 writers to a fresh store, reads them
+/// all back, then prints `peak_rss disk events`.
+pub fn child(args: &[String]) -> Result<(), String> {
+    let [engine, events] = args else {
+        return Err(format!(
+            "usage: {CHILD} <tidings|sqlite|sled|file> <events>"
+        ));
+    };
+    let engine = Engine::from_arg(engine).ok_or_else(|| format!("unknown engine {engine:?}"))?;
+    let events: u64 = events
+        .parse()
+        .map_err(|_| format!("not a number: {events:?}"))?;
+    let dir = tempfile::Builder::new()
+        .prefix("tidings-bench-w6-")
+        .tempdir()
+        .map_err(err)?;
+    let rt = runtime()?;
+    let sink = Sink::open(engine, dir.path())?;
+    let run = rt.block_on(drive(&sink, Arc::new(Payloads::new()), 256, events, false))?;
+    sink.close();
+    // Read everything back (a subscription catching up from the start does this).
+    match engine {
+        Engine::Tidings => rt.block_on(async {
+            let store = SledEventStore::open(dir.path()).map_err(err)?;
+            let mut next = 1;
+            loop {
+                let page = store
+                    .read_all(next, 1000, &Filter::all())
+                    .await
+                    .map_err(err)?;
+                next = page.next_position;
+                if page.is_end() {
+                    return Ok::<_, String>(());
+                }
+            }
+        })?,
+        Engine::Sqlite => {
+            let conn = baseline::sqlite::open(dir.path()).map_err(err)?;
+            baseline::sqlite::scan(&conn, |_| true).map_err(err)?;
+        }
+        Engine::RawSled => {
+            let db = baseline::sled::open(dir.path()).map_err(err)?;
+            for item in db.scan_prefix(b"L") {
+                std::hint::black_box(item.map_err(err)?);
+            }
+        }
+        Engine::RawFile => {
+            std::hint::black_box(std::fs::read(dir.path().join("log")).map_err(err)?.len());
+        }
+    }
+    let disk = dir_bytes(dir.path()).map_err(err)?;
+    println!("{} {} {}", peak_rss().map_err(err)?, disk, run.events);
+    Ok(())
+}
+
+/// VmHWM of this process, in bytes.
+fn peak_rss() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| std::io::Error::other("no VmHWM in /proc/self/status"))
+}
+
+/// The bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+fn measure(engine: Engine, events: u64) -> Result<Measured, String> {
+    let exe = std::env::current_exe().map_err(err)?;
+    let out = Command::new(exe)
+        .args([CHILD, engine.arg(), &events.to_string()])
+        .output()
+        .map_err(err)?;
+    if !out.status.success() {
+        return Err(format!(
+            "W6 child for {} failed ({}): {}",
+            engine.name(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nums: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    match nums[..] {
+        [peak_rss, disk, events] => Ok(Measured {
+            peak_rss,
+            disk,
+            events,
+        }),
+        _ => Err(format!("W6 child for {} printed {text:?}", engine.name())),
+    }
+}
+
+/// W6 in the parent: one child per engine.
+pub fn w6(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
+    let events = s.big_events();
+    let mut m = Vec::new();
+    for engine in Engine::ALL {
+        let r = measure(engine, events)?;
+        s.log(format_args!(
+            "W6 {}: peak RSS {:.1} MB, {:.0} bytes/event on disk",
+            engine.name(),
+            r.peak_rss as f64 / 1e6,
+            r.disk as f64 / r.events as f64
+        ));
+        m.push((engine, r));
+    }
+    let t = m[0].1;
+    let mb = |x: u64| x as f64 / 1e6;
+    let per = |r: Measured| r.disk as f64 / r.events as f64;
+    let case = format!(
+        "{} events appended by 256 writers, then read back",
+        t.events
+    );
+    rows.push(Row::alone(
+        "W6",
+        format!("{case}: peak RSS"),
+        "MB",
+        Better::Lower,
+        mb(t.peak_rss),
+        Target::ValueAtMost(100.0),
+    ));
+    for (engine, r) in &m[1..] {
+        rows.push(Row::vs(
+            "W6",
+            format!("{case}: peak RSS"),
+            "MB",
+            Better::Lower,
+            mb(t.peak_rss),
+            engine.name(),
+            mb(r.peak_rss),
+            Target::None,
+        ));
+    }
+    for (engine, r) in &m[1..] {
+        rows.push(Row::vs(
+            "W6",
+            format!("{case}: bytes on disk per event"),
+            "bytes",
+            Better::Lower,
+            per(t),
+            engine.name(),
+            per(*r),
+            Target::None,
+        ));
+    }
+    Ok(())
+}
