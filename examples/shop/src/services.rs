@@ -8,6 +8,7 @@
 //! aggregates answer them from their history, so nothing is charged, reserved, confirmed or
 //! refunded twice.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tidings::aggregate::{AggregateError, AggregateRegistry, CommandEnvelope};
@@ -27,6 +28,24 @@ const RESERVE: &str = "reserve-stock";
 const CONFIRM: &str = "confirm-order";
 const CANCEL: &str = "cancel-order";
 
+/// Counts the commands that aggregates answered from history (`duplicate: true`): reactions
+/// repeated because their event was delivered again after a crash or a retry.
+#[derive(Clone, Debug, Default)]
+pub struct Repeats(Arc<AtomicU64>);
+
+impl Repeats {
+    /// How many so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, outcome: &tidings::aggregate::CommandOutcome) {
+        if outcome.duplicate {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The payment service: charges each placed order through the gateway, and refunds an order
 /// cancelled after its payment was verified.
 #[derive(EventHandler)]
@@ -34,12 +53,21 @@ const CANCEL: &str = "cancel-order";
 pub struct PaymentService {
     payments: AggregateRegistry<Payment>,
     gateway: Arc<dyn PaymentGateway>,
+    repeats: Repeats,
 }
 
 impl PaymentService {
-    /// The service over the payment aggregates and a gateway.
-    pub fn new(payments: AggregateRegistry<Payment>, gateway: Arc<dyn PaymentGateway>) -> Self {
-        PaymentService { payments, gateway }
+    /// The service over the payment aggregates and a gateway, counting repeats in `repeats`.
+    pub fn new(
+        payments: AggregateRegistry<Payment>,
+        gateway: Arc<dyn PaymentGateway>,
+        repeats: Repeats,
+    ) -> Self {
+        PaymentService {
+            payments,
+            gateway,
+            repeats,
+        }
     }
 }
 
@@ -75,6 +103,7 @@ impl Handle<OrderEvent> for PaymentService {
                 let envelope = CommandEnvelope::caused_by(recorded, CHARGE, command);
                 match self.payments.execute(&order_id, envelope).await {
                     Ok(outcome) => {
+                        self.repeats.count(&outcome);
                         debug!(order_id, duplicate = outcome.duplicate, "charge recorded");
                     }
                     // Recorded by an earlier command (beyond the idempotence window): done.
@@ -102,7 +131,8 @@ impl Handle<OrderEvent> for PaymentService {
                         amount_cents,
                     })
                     .await?;
-                self.payments.execute(&order_id, envelope).await?;
+                let outcome = self.payments.execute(&order_id, envelope).await?;
+                self.repeats.count(&outcome);
                 info!(order_id, amount_cents, "refunded");
             }
             OrderEvent::OrderConfirmed { .. } => {}
@@ -117,12 +147,21 @@ impl Handle<OrderEvent> for PaymentService {
 pub struct StockService {
     orders: AggregateRegistry<Order>,
     stock: AggregateRegistry<Stock>,
+    repeats: Repeats,
 }
 
 impl StockService {
     /// The service over the order aggregates (to read an order's items) and the warehouse.
-    pub fn new(orders: AggregateRegistry<Order>, stock: AggregateRegistry<Stock>) -> Self {
-        StockService { orders, stock }
+    pub fn new(
+        orders: AggregateRegistry<Order>,
+        stock: AggregateRegistry<Stock>,
+        repeats: Repeats,
+    ) -> Self {
+        StockService {
+            orders,
+            stock,
+            repeats,
+        }
     }
 }
 
@@ -151,6 +190,7 @@ impl Handle<PaymentEvent> for StockService {
                 CommandEnvelope::caused_by(ctx.event(), RESERVE, command),
             )
             .await?;
+        self.repeats.count(&outcome);
         debug!(
             order_id,
             duplicate = outcome.duplicate,
@@ -166,12 +206,13 @@ impl Handle<PaymentEvent> for StockService {
 #[event_handler(name = "fulfilment", events(PaymentEvent, StockEvent))]
 pub struct FulfilmentService {
     orders: AggregateRegistry<Order>,
+    repeats: Repeats,
 }
 
 impl FulfilmentService {
     /// The service over the order aggregates.
-    pub fn new(orders: AggregateRegistry<Order>) -> Self {
-        FulfilmentService { orders }
+    pub fn new(orders: AggregateRegistry<Order>, repeats: Repeats) -> Self {
+        FulfilmentService { orders, repeats }
     }
 
     async fn send(
@@ -185,6 +226,7 @@ impl FulfilmentService {
         // A refusal (the order is already in the other final state) is an error: it would mean
         // two verdicts for one order, which the flow never gives. It is not skipped silently.
         let outcome = self.orders.execute(order_id, envelope).await?;
+        self.repeats.count(&outcome);
         debug!(
             order_id,
             name,

@@ -20,7 +20,7 @@ use crate::gateway::{PaymentGateway, SimulatedGateway};
 use crate::invariants::{self, Check};
 use crate::order::{Order, OrderCommand, OrderError, OrderEvent};
 use crate::payment::Payment;
-use crate::services::{FulfilmentService, PaymentService, StockService};
+use crate::services::{FulfilmentService, PaymentService, Repeats, StockService};
 use crate::stock::{Stock, StockCommand, StockError, WAREHOUSE};
 use crate::view::{ReadModel, ShopView};
 
@@ -148,6 +148,7 @@ pub struct Shop {
     stock: AggregateRegistry<Stock>,
     subscriptions: Subscriptions,
     config: ShopConfig,
+    repeats: Repeats,
 }
 
 impl Shop {
@@ -166,6 +167,7 @@ impl Shop {
             subscriptions: Subscriptions::new(shared),
             store,
             config,
+            repeats: Repeats::default(),
         })
     }
 
@@ -194,22 +196,37 @@ impl Shop {
         &self.subscriptions
     }
 
+    /// How many commands the services sent again (for an event delivered again after a crash
+    /// or a retry) and the aggregates answered from history instead of executing twice.
+    pub fn repeated_commands(&self) -> u64 {
+        self.repeats.get()
+    }
+
     /// Starts one service: it catches up from its checkpoint, then follows the log.
     pub fn start(&self, service: Service) -> Result<SubscriptionHandle, ShopError> {
         let config = self.config.subscription.clone();
         let subs = &self.subscriptions;
         Ok(match service {
             Service::Payments => subs.start_with(
-                PaymentService::new(self.payments.clone(), self.config.gateway.clone()),
+                PaymentService::new(
+                    self.payments.clone(),
+                    self.config.gateway.clone(),
+                    self.repeats.clone(),
+                ),
                 config.failure_policy(self.config.payments_failure_policy.clone()),
             )?,
             Service::Stock => subs.start_with(
-                StockService::new(self.orders.clone(), self.stock.clone()),
+                StockService::new(
+                    self.orders.clone(),
+                    self.stock.clone(),
+                    self.repeats.clone(),
+                ),
                 config,
             )?,
-            Service::Fulfilment => {
-                subs.start_with(FulfilmentService::new(self.orders.clone()), config)?
-            }
+            Service::Fulfilment => subs.start_with(
+                FulfilmentService::new(self.orders.clone(), self.repeats.clone()),
+                config,
+            )?,
             Service::View => subs.start_with(ShopView, config)?,
         })
     }
