@@ -1,0 +1,125 @@
+//! The `shop_example` binary, run as a user would: the story (twice on one data directory, and
+//! `--fresh`), the subcommands on the store it leaves, and bad input refused with nothing
+//! recorded.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shop_example");
+
+fn shop(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run shop_example")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs and expects exit code `code`; returns stdout.
+fn expect(dir: &Path, args: &[&str], code: i32) -> String {
+    let out = shop(dir, args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "shop_example {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout + &stderr
+}
+
+/// The `placed` figure of the `orders:` line of `status`.
+fn placed(dir: &Path) -> u64 {
+    let status = expect(dir, &["status"], 0);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("orders:"))
+        .unwrap_or_else(|| panic!("no orders line in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_story_passes_twice_on_one_store_and_the_subcommands_work_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shop");
+
+    let first = expect(&data, &["story", "--orders", "10"], 0);
+    for phase in [
+        "1. The shop opens",
+        "2. Orders flow",
+        "3. The stock service goes down",
+        "4. The stock service comes back",
+        "stock lag",
+        "every invariant holds.",
+    ] {
+        assert!(first.contains(phase), "{phase:?} missing from:\n{first}");
+    }
+    assert_eq!(first.matches("  PASS  ").count(), 9, "{first}");
+    assert!(!first.contains("FAIL"), "{first}");
+
+    // Again on the same store: it adds to it and checks the whole of it.
+    let second = expect(&data, &["story", "--orders", "10"], 0);
+    assert!(second.contains("from earlier runs"), "{second}");
+    assert!(
+        second.contains("whole store: 40 placed"),
+        "the second run does not report the whole store:\n{second}"
+    );
+    assert_eq!(placed(&data), 40);
+
+    // Subcommands on the existing store.
+    let restocked = expect(&data, &["restock", "widget=5", "gizmo=2"], 0);
+    assert!(restocked.starts_with("stock: "), "{restocked}");
+    let order = expect(
+        &data,
+        &["place-order", "--customer", "ada", "widget=2", "gizmo=1"],
+        0,
+    );
+    assert!(
+        order.starts_with("o-000041") && order.contains("confirmed"),
+        "{order}"
+    );
+    assert_eq!(placed(&data), 41);
+    let declined = expect(&data, &["place-order", "gadget=9"], 0);
+    assert!(declined.contains("payment declined"), "{declined}");
+
+    // Bad input: refused with a reason, nothing recorded.
+    let again = expect(&data, &["place-order", "--id", "o-000041", "widget=1"], 1);
+    assert!(again.contains("order already placed"), "{again}");
+    let zero = expect(&data, &["place-order", "widget=0"], 2);
+    assert!(zero.contains("quantity"), "{zero}");
+    let unknown = expect(&data, &["restock", "sprocket=1"], 2);
+    assert!(unknown.contains("unknown sku"), "{unknown}");
+    assert_eq!(placed(&data), 42);
+
+    let status = expect(&data, &["status", "--orders"], 0);
+    for name in ["payments", "stock", "fulfilment", "shop-view"] {
+        assert!(
+            status.contains(&format!("  {name}")) && status.contains("Stopped"),
+            "{status}"
+        );
+    }
+    assert!(status.contains("o-000042"), "{status}");
+    let check = expect(&data, &["check"], 0);
+    assert_eq!(check.matches("  PASS  ").count(), 9, "{check}");
+
+    // --fresh starts over.
+    let fresh = expect(&data, &["story", "--fresh", "--orders", "10"], 0);
+    assert!(fresh.contains("(new)"), "{fresh}");
+    assert_eq!(placed(&data), 20);
+}
+
+#[test]
+fn fresh_refuses_to_delete_a_directory_that_is_not_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "keep me").unwrap();
+    let out = expect(dir.path(), &["story", "--fresh"], 1);
+    assert!(out.contains("not a tidings store"), "{out}");
+    assert!(dir.path().join("notes.txt").exists());
+    let status = expect(&dir.path().join("missing"), &["status"], 1);
+    assert!(status.contains("no shop store"), "{status}");
+}
