@@ -276,6 +276,7 @@ impl Subscriptions {
             commands_open: true,
             parked_streams: Default::default(),
             guard: self.guard(H::NAME),
+            cache: Default::default(),
         };
         SubscriptionActor {
             runner: Some(Box::new(runner)),

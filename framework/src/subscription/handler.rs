@@ -133,6 +133,9 @@ pub struct EventContext<'a> {
     /// In a partitioned subscription: writes of earlier events of this partition in the current
     /// round (newer than `pending`).
     pub(crate) round: Option<&'a StateBatch>,
+    /// Values the subscription committed lately (the store has them too): read before the
+    /// store.
+    pub(crate) committed: &'a StateBatch,
     /// Writes of this event; merged into `pending` only if the handler succeeds.
     pub(crate) writes: StateBatch,
     /// In a partitioned subscription: the keys this event read (to detect keys shared by
@@ -170,7 +173,10 @@ impl<'a> EventContext<'a> {
                 .push(key.to_vec());
         }
         let earlier = self.round.and_then(|r| r.get(key));
-        if let Some(v) = earlier.or_else(|| self.pending.get(key)) {
+        let known = earlier
+            .or_else(|| self.pending.get(key))
+            .or_else(|| self.committed.get(key));
+        if let Some(v) = known {
             return Ok(v.clone());
         }
         self.store.load_state(self.name, key).await

@@ -16,6 +16,7 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use super::failure::RESERVED_PREFIX;
 use super::failure::{
     encode_parked, parked_in_store, parked_key, parked_stream_key, parked_streams_in_store,
     replay_key, replay_requests_in_store, status_write, subscription_status_from_store,
@@ -85,7 +86,15 @@ pub(crate) struct Runner<H: EventHandler> {
     /// Held for the whole life of the loop: operations on the stopped subscription's stored
     /// checkpoint take it too, so they never interleave with a loop that is starting.
     pub guard: Arc<tokio::sync::Mutex<()>>,
+    /// The handler state this run committed lately, so that reading it back does not go to the
+    /// store (the store holds the same values: only this run writes the subscription's state
+    /// while it runs, operations on a stopped one wait for it). Cleared at each run's start and
+    /// when it outgrows [`CACHE_ENTRIES`].
+    pub cache: StateBatch,
 }
+
+/// The most entries [`Runner::cache`] keeps.
+const CACHE_ENTRIES: usize = 16 * 1024;
 
 /// What to do after one event of the sequential loop.
 enum Flow {
@@ -206,6 +215,7 @@ impl<H: EventHandler> Runner<H> {
     /// Returns the checkpoint and the last commit.
     async fn begin(&mut self) -> Result<(u64, Committed), Fault> {
         let name = H::NAME;
+        self.cache.clear();
         let stored = self.store.load_checkpoint(name).await?;
         let checkpoint = match stored {
             Some(p) => p,
@@ -491,6 +501,7 @@ impl<H: EventHandler> Runner<H> {
             store: &*self.store,
             policy: &self.config.failure_policy,
             status: &self.status,
+            cache: &self.cache,
             stop: self.stop.clone(),
         }
     }
@@ -577,6 +588,7 @@ impl<H: EventHandler> Runner<H> {
             let store = &*self.store;
             let policy = &self.config.failure_policy;
             let status = &self.status;
+            let cache = &self.cache;
             let parked = &self.parked_streams;
             let shared: &StateBatch = pending;
             let halt = &halt;
@@ -590,6 +602,7 @@ impl<H: EventHandler> Runner<H> {
                         store,
                         policy,
                         status,
+                        cache,
                         stop: self.stop.clone(),
                     };
                     lane(worker, queue, shared, parked, halt)
@@ -816,6 +829,8 @@ struct Worker<'a, H> {
     store: &'a dyn EventStore,
     policy: &'a FailurePolicy,
     status: &'a StatusCell,
+    /// Values this run committed lately (see [`Runner::cache`]).
+    cache: &'a StateBatch,
     stop: watch::Receiver<bool>,
 }
 
@@ -838,6 +853,7 @@ impl<H: EventHandler> Worker<'_, H> {
                 store: self.store,
                 pending,
                 round,
+                committed: self.cache,
                 writes: StateBatch::new(),
                 reads: track_reads.then(Default::default),
                 reserved: None,
@@ -1079,12 +1095,21 @@ impl<H: EventHandler> Runner<H> {
         let record = status_write(&status);
         pending.insert(record.key, record.value);
         let writes = drain(pending);
+        let cached: Vec<(Vec<u8>, Option<Vec<u8>>)> = writes
+            .iter()
+            .filter(|w| !w.key.starts_with(RESERVED_PREFIX))
+            .map(|w| (w.key.clone(), w.value.clone()))
+            .collect();
         match self
             .store
             .commit_checkpoint(H::NAME, committed.expected, checkpoint, writes)
             .await
         {
             Ok(()) => {
+                if self.cache.len() + cached.len() > CACHE_ENTRIES {
+                    self.cache.clear();
+                }
+                self.cache.extend(cached);
                 debug!(checkpoint, "checkpoint committed");
                 *committed = Committed {
                     expected: Some(checkpoint),
