@@ -265,6 +265,10 @@ pub fn execute(cli: Cli, registry: &Registry) -> ExitCode {
     let _ = out.flush();
     match result {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`tidings log | head`): not an error of ours.
+        Err(CliError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::from(EXIT_OK)
+        }
         Err(e) => report(&e),
     }
 }

@@ -151,12 +151,22 @@ pub fn json_line(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> 
 }
 
 /// A timestamp in microseconds since the Unix epoch, as RFC 3339 in UTC with microseconds.
+/// Always six digits of fraction, so that times line up in a table.
 pub fn rfc3339_micros(micros: u64) -> String {
     let nanos = i128::from(micros) * 1000;
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{micros}µs"))
+    match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.microsecond()
+        ),
+        Err(_) => format!("{micros}µs after the Unix epoch"),
+    }
 }
 
 /// A system time as RFC 3339 in UTC.

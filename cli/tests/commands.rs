@@ -634,3 +634,60 @@ fn import_refuses_a_non_empty_store_and_bad_lines_and_resumes_an_interrupted_imp
     let run = tidings(&junk, &["import", file.to_str().unwrap()]);
     assert_eq!(run.code, i32::from(EXIT_ERROR), "{run:?}");
 }
+
+#[test]
+fn an_embedding_application_registers_its_event_types_and_payloads_print_decoded() {
+    let dir = prepared();
+    let out = runtime().block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        // An OrderPlaced whose payload the application's type does not decode.
+        let bad = tidings::store::EventData::new(
+            "OrderPlaced",
+            br#"{"OrderPlaced":{"cents":"x"}}"#.to_vec(),
+        );
+        store
+            .append(
+                "order-9",
+                tidings::store::ExpectedVersion::NoStream,
+                vec![bad],
+            )
+            .await
+            .unwrap();
+        let shared: Arc<dyn EventStore> = Arc::new(store.clone());
+        let subscriptions = Subscriptions::new(shared.clone());
+        let registry = tidings_cli::Registry::new().register::<support::ShopEvent>();
+        assert_eq!(registry.event_types().collect::<Vec<_>>(), ["OrderPlaced"]);
+        let cli = <tidings_cli::Cli as clap::Parser>::parse_from([
+            "shop admin",
+            "--json",
+            "--payload",
+            "log",
+        ]);
+        let mut out = Vec::new();
+        tidings_cli::execute_on(&cli, &shared, &subscriptions, &registry, &mut out)
+            .await
+            .unwrap();
+        store.close().await;
+        String::from_utf8(out).unwrap()
+    });
+    let rows = json_lines(&out);
+    assert_eq!(rows.len(), 7);
+    assert_eq!(rows[0]["payload_encoding"], "decoded");
+    assert_eq!(
+        rows[0]["payload"],
+        serde_json::json!({"OrderPlaced": {"cents": 100}})
+    );
+    // Types the application did not register print as before.
+    assert_eq!(rows[4]["payload_encoding"], "base64");
+    assert_eq!(rows[5]["payload_encoding"], "json");
+    // A registered type that does not decode says why, and still shows the bytes.
+    assert_eq!(rows[6]["payload_encoding"], "json");
+    assert!(
+        rows[6]["payload_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type"),
+        "{}",
+        rows[6]
+    );
+}

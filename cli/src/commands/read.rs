@@ -44,11 +44,11 @@ impl<'a> EventPrinter<'a> {
     }
 
     /// Prints each row as it comes (for `tail`), with columns wide enough for typical values.
-    pub fn immediate(mut self) -> Self {
+    pub fn immediate(mut self) -> Result<Self, CliError> {
         if let Some(t) = self.table.take() {
-            self.table = Some(t.immediate(&[8, 24, 7, 20, 27, 8]).expect("header"));
+            self.table = Some(t.immediate(&[8, 24, 7, 20, 27, 8])?);
         }
-        self
+        Ok(self)
     }
 
     pub fn print(&mut self, ctx: &Ctx<'_>, e: &RecordedEvent) -> Result<(), CliError> {
@@ -246,14 +246,14 @@ pub(crate) async fn tail(
     limit: Option<u64>,
     until_idle: bool,
 ) -> Result<u8, CliError> {
+    // Listening starts now, before anything is printed, so an early Ctrl-C is not missed.
+    let mut interrupt = Interrupt::listen()?;
     let mut watch = ctx.store.watch_head();
     let mut next = from.unwrap_or_else(|| ctx.store.head() + 1).max(1);
     let limit = limit.unwrap_or(u64::MAX);
-    let mut printer = EventPrinter::new(ctx, out).immediate();
+    let mut printer = EventPrinter::new(ctx, out).immediate()?;
     let mut printed = 0u64;
     let all = Filter::all();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     while printed < limit {
         let want = (limit - printed).min(PAGE as u64) as usize;
         let batch = ctx.store.read_all(next, want, &all).await?;
@@ -275,9 +275,46 @@ pub(crate) async fn tail(
                     break; // the store closed
                 }
             }
-            _ = &mut ctrl_c => break,
+            () = interrupt.wait() => break,
         }
     }
     printer.finish()?;
     Ok(EXIT_OK)
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM, listened for from the moment it is made.
+struct Interrupt {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupt {
+    #[cfg(unix)]
+    fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Interrupt {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn listen() -> std::io::Result<Self> {
+        Ok(Interrupt {})
+    }
+
+    #[cfg(unix)]
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn wait(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
