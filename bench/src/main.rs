@@ -143,8 +143,7 @@ const WORKLOADS: [&str; 7] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7"];
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Hidden subcommands: workloads that run in a child process of their own.
-    let child: Option<fn(&[String]) -> Result<(), String>> = match args.first().map(String::as_str)
-    {
+    let child: Option<Child> = match args.first().map(String::as_str) {
         Some(w6::CHILD) => Some(w6::child),
         Some(w45::CQRS_CHILD) => Some(w45::cqrs_child),
         _ => None,
@@ -174,6 +173,9 @@ fn main() {
 }
 
 type Workload = fn(&Settings, &mut Vec<Row>) -> Result<(), String>;
+
+/// A workload that runs in a child process, given its arguments.
+type Child = fn(&[String]) -> Result<(), String>;
 
 fn run(s: &Settings) -> Result<(), String> {
     let started = Instant::now();

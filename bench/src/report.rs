@@ -48,7 +48,8 @@ pub struct Row {
 }
 
 impl Row {
-    /// A row comparing tidings with a baseline.
+    /// A row comparing tidings with a baseline (one argument per column of the table).
+    #[allow(clippy::too_many_arguments)]
     pub fn vs(
         workload: &'static str,
         case: impl Into<String>,
@@ -290,7 +291,7 @@ mod tests {
             Target::ValueAtMost(100.0),
         );
         assert_eq!(r.met(), Some(false));
-        assert!(table(&[r.clone()]).contains("NO"));
+        assert!(table(std::slice::from_ref(&r)).contains("NO"));
         assert!(json(&[r]).contains("\"met\": false"));
     }
 }
