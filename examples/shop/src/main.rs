@@ -4,7 +4,8 @@
 //! coming and payments keep being verified while its lag grows, it comes back and catches up,
 //! and a final report checks every invariant (the exit code is 1 if one fails). Subcommands
 //! place orders, restock, show the status and check the invariants of an existing data
-//! directory. `RUST_LOG=debug` (or `info`, `tidings=debug`, ...) shows the tracing logs.
+//! directory. `RUST_LOG=debug` (or `info`, `warn`, `tidings=debug`, ...) shows the tracing
+//! logs on stderr; without it only errors are logged.
 
 mod cli;
 
@@ -15,7 +16,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -2,11 +2,13 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures_util::future::join_all;
 use shop_example::catalog::{Line, CATALOG};
+use shop_example::gateway::SimulatedGateway;
 use shop_example::view::ReadModel;
 use shop_example::{Service, Shop, ShopConfig};
 use tidings::store::EventStore;
@@ -31,6 +33,10 @@ pub struct StoryArgs {
     /// Seed of the random orders (default: the first order number).
     #[arg(long)]
     seed: Option<u64>,
+    /// Make the payment gateway fail the first N calls of every charge and refund (the payment
+    /// service retries them with backoff).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    gateway_failures: u32,
 }
 
 impl Default for StoryArgs {
@@ -39,6 +45,7 @@ impl Default for StoryArgs {
             fresh: false,
             orders: 30,
             seed: None,
+            gateway_failures: 0,
         }
     }
 }
@@ -138,7 +145,8 @@ pub async fn run(dir: &Path, args: StoryArgs) -> Result<ExitCode, CliError> {
     if args.fresh {
         wipe(dir)?;
     }
-    let shop = Shop::open(dir, ShopConfig::default())?;
+    let gateway = SimulatedGateway::default().fail_first(args.gateway_failures);
+    let shop = Shop::open(dir, ShopConfig::default().gateway(Arc::new(gateway)))?;
     let head = shop.store().head();
     println!("tidings shop: order, payment and stock react to each other's events");
     if head == 0 {
@@ -288,6 +296,12 @@ async fn tell(story: &mut Story, orders: u32) -> Result<ExitCode, CliError> {
                 );
             }
         }
+    }
+    if story.shop.repeated_commands() > 0 {
+        println!(
+            "  {} repeated reactions were answered from history",
+            story.shop.repeated_commands()
+        );
     }
     let ok = print_checks(&checks);
     println!(
