@@ -433,3 +433,150 @@ async fn read_model_agrees(store: &dyn EventStore, log: &Log) -> Result<Check, S
     };
     Ok(Check { name, pass, detail })
 }
+
+#[cfg(test)]
+mod tests {
+    use tidings::store::{ExpectedVersion, SledEventStore};
+
+    use super::*;
+
+    fn placed(id: &str, items: Vec<Line>, total_cents: u64) -> OrderEvent {
+        OrderEvent::OrderPlaced {
+            order_id: id.into(),
+            customer: "ada".into(),
+            items,
+            total_cents,
+        }
+    }
+
+    fn verified(id: &str, amount_cents: u64) -> PaymentEvent {
+        PaymentEvent::PaymentVerified {
+            order_id: id.into(),
+            amount_cents,
+            reference: "r".into(),
+        }
+    }
+
+    async fn append<E: DomainEvent>(store: &SledEventStore, stream: &str, events: &[E]) {
+        let data = events.iter().map(|e| e.to_event_data().unwrap()).collect();
+        store
+            .append(stream, ExpectedVersion::Any, data)
+            .await
+            .unwrap();
+    }
+
+    fn failed(checks: &[Check]) -> Vec<&'static str> {
+        checks.iter().filter(|c| !c.pass).map(|c| c.name).collect()
+    }
+
+    /// One good order, then one broken way per test: each check fails on what it is about.
+    async fn store_with_a_good_order() -> (tempfile::TempDir, SledEventStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let w = vec![Line::new("widget", 2)];
+        append(
+            &store,
+            "stock-main",
+            &[StockEvent::Restocked { items: w.clone() }],
+        )
+        .await;
+        append(&store, "order-a", &[placed("a", w.clone(), 2_500)]).await;
+        append(&store, "payment-a", &[verified("a", 2_500)]).await;
+        append(
+            &store,
+            "stock-main",
+            &[StockEvent::StockReserved {
+                order_id: "a".into(),
+                items: w,
+            }],
+        )
+        .await;
+        append(
+            &store,
+            "order-a",
+            &[OrderEvent::OrderConfirmed {
+                order_id: "a".into(),
+            }],
+        )
+        .await;
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_consistent_log_passes_all_but_the_missing_read_model() {
+        let (_dir, store) = store_with_a_good_order().await;
+        let checks = check(&store).await.unwrap();
+        assert_eq!(checks.len(), INVARIANTS.len());
+        // No projection ran: the read model is behind, and says so.
+        assert_eq!(failed(&checks), vec![INVARIANTS[8]]);
+        assert!(checks[8].detail.contains("behind"), "{:?}", checks[8]);
+    }
+
+    #[tokio::test]
+    async fn a_pending_order_and_a_second_verdict_fail_the_final_state_check() {
+        let (_dir, store) = store_with_a_good_order().await;
+        append(
+            &store,
+            "order-b",
+            &[placed("b", vec![Line::new("gizmo", 1)], 799)],
+        )
+        .await;
+        let checks = check(&store).await.unwrap();
+        assert!(failed(&checks).contains(&INVARIANTS[1]));
+        assert!(checks[1].detail.ends_with(": b"), "{:?}", checks[1]);
+        let (_dir, store) = store_with_a_good_order().await;
+        let cancel = OrderEvent::OrderCancelled {
+            order_id: "a".into(),
+            reason: CancelReason::PaymentDeclined("late".into()),
+        };
+        append(&store, "order-a", &[cancel]).await;
+        assert!(failed(&check(&store).await.unwrap()).contains(&INVARIANTS[1]));
+    }
+
+    #[tokio::test]
+    async fn overselling_fails_the_stock_check() {
+        let (_dir, store) = store_with_a_good_order().await;
+        let reserve = StockEvent::StockReserved {
+            order_id: "b".into(),
+            items: vec![Line::new("widget", 1)],
+        };
+        append(&store, "stock-main", &[reserve]).await;
+        let checks = check(&store).await.unwrap();
+        assert!(failed(&checks).contains(&INVARIANTS[4]));
+        assert!(checks[4].detail.contains("widget at -1"), "{:?}", checks[4]);
+    }
+
+    #[tokio::test]
+    async fn a_paid_cancellation_without_refund_fails_the_money_checks() {
+        let (_dir, store) = store_with_a_good_order().await;
+        append(
+            &store,
+            "order-c",
+            &[placed("c", vec![Line::new("gizmo", 1)], 799)],
+        )
+        .await;
+        append(&store, "payment-c", &[verified("c", 799)]).await;
+        let cancel = OrderEvent::OrderCancelled {
+            order_id: "c".into(),
+            reason: CancelReason::OutOfStock(vec![Line::new("gizmo", 1)]),
+        };
+        append(&store, "order-c", &[cancel]).await;
+        let failed = failed(&check(&store).await.unwrap());
+        assert!(failed.contains(&INVARIANTS[5]), "{failed:?}");
+        assert!(failed.contains(&INVARIANTS[7]), "{failed:?}");
+        assert!(!failed.contains(&INVARIANTS[1]), "{failed:?}");
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_event_fails_the_decode_check() {
+        let (_dir, store) = store_with_a_good_order().await;
+        let bad = tidings::store::EventData::new("OrderPlaced", b"{\"nope\":1}".to_vec());
+        store
+            .append("order-x", ExpectedVersion::Any, vec![bad])
+            .await
+            .unwrap();
+        let checks = check(&store).await.unwrap();
+        assert!(failed(&checks).contains(&INVARIANTS[0]));
+        assert!(checks[0].detail.contains("position 6"), "{:?}", checks[0]);
+    }
+}
