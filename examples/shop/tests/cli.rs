@@ -123,3 +123,31 @@ fn fresh_refuses_to_delete_a_directory_that_is_not_a_store() {
     let status = expect(&dir.path().join("missing"), &["status"], 1);
     assert!(status.contains("no shop store"), "{status}");
 }
+
+#[test]
+fn a_store_with_events_the_shop_cannot_read_is_reported_with_the_way_out() {
+    use tidings::store::{EventData, EventStore, ExpectedVersion, SledEventStore};
+
+    let dir = tempfile::tempdir().unwrap();
+    // What the first version of this example wrote: an `OrderPlaced` of another shape.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let old = EventData::new("OrderPlaced", br#"{"sku":"widget","quantity":1}"#.to_vec());
+        store
+            .append("order-1.1", ExpectedVersion::NoStream, vec![old])
+            .await
+            .unwrap();
+    });
+    drop(runtime);
+    let out = expect(dir.path(), &["story"], 1);
+    assert!(
+        out.contains("cannot read") && out.contains("story --fresh"),
+        "{out}"
+    );
+    let fresh = expect(dir.path(), &["story", "--fresh", "--orders", "4"], 0);
+    assert!(fresh.contains("every invariant holds."), "{fresh}");
+}

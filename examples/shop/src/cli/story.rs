@@ -9,6 +9,7 @@ use clap::Args;
 use futures_util::future::join_all;
 use shop_example::catalog::{Line, CATALOG};
 use shop_example::gateway::SimulatedGateway;
+use shop_example::invariants::INVARIANTS;
 use shop_example::view::ReadModel;
 use shop_example::{Service, Shop, ShopConfig};
 use tidings::store::EventStore;
@@ -157,6 +158,21 @@ pub async fn run(dir: &Path, args: StoryArgs) -> Result<ExitCode, CliError> {
              `story --fresh` starts over)",
             dir.display()
         );
+    }
+    if head > 0 {
+        // A store written by something else (an older version of this example, say) would stop
+        // the services at its first unreadable event: say so now, with the way out.
+        let checks = shop_example::invariants::check(&**shop.store()).await?;
+        if let Some(c) = checks.iter().find(|c| !c.pass && c.name == INVARIANTS[0]) {
+            shop.shutdown().await;
+            return Err(format!(
+                "{} holds events this shop cannot read ({}); run `story --fresh` to start over, \
+                 or pick another --data-dir",
+                dir.display(),
+                c.detail
+            )
+            .into());
+        }
     }
     let next = shop.next_order_number().await?;
     let mut story = Story {
