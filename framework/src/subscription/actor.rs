@@ -266,6 +266,7 @@ impl Subscriptions {
         let (stop, stop_rx) = watch::channel(false);
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let status = StatusCell::new(H::NAME);
+        status.update(|s| s.partitions = handlers.len() as u64);
         let runner = Runner {
             handlers,
             store: self.store.clone(),
@@ -277,6 +278,7 @@ impl Subscriptions {
             parked_streams: Default::default(),
             guard: self.guard(H::NAME),
             cache: Default::default(),
+            serial_pages: 0,
         };
         SubscriptionActor {
             runner: Some(Box::new(runner)),
@@ -319,9 +321,22 @@ impl Subscriptions {
 
     /// Takes the lock of a STOPPED subscription, for an operation on its stored checkpoint;
     /// `None` if it is running (or was started meanwhile: go through its loop then).
+    ///
+    /// A running loop holds the lock for its whole life, so this never waits for it: it tries
+    /// the lock and, while someone else holds it (a loop that is starting or ending, or another
+    /// operation), looks again shortly.
     async fn lock_stopped(&self, name: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let guard = self.guard(name).lock_owned().await;
-        self.running(name).is_none().then_some(guard)
+        let lock = self.guard(name);
+        loop {
+            if self.running(name).is_some() {
+                return None;
+            }
+            if let Ok(guard) = lock.clone().try_lock_owned() {
+                // Started between the check and the lock? Then go through its loop.
+                return self.running(name).is_none().then_some(guard);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// The running subscription of that name, if it is running.

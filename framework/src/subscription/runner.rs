@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::join_all;
@@ -49,8 +49,8 @@ pub(crate) enum Command {
 
 /// The result of handling one event, retries included.
 enum Attempt {
-    /// Handled: its state writes, and (when tracked) the keys it read.
-    Handled(StateBatch, Vec<Vec<u8>>),
+    /// Handled: its state writes.
+    Handled(StateBatch),
     Failed(HandlerFailure),
     Panicked(String),
     /// A stop was requested during a backoff pause.
@@ -91,7 +91,13 @@ pub(crate) struct Runner<H: EventHandler> {
     /// while it runs, operations on a stopped one wait for it). Cleared at each run's start and
     /// when it outgrows [`CACHE_ENTRIES`].
     pub cache: StateBatch,
+    /// Pages still to handle one event at a time after a round found a key shared by
+    /// partitions (so that a projection with such keys does not handle every page twice).
+    pub serial_pages: u32,
 }
+
+/// Pages handled one event at a time after a round found a key shared by partitions.
+const SERIAL_PAGES_AFTER_CONFLICT: u32 = 16;
 
 /// The most entries [`Runner::cache`] keeps.
 const CACHE_ENTRIES: usize = 16 * 1024;
@@ -120,12 +126,7 @@ impl<H: EventHandler> Runner<H> {
             // total in the status carries over from earlier processes).
             let mut restarts = 0u64;
             loop {
-                let run = if self.handlers.len() > 1 {
-                    self.run_partitioned().await
-                } else {
-                    self.run_once().await
-                };
-                match run {
+                match self.run_once().await {
                     Ok(()) => {
                         self.status.update(|s| s.state = SubscriptionState::Stopped);
                         info!("subscription stopped");
@@ -147,6 +148,7 @@ impl<H: EventHandler> Runner<H> {
                         }
                         let backoff = self.config.restart_backoff * restarts.min(10) as u32;
                         if self.sleep_or_stop(backoff).await {
+                            self.record_final(SubscriptionState::Stopped).await;
                             self.status.update(|s| s.state = SubscriptionState::Stopped);
                             return;
                         }
@@ -167,7 +169,15 @@ impl<H: EventHandler> Runner<H> {
     /// restarts are totals, not per process).
     async fn restore_counters(&self) -> Result<(), StoreError> {
         let partitions = self.handlers.len() as u64;
-        let stored = subscription_status_from_store(&*self.store, H::NAME).await?;
+        let stored = match subscription_status_from_store(&*self.store, H::NAME).await {
+            Ok(stored) => stored,
+            // The record is advisory (written by a newer version, say): start the totals anew.
+            Err(StoreError::Codec(reason)) => {
+                warn!(%reason, "the stored status record does not decode; totals start at 0");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         self.status.update(|s| {
             s.partitions = partitions;
             if let Some(stored) = stored {
@@ -270,7 +280,11 @@ impl<H: EventHandler> Runner<H> {
         Ok((checkpoint, committed))
     }
 
-    /// One run from the stored checkpoint, one event at a time. `Ok` means stopped on request.
+    /// One run from the stored checkpoint. `Ok` means stopped on request.
+    ///
+    /// Page by page: with one handler the events are handled one at a time (see
+    /// [`sequential`](Self::sequential)); with several, a page is a round over the partitions
+    /// (see [`round`](Self::round)). At the head it waits for the head to move.
     async fn run_once(&mut self) -> Result<(), Fault> {
         let (mut checkpoint, mut committed) = self.begin().await?;
         let filter = H::filter();
@@ -284,34 +298,32 @@ impl<H: EventHandler> Runner<H> {
                     .commit_stopped(&mut committed, checkpoint, &mut pending)
                     .await;
             }
+            while let Ok(command) = self.commands.try_recv() {
+                self.apply(command, &mut committed, checkpoint, &mut pending)
+                    .await?;
+            }
             let page = self
                 .store
                 .read_all(checkpoint + 1, self.config.batch_size, &filter)
                 .await?;
-            for event in &page.events {
-                if self.stop_requested() {
-                    break;
-                }
-                while let Ok(command) = self.commands.try_recv() {
-                    self.apply(command, &mut committed, checkpoint, &mut pending)
-                        .await?;
-                }
-                match self
-                    .step(event, 0, &mut committed, &mut checkpoint, &mut pending)
-                    .await?
-                {
-                    Flow::Next => uncommitted += 1,
-                    Flow::Stopped => break,
-                }
-                if uncommitted >= self.config.commit_every
-                    || committed.at.elapsed() >= self.config.commit_interval
-                {
-                    self.commit(&mut committed, checkpoint, &mut pending)
-                        .await?;
-                    uncommitted = 0;
-                }
-            }
-            if self.stop_requested() {
+            let end = if self.handlers.len() > 1 && self.serial_pages == 0 {
+                let end = self
+                    .round(&page.events, &mut committed, &mut checkpoint, &mut pending)
+                    .await?;
+                uncommitted += end.handled;
+                end
+            } else {
+                self.serial_pages = self.serial_pages.saturating_sub(1);
+                self.sequential(
+                    &page.events,
+                    &mut committed,
+                    &mut checkpoint,
+                    &mut pending,
+                    &mut uncommitted,
+                )
+                .await?
+            };
+            if end.stopped {
                 continue;
             }
             // Every position before next_position has been examined, the filtered-out ones too.
@@ -320,6 +332,13 @@ impl<H: EventHandler> Runner<H> {
                 s.head = page.head;
                 s.handled_up_to = checkpoint;
             });
+            if uncommitted >= self.config.commit_every
+                || committed.at.elapsed() >= self.config.commit_interval
+            {
+                self.commit(&mut committed, checkpoint, &mut pending)
+                    .await?;
+                uncommitted = 0;
+            }
             if !page.is_end() {
                 continue;
             }
@@ -332,6 +351,49 @@ impl<H: EventHandler> Runner<H> {
             )
             .await?;
         }
+    }
+
+    /// Handles one page one event at a time, applying commands between events and committing
+    /// every `commit_every` events or `commit_interval`.
+    async fn sequential(
+        &mut self,
+        events: &[RecordedEvent],
+        committed: &mut Committed,
+        checkpoint: &mut u64,
+        pending: &mut StateBatch,
+        uncommitted: &mut u64,
+    ) -> Result<RoundEnd, Fault> {
+        let mut end = RoundEnd::default();
+        for event in events {
+            if self.stop_requested() {
+                end.stopped = true;
+                return Ok(end);
+            }
+            while let Ok(command) = self.commands.try_recv() {
+                self.apply(command, committed, *checkpoint, pending).await?;
+            }
+            let partition = self.partition_of(&event.stream_id);
+            match self
+                .step(event, partition, committed, checkpoint, pending)
+                .await?
+            {
+                Flow::Next => {
+                    *uncommitted += 1;
+                    end.handled += 1;
+                }
+                Flow::Stopped => {
+                    end.stopped = true;
+                    return Ok(end);
+                }
+            }
+            if *uncommitted >= self.config.commit_every
+                || committed.at.elapsed() >= self.config.commit_interval
+            {
+                self.commit(committed, *checkpoint, pending).await?;
+                *uncommitted = 0;
+            }
+        }
+        Ok(end)
     }
 
     /// Commits on a stop request. The status cell says "stopped" only once this commit is done
@@ -412,7 +474,7 @@ impl<H: EventHandler> Runner<H> {
             worker.attempt(event, pending, None, false).await
         };
         match attempt {
-            Attempt::Handled(writes, _) => {
+            Attempt::Handled(writes) => {
                 merge(pending, writes);
                 *checkpoint = position;
                 self.status.update(|s| {
@@ -474,6 +536,7 @@ impl<H: EventHandler> Runner<H> {
             s.handled_up_to = event.position;
             s.parked += 1;
             s.parked_streams += 1;
+            s.state = SubscriptionState::Parked;
         });
     }
 
@@ -503,72 +566,17 @@ impl<H: EventHandler> Runner<H> {
             status: &self.status,
             cache: &self.cache,
             stop: self.stop.clone(),
+            reads: Vec::new(),
         }
     }
 
-    /// One run from the stored checkpoint with the events spread over the partitions, a page
-    /// (a round) at a time. `Ok` means stopped on request.
+    /// Handles one page over the partitions, as a round.
     ///
     /// Each round hands every partition its events of the page, in order, and runs the
     /// partitions concurrently; then the results are taken in position order up to the first
     /// event that is not handled (a stop, a panic, a failure under `Stop`). The checkpoint never
     /// passes an event that is not handled, and only the state writes of events at or before
     /// the checkpoint are committed with it: exactly-once state stays exactly-once.
-    async fn run_partitioned(&mut self) -> Result<(), Fault> {
-        let (mut checkpoint, mut committed) = self.begin().await?;
-        let filter = H::filter();
-        let mut heads = self.store.watch_head();
-        let mut pending = StateBatch::new();
-        let mut uncommitted = 0u64;
-
-        loop {
-            if self.stop_requested() {
-                return self
-                    .commit_stopped(&mut committed, checkpoint, &mut pending)
-                    .await;
-            }
-            while let Ok(command) = self.commands.try_recv() {
-                self.apply(command, &mut committed, checkpoint, &mut pending)
-                    .await?;
-            }
-            let page = self
-                .store
-                .read_all(checkpoint + 1, self.config.batch_size, &filter)
-                .await?;
-            let end = self
-                .round(&page.events, &mut committed, &mut checkpoint, &mut pending)
-                .await?;
-            uncommitted += end.handled;
-            if end.stopped {
-                continue;
-            }
-            checkpoint = checkpoint.max(page.next_position - 1);
-            self.status.update(|s| {
-                s.head = page.head;
-                s.handled_up_to = checkpoint;
-            });
-            if uncommitted >= self.config.commit_every
-                || committed.at.elapsed() >= self.config.commit_interval
-            {
-                self.commit(&mut committed, checkpoint, &mut pending)
-                    .await?;
-                uncommitted = 0;
-            }
-            if !page.is_end() {
-                continue;
-            }
-            self.wait_at_head(
-                &mut heads,
-                &mut committed,
-                checkpoint,
-                &mut pending,
-                &mut uncommitted,
-            )
-            .await?;
-        }
-    }
-
-    /// Handles one page over the partitions (see [`run_partitioned`](Self::run_partitioned)).
     async fn round(
         &mut self,
         events: &[RecordedEvent],
@@ -584,6 +592,7 @@ impl<H: EventHandler> Runner<H> {
         // The first position that must not be handled in this round (a panic or a failure
         // under `Stop` before it): the partitions stop there, and nothing after it counts.
         let halt = AtomicU64::new(u64::MAX);
+        let seen = Mutex::new(Accesses::new());
         let results: Vec<Vec<(u64, Outcome)>> = {
             let store = &*self.store;
             let policy = &self.config.failure_policy;
@@ -591,12 +600,9 @@ impl<H: EventHandler> Runner<H> {
             let cache = &self.cache;
             let parked = &self.parked_streams;
             let shared: &StateBatch = pending;
-            let halt = &halt;
-            let lanes = self
-                .handlers
-                .iter_mut()
-                .zip(queues)
-                .map(|(handler, queue)| {
+            let (halt, seen) = (&halt, &seen);
+            let lanes = self.handlers.iter_mut().zip(queues).enumerate().map(
+                |(partition, (handler, queue))| {
                     let worker = Worker {
                         handler,
                         store,
@@ -604,9 +610,11 @@ impl<H: EventHandler> Runner<H> {
                         status,
                         cache,
                         stop: self.stop.clone(),
+                        reads: Vec::new(),
                     };
-                    lane(worker, queue, shared, parked, halt)
-                });
+                    lane(worker, partition, queue, shared, parked, halt, seen)
+                },
+            );
             join_all(lanes).await
         };
         let mut outcomes: BTreeMap<u64, Outcome> = results.into_iter().flatten().collect();
@@ -618,8 +626,10 @@ impl<H: EventHandler> Runner<H> {
             warn!(
                 position,
                 "state keys shared by streams of different partitions: handling the rest of the \
-                 round one event at a time (give each stream its own keys to keep it parallel)"
+                 page and the next {SERIAL_PAGES_AFTER_CONFLICT} one event at a time (give each \
+                 stream its own keys to keep the partitions parallel)"
             );
+            self.serial_pages = SERIAL_PAGES_AFTER_CONFLICT;
         }
         let mut end = RoundEnd::default();
         for event in events {
@@ -627,18 +637,18 @@ impl<H: EventHandler> Runner<H> {
             if redo_from.is_some_and(|from| position >= from) {
                 break;
             }
-            match outcomes.remove(&position) {
-                Some(Outcome::Handled { writes, .. }) => {
+            match outcomes.remove(&position).map(|o| o.kind) {
+                Some(OutcomeKind::Handled(writes)) => {
                     merge(pending, writes);
                     self.status.update(|s| s.events_handled += 1);
                 }
-                Some(Outcome::Behind) => self.park_behind(event, pending).await?,
-                Some(Outcome::Parked(reason)) => self.park_failed(event, &reason, pending),
-                Some(Outcome::Failed(reason)) => {
+                Some(OutcomeKind::Behind) => self.park_behind(event, pending).await?,
+                Some(OutcomeKind::Parked(reason)) => self.park_failed(event, &reason, pending),
+                Some(OutcomeKind::Failed(reason)) => {
                     *checkpoint = position - 1;
                     return Err(self.fail_at(committed, *checkpoint, pending, reason).await);
                 }
-                Some(Outcome::Panicked(message)) => {
+                Some(OutcomeKind::Panicked(message)) => {
                     *checkpoint = position - 1;
                     self.commit(committed, *checkpoint, pending).await?;
                     return Err(Fault::Panicked { position, message });
@@ -677,7 +687,7 @@ impl<H: EventHandler> Runner<H> {
     }
 }
 
-/// What one round of a partitioned run did.
+/// What handling one page did.
 #[derive(Default)]
 struct RoundEnd {
     /// Events handled or parked.
@@ -686,13 +696,16 @@ struct RoundEnd {
     stopped: bool,
 }
 
-/// The result of one event in a partition's lane.
-enum Outcome {
-    /// Handled: its state writes, and the keys it read.
-    Handled {
-        writes: StateBatch,
-        reads: Vec<Vec<u8>>,
-    },
+/// The result of one event in a partition's lane, with the state keys it read (in every
+/// attempt: a stale read can also make an event fail).
+struct Outcome {
+    kind: OutcomeKind,
+    reads: Vec<Vec<u8>>,
+}
+
+enum OutcomeKind {
+    /// Handled: its state writes.
+    Handled(StateBatch),
     /// An earlier event of its stream is parked.
     Behind,
     /// It failed and is parked (with the rest of its stream), for this reason.
@@ -703,13 +716,30 @@ enum Outcome {
     Panicked(String),
 }
 
+/// One access to a state key by an event of a round.
+#[derive(Clone, Copy)]
+struct Access {
+    partition: usize,
+    position: u64,
+    wrote: bool,
+}
+
+/// Accesses to state keys in a round, by key.
+type Accesses = BTreeMap<Vec<u8>, Vec<Access>>;
+
 /// One partition's share of a round: its events in order, until a stop or the halt position.
+///
+/// After each event it records the keys the event touched in `seen` (shared by the lanes, which
+/// run on one task), and lowers `halt` to the first stale read they reveal, so that the lanes
+/// stop early: from there the round is handled one event at a time.
 async fn lane<H: EventHandler>(
     mut worker: Worker<'_, H>,
+    partition: usize,
     queue: Vec<&RecordedEvent>,
     pending: &StateBatch,
     parked: &BTreeSet<String>,
     halt: &AtomicU64,
+    seen: &Mutex<Accesses>,
 ) -> Vec<(u64, Outcome)> {
     let mut out = Vec::with_capacity(queue.len());
     let mut round = StateBatch::new();
@@ -720,70 +750,121 @@ async fn lane<H: EventHandler>(
             break;
         }
         if parked.contains(&event.stream_id) || newly_parked.contains(event.stream_id.as_str()) {
-            out.push((position, Outcome::Behind));
+            let outcome = Outcome {
+                kind: OutcomeKind::Behind,
+                reads: Vec::new(),
+            };
+            out.push((position, outcome));
             continue;
         }
-        let outcome = match worker.attempt(event, pending, Some(&round), true).await {
-            Attempt::Handled(writes, reads) => {
+        let attempt = worker.attempt(event, pending, Some(&round), true).await;
+        let reads = std::mem::take(&mut worker.reads);
+        let (kind, last) = match attempt {
+            Attempt::Handled(writes) => {
                 round.extend(writes.iter().map(|(k, v)| (k.clone(), v.clone())));
-                Outcome::Handled { writes, reads }
+                (OutcomeKind::Handled(writes), false)
             }
             Attempt::Failed(failure) => {
                 let reason = describe(position, &event.event_type, &failure);
                 if *worker.policy == FailurePolicy::Stop {
                     halt.fetch_min(position, Ordering::SeqCst);
-                    out.push((position, Outcome::Failed(reason)));
-                    break;
+                    (OutcomeKind::Failed(reason), true)
+                } else {
+                    newly_parked.insert(&event.stream_id);
+                    (OutcomeKind::Parked(reason), false)
                 }
-                newly_parked.insert(&event.stream_id);
-                Outcome::Parked(reason)
             }
             Attempt::Panicked(message) => {
                 halt.fetch_min(position, Ordering::SeqCst);
-                out.push((position, Outcome::Panicked(message)));
-                break;
+                (OutcomeKind::Panicked(message), true)
             }
             Attempt::Stopped => break,
         };
+        let outcome = Outcome { kind, reads };
+        {
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut keys = Vec::new();
+            for (key, wrote) in outcome.touched() {
+                let access = Access {
+                    partition,
+                    position,
+                    wrote,
+                };
+                seen.entry(key.to_vec()).or_default().push(access);
+                keys.push(key);
+            }
+            if let Some(stale) = keys.iter().filter_map(|k| first_stale(&seen[*k])).min() {
+                halt.fetch_min(stale, Ordering::SeqCst);
+            }
+        }
         out.push((position, outcome));
+        if last {
+            break;
+        }
     }
     out
 }
 
-/// Who touched one state key in a round: the partitions that wrote it, and the (partition,
-/// position) of every access.
-type Touches = (BTreeSet<usize>, Vec<(usize, u64)>);
+impl Outcome {
+    /// The keys this event touched, and whether it wrote each.
+    fn touched(&self) -> impl Iterator<Item = (&[u8], bool)> {
+        let writes = match &self.kind {
+            OutcomeKind::Handled(writes) => Some(writes.keys().map(|k| (k.as_slice(), true))),
+            _ => None,
+        };
+        writes
+            .into_iter()
+            .flatten()
+            .chain(self.reads.iter().map(|k| (k.as_slice(), false)))
+    }
+}
 
-/// The first position of an event that touched a state key which an event of another partition
-/// wrote in the same round (so one of them may have read it out of order), if any.
+/// The first stale read among the accesses to one key: a read by an event that an earlier event
+/// of ANOTHER partition wrote the key before (one worker would have shown it that write; the
+/// round did not). Reads of a key written only later, or only by the reader's own partition
+/// (whose earlier writes it sees), are what one worker sees too; so are blind writes (the
+/// writes are merged in position order).
+fn first_stale(accesses: &[Access]) -> Option<u64> {
+    let mut first_write: BTreeMap<usize, u64> = BTreeMap::new();
+    for a in accesses.iter().filter(|a| a.wrote) {
+        let first = first_write.entry(a.partition).or_insert(a.position);
+        *first = (*first).min(a.position);
+    }
+    accesses
+        .iter()
+        .filter(|r| !r.wrote)
+        .filter(|r| {
+            first_write
+                .iter()
+                .any(|(partition, written)| *partition != r.partition && *written < r.position)
+        })
+        .map(|r| r.position)
+        .min()
+}
+
+/// The first position whose event read a state key stale (see [`first_stale`]), if any: that
+/// event and every later one are handled again, one at a time. Reads of events that failed or
+/// panicked count too: a stale read may be why.
 fn shared_key_conflict(
     events: &[RecordedEvent],
     outcomes: &BTreeMap<u64, Outcome>,
     partitions: usize,
 ) -> Option<u64> {
-    let mut touched: BTreeMap<&[u8], Touches> = BTreeMap::new();
+    let mut accesses = Accesses::new();
     for event in events {
-        let Some(Outcome::Handled { writes, reads }) = outcomes.get(&event.position) else {
+        let Some(outcome) = outcomes.get(&event.position) else {
             continue;
         };
         let partition = partition_of(&event.stream_id, partitions);
-        for key in writes.keys() {
-            let entry = touched.entry(key.as_slice()).or_default();
-            entry.0.insert(partition);
-            entry.1.push((partition, event.position));
-        }
-        for key in reads {
-            let entry = touched.entry(key.as_slice()).or_default();
-            entry.1.push((partition, event.position));
+        for (key, wrote) in outcome.touched() {
+            accesses.entry(key.to_vec()).or_default().push(Access {
+                partition,
+                position: event.position,
+                wrote,
+            });
         }
     }
-    touched
-        .values()
-        .filter(|(writers, accesses)| {
-            !writers.is_empty() && accesses.iter().any(|(p, _)| *p != accesses[0].0)
-        })
-        .flat_map(|(_, accesses)| accesses.iter().map(|(_, position)| *position))
-        .min()
+    accesses.values().filter_map(|a| first_stale(a)).min()
 }
 
 /// The partition of a stream's events among `partitions`: FNV-1a of its id, so it is the same
@@ -832,6 +913,8 @@ struct Worker<'a, H> {
     /// Values this run committed lately (see [`Runner::cache`]).
     cache: &'a StateBatch,
     stop: watch::Receiver<bool>,
+    /// With `track_reads`: the keys read by the attempts so far (the caller takes them).
+    reads: Vec<Vec<u8>>,
 }
 
 impl<H: EventHandler> Worker<'_, H> {
@@ -869,11 +952,10 @@ impl<H: EventHandler> Worker<'_, H> {
                 .instrument(span)
                 .await;
             let writes = std::mem::take(&mut ctx.writes);
-            let reads = ctx
-                .reads
-                .take()
-                .map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner()))
-                .unwrap_or_default();
+            if let Some(reads) = ctx.reads.take() {
+                self.reads
+                    .extend(reads.into_inner().unwrap_or_else(|p| p.into_inner()));
+            }
             let failure = match (outcome, ctx.reserved.take()) {
                 (Err(panic), _) => return Attempt::Panicked(panic_message(&*panic)),
                 (Ok(Ok(())), Some(key)) | (Ok(Err(_)), Some(key)) => {
@@ -882,7 +964,7 @@ impl<H: EventHandler> Worker<'_, H> {
                         String::from_utf8_lossy(&key).into_owned(),
                     ));
                 }
-                (Ok(Ok(())), None) => return Attempt::Handled(writes, reads),
+                (Ok(Ok(())), None) => return Attempt::Handled(writes),
                 (Ok(Err(failure)), None) => failure,
             };
             let max_retries = match self.policy {
@@ -1001,6 +1083,8 @@ impl<H: EventHandler> Runner<H> {
                 .filter(|e| e.position == entry.position)
             else {
                 batch.insert(parked_key(entry.position), None);
+                self.status
+                    .update(|s| s.parked = s.parked.saturating_sub(1));
                 continue;
             };
             let attempt = {
@@ -1010,7 +1094,7 @@ impl<H: EventHandler> Runner<H> {
                     .await
             };
             let reason = match attempt {
-                Attempt::Handled(writes, _) => {
+                Attempt::Handled(writes) => {
                     merge(&mut batch, writes);
                     batch.insert(parked_key(entry.position), None);
                     outcome.handled += 1;
