@@ -177,6 +177,8 @@ type Workload = fn(&Settings, &mut Vec<Row>) -> Result<(), String>;
 /// A workload that runs in a child process, given its arguments.
 type Child = fn(&[String]) -> Result<(), String>;
 
+/// Runs the chosen workloads; a workload that fails is reported and the others still run (the
+/// table shows what was measured), and the run then fails.
 fn run(s: &Settings) -> Result<(), String> {
     let started = Instant::now();
     let workloads: [(&str, Workload); 5] = [
@@ -187,30 +189,40 @@ fn run(s: &Settings) -> Result<(), String> {
         ("W6", w6::w6),
     ];
     let mut rows = Vec::new();
-    for (name, f) in workloads {
-        if s.wants(name) {
-            let t = Instant::now();
-            f(s, &mut rows)?;
-            s.log(format_args!(
+    let mut failed = Vec::new();
+    let mut timed = |name: &str,
+                     rows: &mut Vec<Row>,
+                     f: &mut dyn FnMut(&mut Vec<Row>) -> Result<(), String>| {
+        let t = Instant::now();
+        match f(rows) {
+            Ok(()) => s.log(format_args!(
                 "{name} took {:.1} s",
                 t.elapsed().as_secs_f64()
-            ));
+            )),
+            Err(e) => {
+                eprintln!("error: {name}: {e}");
+                failed.push(name.to_string());
+            }
+        }
+    };
+    for (name, f) in workloads {
+        if s.wants(name) {
+            timed(name, &mut rows, &mut |rows| f(s, rows));
         }
     }
     if s.wants("W3") || s.wants("W7") {
-        let t = Instant::now();
-        let d = dataset::Dataset::build(s, &mut rows)?;
-        s.log(format_args!(
-            "data set built in {:.1} s",
-            t.elapsed().as_secs_f64()
-        ));
-        if s.wants("W7") {
-            w37::w7(s, &d, &mut rows)?;
-        }
-        if s.wants("W3") {
-            let t = Instant::now();
-            w37::w3(s, &d, &mut rows)?;
-            s.log(format_args!("W3 took {:.1} s", t.elapsed().as_secs_f64()));
+        let mut d = None;
+        timed("data set for W3/W7", &mut rows, &mut |rows| {
+            d = Some(dataset::Dataset::build(s, rows)?);
+            Ok(())
+        });
+        if let Some(d) = d {
+            if s.wants("W7") {
+                timed("W7", &mut rows, &mut |rows| w37::w7(s, &d, rows));
+            }
+            if s.wants("W3") {
+                timed("W3", &mut rows, &mut |rows| w37::w3(s, &d, rows));
+            }
         }
     }
     if s.json {
@@ -225,5 +237,9 @@ fn run(s: &Settings) -> Result<(), String> {
         print!("{}", report::table(&rows));
         println!("total {:.1} s", started.elapsed().as_secs_f64());
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("failed: {}", failed.join(", ")))
+    }
 }

@@ -11,7 +11,6 @@ use tidings::{async_trait, EventHandler};
 use tokio::sync::mpsc;
 
 use crate::baseline;
-use crate::data::Payloads;
 use crate::domain::{note, now_nanos, Add, Counter, CounterEvent, CqCounter};
 use crate::report::{quantile, Better, Row, Target};
 use crate::w12::runtime;
@@ -42,20 +41,23 @@ impl Handle<CounterEvent> for EndToEnd {
 }
 
 /// W4: one command at a time to 100 aggregates; the time from sending the command until a
-/// subscription's handler holds its event, p50/p99, beside raw `fdatasync` in the same run.
+/// subscription's handler holds its event, p50/p99, beside raw `fdatasync` sampled between the
+/// commands.
 pub fn w4(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
     let n = if s.quick { 100 } else { 2_000 };
     let warmup = 20;
     let dir = s.tempdir()?;
     let store = Arc::new(SledEventStore::open(dir.path()).map_err(err)?);
-    let (e2e, ack) = actix::System::new().block_on(async move {
+    let raw_dir = s.tempdir()?;
+    let mut probe = baseline::file::FsyncProbe::create(raw_dir.path()).map_err(err)?;
+    let (e2e, ack, raw) = actix::System::new().block_on(async move {
         let shared: Arc<dyn EventStore> = store.clone();
         let registry =
             AggregateRegistry::<Counter>::start_shared(shared.clone(), AggregateConfig::default());
         let subscriptions = Subscriptions::new(shared);
         let (tx, mut rx) = mpsc::unbounded_channel();
         subscriptions.start(EndToEnd { tx }).map_err(err)?;
-        let (mut e2e, mut ack) = (Vec::new(), Vec::new());
+        let (mut e2e, mut ack, mut raw) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..warmup + n {
             let sent = now_nanos();
             registry
@@ -74,18 +76,18 @@ pub fn w4(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
                 .await
                 .map_err(|_| "W4: the handler did not see the event within 30 s".to_string())?
                 .ok_or("W4: the subscription stopped")?;
+            // The disk's floor, sampled between commands (interleaved, same moments of the disk).
+            let floor = probe.sample().map_err(err)?;
             if i >= warmup {
                 e2e.push(seen);
                 ack.push(acked);
+                raw.push(floor);
             }
         }
         subscriptions.stop_all().await;
         registry.shutdown().await;
-        Ok::<_, String>((e2e, ack))
+        Ok::<_, String>((e2e, ack, raw))
     })?;
-    let raw_dir = s.tempdir()?;
-    let raw =
-        baseline::file::fdatasync_latencies(raw_dir.path(), &Payloads::new(), n).map_err(err)?;
     let q = |mut xs: Vec<f64>| {
         xs.sort_by(|a, b| a.total_cmp(b));
         (quantile(&xs, 0.5), quantile(&xs, 0.99))

@@ -60,28 +60,46 @@ impl Backend for FileWriter {
     }
 }
 
-/// Latencies (µs) of `n` appends made one at a time straight to a file: write the append's
-/// records, then `fdatasync`. The disk's floor for one durable append.
-pub fn fdatasync_latencies(dir: &Path, payloads: &Payloads, n: u64) -> std::io::Result<Vec<f64>> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("fsync-probe"))?;
-    let mut out = Vec::with_capacity(n as usize);
-    let mut buf = Vec::new();
-    let mut seq = 0u64;
-    for k in 0..n {
-        let p = data::plan(k, data::STREAMS);
-        let stream = data::stream_name(p.stream);
-        buf.clear();
-        let start = Instant::now();
-        for (i, (t, payload)) in data::raw_events(payloads, seq, p.events).iter().enumerate() {
-            data::raw_record(&mut buf, seq + 1, &stream, 1 + i as u64, t, payload);
-        }
-        seq += p.events as u64;
-        file.write_all(&buf)?;
-        file.sync_data()?;
-        out.push(start.elapsed().as_secs_f64() * 1e6);
+/// The disk's floor for one durable append: write one append's records to a file, then
+/// `fdatasync`. Sampled between the appends of the engine under test (interleaved), so that both
+/// see the same moment of a shared, noisy disk.
+pub struct FsyncProbe {
+    file: File,
+    payloads: Payloads,
+    buf: Vec<u8>,
+    k: u64,
+}
+
+impl FsyncProbe {
+    /// Creates `dir/fsync-probe`.
+    pub fn create(dir: &Path) -> std::io::Result<FsyncProbe> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("fsync-probe"))?;
+        Ok(FsyncProbe {
+            file,
+            payloads: Payloads::new(),
+            buf: Vec::new(),
+            k: 0,
+        })
     }
-    Ok(out)
+
+    /// Appends the next planned append's records durably; returns the latency in µs.
+    pub fn sample(&mut self) -> std::io::Result<f64> {
+        let p = data::plan(self.k, data::STREAMS);
+        let stream = data::stream_name(p.stream);
+        self.buf.clear();
+        let start = Instant::now();
+        for (i, (t, payload)) in data::raw_events(&self.payloads, 3 * self.k, p.events)
+            .iter()
+            .enumerate()
+        {
+            data::raw_record(&mut self.buf, self.k + 1, &stream, 1 + i as u64, t, payload);
+        }
+        self.k += 1;
+        self.file.write_all(&self.buf)?;
+        self.file.sync_data()?;
+        Ok(start.elapsed().as_secs_f64() * 1e6)
+    }
 }
