@@ -467,8 +467,21 @@ fn verify_exits_0_on_a_healthy_store_and_3_naming_the_position_on_a_damaged_one(
     let read = tidings(dir.path(), &["log"]);
     assert_eq!(read.code, i32::from(EXIT_DAMAGED), "{read:?}");
     assert!(read.stderr.contains("position 3"), "{read:?}");
+    assert_eq!(
+        first_column(&read.stdout),
+        ["1", "2"],
+        "the events before the damage are printed"
+    );
     let export = tidings(dir.path(), &["export"]);
     assert_eq!(export.code, i32::from(EXIT_DAMAGED), "{export:?}");
+    assert_eq!(
+        json_lines(&export.stdout).len(),
+        2,
+        "exported up to the damage"
+    );
+    // The rest can be salvaged from after the damaged position.
+    let rest = json_lines(&ok(dir.path(), &["export", "--from", "4"]));
+    assert_eq!(rest.len(), 3);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use serde::Serialize;
-use tidings::store::{Filter, RecordedEvent};
+use tidings::store::{Filter, RecordedEvent, StoreError};
 
 use super::{Ctx, PAGE};
 use crate::error::{CliError, EXIT_OK};
@@ -185,9 +185,23 @@ pub(crate) async fn read_stream(
     let mut printer = EventPrinter::new(ctx, out);
     let mut next = from.max(1);
     let mut printed = 0u64;
+    let mut careful = false;
     while printed < limit {
-        let want = PAGE.min((limit - printed).min(PAGE as u64) as usize);
-        let page = ctx.store.read_stream(stream, next, want).await?;
+        let want = if careful {
+            1
+        } else {
+            (limit - printed).min(PAGE as u64) as usize
+        };
+        let page = match ctx.store.read_stream(stream, next, want).await {
+            Ok(page) => page,
+            Err(e) => {
+                if one_by_one(&e, &mut careful) {
+                    continue;
+                }
+                printer.finish()?;
+                return Err(e.into());
+            }
+        };
         for e in &page {
             printer.print(ctx, e)?;
             next = e.stream_version + 1;
@@ -221,9 +235,23 @@ pub(crate) async fn log(
     let mut printer = EventPrinter::new(ctx, out);
     let mut next = from.max(1);
     let mut printed = 0u64;
+    let mut careful = false;
     while printed < limit {
-        let want = (limit - printed).min(PAGE as u64) as usize;
-        let batch = ctx.store.read_all(next, want, &filter).await?;
+        let want = if careful {
+            1
+        } else {
+            (limit - printed).min(PAGE as u64) as usize
+        };
+        let batch = match ctx.store.read_all(next, want, &filter).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                if one_by_one(&e, &mut careful) {
+                    continue;
+                }
+                printer.finish()?;
+                return Err(e.into());
+            }
+        };
         for e in &batch.events {
             printer.print(ctx, e)?;
         }
@@ -254,9 +282,23 @@ pub(crate) async fn tail(
     let mut printer = EventPrinter::new(ctx, out).immediate()?;
     let mut printed = 0u64;
     let all = Filter::all();
+    let mut careful = false;
     while printed < limit {
-        let want = (limit - printed).min(PAGE as u64) as usize;
-        let batch = ctx.store.read_all(next, want, &all).await?;
+        let want = if careful {
+            1
+        } else {
+            (limit - printed).min(PAGE as u64) as usize
+        };
+        let batch = match ctx.store.read_all(next, want, &all).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                if one_by_one(&e, &mut careful) {
+                    continue;
+                }
+                printer.finish()?;
+                return Err(e.into());
+            }
+        };
         for e in &batch.events {
             printer.print(ctx, e)?;
         }
@@ -317,4 +359,18 @@ impl Interrupt {
     async fn wait(&mut self) {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// After a page fails on damage, reads go on one event at a time, so that every event before the
+/// damaged one is printed before the error: true to retry that way, false to give up.
+pub(crate) fn one_by_one(e: &StoreError, careful: &mut bool) -> bool {
+    let damaged = matches!(
+        e,
+        StoreError::Damaged { .. } | StoreError::DamagedMetadata { .. }
+    );
+    if damaged && !*careful {
+        *careful = true;
+        return true;
+    }
+    false
 }

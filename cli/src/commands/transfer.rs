@@ -42,9 +42,27 @@ pub(crate) async fn export(
     let mut next = from.max(1);
     let (mut exported, mut first) = (0u64, None);
     let all = Filter::all();
+    let mut careful = false;
     while next <= last {
-        let want = (last - next + 1).min(PAGE as u64) as usize;
-        let batch = ctx.store.read_all(next, want, &all).await?;
+        let want = if careful {
+            1
+        } else {
+            (last - next + 1).min(PAGE as u64) as usize
+        };
+        let batch = match ctx.store.read_all(next, want, &all).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                if super::read::one_by_one(&e, &mut careful) {
+                    continue;
+                }
+                // What was written stays (and is complete up to the damaged event): the error
+                // names the position, from which `--from` can go on past it.
+                if let Some(f) = file.as_mut() {
+                    f.flush()?;
+                }
+                return Err(e.into());
+            }
+        };
         for e in &batch.events {
             let line = EventLine::new(e, Some(exact_payload(&e.payload)));
             match file.as_mut() {
