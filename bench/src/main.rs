@@ -177,10 +177,19 @@ type Workload = fn(&Settings, &mut Vec<Row>) -> Result<(), String>;
 /// A workload that runs in a child process, given its arguments.
 type Child = fn(&[String]) -> Result<(), String>;
 
+/// The machine's load average, from `/proc/loadavg` (other work on a shared machine moves the
+/// figures: ratios from the same run hold up better than absolute numbers).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Runs the chosen workloads; a workload that fails is reported and the others still run (the
 /// table shows what was measured), and the run then fails.
 fn run(s: &Settings) -> Result<(), String> {
     let started = Instant::now();
+    let load_before = load_average();
     let workloads: [(&str, Workload); 5] = [
         ("W1", w12::w1),
         ("W2", w12::w2),
@@ -235,7 +244,11 @@ fn run(s: &Settings) -> Result<(), String> {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         print!("{}", report::table(&rows));
-        println!("total {:.1} s", started.elapsed().as_secs_f64());
+        println!(
+            "total {:.1} s; load average (1/5/15 min) at the start {load_before}, at the end {}",
+            started.elapsed().as_secs_f64(),
+            load_average()
+        );
     }
     if failed.is_empty() {
         Ok(())
