@@ -152,14 +152,21 @@ impl Shared {
         if max_count == 0 {
             return Ok(out);
         }
-        let start = match self
-            .db
-            .range(prefix.clone()..=keys::index_key(stream, from))
-            .next_back()
-            .transpose()?
-        {
-            Some((key, _)) => key.to_vec(),
-            None => prefix.clone(),
+        // The entry holding `from`: the last one at or below it. From version 1 that is the
+        // stream's first entry, so the reverse lookup (a third of a short stream's read, by
+        // callgrind) is skipped.
+        let start = if from == 1 {
+            prefix.clone()
+        } else {
+            match self
+                .db
+                .range(prefix.clone()..=keys::index_key(stream, from))
+                .next_back()
+                .transpose()?
+            {
+                Some((key, _)) => key.to_vec(),
+                None => prefix.clone(),
+            }
         };
         let mut cursor = LogCursor::new(&self.db);
         for item in self.db.range(start..) {
