@@ -1976,8 +1976,8 @@ fn recorded(position: u64, stream: &str, version: u64, timestamp_micros: u64) ->
         event_type: format!("Imported{}", position % 3),
         schema_version: 1 + (position % 2) as u32,
         event_id: Uuid::new_v4(),
-        correlation_id: (position % 2 == 0).then(Uuid::new_v4),
-        causation_id: (position % 3 == 0).then(Uuid::new_v4),
+        correlation_id: position.is_multiple_of(2).then(Uuid::new_v4),
+        causation_id: position.is_multiple_of(3).then(Uuid::new_v4),
         timestamp_micros,
         payload: (0..(position % 7) as u8)
             .map(|b| b.wrapping_mul(37))
