@@ -201,7 +201,8 @@ pub enum Command {
     },
     /// Check every record's checksum and the indexes; exit code 3 if damage is found.
     Verify,
-    /// Write every event as JSON lines (a backup that does not depend on the storage format).
+    /// Write every event, then every checkpoint with its consumer's state, as JSON lines (a
+    /// backup that does not depend on the storage format).
     Export {
         /// Write to this file instead of standard output.
         #[arg(long, short = 'o')]
@@ -212,6 +213,10 @@ pub enum Command {
         /// The last position to export (default: the head).
         #[arg(long)]
         to: Option<u64>,
+        /// Only the events: leave out checkpoints and consumer state (which are exported only
+        /// when the export reaches the head).
+        #[arg(long)]
+        events_only: bool,
     },
     /// Import JSON lines written by `export` into an empty store (or continue one).
     Import {

@@ -241,6 +241,11 @@ pub fn exact_payload(payload: &[u8]) -> (PayloadEncoding, Box<RawValue>) {
     }
 }
 
+/// Bytes in standard base64.
+pub fn encode_base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Decodes base64 as [`exact_payload`] writes it.
 pub fn decode_base64(s: &str) -> Result<Vec<u8>, String> {
     base64::engine::general_purpose::STANDARD

@@ -480,7 +480,7 @@ fn verify_exits_0_on_a_healthy_store_and_3_naming_the_position_on_a_damaged_one(
         "exported up to the damage"
     );
     // The rest can be salvaged from after the damaged position.
-    let rest = json_lines(&ok(dir.path(), &["export", "--from", "4"]));
+    let rest = json_lines(&ok(dir.path(), &["export", "--from", "4", "--events-only"]));
     assert_eq!(rest.len(), 3);
 }
 
@@ -545,9 +545,15 @@ fn export_then_import_reproduces_the_stores_events_exactly() {
     let file = work.path().join("backup.jsonl");
     let said = ok(dir.path(), &["export", "-o", file.to_str().unwrap()]);
     assert!(said.contains("exported 6 events"), "{said}");
+    assert!(said.contains("2 checkpoints"), "{said}");
     let text = std::fs::read_to_string(&file).unwrap();
     let lines = json_lines(&text);
-    assert_eq!(lines.len(), 6);
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds[..6], ["event"; 6]);
+    assert_eq!(kinds[6], "checkpoint");
+    assert!(kinds[7..]
+        .iter()
+        .all(|k| *k == "state" || *k == "checkpoint"));
     assert_eq!(lines[4]["payload_encoding"], "base64");
     assert_eq!(lines[5]["payload_encoding"], "json");
     assert!(
@@ -562,6 +568,19 @@ fn export_then_import_reproduces_the_stores_events_exactly() {
         all_events(&copy),
         all_events(dir.path()),
         "the events, exactly"
+    );
+    assert_eq!(
+        consumers(&copy),
+        consumers(dir.path()),
+        "checkpoints and consumer state, exactly"
+    );
+    assert_eq!(
+        ok(&copy, &["parked", "orders"]),
+        ok(dir.path(), &["parked", "orders"])
+    );
+    assert_eq!(
+        ok(&copy, &["subscriptions"]),
+        ok(dir.path(), &["subscriptions"])
     );
     // And the copy exports to the same bytes (payloads, ids, timestamps, metadata).
     let again = work.path().join("again.jsonl");
@@ -632,6 +651,26 @@ fn import_refuses_a_non_empty_store_and_bad_lines_and_resumes_an_interrupted_imp
         "{said}"
     );
     assert_eq!(all_events(&resumed), all_events(dir.path()));
+    assert_eq!(consumers(&resumed), consumers(dir.path()));
+    // Resuming a finished import again changes nothing.
+    ok(&resumed, &["import", "--resume", file.to_str().unwrap()]);
+    assert_eq!(consumers(&resumed), consumers(dir.path()));
+
+    // `--events-only` leaves checkpoints and state out.
+    let events_only = work.path().join("events-only.jsonl");
+    ok(
+        dir.path(),
+        &[
+            "export",
+            "--events-only",
+            "-o",
+            events_only.to_str().unwrap(),
+        ],
+    );
+    let only = work.path().join("only");
+    ok(&only, &["import", events_only.to_str().unwrap()]);
+    assert!(consumers(&only).is_empty());
+    assert_eq!(all_events(&only), all_events(dir.path()));
 
     // A resume over a different log is refused.
     let other = work.path().join("other.jsonl");
@@ -703,4 +742,21 @@ fn an_embedding_application_registers_its_event_types_and_payloads_print_decoded
         "{}",
         rows[6]
     );
+}
+
+/// A consumer's name, checkpoint and whole state.
+type Consumer = (String, u64, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// Every checkpoint of the store at `dir` with its consumer's whole state.
+fn consumers(dir: &Path) -> Vec<Consumer> {
+    runtime().block_on(async {
+        let store = SledEventStore::open(dir).unwrap();
+        let mut out = Vec::new();
+        for c in store.list_checkpoints(None, 1000).await.unwrap() {
+            let state = store.scan_state(&c.name, b"", b"", 100_000).await.unwrap();
+            out.push((c.name, c.position, state));
+        }
+        store.close().await;
+        out
+    })
 }

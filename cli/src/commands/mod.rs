@@ -89,9 +89,12 @@ pub(crate) async fn run(
         Command::SkipParked { name, position } => {
             subscriptions::skip(&ctx, out, subscriptions, name, *position).await
         }
-        Command::Export { output, from, to } => {
-            transfer::export(&ctx, out, output.as_deref(), *from, *to).await
-        }
+        Command::Export {
+            output,
+            from,
+            to,
+            events_only,
+        } => transfer::export(&ctx, out, output.as_deref(), *from, *to, *events_only).await,
         Command::Import { input, resume } => transfer::import(&ctx, out, input, *resume).await,
     };
     out.flush()?;

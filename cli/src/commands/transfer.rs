@@ -4,12 +4,15 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
-use serde::Serialize;
-use tidings::store::{Filter, RecordedEvent, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tidings::store::{Filter, RecordedEvent, StateWrite, StoreError};
 
 use super::{Ctx, PAGE};
 use crate::error::{CliError, EXIT_OK};
-use crate::output::{decode_base64, exact_payload, json_line, EventLine, PayloadEncoding};
+use crate::output::{
+    decode_base64, encode_base64, exact_payload, json_line, EventLine, PayloadEncoding,
+};
 
 /// An import is sent to the store in batches of at most this many events...
 const IMPORT_BATCH_EVENTS: usize = 1000;
@@ -21,7 +24,60 @@ struct ExportSummary {
     exported: u64,
     first_position: Option<u64>,
     last_position: Option<u64>,
+    checkpoints: u64,
+    state_entries: u64,
     output: Option<String>,
+}
+
+/// A consumer's checkpoint; its state follows as [`StateLine`]s.
+#[derive(Serialize, Deserialize)]
+struct CheckpointLine {
+    kind: String,
+    name: String,
+    position: u64,
+}
+
+/// One entry of a consumer's state (key in base64, value as a payload is written).
+#[derive(Serialize, Deserialize)]
+struct StateLine {
+    kind: String,
+    name: String,
+    key: String,
+    value_encoding: PayloadEncoding,
+    value: Box<RawValue>,
+}
+
+/// Just the kind of a line.
+#[derive(Deserialize)]
+struct Kind {
+    kind: String,
+}
+
+/// Writes one line to the file, or to `out` when there is none.
+fn emit(
+    file: &mut Option<BufWriter<File>>,
+    out: &mut dyn Write,
+    line: &impl Serialize,
+) -> std::io::Result<()> {
+    match file.as_mut() {
+        Some(f) => json_line(f, line),
+        None => json_line(out, line),
+    }
+}
+
+/// The bytes of a payload or value written with `encoding`.
+fn decode_value(encoding: PayloadEncoding, raw: &RawValue) -> Result<Vec<u8>, String> {
+    match encoding {
+        PayloadEncoding::Json => Ok(raw.get().as_bytes().to_vec()),
+        PayloadEncoding::Base64 => {
+            let s: String = serde_json::from_str(raw.get())
+                .map_err(|_| "a base64 value must be a JSON string".to_owned())?;
+            decode_base64(&s)
+        }
+        PayloadEncoding::Decoded => Err("the payload was decoded and encoded again (output of \
+             `--payload`, not of `export`): its bytes are not the stored ones"
+            .into()),
+    }
 }
 
 /// `export`: every event from `from` to `to` (the head by default), one JSON object per line,
@@ -32,6 +88,7 @@ pub(crate) async fn export(
     output: Option<&Path>,
     from: u64,
     to: Option<u64>,
+    events_only: bool,
 ) -> Result<u8, CliError> {
     let head = ctx.store.head();
     let last = to.unwrap_or(head).min(head);
@@ -64,11 +121,11 @@ pub(crate) async fn export(
             }
         };
         for e in &batch.events {
-            let line = EventLine::new(e, Some(exact_payload(&e.payload)));
-            match file.as_mut() {
-                Some(f) => json_line(f, &line)?,
-                None => json_line(out, &line)?,
-            }
+            emit(
+                &mut file,
+                out,
+                &EventLine::new(e, Some(exact_payload(&e.payload))),
+            )?;
             first.get_or_insert(e.position);
             exported += 1;
         }
@@ -77,10 +134,62 @@ pub(crate) async fn export(
         }
         next = batch.next_position;
     }
+    // Checkpoints and consumer state refer to positions of the whole log: exported with it.
+    let (mut checkpoints, mut state_entries) = (0u64, 0u64);
+    if last == head && !events_only {
+        let mut after: Option<String> = None;
+        loop {
+            let page = ctx.store.list_checkpoints(after.as_deref(), PAGE).await?;
+            for c in &page {
+                emit(
+                    &mut file,
+                    out,
+                    &CheckpointLine {
+                        kind: "checkpoint".into(),
+                        name: c.name.clone(),
+                        position: c.position,
+                    },
+                )?;
+                checkpoints += 1;
+                let mut from: Vec<u8> = Vec::new();
+                loop {
+                    let entries = ctx.store.scan_state(&c.name, b"", &from, PAGE).await?;
+                    for (key, value) in &entries {
+                        let (value_encoding, value) = exact_payload(value);
+                        emit(
+                            &mut file,
+                            out,
+                            &StateLine {
+                                kind: "state".into(),
+                                name: c.name.clone(),
+                                key: encode_base64(key),
+                                value_encoding,
+                                value,
+                            },
+                        )?;
+                        state_entries += 1;
+                    }
+                    match entries.last() {
+                        Some((key, _)) if entries.len() == PAGE => {
+                            from = key.clone();
+                            from.push(0);
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = Some(last.name.clone()),
+                _ => break,
+            }
+        }
+    }
     let summary = ExportSummary {
         exported,
         first_position: first,
         last_position: first.map(|f| f + exported - 1),
+        checkpoints,
+        state_entries,
         output: output.map(|p| p.display().to_string()),
     };
     match (file, output) {
@@ -92,16 +201,31 @@ pub(crate) async fn export(
             } else {
                 writeln!(
                     out,
-                    "exported {exported} events{} to {}",
+                    "exported {exported} events{}{} to {}",
                     range_text(&summary),
+                    consumers_text(&summary),
                     p.display()
                 )?;
             }
         }
         // On standard output the events are the output; the summary goes to standard error.
-        _ => eprintln!("exported {exported} events{}", range_text(&summary)),
+        _ => eprintln!(
+            "exported {exported} events{}{}",
+            range_text(&summary),
+            consumers_text(&summary)
+        ),
     }
     Ok(EXIT_OK)
+}
+
+fn consumers_text(s: &ExportSummary) -> String {
+    if s.checkpoints == 0 {
+        return String::new();
+    }
+    format!(
+        " and {} checkpoints with {} state entries",
+        s.checkpoints, s.state_entries
+    )
 }
 
 fn range_text(s: &ExportSummary) -> String {
@@ -115,34 +239,72 @@ fn range_text(s: &ExportSummary) -> String {
 struct ImportSummary {
     imported: u64,
     skipped_already_present: u64,
+    checkpoints: u64,
+    state_entries: u64,
     head: u64,
+}
+
+/// A consumer being imported: its checkpoint, and state entries not yet committed.
+struct Consumer {
+    name: String,
+    position: u64,
+    /// The line of its checkpoint.
+    line: u64,
+    /// Whether its checkpoint is in the store already.
+    committed: bool,
+    writes: Vec<StateWrite>,
+}
+
+/// Commits the consumer's checkpoint with the state entries read so far (fenced: the first
+/// commit expects no checkpoint, the next ones the imported one).
+async fn commit_part(
+    ctx: &Ctx<'_>,
+    c: &mut Consumer,
+    bad: &impl Fn(u64, String) -> CliError,
+) -> Result<(), CliError> {
+    let expected = c.committed.then_some(c.position);
+    let writes = std::mem::take(&mut c.writes);
+    match ctx
+        .store
+        .commit_checkpoint(&c.name, expected, c.position, writes)
+        .await
+    {
+        Ok(()) => {
+            c.committed = true;
+            Ok(())
+        }
+        Err(StoreError::CheckpointConflict { actual, .. }) => Err(bad(
+            c.line,
+            format!(
+                "checkpoint {:?} changed in the store during the import (now {actual:?})",
+                c.name
+            ),
+        )),
+        Err(StoreError::InvalidInput(reason)) => Err(bad(c.line, reason)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Commits what is left of a consumer (at least its checkpoint).
+async fn commit(
+    ctx: &Ctx<'_>,
+    mut c: Consumer,
+    bad: &impl Fn(u64, String) -> CliError,
+) -> Result<(), CliError> {
+    if !c.committed || !c.writes.is_empty() {
+        commit_part(ctx, &mut c, bad).await?;
+    }
+    Ok(())
 }
 
 /// Turns one line written by `export` into the event it describes.
 fn parse_line(text: &str) -> Result<RecordedEvent, String> {
     let line: EventLine = serde_json::from_str(text).map_err(|e| format!("not an event: {e}"))?;
-    if line.kind != "event" {
-        return Err(format!("unknown kind of line {:?}", line.kind));
-    }
     let raw = line
         .payload
         .ok_or("no payload (was it written by `export`?)")?;
-    let payload = match line.payload_encoding {
-        Some(PayloadEncoding::Json) => raw.get().as_bytes().to_vec(),
-        Some(PayloadEncoding::Base64) => {
-            let s: String = serde_json::from_str(raw.get())
-                .map_err(|_| "a base64 payload must be a JSON string".to_owned())?;
-            decode_base64(&s)?
-        }
-        Some(PayloadEncoding::Decoded) => {
-            return Err(
-                "the payload was decoded and encoded again (output of `--payload`, \
-                        not of `export`): its bytes are not the stored ones"
-                    .into(),
-            )
-        }
-        None => return Err("no payload_encoding".into()),
-    };
+    let encoding = line.payload_encoding.ok_or("no payload_encoding")?;
+    let payload = decode_value(encoding, &raw)?;
     if payload.len() != line.payload_size {
         return Err(format!(
             "payload has {} bytes, payload_size says {}",
@@ -202,12 +364,85 @@ pub(crate) async fn import(
         reason,
     };
     let (mut imported, mut skipped) = (0u64, 0u64);
+    let (mut checkpoints, mut state_entries) = (0u64, 0u64);
     let mut batch = Batch::default();
+    let mut consumer: Option<Consumer> = None;
     for (i, text) in reader.lines().enumerate() {
         let number = i as u64 + 1;
         let text = text?;
         if text.trim().is_empty() {
             continue;
+        }
+        let kind: Kind = serde_json::from_str(&text)
+            .map_err(|e| bad(number, format!("not a line of an export: {e}")))?;
+        match kind.kind.as_str() {
+            "event" => {}
+            "checkpoint" => {
+                imported += flush(ctx, &mut batch, imported, &bad).await?;
+                if let Some(c) = consumer.take() {
+                    commit(ctx, c, &bad).await?;
+                }
+                let line: CheckpointLine = serde_json::from_str(&text)
+                    .map_err(|e| bad(number, format!("not a checkpoint: {e}")))?;
+                let head = ctx.store.head();
+                if line.position > head {
+                    return Err(bad(
+                        number,
+                        format!(
+                            "checkpoint {:?} at {} is past the log's head {head}",
+                            line.name, line.position
+                        ),
+                    ));
+                }
+                let committed = match ctx.store.load_checkpoint(&line.name).await? {
+                    None => false,
+                    Some(p) if resume && p == line.position => true,
+                    Some(p) => {
+                        return Err(bad(
+                            number,
+                            format!(
+                                "checkpoint {:?} is already in the store (at {p})",
+                                line.name
+                            ),
+                        ))
+                    }
+                };
+                checkpoints += 1;
+                consumer = Some(Consumer {
+                    name: line.name,
+                    position: line.position,
+                    line: number,
+                    committed,
+                    writes: Vec::new(),
+                });
+                continue;
+            }
+            "state" => {
+                let line: StateLine = serde_json::from_str(&text)
+                    .map_err(|e| bad(number, format!("not a state entry: {e}")))?;
+                let Some(c) = consumer.as_mut().filter(|c| c.name == line.name) else {
+                    return Err(bad(
+                        number,
+                        format!(
+                            "state of {:?} does not follow its checkpoint line",
+                            line.name
+                        ),
+                    ));
+                };
+                let key = decode_base64(&line.key).map_err(|r| bad(number, r))?;
+                let value =
+                    decode_value(line.value_encoding, &line.value).map_err(|r| bad(number, r))?;
+                c.writes.push(StateWrite {
+                    key,
+                    value: Some(value),
+                });
+                state_entries += 1;
+                if c.writes.len() >= IMPORT_BATCH_EVENTS {
+                    commit_part(ctx, c, &bad).await?;
+                }
+                continue;
+            }
+            other => return Err(bad(number, format!("unknown kind of line {other:?}"))),
         }
         let event = parse_line(&text).map_err(|r| bad(number, r))?;
         if resume && event.position <= start_head {
@@ -236,9 +471,14 @@ pub(crate) async fn import(
         }
     }
     imported += flush(ctx, &mut batch, imported, &bad).await?;
+    if let Some(c) = consumer.take() {
+        commit(ctx, c, &bad).await?;
+    }
     let summary = ImportSummary {
         imported,
         skipped_already_present: skipped,
+        checkpoints,
+        state_entries,
         head: ctx.store.head(),
     };
     if ctx.json {
@@ -246,9 +486,14 @@ pub(crate) async fn import(
     } else {
         writeln!(
             out,
-            "imported {imported} events from {name}{}; the store's head is now {}",
+            "imported {imported} events{}{} from {name}; the store's head is now {}",
             if skipped > 0 {
                 format!(" (skipped {skipped} already in the store)")
+            } else {
+                String::new()
+            },
+            if checkpoints > 0 {
+                format!(" and {checkpoints} checkpoints with {state_entries} state entries")
             } else {
                 String::new()
             },
