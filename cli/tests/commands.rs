@@ -622,6 +622,22 @@ fn import_refuses_a_non_empty_store_and_bad_lines_and_resumes_an_interrupted_imp
     let run = tidings(&target, &["import", bad_file.to_str().unwrap()]);
     assert_eq!(run.code, i32::from(EXIT_ERROR), "{run:?}");
     assert!(run.stderr.contains("bad.jsonl:5"), "{run:?}");
+    // An event the store finds invalid (an empty stream id) names the lines of its batch.
+    let empty_id = work.path().join("empty-id.jsonl");
+    std::fs::write(
+        &empty_id,
+        text.replacen(r#""stream_id":"order-1""#, r#""stream_id":"""#, 1),
+    )
+    .unwrap();
+    let run = tidings(
+        &work.path().join("t3"),
+        &["import", empty_id.to_str().unwrap()],
+    );
+    assert_eq!(run.code, i32::from(EXIT_ERROR), "{run:?}");
+    assert!(
+        run.stderr.contains("lines 1..=6") && run.stderr.contains("stream id"),
+        "{run:?}"
+    );
     // Output of `--payload` (decoded payloads) is not a backup.
     let decoded = work.path().join("decoded.jsonl");
     std::fs::write(

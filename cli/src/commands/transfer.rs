@@ -532,7 +532,15 @@ async fn flush(
             line_of(position),
             format!("event at position {position} refused: {reason}{note}"),
         )),
-        Err(StoreError::InvalidInput(reason)) => Err(bad(line_of(first_position), reason + &note)),
+        // Not tied to one event by the store: name the batch's lines.
+        Err(StoreError::InvalidInput(reason)) => Err(bad(
+            line_of(first_position),
+            format!(
+                "an event of the lines {}..={} is invalid: {reason}{note}",
+                line_of(first_position),
+                line_of(first_position + n - 1)
+            ),
+        )),
         Err(e) => Err(e.into()),
     }
 }
