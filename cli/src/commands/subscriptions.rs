@@ -345,3 +345,32 @@ pub(crate) async fn skip(
     }
     Ok(EXIT_OK)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: &str) -> SubscriptionStatus {
+        serde_json::from_str(&format!(
+            r#"{{"name":"s","state":{state},"checkpoint":1,"handled_up_to":1,"head":2,
+                "events_handled":1,"restarts":0}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_recorded_running_state_of_a_subscription_not_running_here_says_so() {
+        let live = status(r#""Live""#);
+        assert_eq!(
+            state_text(None, Some(&live)),
+            "not running (last recorded: live)"
+        );
+        assert_eq!(state_text(Some(&live), Some(&live)), "live");
+        assert_eq!(state_text(None, Some(&status(r#""Stopped""#))), "stopped");
+        assert_eq!(
+            state_text(None, Some(&status(r#"{"Failed":"boom"}"#))),
+            "failed: boom"
+        );
+        assert_eq!(state_text(None, None), "-");
+    }
+}
