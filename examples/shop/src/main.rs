@@ -14,7 +14,13 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let mut cli = cli::Cli::parse();
+    // The operations CLI runs its own runtime: outside actix.
+    if let Some(cli::Command::Admin(args)) =
+        cli.command.take_if(|c| matches!(c, cli::Command::Admin(_)))
+    {
+        return cli::admin(&cli.data_dir, args);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt()

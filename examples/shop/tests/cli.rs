@@ -151,3 +151,36 @@ fn a_store_with_events_the_shop_cannot_read_is_reported_with_the_way_out() {
     let fresh = expect(dir.path(), &["story", "--fresh", "--orders", "4"], 0);
     assert!(fresh.contains("every invariant holds."), "{fresh}");
 }
+
+#[test]
+fn admin_runs_the_operations_cli_on_the_shop_store_with_payloads_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shop");
+    expect(&data, &["story", "--orders", "5"], 0);
+
+    let subscriptions = expect(&data, &["admin", "subscriptions"], 0);
+    for name in ["payments", "stock", "fulfilment", "shop-view"] {
+        assert!(
+            subscriptions.lines().any(|l| l.starts_with(name)),
+            "{name} missing from:\n{subscriptions}"
+        );
+    }
+    // The first order's stream, decoded by the shop's registered event types.
+    let streams = expect(&data, &["admin", "--json", "streams"], 0);
+    let order = streams
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["stream_id"].as_str().map(str::to_owned))
+        .find(|s| s.starts_with("order-"))
+        .unwrap_or_else(|| panic!("no order stream in:\n{streams}"));
+    let read = expect(&data, &["admin", "--json", "--payload", "read", &order], 0);
+    let first: serde_json::Value = serde_json::from_str(read.lines().next().unwrap()).unwrap();
+    assert_eq!(first["event_type"], "OrderPlaced", "{read}");
+    assert!(
+        first["payload"]["OrderPlaced"]["order_id"].is_string(),
+        "payload not decoded: {read}"
+    );
+    // `admin --help` is the operations CLI's help, and its usage errors are its own.
+    assert!(expect(&data, &["admin", "--help"], 0).contains("verify"));
+    expect(&data, &["admin", "no-such-command"], 2);
+}

@@ -41,6 +41,44 @@ pub enum Command {
     /// Run the services until they have caught up, then check every invariant (exit code 1 if
     /// one fails).
     Check(commands::CheckArgs),
+    /// The tidings operations CLI on the shop's store, with the shop's event types registered
+    /// so that payloads print as JSON: `admin streams`, `admin read order-o-000001 --payload`,
+    /// `admin subscriptions`, `admin parked payments`, ... (`admin --help` lists them). Run it
+    /// while no other shop_example process has the store open.
+    #[command(disable_help_flag = true)]
+    Admin(AdminArgs),
+}
+
+/// The arguments of `admin`: a `tidings` command line without the program name.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The tidings command and its arguments.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub args: Vec<std::ffi::OsString>,
+}
+
+/// Runs `shop_example admin ...`: the tidings CLI over `dir` (unless `--store` is given), with
+/// the shop's event types registered. It runs its own runtime, so it is called outside actix.
+pub fn admin(dir: &std::path::Path, args: AdminArgs) -> ExitCode {
+    let registry = tidings_cli::Registry::new()
+        .register::<shop_example::order::OrderEvent>()
+        .register::<shop_example::payment::PaymentEvent>()
+        .register::<shop_example::stock::StockEvent>();
+    let has_store = args
+        .args
+        .iter()
+        .any(|a| a == "--store" || a == "-s" || a.to_string_lossy().starts_with("--store="));
+    let mut argv: Vec<std::ffi::OsString> = vec!["shop_example admin".into()];
+    if !has_store {
+        argv.push("--store".into());
+        argv.push(dir.as_os_str().to_owned());
+    }
+    argv.extend(args.args);
+    tidings_cli::run(argv, &registry)
 }
 
 impl Cli {
@@ -56,6 +94,7 @@ impl Cli {
             Command::Restock(args) => commands::restock(&dir, args).await,
             Command::Status(args) => commands::status(&dir, args).await,
             Command::Check(args) => commands::check(&dir, args).await,
+            Command::Admin(args) => Ok(admin(&dir, args)),
         }
     }
 }
