@@ -38,7 +38,8 @@ pub fn w1(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
         }
         let mut med = |e: Engine| median(figures.get_mut(e.name()).expect("measured"));
         let t = med(Engine::Tidings);
-        let case = format!("{writers} writers, {events} events");
+        let plural = if writers == 1 { "" } else { "s" };
+        let case = format!("{writers} writer{plural}, {events} events");
         rows.push(Row::vs(
             "W1",
             &case,
