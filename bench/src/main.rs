@@ -146,6 +146,7 @@ fn main() {
     let child: Option<Child> = match args.first().map(String::as_str) {
         Some(w6::CHILD) => Some(w6::child),
         Some(w45::CQRS_CHILD) => Some(w45::cqrs_child),
+        Some(w6::SCAN_CHILD) => Some(w6::sled_scan_child),
         _ => None,
     };
     if let Some(child) = child {

@@ -264,3 +264,114 @@ pub fn w6(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A hidden subcommand that isolates sled's memory after a scan: `__sled_scan_rss <events>
+/// <cache bytes>` writes `events` events' worth of 4 KiB log chunks (as tidings lays them out)
+/// with raw sled, closes it, then in a fresh process reopens it with the given `cache_capacity`
+/// and prints VmRSS after the open and after one forward scan of the chunks.
+pub const SCAN_CHILD: &str = "__sled_scan_rss";
+
+/// Runs [`SCAN_CHILD`].
+pub fn sled_scan_child(args: &[String]) -> Result<(), String> {
+    if let [read, dir, cache] = args {
+        if read == "--read" {
+            return sled_scan_read(Path::new(dir), cache);
+        }
+    }
+    let [events, cache] = args else {
+        return Err(format!("usage: {SCAN_CHILD} <events> <cache bytes>"));
+    };
+    let events: u64 = events
+        .parse()
+        .map_err(|_| format!("not a number: {events:?}"))?;
+    let cache: u64 = cache
+        .parse()
+        .map_err(|_| format!("not a number: {cache:?}"))?;
+    let dir = tempfile::Builder::new()
+        .prefix("tidings-bench-scan-")
+        .tempdir()
+        .map_err(err)?;
+    let open = |cache: u64| {
+        sled::Config::new()
+            .path(dir.path())
+            .cache_capacity(cache)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .map_err(err)
+    };
+    {
+        let db = open(64 * 1024 * 1024)?;
+        let mut position = 1u64;
+        while position <= events {
+            // One commit group: 5 chunks of 13 records of 320 bytes, 32 index entries.
+            let mut batch = sled::Batch::default();
+            for _ in 0..5 {
+                batch.insert(&baseline::sled::log_key(position)[..], vec![7u8; 13 * 320]);
+                position += 13;
+            }
+            for i in 0..32 {
+                let stream = crate::data::stream_name((position + i) % crate::data::STREAMS);
+                batch.insert(
+                    baseline::sled::index_key(&stream, position + i),
+                    &[1u8; 12][..],
+                );
+            }
+            db.apply_batch(batch).map_err(err)?;
+            db.flush().map_err(err)?;
+        }
+    }
+    // The scan runs in a fresh process, so that memory the writing left behind does not hide
+    // what the scan keeps.
+    let exe = std::env::current_exe().map_err(err)?;
+    let out = Command::new(exe)
+        .args([
+            SCAN_CHILD,
+            "--read",
+            &dir.path().display().to_string(),
+            &cache.to_string(),
+        ])
+        .output()
+        .map_err(err)?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
+fn sled_scan_read(dir: &Path, cache: &str) -> Result<(), String> {
+    let cache: u64 = cache
+        .parse()
+        .map_err(|_| format!("not a number: {cache:?}"))?;
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(None)
+        .open()
+        .map_err(err)?;
+    let after_open = rss().map_err(err)?;
+    let mut bytes = 0u64;
+    for item in db.scan_prefix(b"L") {
+        bytes += item.map_err(err)?.1.len() as u64;
+    }
+    println!(
+        "cache {cache} bytes: VmRSS {:.1} MB after open, {:.1} MB after scanning {:.1} MB of chunks",
+        after_open as f64 / 1e6,
+        rss().map_err(err)? as f64 / 1e6,
+        bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// VmRSS of this process, in bytes.
+fn rss() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| std::io::Error::other("no VmRSS in /proc/self/status"))
+}
