@@ -50,6 +50,44 @@ pub struct Header {
     pub timestamp_micros: u64,
 }
 
+/// The metadata of an event, as read, borrowing its strings from the chunk: decoding it
+/// allocates nothing, so a reader can check a filter before it copies anything.
+#[derive(Deserialize, Debug)]
+pub struct HeaderRef<'a> {
+    pub position: u64,
+    #[serde(borrow)]
+    pub stream_id: &'a str,
+    pub stream_version: u64,
+    #[serde(borrow)]
+    pub category: &'a str,
+    #[serde(borrow)]
+    pub event_type: &'a str,
+    pub schema_version: u32,
+    pub event_id: Uuid,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub timestamp_micros: u64,
+}
+
+impl HeaderRef<'_> {
+    /// Joins the header with its payload into the public event type (the one copy).
+    pub fn into_event(self, payload: &[u8]) -> RecordedEvent {
+        RecordedEvent {
+            position: self.position,
+            stream_id: self.stream_id.to_owned(),
+            stream_version: self.stream_version,
+            category: self.category.to_owned(),
+            event_type: self.event_type.to_owned(),
+            schema_version: self.schema_version,
+            event_id: self.event_id,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            timestamp_micros: self.timestamp_micros,
+            payload: payload.to_vec(),
+        }
+    }
+}
+
 impl Header {
     /// Joins the header with its payload into the public event type.
     pub fn into_event(self, payload: &[u8]) -> RecordedEvent {
@@ -170,9 +208,15 @@ pub struct RawRecord<'a> {
     pub payload: &'a [u8],
 }
 
-impl RawRecord<'_> {
+impl<'a> RawRecord<'a> {
     /// Decodes the record's metadata.
     pub fn header(&self) -> Result<Header, DecodeError> {
+        bincode::deserialize(self.header)
+            .map_err(|e| damaged(self.index, format!("event header does not decode: {e}")))
+    }
+
+    /// Decodes the record's metadata without copying its strings.
+    pub fn header_ref(&self) -> Result<HeaderRef<'a>, DecodeError> {
         bincode::deserialize(self.header)
             .map_err(|e| damaged(self.index, format!("event header does not decode: {e}")))
     }

@@ -35,9 +35,13 @@ pub use self::status::{SubscriptionState, SubscriptionStatus};
 pub struct SubscriptionConfig {
     /// Events read per page (and so held in memory at most). Default 256.
     pub batch_size: usize,
-    /// Commit the checkpoint after this many handled events. Default 100.
+    /// Commit the checkpoint after this many handled events. Default 1 000.
+    ///
+    /// Each commit is a durable write (an fsync), so this sets the pace of a catch-up; it also
+    /// bounds what a crash makes an at-least-once handler see again, and what an exactly-once
+    /// projection holds uncommitted in memory.
     pub commit_every: u64,
-    /// ...or after this long, whichever comes first. Default 200 ms.
+    /// ...or after this long, whichever comes first. Default 500 ms.
     pub commit_interval: Duration,
     /// How many handler panics are restarted before the subscription fails. Default 10.
     pub max_restarts: u64,
@@ -51,8 +55,8 @@ impl Default for SubscriptionConfig {
     fn default() -> Self {
         SubscriptionConfig {
             batch_size: 256,
-            commit_every: 100,
-            commit_interval: Duration::from_millis(200),
+            commit_every: 1000,
+            commit_interval: Duration::from_millis(500),
             max_restarts: 10,
             restart_backoff: Duration::from_millis(100),
             failure_policy: FailurePolicy::Stop,

@@ -207,7 +207,7 @@ impl Shared {
     pub fn read_all(&self, from: u64, max_count: usize, filter: &Filter) -> Result<ReadBatch> {
         let head = self.durable_head.load(Ordering::Acquire);
         let mut next = from.max(1);
-        let mut events = Vec::new();
+        let mut events = Vec::with_capacity(max_count.min(1024));
         if next > head || max_count == 0 {
             return Ok(ReadBatch {
                 events,
@@ -246,7 +246,7 @@ impl Shared {
                 if position > head {
                     break 'chunks;
                 }
-                let header = record.header().map_err(|e| damaged(first, e))?;
+                let header = record.header_ref().map_err(|e| damaged(first, e))?;
                 if header.position != position {
                     return Err(StoreError::Damaged {
                         position,
@@ -255,7 +255,7 @@ impl Shared {
                 }
                 next = position + 1;
                 examined += 1;
-                if filter.matches(&header.category, &header.event_type) {
+                if filter.matches(header.category, header.event_type) {
                     events.push(header.into_event(record.payload));
                 }
                 if events.len() >= max_count || examined >= scan_limit {
