@@ -35,25 +35,10 @@ pub struct HeaderOut<'a> {
     pub timestamp_micros: u64,
 }
 
-/// The metadata of an event, as read.
-#[derive(Deserialize, Debug)]
-pub struct Header {
-    pub position: u64,
-    pub stream_id: String,
-    pub stream_version: u64,
-    pub category: String,
-    pub event_type: String,
-    pub schema_version: u32,
-    pub event_id: Uuid,
-    pub correlation_id: Option<Uuid>,
-    pub causation_id: Option<Uuid>,
-    pub timestamp_micros: u64,
-}
-
 /// The metadata of an event, as read, borrowing its strings from the chunk: decoding it
 /// allocates nothing, so a reader can check a filter before it copies anything.
 #[derive(Deserialize, Debug)]
-pub struct HeaderRef<'a> {
+pub struct Header<'a> {
     pub position: u64,
     #[serde(borrow)]
     pub stream_id: &'a str,
@@ -69,7 +54,7 @@ pub struct HeaderRef<'a> {
     pub timestamp_micros: u64,
 }
 
-impl HeaderRef<'_> {
+impl Header<'_> {
     /// Joins the header with its payload into the public event type (the one copy).
     pub fn into_event(self, payload: &[u8]) -> RecordedEvent {
         RecordedEvent {
@@ -78,25 +63,6 @@ impl HeaderRef<'_> {
             stream_version: self.stream_version,
             category: self.category.to_owned(),
             event_type: self.event_type.to_owned(),
-            schema_version: self.schema_version,
-            event_id: self.event_id,
-            correlation_id: self.correlation_id,
-            causation_id: self.causation_id,
-            timestamp_micros: self.timestamp_micros,
-            payload: payload.to_vec(),
-        }
-    }
-}
-
-impl Header {
-    /// Joins the header with its payload into the public event type.
-    pub fn into_event(self, payload: &[u8]) -> RecordedEvent {
-        RecordedEvent {
-            position: self.position,
-            stream_id: self.stream_id,
-            stream_version: self.stream_version,
-            category: self.category,
-            event_type: self.event_type,
             schema_version: self.schema_version,
             event_id: self.event_id,
             correlation_id: self.correlation_id,
@@ -209,14 +175,8 @@ pub struct RawRecord<'a> {
 }
 
 impl<'a> RawRecord<'a> {
-    /// Decodes the record's metadata.
-    pub fn header(&self) -> Result<Header, DecodeError> {
-        bincode::deserialize(self.header)
-            .map_err(|e| damaged(self.index, format!("event header does not decode: {e}")))
-    }
-
     /// Decodes the record's metadata without copying its strings.
-    pub fn header_ref(&self) -> Result<HeaderRef<'a>, DecodeError> {
+    pub fn header(&self) -> Result<Header<'a>, DecodeError> {
         bincode::deserialize(self.header)
             .map_err(|e| damaged(self.index, format!("event header does not decode: {e}")))
     }
@@ -487,9 +447,9 @@ mod tests {
             for (raw, (pos, stream, version, ty, schema, ts, payload)) in decoded.iter().zip(&records) {
                 let h = raw.header().unwrap();
                 prop_assert_eq!(h.position, *pos);
-                prop_assert_eq!(&h.stream_id, stream);
+                prop_assert_eq!(h.stream_id, stream.as_str());
                 prop_assert_eq!(h.stream_version, *version);
-                prop_assert_eq!(&h.event_type, ty);
+                prop_assert_eq!(h.event_type, ty.as_str());
                 prop_assert_eq!(h.schema_version, *schema);
                 prop_assert_eq!(h.timestamp_micros, *ts);
                 prop_assert_eq!(raw.payload, &payload[..]);

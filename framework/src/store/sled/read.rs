@@ -246,7 +246,7 @@ impl Shared {
                 if position > head {
                     break 'chunks;
                 }
-                let header = record.header_ref().map_err(|e| damaged(first, e))?;
+                let header = record.header().map_err(|e| damaged(first, e))?;
                 if header.position != position {
                     return Err(StoreError::Damaged {
                         position,
