@@ -69,6 +69,10 @@ pub struct Writer {
     settings: WriterSettings,
     /// Stream heads known to be committed. A cache: a miss reads the index.
     heads: HashMap<String, u64>,
+    /// True while `heads` holds every stream of the store: the store was empty when it was
+    /// opened and the cache was never cleared. A miss then means a new stream, with no lookup
+    /// (the first append of each stream was ~28 % of the writer's instructions, callgrind W1).
+    heads_complete: bool,
     next_position: u64,
     /// The timestamp given to the last commit; timestamps never go down with position.
     last_timestamp: u64,
@@ -123,6 +127,7 @@ impl Writer {
             head_tx,
             settings,
             heads: HashMap::new(),
+            heads_complete: head == 0,
             next_position: head + 1,
             last_timestamp,
             failed: None,
@@ -151,6 +156,9 @@ impl Writer {
     fn stream_head(&mut self, stream: &str) -> Result<u64> {
         if let Some(v) = self.heads.get(stream) {
             return Ok(*v);
+        }
+        if self.heads_complete {
+            return Ok(0);
         }
         self.shared.last_index_entry(stream, u64::MAX)
     }
@@ -390,6 +398,7 @@ impl Writer {
             self.next_position = position;
             if self.heads.len() + overlay.len() > self.settings.stream_cache_capacity {
                 self.heads.clear();
+                self.heads_complete = false;
             }
             self.heads.extend(overlay);
             self.shared.durable_head.store(head, Ordering::Release);
