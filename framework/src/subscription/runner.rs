@@ -168,7 +168,6 @@ impl<H: EventHandler> Runner<H> {
     /// Carries the counters of the last status record over (handled events, retries and
     /// restarts are totals, not per process).
     async fn restore_counters(&self) -> Result<(), StoreError> {
-        let partitions = self.handlers.len() as u64;
         let stored = match subscription_status_from_store(&*self.store, H::NAME).await {
             Ok(stored) => stored,
             // The record is advisory (written by a newer version, say): start the totals anew.
@@ -178,14 +177,13 @@ impl<H: EventHandler> Runner<H> {
             }
             Err(e) => return Err(e),
         };
-        self.status.update(|s| {
-            s.partitions = partitions;
-            if let Some(stored) = stored {
+        if let Some(stored) = stored {
+            self.status.update(|s| {
                 s.events_handled = stored.events_handled;
                 s.retries = stored.retries;
                 s.restarts = stored.restarts;
-            }
-        });
+            });
+        }
         Ok(())
     }
 
@@ -193,10 +191,9 @@ impl<H: EventHandler> Runner<H> {
     /// that a zombie instance cannot overwrite the status of a newer one), for a run that ended
     /// without a commit of its own. Best effort: the status in memory is the authority.
     async fn record_final(&self, state: SubscriptionState) {
-        let current = self.status.get().checkpoint;
         let mut status = self.status.get();
         status.state = state;
-        status.checkpoint = current;
+        let current = status.checkpoint;
         let record = status_write(&status);
         if let Err(e) = self
             .store
@@ -307,11 +304,23 @@ impl<H: EventHandler> Runner<H> {
                 .read_all(checkpoint + 1, self.config.batch_size, &filter)
                 .await?;
             let end = if self.handlers.len() > 1 && self.serial_pages == 0 {
-                let end = self
+                let (end, settled) = self
                     .round(&page.events, &mut committed, &mut checkpoint, &mut pending)
                     .await?;
                 uncommitted += end.handled;
-                end
+                if end.stopped || settled == page.events.len() {
+                    end
+                } else {
+                    // A stale read: the rest of the page one event at a time.
+                    self.sequential(
+                        &page.events[settled..],
+                        &mut committed,
+                        &mut checkpoint,
+                        &mut pending,
+                        &mut uncommitted,
+                    )
+                    .await?
+                }
             } else {
                 self.serial_pages = self.serial_pages.saturating_sub(1);
                 self.sequential(
@@ -577,13 +586,16 @@ impl<H: EventHandler> Runner<H> {
     /// event that is not handled (a stop, a panic, a failure under `Stop`). The checkpoint never
     /// passes an event that is not handled, and only the state writes of events at or before
     /// the checkpoint are committed with it: exactly-once state stays exactly-once.
+    ///
+    /// Returns what it did and how many of `events` it settled: fewer than all (and not
+    /// stopped) after a stale read, the rest to be handled one at a time.
     async fn round(
         &mut self,
         events: &[RecordedEvent],
         committed: &mut Committed,
         checkpoint: &mut u64,
         pending: &mut StateBatch,
-    ) -> Result<RoundEnd, Fault> {
+    ) -> Result<(RoundEnd, usize), Fault> {
         let n = self.handlers.len();
         let mut queues: Vec<Vec<&RecordedEvent>> = vec![Vec::new(); n];
         for event in events {
@@ -618,9 +630,9 @@ impl<H: EventHandler> Runner<H> {
             join_all(lanes).await
         };
         let mut outcomes: BTreeMap<u64, Outcome> = results.into_iter().flatten().collect();
-        // Keys touched by events of more than one partition, one of them writing: those events
-        // saw each other's state out of order. The first of them and everything after it are
-        // handled again, one at a time, below.
+        // A stale read (a key an earlier event of another partition wrote in this round): from
+        // that event on, the lanes' results are dropped and the caller handles the rest of the
+        // page one event at a time.
         let redo_from = shared_key_conflict(events, &outcomes, n);
         if let Some(position) = redo_from {
             warn!(
@@ -632,10 +644,10 @@ impl<H: EventHandler> Runner<H> {
             self.serial_pages = SERIAL_PAGES_AFTER_CONFLICT;
         }
         let mut end = RoundEnd::default();
-        for event in events {
+        for (settled, event) in events.iter().enumerate() {
             let position = event.position;
             if redo_from.is_some_and(|from| position >= from) {
-                break;
+                return Ok((end, settled));
             }
             match outcomes.remove(&position).map(|o| o.kind) {
                 Some(OutcomeKind::Handled(writes)) => {
@@ -657,33 +669,14 @@ impl<H: EventHandler> Runner<H> {
                     // Not handled: a stop came first.
                     *checkpoint = position - 1;
                     end.stopped = true;
-                    return Ok(end);
+                    return Ok((end, settled));
                 }
             }
             *checkpoint = position;
             end.handled += 1;
             self.status.update(|s| s.handled_up_to = position);
         }
-        if let Some(from) = redo_from {
-            for event in events.iter().filter(|e| e.position >= from) {
-                if self.stop_requested() {
-                    end.stopped = true;
-                    return Ok(end);
-                }
-                let partition = self.partition_of(&event.stream_id);
-                match self
-                    .step(event, partition, committed, checkpoint, pending)
-                    .await?
-                {
-                    Flow::Next => end.handled += 1,
-                    Flow::Stopped => {
-                        end.stopped = true;
-                        return Ok(end);
-                    }
-                }
-            }
-        }
-        Ok(end)
+        Ok((end, events.len()))
     }
 }
 
