@@ -73,3 +73,29 @@ pub fn parse_payload(bytes: &[u8]) -> Option<(String, u64, usize, usize)> {
     let (index, count) = parts.next()?.split_once('/')?;
     Some((stream, version, index.parse().ok()?, count.parse().ok()?))
 }
+
+/// For the child processes of the crash tests: prints one line on stdout and flushes it at once
+/// (the parent reads it even if the child is killed right after), or dies if stdout is gone.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .unwrap_or_else(|e| die(&e));
+}
+
+/// For the child processes: reports `error` on stderr, after the program's name, and exits with
+/// status 2.
+pub fn die(error: &dyn std::fmt::Display) -> ! {
+    let program = std::env::args()
+        .next()
+        .and_then(|p| {
+            Path::new(&p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "child".to_owned());
+    eprintln!("{program}: {error}");
+    std::process::exit(2)
+}

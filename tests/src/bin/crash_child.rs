@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidings::store::{EventData, EventStore, ExpectedVersion, SledEventStore};
-use tidings_tests::support::payload;
+use tidings_tests::support::{die, payload};
 
 /// Concurrent appending tasks.
 const TASKS: usize = 16;
@@ -39,12 +39,6 @@ fn main() {
         }
         _ => die(&"usage: crash_child append|open DIR"),
     }
-}
-
-/// Reports `error` on stderr and exits with status 2.
-fn die(error: &dyn std::fmt::Display) -> ! {
-    eprintln!("crash_child: {error}");
-    std::process::exit(2)
 }
 
 /// The `append` mode: appends from [`TASKS`] tasks until killed or bounded.

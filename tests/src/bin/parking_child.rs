@@ -10,7 +10,6 @@
 //! head it started at. If the subscription fails it prints `FAILED <reason>` and exits with
 //! status 3. It stops by itself after [`MAX_RUN`].
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,24 +21,12 @@ use tidings::subscription::{
 };
 use tidings::{async_trait, EventHandler};
 use tidings_tests::domain::OrderEvent;
+use tidings_tests::support::{die, say};
 
 /// The child stops by itself after this long.
 const MAX_RUN: Duration = Duration::from_secs(30);
 /// Events between two commits.
 const COMMIT_EVERY: u64 = 8;
-
-fn die(error: &dyn std::fmt::Display) -> ! {
-    eprintln!("parking_child: {error}");
-    std::process::exit(2)
-}
-
-fn say(line: std::fmt::Arguments<'_>) {
-    let mut out = std::io::stdout().lock();
-    out.write_fmt(line)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush())
-        .unwrap_or_else(|e| die(&e));
-}
 
 /// Counts orders per stream; cannot handle the `bad-` streams.
 #[derive(EventHandler)]

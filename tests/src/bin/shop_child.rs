@@ -10,13 +10,13 @@
 //! for a redelivered event) it prints `REPEATS <total in this run>`. If a service fails it prints `FAILED <reason>` and exits with status 3; it stops
 //! by itself after [`MAX_RUN`] (printing `DONE`).
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shop_example::catalog::Line;
 use shop_example::{Service, Shop, ShopConfig, ShopError};
 use tidings::subscription::{SubscriptionConfig, SubscriptionState};
+use tidings_tests::support::{die, say};
 
 /// The child stops by itself after this long.
 const MAX_RUN: Duration = Duration::from_secs(20);
@@ -24,21 +24,6 @@ const MAX_RUN: Duration = Duration::from_secs(20);
 const COMMIT_EVERY: u64 = 8;
 /// ...or after this long.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(20);
-
-/// Prints one line on stdout and flushes it, or dies if stdout is gone.
-fn say(line: std::fmt::Arguments<'_>) {
-    let mut out = std::io::stdout().lock();
-    out.write_fmt(line)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush())
-        .unwrap_or_else(|e| die(&e));
-}
-
-/// Reports `error` on stderr and exits with status 2.
-fn die(error: &dyn std::fmt::Display) -> ! {
-    eprintln!("shop_child: {error}");
-    std::process::exit(2)
-}
 
 /// Order number `n`: a mix that is declined (over the card limit), competes for scarce gadgets
 /// (confirmed or out of stock, then refunded), or is plentiful.

@@ -24,7 +24,6 @@
 //! (flushed) for each acknowledged append. If a subscription fails it prints
 //! `FAILED <name> <reason>` and exits with status 3. It stops by itself after [`MAX_RUN`].
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +35,7 @@ use tidings::subscription::{
 };
 use tidings::{async_trait, EventHandler};
 use tidings_tests::domain::{mixed_event, OrderEvent, PaymentEvent};
+use tidings_tests::support::{die, say};
 
 /// The child stops by itself after this long.
 const MAX_RUN: Duration = Duration::from_secs(30);
@@ -57,21 +57,6 @@ const ALO_COMMIT_INTERVAL: Duration = Duration::from_millis(20);
 const LIVE_STREAMS: u64 = 8;
 /// The pause between two appends of the `append` mode.
 const APPEND_PAUSE: Duration = Duration::from_millis(2);
-
-/// Prints one line on stdout and flushes it, or dies if stdout is gone.
-fn say(line: std::fmt::Arguments<'_>) {
-    let mut out = std::io::stdout().lock();
-    out.write_fmt(line)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush())
-        .unwrap_or_else(|e| die(&e));
-}
-
-/// Reports `error` on stderr and exits with status 2.
-fn die(error: &dyn std::fmt::Display) -> ! {
-    eprintln!("subscription_child: {error}");
-    std::process::exit(2)
-}
 
 /// The at-least-once handler: its effect is the `SEEN` line it prints.
 #[derive(Clone, EventHandler)]
