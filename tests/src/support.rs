@@ -99,3 +99,75 @@ pub fn die(error: &dyn std::fmt::Display) -> ! {
     eprintln!("{program}: {error}");
     std::process::exit(2)
 }
+
+/// A child process whose stdout arrives as whole lines on a channel (a line cut by a kill has
+/// no newline and is dropped) and whose stderr is collected.
+pub struct LineChild {
+    /// The process (for `try_wait`).
+    pub process: std::process::Child,
+    /// Its stdout, one whole line at a time, without the newline.
+    pub lines: std::sync::mpsc::Receiver<String>,
+    stdout: std::thread::JoinHandle<()>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+/// What a [`LineChild`] left when it was killed (or had exited).
+pub struct Ended {
+    /// How it ended.
+    pub status: std::process::ExitStatus,
+    /// The lines it printed that were not taken from [`LineChild::lines`] before the kill.
+    pub rest: Vec<String>,
+    /// Everything it wrote on stderr.
+    pub stderr: String,
+}
+
+impl LineChild {
+    /// Spawns `command` with stdout and stderr piped; `what` names it in panics.
+    pub fn spawn(command: &mut std::process::Command, what: &str) -> Self {
+        use std::io::{BufRead, Read};
+        use std::process::Stdio;
+        let mut process = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let mut out = std::io::BufReader::new(process.stdout.take().expect("piped stdout"));
+        let mut err = process.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        let stdout = std::thread::spawn(move || {
+            let mut line = Vec::new();
+            while out.read_until(b'\n', &mut line).unwrap_or(0) > 0 && line.ends_with(b"\n") {
+                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                if tx.send(text).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        LineChild {
+            process,
+            lines,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Sends SIGKILL (`Child::kill`; nothing if it already exited), waits for it, and returns
+    /// how it ended with the lines still in the pipe.
+    pub fn kill(mut self) -> Ended {
+        let _ = self.process.kill();
+        let status = self.process.wait().expect("wait for the child");
+        let rest: Vec<String> = self.lines.into_iter().collect();
+        self.stdout.join().expect("the stdout reader");
+        Ended {
+            status,
+            rest,
+            stderr: self.stderr.join().expect("the stderr reader"),
+        }
+    }
+}

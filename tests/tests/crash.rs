@@ -6,15 +6,14 @@
 //! number of kills; run with `--nocapture` to see the figures.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tidings::store::{EventData, EventStore, ExpectedVersion, Filter, SledEventStore};
-use tidings_tests::support::{close, env_or, open, parse_payload, payload, runtime};
+use tidings_tests::support::{close, env_or, open, parse_payload, payload, runtime, LineChild};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_crash_child");
 
@@ -44,39 +43,16 @@ impl Run {
 /// Runs the child in `mode` on `dir` and SIGKILLs it after `delay` unless it exits first
 /// (`Child::kill` sends SIGKILL on Unix; [`Run::killed`] checks the signal).
 fn run_child(mode: &str, dir: &Path, delay: Duration) -> Run {
-    let mut child = Command::new(CHILD)
-        .arg(mode)
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn crash_child");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let (mut lines, mut line) = (Vec::new(), Vec::new());
-        // Only whole lines count: a line cut by the kill has no newline.
-        while stdout.read_until(b'\n', &mut line).unwrap_or(0) > 0 && line.ends_with(b"\n") {
-            lines.push(String::from_utf8_lossy(&line).trim_end().to_owned());
-            line.clear();
-        }
-        lines
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
+    let mut child = LineChild::spawn(Command::new(CHILD).arg(mode).arg(dir), "crash_child");
     let deadline = Instant::now() + delay;
-    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+    while Instant::now() < deadline && child.process.try_wait().unwrap().is_none() {
         std::thread::sleep(Duration::from_millis(1).min(deadline - Instant::now()));
     }
-    let _ = child.kill(); // Does nothing if the child is already gone.
-    let status = child.wait().expect("wait for crash_child");
-    let lines = out.join().unwrap();
+    // Whole lines only: a line cut by the kill has no newline.
+    let ended = child.kill();
     let mut acks = Vec::new();
     let mut opened = false;
-    for line in &lines {
+    for line in &ended.rest {
         let fields: Vec<&str> = line.split(' ').collect();
         match fields[..] {
             ["ACK", stream, v, n, p] => acks.push(Ack {
@@ -90,10 +66,10 @@ fn run_child(mode: &str, dir: &Path, delay: Duration) -> Run {
         }
     }
     Run {
-        status,
+        status: ended.status,
         acks,
         opened,
-        stderr: err.join().unwrap(),
+        stderr: ended.stderr,
     }
 }
 

@@ -14,10 +14,9 @@
 //!   catching up every invariant holds, every acknowledged order is in the log, decided once.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +31,7 @@ use shop_example::{Check, Service, Shop, ShopConfig};
 use tidings::store::{EventStore, ExpectedVersion};
 use tidings::subscription::{FailurePolicy, SubscriptionConfig};
 use tidings::DomainEvent;
-use tidings_tests::support::env_or;
+use tidings_tests::support::{env_or, LineChild};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_shop_child");
 const SETTLE: Duration = Duration::from_secs(30);
@@ -302,35 +301,10 @@ struct Run {
 
 /// Runs `shop_child` on `dir` and SIGKILLs it `after` its `STARTED` line.
 fn run_child(dir: &Path, cycle: u64, after: Duration) -> Run {
-    let mut child = Command::new(CHILD)
-        .arg(dir)
-        .arg(cycle.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shop_child");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut stdout = stdout;
-        let mut line = Vec::new();
-        // Only whole lines count: a line cut by the kill has no newline.
-        while stdout.read_until(b'\n', &mut line).unwrap_or(0) > 0 && line.ends_with(b"\n") {
-            if tx
-                .send(String::from_utf8_lossy(&line).trim_end().to_owned())
-                .is_err()
-            {
-                break;
-            }
-            line.clear();
-        }
-    });
-    let errors = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
+    let child = LineChild::spawn(
+        Command::new(CHILD).arg(dir).arg(cycle.to_string()),
+        "shop_child",
+    );
     let mut run = Run::default();
     let take = |run: &mut Run, line: String| match line.split_once(' ') {
         Some(("ACK", id)) => run.acked.push(id.to_owned()),
@@ -345,7 +319,7 @@ fn run_child(dir: &Path, cycle: u64, after: Duration) -> Run {
         if kill_at.is_some_and(|t| now >= t) || now >= give_up {
             break;
         }
-        match rx.recv_timeout(Duration::from_millis(5)) {
+        match child.lines.recv_timeout(Duration::from_millis(5)) {
             Ok(line) => {
                 take(&mut run, line);
                 if run.started && kill_at.is_none() {
@@ -356,14 +330,12 @@ fn run_child(dir: &Path, cycle: u64, after: Duration) -> Run {
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    let _ = child.kill(); // SIGKILL on Unix; nothing if it already exited.
-    let status = child.wait().expect("wait for shop_child");
-    run.killed = status.signal() == Some(libc::SIGKILL);
-    for line in rx {
+    let ended = child.kill();
+    run.killed = ended.status.signal() == Some(libc::SIGKILL);
+    for line in ended.rest {
         take(&mut run, line);
     }
-    reader.join().unwrap();
-    run.stderr = errors.join().unwrap();
+    run.stderr = ended.stderr;
     run
 }
 

@@ -21,10 +21,9 @@
 //! `--nocapture` to see the figures, and with `TIDINGS_SUB_CRASH_TRACE=1` for a line per kill.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +31,7 @@ use rand::Rng;
 use tidings::store::{EventStore, ExpectedVersion, Filter, SledEventStore};
 use tidings::DomainEvent;
 use tidings_tests::domain::{mixed_event, OrderEvent, PaymentEvent};
-use tidings_tests::support::{close, env_or, open, runtime};
+use tidings_tests::support::{close, env_or, open, runtime, LineChild};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_subscription_child");
 
@@ -126,32 +125,7 @@ fn run_child(dir: &Path, append: bool, until: Until, partitions: usize) -> Run {
     if append {
         command.arg("append");
     }
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn subscription_child");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    let out = std::thread::spawn(move || {
-        let mut line = Vec::new();
-        // Only whole lines count: a line cut by the kill has no newline.
-        while stdout.read_until(b'\n', &mut line).unwrap_or(0) > 0 && line.ends_with(b"\n") {
-            if tx
-                .send(String::from_utf8_lossy(&line).trim_end().to_owned())
-                .is_err()
-            {
-                break;
-            }
-            line.clear();
-        }
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
+    let mut child = LineChild::spawn(&mut command, "subscription_child");
     let mut run = Run::default();
     let deadline = Instant::now()
         + match until {
@@ -162,7 +136,10 @@ fn run_child(dir: &Path, append: bool, until: Until, partitions: usize) -> Run {
         if left.is_zero() {
             break;
         }
-        match rx.recv_timeout(left.min(Duration::from_millis(20))) {
+        match child
+            .lines
+            .recv_timeout(left.min(Duration::from_millis(20)))
+        {
             Ok(line) => {
                 run.take(&line);
                 if run.committed && matches!(until, Until::Committed(_)) {
@@ -170,21 +147,20 @@ fn run_child(dir: &Path, append: bool, until: Until, partitions: usize) -> Run {
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if child.try_wait().unwrap().is_some() {
+                if child.process.try_wait().unwrap().is_some() {
                     break;
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    let _ = child.kill(); // Does nothing if the child is already gone.
-    run.status = Some(child.wait().expect("wait for subscription_child"));
+    let ended = child.kill();
+    run.status = Some(ended.status);
     // The lines written before the kill are still in the pipe.
-    for line in rx {
-        run.take(&line);
+    for line in &ended.rest {
+        run.take(line);
     }
-    out.join().unwrap();
-    run.stderr = err.join().unwrap();
+    run.stderr = ended.stderr;
     run
 }
 

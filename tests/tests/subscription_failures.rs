@@ -2,8 +2,7 @@
 //! of parked events, reset of the checkpoint, and the status kept in the store.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,7 +14,7 @@ use tidings::subscription::{
 };
 use tidings::{async_trait, DomainEvent, EventHandler};
 use tidings_tests::domain::OrderEvent;
-use tidings_tests::support::{close, env_or, runtime};
+use tidings_tests::support::{close, env_or, runtime, LineChild};
 
 const PARKING_CHILD: &str = env!("CARGO_BIN_EXE_parking_child");
 
@@ -501,26 +500,17 @@ async fn the_status_record_in_the_store_says_failed_under_the_stop_policy_and_af
 /// Runs `parking_child` on `dir`: kills it with SIGKILL after `kill_after`, or (with `None`) once
 /// it says it caught up. Returns whether it caught up.
 fn run_parking_child(dir: &std::path::Path, kill_after: Option<Duration>) -> bool {
-    let mut child = Command::new(PARKING_CHILD)
-        .arg("run")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn parking_child");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let child = LineChild::spawn(
+        Command::new(PARKING_CHILD).arg("run").arg(dir),
+        "parking_child",
+    );
     let deadline = std::time::Instant::now() + kill_after.unwrap_or(Duration::from_secs(20));
     let mut caught_up = false;
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        match rx.recv_timeout(left.min(Duration::from_millis(20))) {
+        match child
+            .lines
+            .recv_timeout(left.min(Duration::from_millis(20)))
+        {
             Ok(line) => {
                 assert!(!line.starts_with("FAILED"), "parking_child: {line}");
                 if line.starts_with("CAUGHTUP") {
@@ -534,9 +524,8 @@ fn run_parking_child(dir: &std::path::Path, kill_after: Option<Duration>) -> boo
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    let _ = child.kill(); // SIGKILL on Unix.
-    child.wait().expect("wait for parking_child");
-    reader.join().unwrap();
+    // As the child's own stderr would have been shown.
+    eprint!("{}", child.kill().stderr);
     caught_up
 }
 
