@@ -140,11 +140,29 @@ pub enum StoreError {
     #[error("the store failed earlier and refuses writes until reopened: {0}")]
     Failed(String),
 
+    /// The database server could not be reached, or the connection to it was lost (a server
+    /// restart, a terminated backend, a network failure). Only server backends return it.
+    ///
+    /// Transient: retry later. The outcome of an append that gets this is unknown (the commit may
+    /// have reached the server before the connection dropped): read the stream before deciding
+    /// again, or retry with the same event ids and an exact expected version.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+
     /// The store was closed (or its writer stopped) while the request was in flight.
     ///
     /// The outcome of an append that gets this is unknown: reopen and read.
     #[error("the store is closed")]
     Closed,
+}
+
+impl StoreError {
+    /// Whether the error is transient: the same request may succeed later without any change
+    /// (today only [`StoreError::Unavailable`]). Subscriptions retry such errors from their
+    /// checkpoint instead of failing.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 impl From<sled::Error> for StoreError {

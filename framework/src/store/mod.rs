@@ -7,11 +7,18 @@
 mod codec;
 mod error;
 mod head;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sled;
 mod types;
 
 pub use self::error::{Result, StoreError};
 pub use self::head::HeadWatch;
+#[cfg(feature = "postgres")]
+pub use self::postgres::{
+    PostgresConfig, PostgresEventStore, DEFAULT_SCHEMA, MAX_SCHEMA_LEN,
+    SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION,
+};
 pub use self::sled::{SledConfig, SledEventStore};
 pub use self::types::{
     category_of, AppendResult, CheckpointInfo, EventData, ExpectedVersion, Filter, ReadBatch,

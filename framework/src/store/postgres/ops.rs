@@ -1,0 +1,1108 @@
+//! The requests of a PostgreSQL store, one function per [`EventStore`](crate::store::EventStore)
+//! method, each on a pooled connection.
+//!
+//! Every read of events goes through the read horizon: only rows whose writing transaction is
+//! older than every running transaction (`xid < pg_snapshot_xmin(pg_current_snapshot())`) are
+//! returned, and the durable head is the highest such position. Positions are handed out in
+//! transaction-id order (see the `append` function in `schema.rs`), so every position at or
+//! below the head belongs to a finished transaction: a reader never passes a row that could
+//! still commit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::errors::pg_error;
+use super::Shared;
+use crate::store::{
+    AppendResult, CheckpointInfo, EventData, ExpectedVersion, Filter, ReadBatch, RecordedEvent,
+    Result, Snapshot, StateWrite, StoreError, StreamInfo, VerifyReport,
+};
+
+/// The read horizon of the statement that uses it: transactions below it are finished.
+const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())";
+
+/// The columns of an event, in the order [`event_from_row`] reads them.
+const EVENT_COLUMNS: &str = "e.position, e.stream_id, e.stream_version, e.category, \
+     e.event_type, e.schema_version, e.event_id, e.correlation_id, e.causation_id, \
+     e.timestamp_micros, e.payload";
+
+/// The statements of one schema, built once at open.
+pub struct Sql {
+    append: String,
+    horizon: String,
+    head: String,
+    read_stream: String,
+    stream_version: String,
+    committed_version: String,
+    read_all: String,
+    read_all_categories: String,
+    read_all_types: String,
+    read_all_both: String,
+    save_checkpoint: String,
+    load_checkpoint: String,
+    insert_checkpoint: String,
+    update_checkpoint: String,
+    put_state: String,
+    delete_state: String,
+    load_state: String,
+    scan_state_bounded: String,
+    scan_state_open: String,
+    save_snapshot: String,
+    load_snapshot: String,
+    list_streams: String,
+    list_checkpoints: String,
+    s: String,
+}
+
+impl Sql {
+    /// The statements for the schema `s` (already quoted).
+    pub fn new(s: &str) -> Self {
+        let read_all = |filter: &str| {
+            format!(
+                "WITH h AS (SELECT coalesce((SELECT max(position) FROM {s}.events \
+                                            WHERE xid < {HORIZON}), 0) AS head) \
+                 SELECT h.head, {EVENT_COLUMNS} FROM h LEFT JOIN LATERAL ( \
+                     SELECT * FROM {s}.events e \
+                     WHERE e.position >= $1 AND e.position <= least(h.head, $3) {filter} \
+                     ORDER BY e.position LIMIT $2) e ON true"
+            )
+        };
+        Sql {
+            append: format!(
+                "SELECT o_actual, o_first, o_xid FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ),
+            horizon: format!("SELECT {HORIZON}::text"),
+            head: format!(
+                "SELECT coalesce(max(position), 0) FROM {s}.events WHERE xid < {HORIZON}"
+            ),
+            read_stream: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events e \
+                 WHERE e.stream_id = $1 AND e.stream_version >= $2 AND e.xid < {HORIZON} \
+                 ORDER BY e.stream_version LIMIT $3"
+            ),
+            stream_version: format!(
+                "SELECT coalesce(max(stream_version), 0), coalesce(max(position), 0) \
+                 FROM {s}.events WHERE stream_id = $1 AND xid < {HORIZON}"
+            ),
+            committed_version: format!(
+                "SELECT coalesce(max(stream_version), 0) FROM {s}.events WHERE stream_id = $1"
+            ),
+            read_all: read_all(""),
+            read_all_categories: read_all("AND e.category = ANY($4)"),
+            read_all_types: read_all("AND e.event_type = ANY($4)"),
+            read_all_both: read_all("AND e.category = ANY($4) AND e.event_type = ANY($5)"),
+            save_checkpoint: format!(
+                "INSERT INTO {s}.checkpoints (name, position, updated_micros) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE \
+                 SET position = excluded.position, updated_micros = excluded.updated_micros"
+            ),
+            load_checkpoint: format!("SELECT position FROM {s}.checkpoints WHERE name = $1"),
+            insert_checkpoint: format!(
+                "INSERT INTO {s}.checkpoints (name, position, updated_micros) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING"
+            ),
+            update_checkpoint: format!(
+                "UPDATE {s}.checkpoints SET position = $2, updated_micros = $3 \
+                 WHERE name = $1 AND position = $4"
+            ),
+            put_state: format!(
+                "INSERT INTO {s}.state (consumer, key, value) \
+                 SELECT $1, k, v FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v) \
+                 ON CONFLICT (consumer, key) DO UPDATE SET value = excluded.value"
+            ),
+            delete_state: format!(
+                "DELETE FROM {s}.state WHERE consumer = $1 AND key = ANY($2::bytea[])"
+            ),
+            load_state: format!("SELECT value FROM {s}.state WHERE consumer = $1 AND key = $2"),
+            scan_state_bounded: format!(
+                "SELECT key, value FROM {s}.state \
+                 WHERE consumer = $1 AND key >= $2 AND key < $4 ORDER BY key LIMIT $3"
+            ),
+            scan_state_open: format!(
+                "SELECT key, value FROM {s}.state \
+                 WHERE consumer = $1 AND key >= $2 ORDER BY key LIMIT $3"
+            ),
+            save_snapshot: format!(
+                "INSERT INTO {s}.snapshots (stream_id, stream_version, schema_version, payload) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id) DO UPDATE \
+                 SET stream_version = excluded.stream_version, \
+                     schema_version = excluded.schema_version, payload = excluded.payload"
+            ),
+            load_snapshot: format!(
+                "SELECT stream_version, schema_version, payload FROM {s}.snapshots \
+                 WHERE stream_id = $1"
+            ),
+            // A skip scan over the (stream_id, stream_version) index: one index descent per
+            // stream, however many events each has.
+            list_streams: format!(
+                "WITH RECURSIVE ids(stream_id) AS ( \
+                     (SELECT stream_id FROM {s}.events WHERE stream_id > $1 \
+                      ORDER BY stream_id LIMIT 1) \
+                     UNION ALL \
+                     SELECT (SELECT e.stream_id FROM {s}.events e \
+                             WHERE e.stream_id > ids.stream_id ORDER BY e.stream_id LIMIT 1) \
+                     FROM ids WHERE ids.stream_id IS NOT NULL) \
+                 SELECT ids.stream_id, l.stream_version, l.position FROM ids \
+                 CROSS JOIN LATERAL (SELECT e.stream_version, e.position FROM {s}.events e \
+                     WHERE e.stream_id = ids.stream_id AND e.xid < {HORIZON} \
+                     ORDER BY e.stream_version DESC LIMIT 1) l \
+                 WHERE ids.stream_id IS NOT NULL LIMIT $2"
+            ),
+            list_checkpoints: format!(
+                "SELECT name, position FROM {s}.checkpoints WHERE name > $1 \
+                 ORDER BY name LIMIT $2"
+            ),
+            s: s.to_owned(),
+        }
+    }
+}
+
+/// A `u64` position or version as PostgreSQL's `bigint` (saturating: nothing is stored above).
+fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A count as a `LIMIT`.
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A stored `bigint` that must not be negative.
+fn unsigned(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StoreError::DamagedMetadata {
+        what: what.to_owned(),
+        reason: format!("negative value {v}"),
+    })
+}
+
+/// A position to store: refused above `bigint`.
+fn storable(position: u64, what: &str) -> Result<i64> {
+    i64::try_from(position).map_err(|_| {
+        StoreError::InvalidInput(format!("{what} {position} is above the largest position"))
+    })
+}
+
+/// The wall clock in microseconds since the Unix epoch.
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// An event from the columns [`EVENT_COLUMNS`] of `row`, starting at column `at`.
+fn event_from_row(row: &Row, at: usize) -> Result<RecordedEvent> {
+    fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
+        row.try_get(i).map_err(|e| StoreError::Damaged {
+            position: 0,
+            reason: format!("column {i} of an event row: {e}"),
+        })
+    }
+    let position: i64 = get(row, at)?;
+    let damaged = |reason: String| StoreError::Damaged {
+        position: position.max(0) as u64,
+        reason,
+    };
+    let version: i64 = get(row, at + 2)?;
+    let schema_version: i32 = get(row, at + 5)?;
+    let timestamp: i64 = get(row, at + 9)?;
+    Ok(RecordedEvent {
+        position: u64::try_from(position).map_err(|_| damaged("negative position".into()))?,
+        stream_id: get(row, at + 1)?,
+        stream_version: u64::try_from(version)
+            .map_err(|_| damaged(format!("negative stream version {version}")))?,
+        category: get(row, at + 3)?,
+        event_type: get(row, at + 4)?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| damaged(format!("negative schema version {schema_version}")))?,
+        event_id: get(row, at + 6)?,
+        correlation_id: get(row, at + 7)?,
+        causation_id: get(row, at + 8)?,
+        timestamp_micros: u64::try_from(timestamp)
+            .map_err(|_| damaged(format!("negative timestamp {timestamp}")))?,
+        payload: get(row, at + 10)?,
+    })
+}
+
+/// A transaction id (xid8) as the server prints it.
+fn parse_xid(text: &str) -> Result<u64> {
+    text.parse()
+        .map_err(|_| StoreError::Engine(format!("postgres returned a bad transaction id {text:?}")))
+}
+
+/// The durable head: the highest position below the read horizon.
+pub async fn read_head(client: &tokio_postgres::Client, sql: &Sql) -> Result<u64> {
+    let row = client.query_one(&sql.head, &[]).await.map_err(pg_error)?;
+    unsigned(row.get(0), "durable head")
+}
+
+/// The read horizon now: every transaction id below it is finished.
+async fn horizon(client: &tokio_postgres::Client, sql: &Sql) -> Result<u64> {
+    let row = client
+        .query_one(&sql.horizon, &[])
+        .await
+        .map_err(pg_error)?;
+    parse_xid(row.get(0))
+}
+
+/// Waits until transaction `xid` (committed) is below the read horizon, then moves the head to
+/// `last`; gives up with a warning after the visibility timeout (the events are durable, but
+/// global readers see them only once the transactions that hold the horizon back finish).
+async fn wait_visible(
+    shared: &Shared,
+    client: &tokio_postgres::Client,
+    mut horizon_now: u64,
+    xid: u64,
+    last: u64,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + shared.config.visibility_timeout;
+    let mut head = shared.watch();
+    let mut pause = Duration::from_millis(1);
+    while horizon_now <= xid {
+        if head.current() >= last {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                schema = %shared.config.schema,
+                position = last,
+                "an append is durable but not yet readable: a transaction older than it is \
+                 still running (visibility timeout reached)"
+            );
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = head.wait_for(last) => return Ok(()),
+        }
+        pause = (pause * 2).min(Duration::from_millis(50));
+        horizon_now = horizon(client, &shared.sql).await?;
+    }
+    shared.bump_head(last);
+    Ok(())
+}
+
+/// See [`EventStore::append`](crate::store::EventStore::append).
+pub async fn append(
+    shared: &Shared,
+    stream: String,
+    expected: ExpectedVersion,
+    events: Vec<EventData>,
+) -> Result<AppendResult> {
+    let client = shared.client().await?;
+    let expected_arg: i64 = match expected {
+        ExpectedVersion::Any => -1,
+        ExpectedVersion::NoStream => 0,
+        ExpectedVersion::Exact(v) => big(v),
+    };
+    let n = events.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut schema_versions = Vec::with_capacity(n);
+    let mut correlations = Vec::with_capacity(n);
+    let mut causations = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    for e in events {
+        ids.push(e.event_id);
+        types.push(e.event_type);
+        schema_versions.push(i32::try_from(e.schema_version).map_err(|_| {
+            StoreError::InvalidInput(format!("schema version {} is too large", e.schema_version))
+        })?);
+        correlations.push(e.correlation_id);
+        causations.push(e.causation_id);
+        payloads.push(e.payload);
+    }
+    let category = crate::store::category_of(&stream).to_owned();
+    let append = client
+        .prepare_cached(&shared.sql.append)
+        .await
+        .map_err(pg_error)?;
+    let horizon_stmt = client
+        .prepare_cached(&shared.sql.horizon)
+        .await
+        .map_err(pg_error)?;
+    // Pipelined: the horizon is read right after the append's transaction commits, without a
+    // second round trip.
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+        &stream,
+        &category,
+        &expected_arg,
+        &ids,
+        &types,
+        &schema_versions,
+        &correlations,
+        &causations,
+        &payloads,
+    ];
+    let (appended, after) = tokio::join!(
+        client.query_one(&append, &params),
+        client.query_one(&horizon_stmt, &[]),
+    );
+    let row = match appended {
+        Ok(row) => row,
+        Err(e) => {
+            let unique = e.code() == Some(&SqlState::UNIQUE_VIOLATION);
+            let error = pg_error(e);
+            if let StoreError::Engine(_) = error {
+                // The function may have failed while holding the session lock on positions:
+                // close this connection (which releases it) instead of pooling it.
+                drop(deadpool_postgres::Object::take(client));
+                if unique {
+                    let actual = committed_version(shared, &stream).await?;
+                    return Err(StoreError::WrongExpectedVersion {
+                        stream,
+                        expected,
+                        actual,
+                    });
+                }
+            }
+            return Err(error);
+        }
+    };
+    let actual = unsigned(row.get(0), "stream version")?;
+    let Some(first) = row.get::<_, Option<i64>>(1) else {
+        return Err(StoreError::WrongExpectedVersion {
+            stream,
+            expected,
+            actual,
+        });
+    };
+    let xid = parse_xid(row.get::<_, &str>(2))?;
+    let first = unsigned(first, "position")?;
+    let last = first + n as u64 - 1;
+    let result = AppendResult {
+        first_position: first,
+        last_position: last,
+        stream_version: actual,
+    };
+    // The append is committed from here on: a failure to learn the horizon must not turn it
+    // into an error the caller would retry.
+    let horizon_now = match after {
+        Ok(row) => parse_xid(row.get(0)).unwrap_or(0),
+        Err(_) => 0,
+    };
+    if let Err(e) = wait_visible(shared, &client, horizon_now, xid, last).await {
+        tracing::warn!(error = %e, position = last, "could not wait for an append to be readable");
+    }
+    Ok(result)
+}
+
+/// The version of `stream` counting every committed event (not only those below the horizon).
+async fn committed_version(shared: &Shared, stream: &str) -> Result<u64> {
+    let client = shared.client().await?;
+    let stmt = client
+        .prepare_cached(&shared.sql.committed_version)
+        .await
+        .map_err(pg_error)?;
+    let row = client
+        .query_one(&stmt, &[&stream])
+        .await
+        .map_err(pg_error)?;
+    unsigned(row.get(0), "stream version")
+}
+
+/// See [`EventStore::read_stream`](crate::store::EventStore::read_stream).
+pub async fn read_stream(
+    shared: &Shared,
+    stream: &str,
+    from_version: u64,
+    max_count: usize,
+) -> Result<Vec<RecordedEvent>> {
+    if max_count == 0 {
+        return Ok(Vec::new());
+    }
+    let client = shared.client().await?;
+    let stmt = client
+        .prepare_cached(&shared.sql.read_stream)
+        .await
+        .map_err(pg_error)?;
+    let rows = client
+        .query(&stmt, &[&stream, &big(from_version), &limit(max_count)])
+        .await
+        .map_err(pg_error)?;
+    let events = rows
+        .iter()
+        .map(|row| event_from_row(row, 0))
+        .collect::<Result<Vec<_>>>()?;
+    // Every row returned is below the horizon, so is every position before it.
+    if let Some(highest) = events.iter().map(|e| e.position).max() {
+        shared.bump_head(highest);
+    }
+    Ok(events)
+}
+
+/// See [`EventStore::stream_version`](crate::store::EventStore::stream_version).
+pub async fn stream_version(shared: &Shared, stream: &str) -> Result<u64> {
+    let client = shared.client().await?;
+    let stmt = client
+        .prepare_cached(&shared.sql.stream_version)
+        .await
+        .map_err(pg_error)?;
+    let row = client
+        .query_one(&stmt, &[&stream])
+        .await
+        .map_err(pg_error)?;
+    shared.bump_head(unsigned(row.get(1), "position")?);
+    unsigned(row.get(0), "stream version")
+}
+
+/// See [`EventStore::read_all`](crate::store::EventStore::read_all).
+pub async fn read_all(
+    shared: &Shared,
+    from_position: u64,
+    max_count: usize,
+    filter: &Filter,
+) -> Result<ReadBatch> {
+    let from = from_position.max(1);
+    let client = shared.client().await?;
+    // A filtered read examines a bounded window of positions, so that a filter matching
+    // nothing still returns (empty, with progress) in bounded time.
+    let window = shared.config.scan_window.max(max_count as u64);
+    let upper = if filter.is_all() {
+        u64::MAX
+    } else {
+        from.saturating_add(window - 1)
+    };
+    let sql = &shared.sql;
+    let (from_arg, limit_arg, upper_arg) = (big(from), limit(max_count), big(upper));
+    let rows = match (&filter.categories, &filter.event_types) {
+        (None, None) => {
+            let stmt = client.prepare_cached(&sql.read_all).await;
+            let stmt = stmt.map_err(pg_error)?;
+            client
+                .query(&stmt, &[&from_arg, &limit_arg, &upper_arg])
+                .await
+        }
+        (Some(categories), None) => {
+            let stmt = client.prepare_cached(&sql.read_all_categories).await;
+            let stmt = stmt.map_err(pg_error)?;
+            client
+                .query(&stmt, &[&from_arg, &limit_arg, &upper_arg, categories])
+                .await
+        }
+        (None, Some(types)) => {
+            let stmt = client.prepare_cached(&sql.read_all_types).await;
+            let stmt = stmt.map_err(pg_error)?;
+            client
+                .query(&stmt, &[&from_arg, &limit_arg, &upper_arg, types])
+                .await
+        }
+        (Some(categories), Some(types)) => {
+            let stmt = client.prepare_cached(&sql.read_all_both).await;
+            let stmt = stmt.map_err(pg_error)?;
+            client
+                .query(
+                    &stmt,
+                    &[&from_arg, &limit_arg, &upper_arg, categories, types],
+                )
+                .await
+        }
+    }
+    .map_err(pg_error)?;
+    let mut head = 0;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        head = unsigned(row.get(0), "durable head")?;
+        if row.get::<_, Option<i64>>(1).is_some() {
+            events.push(event_from_row(row, 1)?);
+        }
+    }
+    shared.bump_head(head);
+    let next_position = match events.last() {
+        Some(last) if max_count > 0 && events.len() >= max_count => last.position + 1,
+        _ if max_count == 0 => from,
+        // Fewer matches than asked: everything up to the window's end (or the head) was seen.
+        _ => from.max(upper.min(head).saturating_add(1)),
+    };
+    Ok(ReadBatch {
+        events,
+        next_position,
+        head,
+    })
+}
+
+/// See [`EventStore::save_checkpoint`](crate::store::EventStore::save_checkpoint).
+pub async fn save_checkpoint(shared: &Shared, name: &str, position: u64) -> Result<()> {
+    let position = storable(position, "checkpoint")?;
+    let client = shared.client().await?;
+    let stmt = client
+        .prepare_cached(&shared.sql.save_checkpoint)
+        .await
+        .map_err(pg_error)?;
+    client
+        .execute(&stmt, &[&name, &position, &now_micros()])
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
+/// See [`EventStore::load_checkpoint`](crate::store::EventStore::load_checkpoint).
+pub async fn load_checkpoint(shared: &Shared, name: &str) -> Result<Option<u64>> {
+    let client = shared.client().await?;
+    load_checkpoint_on(&client, &shared.sql, name).await
+}
+
+async fn load_checkpoint_on(
+    client: &tokio_postgres::Client,
+    sql: &Sql,
+    name: &str,
+) -> Result<Option<u64>> {
+    let row = client
+        .query_opt(&sql.load_checkpoint, &[&name])
+        .await
+        .map_err(pg_error)?;
+    row.map(|r| unsigned(r.get(0), &format!("checkpoint {name:?}")))
+        .transpose()
+}
+
+/// See [`EventStore::commit_checkpoint`](crate::store::EventStore::commit_checkpoint): one
+/// transaction that moves the checkpoint if it is still `expected` and writes the state.
+pub async fn commit_checkpoint(
+    shared: &Shared,
+    name: &str,
+    expected: Option<u64>,
+    position: u64,
+    state: Vec<StateWrite>,
+) -> Result<()> {
+    let position = storable(position, "checkpoint")?;
+    // The last write of each key wins, as if they were applied in order.
+    let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    for w in state {
+        last.insert(w.key, w.value);
+    }
+    let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, value) in last {
+        match value {
+            Some(value) => {
+                put_keys.push(key);
+                put_values.push(value);
+            }
+            None => deletes.push(key),
+        }
+    }
+    let mut client = shared.client().await?;
+    let sql = &shared.sql;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    let now = now_micros();
+    let moved = match expected {
+        None => {
+            let stmt = tx
+                .prepare_cached(&sql.insert_checkpoint)
+                .await
+                .map_err(pg_error)?;
+            tx.execute(&stmt, &[&name, &position, &now]).await
+        }
+        Some(expected) => {
+            let stmt = tx
+                .prepare_cached(&sql.update_checkpoint)
+                .await
+                .map_err(pg_error)?;
+            tx.execute(&stmt, &[&name, &position, &now, &big(expected)])
+                .await
+        }
+    }
+    .map_err(pg_error)?;
+    if moved != 1 {
+        tx.rollback().await.map_err(pg_error)?;
+        let actual = load_checkpoint_on(&client, sql, name).await?;
+        return Err(StoreError::CheckpointConflict {
+            name: name.to_owned(),
+            expected,
+            actual,
+        });
+    }
+    if !put_keys.is_empty() {
+        let stmt = tx.prepare_cached(&sql.put_state).await.map_err(pg_error)?;
+        tx.execute(&stmt, &[&name, &put_keys, &put_values])
+            .await
+            .map_err(pg_error)?;
+    }
+    if !deletes.is_empty() {
+        let stmt = tx
+            .prepare_cached(&sql.delete_state)
+            .await
+            .map_err(pg_error)?;
+        tx.execute(&stmt, &[&name, &deletes])
+            .await
+            .map_err(pg_error)?;
+    }
+    tx.commit().await.map_err(pg_error)
+}
+
+/// See [`EventStore::load_state`](crate::store::EventStore::load_state).
+pub async fn load_state(shared: &Shared, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    let client = shared.client().await?;
+    let stmt = client
+        .prepare_cached(&shared.sql.load_state)
+        .await
+        .map_err(pg_error)?;
+    let row = client
+        .query_opt(&stmt, &[&name, &key])
+        .await
+        .map_err(pg_error)?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// The smallest byte string greater than every string that starts with `prefix`, if any.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// See [`EventStore::scan_state`](crate::store::EventStore::scan_state).
+pub async fn scan_state(
+    shared: &Shared,
+    name: &str,
+    prefix: &[u8],
+    from_key: &[u8],
+    max_count: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    if max_count == 0 {
+        return Ok(Vec::new());
+    }
+    let start = prefix.max(from_key);
+    let client = shared.client().await?;
+    let sql = &shared.sql;
+    let rows = match prefix_end(prefix) {
+        Some(end) => {
+            let stmt = client
+                .prepare_cached(&sql.scan_state_bounded)
+                .await
+                .map_err(pg_error)?;
+            client
+                .query(&stmt, &[&name, &start, &limit(max_count), &end])
+                .await
+        }
+        None => {
+            let stmt = client
+                .prepare_cached(&sql.scan_state_open)
+                .await
+                .map_err(pg_error)?;
+            client
+                .query(&stmt, &[&name, &start, &limit(max_count)])
+                .await
+        }
+    }
+    .map_err(pg_error)?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// See [`EventStore::save_snapshot`](crate::store::EventStore::save_snapshot).
+pub async fn save_snapshot(shared: &Shared, stream: &str, snapshot: Snapshot) -> Result<()> {
+    let version = storable(snapshot.stream_version, "snapshot version")?;
+    let schema_version = i32::try_from(snapshot.schema_version).map_err(|_| {
+        StoreError::InvalidInput(format!(
+            "snapshot schema version {} is too large",
+            snapshot.schema_version
+        ))
+    })?;
+    let client = shared.client().await?;
+    let stmt = client
+        .prepare_cached(&shared.sql.save_snapshot)
+        .await
+        .map_err(pg_error)?;
+    client
+        .execute(
+            &stmt,
+            &[&stream, &version, &schema_version, &snapshot.payload],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
+/// See [`EventStore::load_snapshot`](crate::store::EventStore::load_snapshot).
+pub async fn load_snapshot(shared: &Shared, stream: &str) -> Result<Option<Snapshot>> {
+    let client = shared.client().await?;
+    let stmt = client
+        .prepare_cached(&shared.sql.load_snapshot)
+        .await
+        .map_err(pg_error)?;
+    let Some(row) = client
+        .query_opt(&stmt, &[&stream])
+        .await
+        .map_err(pg_error)?
+    else {
+        return Ok(None);
+    };
+    let what = format!("snapshot of {stream:?}");
+    let schema_version: i32 = row.get(1);
+    Ok(Some(Snapshot {
+        stream_version: unsigned(row.get(0), &what)?,
+        schema_version: u32::try_from(schema_version).map_err(|_| StoreError::DamagedMetadata {
+            what: what.clone(),
+            reason: format!("negative schema version {schema_version}"),
+        })?,
+        payload: row.get(2),
+    }))
+}
+
+/// How many problems of one kind `verify` lists at most.
+const PROBLEMS_PER_CHECK: i64 = 100;
+
+/// See [`EventStore::verify`](crate::store::EventStore::verify): checks, below the read horizon,
+/// that every stream's versions run 1, 2, 3... in position order, that each event's category is
+/// its stream id's, that position order is transaction order, and that no checkpoint is past
+/// the head.
+pub async fn verify(shared: &Shared) -> Result<VerifyReport> {
+    let s = &shared.sql.s;
+    let mut client = shared.client().await?;
+    // One snapshot for every check, read-only.
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_error)?;
+    let horizon_row = tx
+        .query_one(
+            &format!(
+                "SELECT {HORIZON}::text, count(*), coalesce(max(position), 0) \
+                 FROM {s}.events WHERE xid < {HORIZON}"
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    let count: i64 = horizon_row.get(1);
+    let head = unsigned(horizon_row.get(2), "durable head")?;
+    let mut report = VerifyReport {
+        events_checked: unsigned(count, "event count")?,
+        index_entries_checked: 0,
+        head,
+        problems: Vec::new(),
+    };
+    let visible = format!("(SELECT * FROM {s}.events WHERE xid < {HORIZON})");
+    let checks: [(&str, String); 4] = [
+        (
+            "stream versions",
+            format!(
+                "SELECT format('stream %L: event at position %s has version %s, expected %s', \
+                        stream_id, position, stream_version, expected) \
+                 FROM (SELECT stream_id, position, stream_version, \
+                              row_number() OVER (PARTITION BY stream_id ORDER BY position) \
+                                  AS expected \
+                       FROM {visible} v) t \
+                 WHERE stream_version <> expected ORDER BY position LIMIT {PROBLEMS_PER_CHECK}"
+            ),
+        ),
+        (
+            "categories",
+            format!(
+                "SELECT format('position %s: category %L is not the category of stream %L', \
+                        position, category, stream_id) \
+                 FROM {visible} v WHERE category <> split_part(stream_id, '-', 1) \
+                 ORDER BY position LIMIT {PROBLEMS_PER_CHECK}"
+            ),
+        ),
+        (
+            "transaction order",
+            format!(
+                "SELECT format('position %s was written by transaction %s, after the \
+                        transaction %s of position %s', position, xid, prev_xid, prev_position) \
+                 FROM (SELECT position, xid, lag(xid) OVER w AS prev_xid, \
+                              lag(position) OVER w AS prev_position \
+                       FROM {visible} v WINDOW w AS (ORDER BY position)) t \
+                 WHERE xid < prev_xid ORDER BY position LIMIT {PROBLEMS_PER_CHECK}"
+            ),
+        ),
+        (
+            "checkpoints",
+            format!(
+                "SELECT format('checkpoint %L is at position %s, past the head %s', \
+                        name, position, $1::bigint) \
+                 FROM {s}.checkpoints WHERE position > $1::bigint + 1 \
+                 ORDER BY name LIMIT {PROBLEMS_PER_CHECK}"
+            ),
+        ),
+    ];
+    for (what, query) in &checks {
+        let rows = if *what == "checkpoints" {
+            tx.query(query.as_str(), &[&big(head)]).await
+        } else {
+            tx.query(query.as_str(), &[]).await
+        }
+        .map_err(pg_error)?;
+        report
+            .problems
+            .extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    // Every event took part in the per-stream check.
+    report.index_entries_checked = report.events_checked;
+    tx.commit().await.map_err(pg_error)?;
+    shared.bump_head(head);
+    Ok(report)
+}
+
+/// See [`EventStore::list_streams`](crate::store::EventStore::list_streams): streams in
+/// byte order of their ids.
+pub async fn list_streams(shared: &Shared, after: &str, max: usize) -> Result<Vec<StreamInfo>> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let client = shared.client().await?;
+    let stmt = client
+        .prepare_cached(&shared.sql.list_streams)
+        .await
+        .map_err(pg_error)?;
+    let rows = client
+        .query(&stmt, &[&after, &limit(max)])
+        .await
+        .map_err(pg_error)?;
+    rows.iter()
+        .map(|r| {
+            let stream_id: String = r.get(0);
+            Ok(StreamInfo {
+                category: crate::store::category_of(&stream_id).to_owned(),
+                version: unsigned(r.get(1), "stream version")?,
+                last_position: unsigned(r.get(2), "position")?,
+                stream_id,
+            })
+        })
+        .collect()
+}
+
+/// See [`EventStore::list_checkpoints`](crate::store::EventStore::list_checkpoints).
+pub async fn list_checkpoints(
+    shared: &Shared,
+    after: &str,
+    max: usize,
+) -> Result<Vec<CheckpointInfo>> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let client = shared.client().await?;
+    let stmt = client
+        .prepare_cached(&shared.sql.list_checkpoints)
+        .await
+        .map_err(pg_error)?;
+    let rows = client
+        .query(&stmt, &[&after, &limit(max)])
+        .await
+        .map_err(pg_error)?;
+    rows.iter()
+        .map(|r| {
+            let name: String = r.get(0);
+            let position = unsigned(r.get(1), &format!("checkpoint {name:?}"))?;
+            Ok(CheckpointInfo { name, position })
+        })
+        .collect()
+}
+
+/// See [`EventStore::import`](crate::store::EventStore::import): one transaction that holds the
+/// locks of every stream it writes and the positions lock (so no append interleaves), checks
+/// that the events continue the log exactly, and inserts them.
+pub async fn import(shared: &Shared, events: Vec<RecordedEvent>) -> Result<u64> {
+    let s = &shared.sql.s;
+    let keys = &shared.keys;
+    let first = &events[0];
+    storable(first.position, "import position")?;
+    let last_position = first.position + events.len() as u64 - 1;
+    storable(last_position, "import position")?;
+    let streams: Vec<String> = events
+        .iter()
+        .map(|e| e.stream_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut client = shared.client().await?;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    // Stream locks first, in one order, then the positions lock: appends take one stream lock
+    // and then the positions lock, so no cycle can form.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, h) FROM \
+         (SELECT DISTINCT hashtext(id) AS h FROM unnest($2::text[]) AS t(id) ORDER BY h) locks",
+        &[&keys.stream_class, &streams],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&keys.positions])
+        .await
+        .map_err(pg_error)?;
+    let row = tx
+        .query_one(
+            &format!(
+                "SELECT pg_current_xact_id()::text, \
+                        (SELECT CASE WHEN is_called THEN last_value ELSE 0 END \
+                         FROM {s}.positions), \
+                        (SELECT timestamp_micros FROM {s}.events ORDER BY position DESC LIMIT 1)"
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    let xid = parse_xid(row.get(0))?;
+    let taken = unsigned(row.get(1), "position sequence")?;
+    let last_timestamp: Option<i64> = row.get(2);
+    let reject = |position: u64, reason: String| StoreError::ImportRejected { position, reason };
+    if first.position != taken + 1 {
+        return Err(reject(
+            first.position,
+            format!("expected position {} (the log's next)", taken + 1),
+        ));
+    }
+    if let Some(ts) = last_timestamp {
+        if (first.timestamp_micros as i128) < i128::from(ts) {
+            return Err(reject(
+                first.position,
+                format!(
+                    "timestamp {} is before the store's last event's {ts}",
+                    first.timestamp_micros
+                ),
+            ));
+        }
+    }
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT stream_id, max(stream_version) FROM {s}.events \
+                 WHERE stream_id = ANY($1) GROUP BY stream_id"
+            ),
+            &[&streams],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &rows {
+        versions.insert(r.get(0), unsigned(r.get(1), "stream version")?);
+    }
+    for e in &events {
+        let current = versions.entry(e.stream_id.clone()).or_insert(0);
+        if e.stream_version != *current + 1 {
+            return Err(reject(
+                e.position,
+                format!(
+                    "stream {:?} is at version {current}, so its next event is version {}, \
+                     not {}",
+                    e.stream_id,
+                    *current + 1,
+                    e.stream_version
+                ),
+            ));
+        }
+        *current += 1;
+    }
+    let n = events.len();
+    let mut columns = ImportColumns::with_capacity(n);
+    for e in events {
+        columns.push(e)?;
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO {s}.events (position, xid, stream_id, stream_version, category, \
+                 event_type, schema_version, event_id, correlation_id, causation_id, \
+                 timestamp_micros, payload) \
+             SELECT p, pg_current_xact_id(), sid, v, c, t, sv, id, cor, cau, ts, pl \
+             FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                         $6::int[], $7::uuid[], $8::uuid[], $9::uuid[], $10::bigint[], \
+                         $11::bytea[]) AS t(p, sid, v, c, t, sv, id, cor, cau, ts, pl)"
+        ),
+        &[
+            &columns.positions,
+            &columns.streams,
+            &columns.versions,
+            &columns.categories,
+            &columns.types,
+            &columns.schema_versions,
+            &columns.ids,
+            &columns.correlations,
+            &columns.causations,
+            &columns.timestamps,
+            &columns.payloads,
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    let last = big(last_position);
+    tx.execute(&format!("SELECT setval('{s}.positions', $1)"), &[&last])
+        .await
+        .map_err(pg_error)?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&keys.channel, &last_position.to_string()],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
+    let horizon_now = horizon(&client, &shared.sql).await.unwrap_or(0);
+    wait_visible(shared, &client, horizon_now, xid, last_position).await?;
+    Ok(last_position)
+}
+
+/// The events of an import as one array per column.
+struct ImportColumns {
+    positions: Vec<i64>,
+    streams: Vec<String>,
+    versions: Vec<i64>,
+    categories: Vec<String>,
+    types: Vec<String>,
+    schema_versions: Vec<i32>,
+    ids: Vec<Uuid>,
+    correlations: Vec<Option<Uuid>>,
+    causations: Vec<Option<Uuid>>,
+    timestamps: Vec<i64>,
+    payloads: Vec<Vec<u8>>,
+}
+
+impl ImportColumns {
+    fn with_capacity(n: usize) -> Self {
+        ImportColumns {
+            positions: Vec::with_capacity(n),
+            streams: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            categories: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            schema_versions: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            correlations: Vec::with_capacity(n),
+            causations: Vec::with_capacity(n),
+            timestamps: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, e: RecordedEvent) -> Result<()> {
+        let too_large = |what: &str| StoreError::ImportRejected {
+            position: e.position,
+            reason: format!("{what} is too large for the store"),
+        };
+        self.positions.push(big(e.position));
+        self.versions
+            .push(storable(e.stream_version, "stream version")?);
+        self.schema_versions
+            .push(i32::try_from(e.schema_version).map_err(|_| too_large("schema version"))?);
+        self.timestamps
+            .push(i64::try_from(e.timestamp_micros).map_err(|_| too_large("timestamp"))?);
+        self.streams.push(e.stream_id);
+        self.categories.push(e.category);
+        self.types.push(e.event_type);
+        self.ids.push(e.event_id);
+        self.correlations.push(e.correlation_id);
+        self.causations.push(e.causation_id);
+        self.payloads.push(e.payload);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_next_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}

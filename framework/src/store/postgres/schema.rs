@@ -1,0 +1,173 @@
+//! The tables, indexes and functions of a PostgreSQL store, created and migrated at open.
+//!
+//! Everything lives in one schema that the user names. Migrations are numbered; each runs once,
+//! in its own transaction, under a transaction-level advisory lock, so two processes that open
+//! the same schema at once apply each migration exactly once (the second waits, then finds it
+//! applied). A schema migrated by a newer build than this one is refused.
+
+use deadpool_postgres::Client;
+
+use super::errors::pg_error;
+use super::keys::Keys;
+use crate::store::{Result, StoreError};
+
+/// The newest migration this build knows (the schema version it reads and writes).
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The statements of migration `version`, for the schema `s` (already quoted) with lock `keys`.
+fn migration(version: i32, s: &str, keys: &Keys) -> String {
+    match version {
+        1 => format!(
+            r#"
+CREATE SEQUENCE {s}.positions AS bigint MINVALUE 1 START 1 CACHE 1;
+
+CREATE TABLE {s}.events (
+    position         bigint  PRIMARY KEY,
+    xid              xid8    NOT NULL,
+    stream_id        text    COLLATE "C" NOT NULL,
+    stream_version   bigint  NOT NULL,
+    category         text    COLLATE "C" NOT NULL,
+    event_type       text    COLLATE "C" NOT NULL,
+    schema_version   integer NOT NULL,
+    event_id         uuid    NOT NULL,
+    correlation_id   uuid,
+    causation_id     uuid,
+    timestamp_micros bigint  NOT NULL,
+    payload          bytea   NOT NULL,
+    CONSTRAINT events_stream_version UNIQUE (stream_id, stream_version)
+);
+CREATE INDEX events_category ON {s}.events (category, position);
+CREATE INDEX events_event_type ON {s}.events (event_type, position);
+
+CREATE TABLE {s}.checkpoints (
+    name           text   COLLATE "C" PRIMARY KEY,
+    position       bigint NOT NULL,
+    updated_micros bigint NOT NULL
+);
+
+CREATE TABLE {s}.state (
+    consumer text  COLLATE "C" NOT NULL,
+    key      bytea NOT NULL,
+    value    bytea NOT NULL,
+    PRIMARY KEY (consumer, key)
+);
+
+CREATE TABLE {s}.snapshots (
+    stream_id      text    COLLATE "C" PRIMARY KEY,
+    stream_version bigint  NOT NULL,
+    schema_version integer NOT NULL,
+    payload        bytea   NOT NULL
+);
+
+-- Appends events to one stream, atomically, in the calling statement's transaction, which must
+-- not have written anything before (so that its transaction id is taken below).
+--
+-- 1. The stream's lock (transaction-level advisory lock, held to commit) serializes writers of
+--    one stream, so the expected-version check below is exact and a refused append takes no
+--    position. The unique (stream_id, stream_version) constraint stays as the last word.
+-- 2. Under a short session-level lock shared by every writer of the schema, the transaction
+--    takes its id (xid8) and a contiguous block of positions, then lets go. So positions are in
+--    the order of transaction ids: if position p < q then xid(p) <= xid(q). A reader that
+--    returns only rows whose xid is older than every running transaction therefore never
+--    passes a position whose writer is still open (docs/postgres.md, "Global order").
+CREATE FUNCTION {s}.append(
+    p_stream text, p_category text, p_expected bigint,
+    p_ids uuid[], p_types text[], p_schema_versions integer[],
+    p_correlation_ids uuid[], p_causation_ids uuid[], p_payloads bytea[])
+RETURNS TABLE (o_actual bigint, o_first bigint, o_xid text)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_actual bigint;
+    v_n      bigint := cardinality(p_ids);
+    v_first  bigint;
+    v_xid    xid8;
+    v_now    bigint;
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'tidings: an append must be the first write of its transaction'
+            USING ERRCODE = '55000';
+    END IF;
+    PERFORM pg_advisory_xact_lock({class}, hashtext(p_stream));
+    SELECT coalesce(max(e.stream_version), 0) INTO v_actual
+        FROM {s}.events e WHERE e.stream_id = p_stream;
+    IF p_expected >= 0 AND v_actual <> p_expected THEN
+        RETURN QUERY SELECT v_actual, NULL::bigint, NULL::text;
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_lock({positions});
+    v_xid := pg_current_xact_id();
+    v_first := nextval('{s}.positions');
+    IF v_n > 1 THEN
+        PERFORM setval('{s}.positions', v_first + v_n - 1);
+    END IF;
+    -- Timestamps never go down with position, even if the server's clock steps back.
+    v_now := greatest((extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                      coalesce((SELECT e.timestamp_micros FROM {s}.events e
+                                ORDER BY e.position DESC LIMIT 1), 0));
+    PERFORM pg_advisory_unlock({positions});
+    INSERT INTO {s}.events (position, xid, stream_id, stream_version, category, event_type,
+                            schema_version, event_id, correlation_id, causation_id,
+                            timestamp_micros, payload)
+    SELECT v_first + i - 1, v_xid, p_stream, v_actual + i, p_category, p_types[i],
+           p_schema_versions[i], p_ids[i], p_correlation_ids[i], p_causation_ids[i],
+           v_now, p_payloads[i]
+    FROM generate_subscripts(p_ids, 1) AS i;
+    PERFORM pg_notify('{channel}', (v_first + v_n - 1)::text);
+    RETURN QUERY SELECT v_actual + v_n, v_first, v_xid::text;
+END
+$fn$;
+"#,
+            class = keys.stream_class,
+            positions = keys.positions,
+            channel = keys.channel,
+        ),
+        other => unreachable!("no migration {other}"),
+    }
+}
+
+/// Creates the schema or brings it up to [`SCHEMA_VERSION`]. Safe to run from several
+/// processes at once.
+pub async fn migrate(client: &mut Client, schema: &str, keys: &Keys) -> Result<()> {
+    let s = super::quote(schema);
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&keys.migrate])
+        .await
+        .map_err(pg_error)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.migrations (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .await
+    .map_err(pg_error)?;
+    let row = tx
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {s}.migrations"),
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    let current: i32 = row.get(0);
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::UnsupportedFormat {
+            path: format!("postgres schema {schema}").into(),
+            found: current as u32,
+            supported: SCHEMA_VERSION as u32,
+        });
+    }
+    for version in current + 1..=SCHEMA_VERSION {
+        tx.batch_execute(&migration(version, &s, keys))
+            .await
+            .map_err(pg_error)?;
+        tx.execute(
+            &format!("INSERT INTO {s}.migrations (version) VALUES ($1)"),
+            &[&version],
+        )
+        .await
+        .map_err(pg_error)?;
+    }
+    tx.commit().await.map_err(pg_error)
+}
