@@ -81,6 +81,21 @@ where
     drop(guard);
 }
 
+/// [`run`] for a backend that needs a service: `factory` (called outside any runtime) returns
+/// `None`, after saying loudly why, when the service is not there, and the case is skipped.
+/// Used by `conformance_suite!(if_available factory)`.
+pub fn run_if_available<S, G, F, C, Fut>(factory: F, case: C)
+where
+    S: EventStore,
+    F: FnOnce() -> Option<(S, G)>,
+    C: FnOnce(S) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if let Some((store, guard)) = factory() {
+        run(move || (store, guard), case);
+    }
+}
+
 /// Generates one `#[test]` per conformance case, each on a fresh store from `$factory`.
 ///
 /// `$factory` is anything callable as `FnOnce() -> (S, G)` where `S:`
@@ -90,8 +105,11 @@ where
 /// in a module of its own to keep the names apart.
 #[macro_export]
 macro_rules! conformance_suite {
-    ($factory:expr) => {
-        $crate::conformance_suite!(@cases $factory;
+    (if_available $factory:expr) => {
+        $crate::conformance_suite!(@list run_if_available $factory);
+    };
+    (@list $runner:ident $factory:expr) => {
+        $crate::conformance_suite!(@cases $runner $factory;
             expected_version_any,
             expected_version_no_stream,
             expected_version_exact,
@@ -137,13 +155,16 @@ macro_rules! conformance_suite {
             import_that_does_not_continue_the_log_writes_nothing,
         );
     };
-    (@cases $factory:expr; $($case:ident),+ $(,)?) => {
+    (@cases $runner:ident $factory:expr; $($case:ident),+ $(,)?) => {
         $(
             #[test]
             fn $case() {
-                $crate::conformance::run($factory, $crate::conformance::$case);
+                $crate::conformance::$runner($factory, $crate::conformance::$case);
             }
         )+
+    };
+    ($factory:expr) => {
+        $crate::conformance_suite!(@list run $factory);
     };
 }
 

@@ -6,4 +6,5 @@
 pub mod conformance;
 
 pub mod domain;
+pub mod pg;
 pub mod support;

@@ -186,6 +186,17 @@ fn storable(position: u64, what: &str) -> Result<i64> {
     })
 }
 
+/// A checkpoint as stored: any `u64`, its bits in a `bigint` (the column is compared only for
+/// equality).
+fn checkpoint_bits(position: u64) -> i64 {
+    i64::from_ne_bytes(position.to_ne_bytes())
+}
+
+/// A stored checkpoint back as the `u64` it was.
+fn checkpoint_value(bits: i64) -> u64 {
+    u64::from_ne_bytes(bits.to_ne_bytes())
+}
+
 /// The wall clock in microseconds since the Unix epoch.
 fn now_micros() -> i64 {
     std::time::SystemTime::now()
@@ -526,7 +537,7 @@ pub async fn read_all(
 
 /// See [`EventStore::save_checkpoint`](crate::store::EventStore::save_checkpoint).
 pub async fn save_checkpoint(shared: &Shared, name: &str, position: u64) -> Result<()> {
-    let position = storable(position, "checkpoint")?;
+    let position = checkpoint_bits(position);
     let client = shared.client().await?;
     let stmt = client
         .prepare_cached(&shared.sql.save_checkpoint)
@@ -554,8 +565,7 @@ async fn load_checkpoint_on(
         .query_opt(&sql.load_checkpoint, &[&name])
         .await
         .map_err(pg_error)?;
-    row.map(|r| unsigned(r.get(0), &format!("checkpoint {name:?}")))
-        .transpose()
+    Ok(row.map(|r| checkpoint_value(r.get(0))))
 }
 
 /// See [`EventStore::commit_checkpoint`](crate::store::EventStore::commit_checkpoint): one
@@ -567,7 +577,7 @@ pub async fn commit_checkpoint(
     position: u64,
     state: Vec<StateWrite>,
 ) -> Result<()> {
-    let position = storable(position, "checkpoint")?;
+    let position = checkpoint_bits(position);
     // The last write of each key wins, as if they were applied in order.
     let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     for w in state {
@@ -600,7 +610,7 @@ pub async fn commit_checkpoint(
                 .prepare_cached(&sql.update_checkpoint)
                 .await
                 .map_err(pg_error)?;
-            tx.execute(&stmt, &[&name, &position, &now, &big(expected)])
+            tx.execute(&stmt, &[&name, &position, &now, &checkpoint_bits(expected)])
                 .await
         }
     }
@@ -751,8 +761,7 @@ const PROBLEMS_PER_CHECK: i64 = 100;
 
 /// See [`EventStore::verify`](crate::store::EventStore::verify): checks, below the read horizon,
 /// that every stream's versions run 1, 2, 3... in position order, that each event's category is
-/// its stream id's, that position order is transaction order, and that no checkpoint is past
-/// the head.
+/// its stream id's, and that position order is transaction order.
 pub async fn verify(shared: &Shared) -> Result<VerifyReport> {
     let s = &shared.sql.s;
     let mut client = shared.client().await?;
@@ -783,7 +792,7 @@ pub async fn verify(shared: &Shared) -> Result<VerifyReport> {
         problems: Vec::new(),
     };
     let visible = format!("(SELECT * FROM {s}.events WHERE xid < {HORIZON})");
-    let checks: [(&str, String); 4] = [
+    let checks: [(&str, String); 3] = [
         (
             "stream versions",
             format!(
@@ -816,23 +825,13 @@ pub async fn verify(shared: &Shared) -> Result<VerifyReport> {
                  WHERE xid < prev_xid ORDER BY position LIMIT {PROBLEMS_PER_CHECK}"
             ),
         ),
-        (
-            "checkpoints",
-            format!(
-                "SELECT format('checkpoint %L is at position %s, past the head %s', \
-                        name, position, $1::bigint) \
-                 FROM {s}.checkpoints WHERE position > $1::bigint + 1 \
-                 ORDER BY name LIMIT {PROBLEMS_PER_CHECK}"
-            ),
-        ),
     ];
     for (what, query) in &checks {
-        let rows = if *what == "checkpoints" {
-            tx.query(query.as_str(), &[&big(head)]).await
-        } else {
-            tx.query(query.as_str(), &[]).await
-        }
-        .map_err(pg_error)?;
+        let rows = tx.query(query.as_str(), &[]).await.map_err(|e| {
+            let e = pg_error(e);
+            tracing::debug!(check = what, error = %e, "verify check failed");
+            e
+        })?;
         report
             .problems
             .extend(rows.iter().map(|r| r.get::<_, String>(0)));
@@ -890,13 +889,13 @@ pub async fn list_checkpoints(
         .query(&stmt, &[&after, &limit(max)])
         .await
         .map_err(pg_error)?;
-    rows.iter()
-        .map(|r| {
-            let name: String = r.get(0);
-            let position = unsigned(r.get(1), &format!("checkpoint {name:?}"))?;
-            Ok(CheckpointInfo { name, position })
+    Ok(rows
+        .iter()
+        .map(|r| CheckpointInfo {
+            name: r.get(0),
+            position: checkpoint_value(r.get(1)),
         })
-        .collect()
+        .collect())
 }
 
 /// See [`EventStore::import`](crate::store::EventStore::import): one transaction that holds the

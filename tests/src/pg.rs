@@ -1,0 +1,142 @@
+//! Helpers for tests against a PostgreSQL server: where it is, a schema of a test's own that is
+//! dropped afterwards, and a loud skip when no server is there.
+//!
+//! The server is `TIDINGS_TEST_POSTGRES_URL` (default `postgres://root@127.0.0.1:5432/test`).
+//! When it cannot be reached a test prints a loud message and passes, unless
+//! `TIDINGS_REQUIRE_POSTGRES=1` (CI sets it), in which case it fails.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tidings::store::{PostgresConfig, PostgresEventStore};
+
+/// The server used when `TIDINGS_TEST_POSTGRES_URL` is not set.
+pub const DEFAULT_URL: &str = "postgres://root@127.0.0.1:5432/test";
+
+/// The URL of the test server.
+pub fn url() -> String {
+    std::env::var("TIDINGS_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// Whether a missing server fails the test instead of skipping it.
+pub fn required() -> bool {
+    std::env::var("TIDINGS_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
+}
+
+/// Runs `work` on a current-thread runtime of its own, on a thread of its own (so that it can
+/// be called from inside an async test as well as from plain code).
+pub fn blocking<T: Send>(work: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("build a tokio runtime")
+                    .block_on(work)
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// A plain connection to the test server (its driver runs on the current runtime).
+pub async fn connect() -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Whether the server answers; when it does not, prints a loud message, and panics if
+/// [`required`].
+pub fn available(test: &str) -> bool {
+    let reached = blocking(async {
+        match tokio::time::timeout(Duration::from_secs(10), connect()).await {
+            Ok(Ok(client)) => client.simple_query("SELECT 1").await.map(|_| ()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => return Err("timed out".to_owned()),
+        }
+        .map_err(|e| e.to_string())
+    });
+    match reached {
+        Ok(()) => true,
+        Err(e) => {
+            let message = format!(
+                "PostgreSQL at {} is not reachable ({e}): test {test} SKIPPED. Start the server \
+                 or set TIDINGS_TEST_POSTGRES_URL; set TIDINGS_REQUIRE_POSTGRES=1 to fail instead.",
+                url()
+            );
+            if required() {
+                panic!("{message}");
+            }
+            eprintln!("\n!!!!!!!! {message} !!!!!!!!\n");
+            false
+        }
+    }
+}
+
+/// A schema of one test, dropped (with everything in it) when this guard is dropped.
+#[derive(Debug)]
+pub struct Schema {
+    name: String,
+}
+
+impl Schema {
+    /// A new, unique schema name (the schema itself is created by the store that opens it), or
+    /// `None` (after a loud message) when the server is not reachable.
+    pub fn fresh(test: &str) -> Option<Schema> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        if !available(test) {
+            return None;
+        }
+        let name = format!(
+            "t_{}_{}_{:x}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        // Drop it first: a schema of an earlier run with the same name is stale.
+        let schema = Schema { name };
+        schema.drop_now();
+        Some(schema)
+    }
+
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Store settings for this schema on the test server.
+    pub fn config(&self) -> PostgresConfig {
+        PostgresConfig::new(url()).schema(self.name.clone())
+    }
+
+    /// Opens a store in this schema with `config` applied, panicking if it does not open.
+    pub fn open(
+        &self,
+        config: impl FnOnce(PostgresConfig) -> PostgresConfig,
+    ) -> PostgresEventStore {
+        config(self.config())
+            .open_blocking()
+            .unwrap_or_else(|e| panic!("open a PostgreSQL store in {}: {e}", self.name))
+    }
+
+    fn drop_now(&self) {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
+        let result = blocking(async move {
+            let client = connect().await?;
+            client.batch_execute(&sql).await
+        });
+        if let Err(e) = result {
+            eprintln!("could not drop test schema {}: {e}", self.name);
+        }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        self.drop_now();
+    }
+}
