@@ -61,13 +61,38 @@ enum Attempt {
 enum Fault {
     /// The handler panicked at `position`: restart from the checkpoint.
     Panicked { position: u64, message: String },
+    /// The store is unreachable for now (a database restart, a lost connection): retry from
+    /// the checkpoint until it answers again, however long that takes.
+    Unavailable(String),
     /// Something the subscription cannot get past.
     Fatal(String),
 }
 
 impl From<StoreError> for Fault {
     fn from(e: StoreError) -> Self {
-        Fault::Fatal(format!("store error: {e}"))
+        if e.is_transient() {
+            Fault::Unavailable(e.to_string())
+        } else {
+            Fault::Fatal(format!("store error: {e}"))
+        }
+    }
+}
+
+/// The longest pause between attempts to reach an unavailable store.
+const MAX_UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The first pause before a handler whose store was unavailable tries its event again.
+const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(100);
+
+/// Whether a handler failed only because the store was unreachable for now: a transient
+/// [`StoreError`] from its state, or returned by the handler itself (from a store read).
+fn is_transient(failure: &HandlerFailure) -> bool {
+    match failure {
+        HandlerFailure::Store(e) => e.is_transient(),
+        HandlerFailure::Handler(e) => e
+            .downcast_ref::<StoreError>()
+            .is_some_and(StoreError::is_transient),
+        _ => false,
     }
 }
 
@@ -116,17 +141,41 @@ impl<H: EventHandler> Runner<H> {
         let span = info_span!("subscription", name = H::NAME);
         async move {
             let _guard = self.guard.clone().lock_owned().await;
-            if let Err(e) = self.restore_counters().await {
-                let reason = format!("store error: {e}");
-                error!(reason = %reason, "subscription failed");
-                self.status.update(|s| s.state = SubscriptionState::Failed(reason));
-                return;
+            // Attempts in a row that found the store unavailable (reset by a run that starts).
+            let mut unavailable = 0u32;
+            loop {
+                match self.restore_counters().await {
+                    Ok(()) => break,
+                    Err(e) if e.is_transient() => {
+                        if self.wait_for_store(&mut unavailable, &e.to_string()).await {
+                            self.status.update(|s| s.state = SubscriptionState::Stopped);
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let reason = format!("store error: {e}");
+                        error!(reason = %reason, "subscription failed");
+                        self.status.update(|s| s.state = SubscriptionState::Failed(reason));
+                        return;
+                    }
+                }
             }
             // Panics restarted in this process: the limit and the backoff go by these (the
             // total in the status carries over from earlier processes).
             let mut restarts = 0u64;
             loop {
-                match self.run_once().await {
+                let outcome = self.run_once().await;
+                if !matches!(outcome, Err(Fault::Unavailable(_))) {
+                    unavailable = 0;
+                }
+                match outcome {
+                    Err(Fault::Unavailable(reason)) => {
+                        if self.wait_for_store(&mut unavailable, &reason).await {
+                            self.status.update(|s| s.state = SubscriptionState::Stopped);
+                            info!("subscription stopped while the store was unavailable");
+                            return;
+                        }
+                    }
                     Ok(()) => {
                         self.status.update(|s| s.state = SubscriptionState::Stopped);
                         info!("subscription stopped");
@@ -163,6 +212,25 @@ impl<H: EventHandler> Runner<H> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Reports the store unavailable and waits before the next attempt (a growing pause, up to
+    /// [`MAX_UNAVAILABLE_BACKOFF`]); returns true if a stop was requested meanwhile. What was
+    /// handled after the last commit is handled again from the checkpoint, as after a restart.
+    async fn wait_for_store(&mut self, attempts: &mut u32, reason: &str) -> bool {
+        *attempts = attempts.saturating_add(1);
+        if *attempts == 1 || attempts.is_power_of_two() {
+            warn!(reason = %reason, attempts = *attempts, "the store is unavailable; retrying from the checkpoint");
+        }
+        let reason = reason.to_owned();
+        self.status
+            .update(|s| s.state = SubscriptionState::Unavailable(reason));
+        let backoff = self
+            .config
+            .restart_backoff
+            .saturating_mul(*attempts)
+            .min(MAX_UNAVAILABLE_BACKOFF);
+        self.sleep_or_stop(backoff).await
     }
 
     /// Carries the counters of the last status record over (handled events, retries and
@@ -922,6 +990,7 @@ impl<H: EventHandler> Worker<'_, H> {
         track_reads: bool,
     ) -> Attempt {
         let mut retry = 0u32;
+        let mut unavailable = 0u32;
         loop {
             let mut ctx = EventContext {
                 name: H::NAME,
@@ -960,6 +1029,21 @@ impl<H: EventHandler> Worker<'_, H> {
                 (Ok(Ok(())), None) => return Attempt::Handled(writes),
                 (Ok(Err(failure)), None) => failure,
             };
+            if is_transient(&failure) {
+                // The store is unreachable, not the event at fault: wait for it as long as it
+                // takes (never park or skip for it), with a growing pause.
+                unavailable = unavailable.saturating_add(1);
+                let pause = UNAVAILABLE_PAUSE
+                    .saturating_mul(unavailable)
+                    .min(MAX_UNAVAILABLE_BACKOFF);
+                if unavailable == 1 || unavailable.is_power_of_two() {
+                    warn!(position = event.position, attempts = unavailable, ?pause, error = %failure, "the store is unavailable to the handler; retrying the event");
+                }
+                if sleep_or_stop(&mut self.stop, pause).await {
+                    return Attempt::Stopped;
+                }
+                continue;
+            }
             let max_retries = match self.policy {
                 FailurePolicy::RetryThenPark { max_retries, .. } => *max_retries,
                 FailurePolicy::Stop => 0,
@@ -1231,7 +1315,7 @@ fn park(pending: &mut StateBatch, event: &RecordedEvent, reason: &str) {
 fn fault_message(fault: &Fault) -> String {
     match fault {
         Fault::Panicked { message, .. } => message.clone(),
-        Fault::Fatal(reason) => reason.clone(),
+        Fault::Unavailable(reason) | Fault::Fatal(reason) => reason.clone(),
     }
 }
 

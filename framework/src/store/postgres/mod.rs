@@ -60,6 +60,9 @@ use super::{
     ReadBatch, RecordedEvent, Result, Snapshot, StateWrite, StoreError, StreamInfo, VerifyReport,
 };
 
+/// How many times a request that may run twice is tried on lost connections.
+const IDEMPOTENT_ATTEMPTS: u32 = 3;
+
 /// The schema used when none is named.
 pub const DEFAULT_SCHEMA: &str = "tidings";
 
@@ -406,6 +409,28 @@ impl PostgresEventStore {
         &self.inner.shared.config
     }
 
+    /// [`call`](Self::call) for a request that may run twice (a read, an upsert): when the
+    /// connection turns out to be lost, it runs again on another one, a few times, before
+    /// [`StoreError::Unavailable`] reaches the caller. The pool only notices a connection the
+    /// server closed when a request fails on it.
+    async fn idempotent<T, F, Fut>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(Arc<Shared>) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        let mut attempt = 1;
+        loop {
+            match self.call(&work).await {
+                Err(e) if e.is_transient() && attempt < IDEMPOTENT_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "request failed on a lost connection; again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Runs `work` on the store's runtime and waits for it.
     async fn call<T, F, Fut>(&self, work: F) -> Result<T>
     where
@@ -443,16 +468,20 @@ impl EventStore for PostgresEventStore {
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
         let stream = stream.to_owned();
-        self.call(move |shared| async move {
-            ops::read_stream(&shared, &stream, from_version, max_count).await
+        self.idempotent(move |shared| {
+            let stream = stream.clone();
+            async move { ops::read_stream(&shared, &stream, from_version, max_count).await }
         })
         .await
     }
 
     async fn stream_version(&self, stream: &str) -> Result<u64> {
         let stream = stream.to_owned();
-        self.call(move |shared| async move { ops::stream_version(&shared, &stream).await })
-            .await
+        self.idempotent(move |shared| {
+            let stream = stream.clone();
+            async move { ops::stream_version(&shared, &stream).await }
+        })
+        .await
     }
 
     async fn read_all(
@@ -462,8 +491,9 @@ impl EventStore for PostgresEventStore {
         filter: &Filter,
     ) -> Result<ReadBatch> {
         let filter = filter.clone();
-        self.call(move |shared| async move {
-            ops::read_all(&shared, from_position, max_count, &filter).await
+        self.idempotent(move |shared| {
+            let filter = filter.clone();
+            async move { ops::read_all(&shared, from_position, max_count, &filter).await }
         })
         .await
     }
@@ -479,14 +509,20 @@ impl EventStore for PostgresEventStore {
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
         super::validate_name("consumer name", name)?;
         let name = name.to_owned();
-        self.call(move |shared| async move { ops::save_checkpoint(&shared, &name, position).await })
-            .await
+        self.idempotent(move |shared| {
+            let name = name.clone();
+            async move { ops::save_checkpoint(&shared, &name, position).await }
+        })
+        .await
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>> {
         let name = name.to_owned();
-        self.call(move |shared| async move { ops::load_checkpoint(&shared, &name).await })
-            .await
+        self.idempotent(move |shared| {
+            let name = name.clone();
+            async move { ops::load_checkpoint(&shared, &name).await }
+        })
+        .await
     }
 
     async fn commit_checkpoint(
@@ -506,8 +542,11 @@ impl EventStore for PostgresEventStore {
 
     async fn load_state(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let (name, key) = (name.to_owned(), key.to_vec());
-        self.call(move |shared| async move { ops::load_state(&shared, &name, &key).await })
-            .await
+        self.idempotent(move |shared| {
+            let (name, key) = (name.clone(), key.clone());
+            async move { ops::load_state(&shared, &name, &key).await }
+        })
+        .await
     }
 
     async fn scan_state(
@@ -518,8 +557,9 @@ impl EventStore for PostgresEventStore {
         max_count: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let (name, prefix, from_key) = (name.to_owned(), prefix.to_vec(), from_key.to_vec());
-        self.call(move |shared| async move {
-            ops::scan_state(&shared, &name, &prefix, &from_key, max_count).await
+        self.idempotent(move |shared| {
+            let (name, prefix, from_key) = (name.clone(), prefix.clone(), from_key.clone());
+            async move { ops::scan_state(&shared, &name, &prefix, &from_key, max_count).await }
         })
         .await
     }
@@ -527,25 +567,34 @@ impl EventStore for PostgresEventStore {
     async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<()> {
         super::validate_name("stream id", stream)?;
         let stream = stream.to_owned();
-        self.call(move |shared| async move { ops::save_snapshot(&shared, &stream, snapshot).await })
-            .await
+        self.idempotent(move |shared| {
+            let (stream, snapshot) = (stream.clone(), snapshot.clone());
+            async move { ops::save_snapshot(&shared, &stream, snapshot).await }
+        })
+        .await
     }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
         let stream = stream.to_owned();
-        self.call(move |shared| async move { ops::load_snapshot(&shared, &stream).await })
-            .await
+        self.idempotent(move |shared| {
+            let stream = stream.clone();
+            async move { ops::load_snapshot(&shared, &stream).await }
+        })
+        .await
     }
 
     async fn verify(&self) -> Result<VerifyReport> {
-        self.call(move |shared| async move { ops::verify(&shared).await })
+        self.idempotent(|shared| async move { ops::verify(&shared).await })
             .await
     }
 
     async fn list_streams(&self, after: Option<&str>, limit: usize) -> Result<Vec<StreamInfo>> {
         let after = after.unwrap_or("").to_owned();
-        self.call(move |shared| async move { ops::list_streams(&shared, &after, limit).await })
-            .await
+        self.idempotent(move |shared| {
+            let after = after.clone();
+            async move { ops::list_streams(&shared, &after, limit).await }
+        })
+        .await
     }
 
     async fn list_checkpoints(
@@ -554,8 +603,11 @@ impl EventStore for PostgresEventStore {
         limit: usize,
     ) -> Result<Vec<CheckpointInfo>> {
         let after = after.unwrap_or("").to_owned();
-        self.call(move |shared| async move { ops::list_checkpoints(&shared, &after, limit).await })
-            .await
+        self.idempotent(move |shared| {
+            let after = after.clone();
+            async move { ops::list_checkpoints(&shared, &after, limit).await }
+        })
+        .await
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {

@@ -1,0 +1,478 @@
+//! What the PostgreSQL store promises beyond the conformance suite: no reader skips an event
+//! whose writer commits late, subscriptions are exactly-once with many writers committing in any
+//! order (and some rolling back), and a lost connection is retried, not fatal.
+//!
+//! Each test runs in a schema of its own on the test server ([`tidings_tests::pg`]) and skips
+//! loudly without one (fails with `TIDINGS_REQUIRE_POSTGRES=1`). Writers outside the store use
+//! the schema's own `append` function inside transactions they hold open, as a slow writer in
+//! another process would.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use tidings::store::{
+    EventData, EventStore, ExpectedVersion, Filter, PostgresEventStore, RecordedEvent, StoreError,
+};
+use tidings::subscription::{
+    EventContext, Handle, HandlerError, SubscriptionConfig, SubscriptionHandle, SubscriptionState,
+    Subscriptions,
+};
+use tidings::{async_trait, DomainEvent, EventHandler};
+use tidings_tests::domain::OrderEvent;
+use tidings_tests::pg::{self, Schema};
+use uuid::Uuid;
+
+/// The longest a test waits for a condition that must come true.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// Positions handled, in the order handled (in memory: may repeat after a restart).
+type Seen = Arc<Mutex<Vec<u64>>>;
+
+/// An exactly-once projection: counts, in its committed state, how often it handled each
+/// position (key `p/` + position), and records what it handled in memory.
+#[derive(EventHandler)]
+#[event_handler(name = "tally", events(OrderEvent))]
+struct Tally {
+    seen: Seen,
+}
+
+#[async_trait]
+impl Handle<OrderEvent> for Tally {
+    async fn handle(
+        &mut self,
+        _: OrderEvent,
+        ctx: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        let position = ctx.event().position;
+        let key = tally_key(position);
+        let count = ctx.get_json::<u64>(&key).await?.unwrap_or(0);
+        ctx.put_json(&key, &(count + 1))?;
+        self.seen.lock().unwrap().push(position);
+        Ok(())
+    }
+}
+
+fn tally_key(position: u64) -> Vec<u8> {
+    let mut key = b"p/".to_vec();
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// The tally's committed state: how often each position was handled.
+async fn tally(store: &PostgresEventStore) -> BTreeMap<u64, u64> {
+    let mut out = BTreeMap::new();
+    let mut from = b"p/".to_vec();
+    loop {
+        let page = store.scan_state("tally", b"p/", &from, 500).await.unwrap();
+        for (key, value) in &page {
+            let position = u64::from_be_bytes(key[2..].try_into().unwrap());
+            out.insert(position, serde_json::from_slice(value).unwrap());
+        }
+        match page.last() {
+            Some((key, _)) if page.len() == 500 => {
+                from = key.clone();
+                from.push(0);
+            }
+            _ => return out,
+        }
+    }
+}
+
+/// Every event of the log that the store returns, by position order.
+async fn log(store: &PostgresEventStore) -> Vec<RecordedEvent> {
+    let mut out = Vec::new();
+    let mut from = 1;
+    loop {
+        let batch = store.read_all(from, 1000, &Filter::all()).await.unwrap();
+        out.extend(batch.events.iter().cloned());
+        if batch.is_end() {
+            return out;
+        }
+        from = batch.next_position;
+    }
+}
+
+/// A fresh schema and a store in it (the URL names the connections after `app`, so that a test
+/// can find them in `pg_stat_activity`).
+fn open(
+    test: &str,
+    app: &str,
+    config: impl FnOnce(tidings::store::PostgresConfig) -> tidings::store::PostgresConfig,
+) -> Option<(Schema, Arc<PostgresEventStore>)> {
+    let schema = Schema::fresh(test)?;
+    let mut config = config(schema.config()).pool_size(8);
+    config.url = format!("{}?application_name={app}", pg::url());
+    let store = config
+        .open_blocking()
+        .unwrap_or_else(|e| panic!("open the store: {e}"));
+    Some((schema, Arc::new(store)))
+}
+
+/// Waits until `condition` holds, polling, for at most [`PATIENCE`].
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until the subscription has handled everything up to the store's head, which must
+/// stay put meanwhile (every writer is done).
+async fn caught_up(handle: &SubscriptionHandle, store: &PostgresEventStore) {
+    let head = store.read_all(1, 1, &Filter::all()).await.unwrap().head;
+    let status = tokio::time::timeout(PATIENCE, handle.caught_up_to(head))
+        .await
+        .unwrap_or_else(|_| panic!("the subscription did not reach the head {head}"));
+    assert!(
+        !matches!(status.state, SubscriptionState::Failed(_)),
+        "the subscription failed: {status:?}"
+    );
+}
+
+fn order(cents: u64) -> EventData {
+    OrderEvent::OrderPlaced { cents }.to_event_data().unwrap()
+}
+
+/// Appends `events` to `stream` through the schema's `append` function on a plain connection,
+/// inside the transaction the caller has open; returns the first position.
+async fn raw_append(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    stream: &str,
+    events: &[EventData],
+) -> u64 {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let versions: Vec<i32> = events.iter().map(|e| e.schema_version as i32).collect();
+    let none: Vec<Option<Uuid>> = vec![None; events.len()];
+    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+    let category = tidings::store::category_of(stream);
+    let row = client
+        .query_one(
+            &format!("SELECT o_first FROM \"{schema}\".append($1, $2, -1, $3, $4, $5, $6, $7, $8)"),
+            &[
+                &stream, &category, &ids, &types, &versions, &none, &none, &payloads,
+            ],
+        )
+        .await
+        .expect("append through the schema's function");
+    row.get::<_, i64>(0) as u64
+}
+
+/// A writer holds its transaction open after taking position p while others append and commit
+/// after it. Meanwhile no reader passes p (the head stays below it, the subscription stops
+/// before it, the other writers' appends return after the visibility timeout). When it commits,
+/// the subscription gets every event exactly once, in position order.
+#[actix::test]
+async fn a_writer_holding_its_transaction_open_is_not_skipped() {
+    let Some((schema, store)) = open("a_writer_holding_its_transaction_open", "held", |c| {
+        c.visibility_timeout(Duration::from_millis(200))
+    }) else {
+        return;
+    };
+    let seen = Seen::default();
+    let subs = Subscriptions::new(store.clone());
+    let handle = subs
+        .start_with(
+            Tally { seen: seen.clone() },
+            SubscriptionConfig::default().batch_size(7),
+        )
+        .unwrap();
+    for i in 0..10 {
+        store
+            .append("order-early", ExpectedVersion::Any, vec![order(i)])
+            .await
+            .unwrap();
+    }
+    wait_until("the first 10 events handled", || {
+        seen.lock().unwrap().len() == 10
+    })
+    .await;
+
+    let held = pg::connect().await.unwrap();
+    held.batch_execute("BEGIN").await.unwrap();
+    let held_position = raw_append(&held, schema.name(), "order-held", &[order(999)]).await;
+    assert_eq!(held_position, 11, "the held writer took the next position");
+
+    // Four writers append 24 events after it; each append is acknowledged once the
+    // visibility timeout passes (the held transaction holds the read horizon back).
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..3u64 {
+                    let events = vec![order(w * 100 + i), order(w * 100 + i + 50)];
+                    let r = store
+                        .append(&format!("order-late{w}"), ExpectedVersion::Any, events)
+                        .await
+                        .unwrap();
+                    assert!(r.first_position > held_position);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        store.head(),
+        10,
+        "the head passed a position whose writer is open"
+    );
+    let visible = log(&store).await;
+    assert_eq!(
+        visible.len(),
+        10,
+        "a read returned events past the open writer"
+    );
+    assert!(
+        store
+            .read_stream("order-late0", 1, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a stream read returned events past the open writer"
+    );
+    assert!(
+        seen.lock().unwrap().iter().all(|&p| p < held_position),
+        "the subscription passed the open writer: {:?}",
+        seen.lock().unwrap()
+    );
+
+    held.batch_execute("COMMIT").await.unwrap();
+    let total = 10 + 1 + 24;
+    wait_until("every event handled after the commit", || {
+        seen.lock().unwrap().len() >= total
+    })
+    .await;
+    caught_up(&handle, &store).await;
+    let positions: Vec<u64> = log(&store).await.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (1..=total as u64).collect::<Vec<_>>());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        positions,
+        "the subscription got every event once, in position order"
+    );
+    handle.stop().await;
+    let counts = tally(&store).await;
+    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), positions);
+    assert!(counts.values().all(|&c| c == 1), "counts: {counts:?}");
+}
+
+/// Many writers, some through the store and some through transactions held open for a random
+/// while (a few rolled back, leaving gaps in the positions), while the subscription runs and is
+/// restarted twice. Afterwards its exactly-once state holds every committed event exactly once
+/// and nothing else; in memory it saw every event.
+#[actix::test]
+async fn random_writers_with_random_commit_delays_are_seen_exactly_once() {
+    let Some((schema, store)) = open("random_writers", "random", |c| c) else {
+        return;
+    };
+    let seed: u64 = rand::random();
+    eprintln!("random_writers: seed {seed}");
+    let seen = Seen::default();
+    let subs = Subscriptions::new(store.clone());
+    let config = SubscriptionConfig::default().batch_size(5).commit_every(3);
+    let mut handle = subs
+        .start_with(Tally { seen: seen.clone() }, config.clone())
+        .unwrap();
+    let writers: Vec<_> = (0..8u64)
+        .map(|w| {
+            let store = store.clone();
+            let schema = schema.name().to_owned();
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ w);
+                let raw = pg::connect().await.unwrap();
+                let mut rolled_back = 0u64;
+                for i in 0..25u64 {
+                    let stream = format!("order-w{w}s{}", i % 3);
+                    let events: Vec<EventData> = (0..rng.gen_range(1..=3))
+                        .map(|k| order(i * 10 + k))
+                        .collect();
+                    match rng.gen_range(0..10) {
+                        0..=4 => {
+                            store
+                                .append(&stream, ExpectedVersion::Any, events)
+                                .await
+                                .unwrap();
+                        }
+                        choice => {
+                            raw.batch_execute("BEGIN").await.unwrap();
+                            raw_append(&raw, &schema, &stream, &events).await;
+                            let pause = rng.gen_range(0..25);
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                            if choice == 9 {
+                                raw.batch_execute("ROLLBACK").await.unwrap();
+                                rolled_back += 1;
+                            } else {
+                                raw.batch_execute("COMMIT").await.unwrap();
+                            }
+                        }
+                    }
+                }
+                rolled_back
+            })
+        })
+        .collect();
+    // Two restarts while the writers write: each resumes from the stored checkpoint.
+    for round in 1..=2 {
+        wait_until("progress before a restart", || {
+            seen.lock().unwrap().len() >= round * 40
+        })
+        .await;
+        handle.stop().await;
+        handle = subs
+            .start_with(Tally { seen: seen.clone() }, config.clone())
+            .unwrap();
+    }
+    let mut rolled_back = 0;
+    for w in writers {
+        rolled_back += w.await.unwrap();
+    }
+    // The last commits are readable once the tracker sees them (appends through the store
+    // wait for that themselves; raw ones do not).
+    let committed = log(&store).await;
+    caught_up(&handle, &store).await;
+    handle.stop().await;
+
+    let positions: BTreeSet<u64> = committed.iter().map(|e| e.position).collect();
+    let counts = tally(&store).await;
+    assert_eq!(
+        counts.keys().copied().collect::<BTreeSet<_>>(),
+        positions,
+        "the projection's positions are the log's (seed {seed}, {rolled_back} rolled back)"
+    );
+    let repeated: Vec<_> = counts.iter().filter(|(_, &c)| c != 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "handled more than once into the exactly-once state: {repeated:?} (seed {seed})"
+    );
+    let in_memory: BTreeSet<u64> = seen.lock().unwrap().iter().copied().collect();
+    assert_eq!(in_memory, positions, "in memory (seed {seed})");
+    let versions_ok = committed.iter().fold(BTreeMap::new(), |mut m, e| {
+        let v = m.entry(e.stream_id.clone()).or_insert(0u64);
+        assert_eq!(
+            e.stream_version,
+            *v + 1,
+            "versions of {} (seed {seed})",
+            e.stream_id
+        );
+        *v += 1;
+        m
+    });
+    assert!(!versions_ok.is_empty());
+    let report = store.verify().await.unwrap();
+    assert!(report.is_ok(), "verify: {:?}", report.problems);
+}
+
+/// Terminates every server connection of the store, five times, while a writer appends and a
+/// subscription follows. Appends fail with the typed `Unavailable` error (or go through);
+/// after each, the writer learns from the stream whether the append was stored, as the error's
+/// documentation says. The subscription retries from its checkpoint and ends with every
+/// acknowledged event exactly once.
+#[actix::test]
+async fn terminated_connections_make_appends_fail_typed_and_subscriptions_resume() {
+    let app = format!("tidings_term_{}", std::process::id());
+    let Some((_schema, store)) = open("terminated_connections", &app, |c| {
+        c.poll_interval(Duration::from_millis(50))
+    }) else {
+        return;
+    };
+    let seen = Seen::default();
+    let subs = Subscriptions::new(store.clone());
+    let handle = subs
+        .start_with(
+            Tally { seen: seen.clone() },
+            SubscriptionConfig::default().restart_backoff(Duration::from_millis(10)),
+        )
+        .unwrap();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut acknowledged: BTreeSet<Uuid> = BTreeSet::new();
+            let mut unavailable = 0u64;
+            let mut version = 0u64;
+            for i in 0..300u64 {
+                let event = order(i);
+                let id = event.event_id;
+                loop {
+                    match store
+                        .append(
+                            "order-term",
+                            ExpectedVersion::Exact(version),
+                            vec![event.clone()],
+                        )
+                        .await
+                    {
+                        Ok(r) => {
+                            version = r.stream_version;
+                            acknowledged.insert(id);
+                            break;
+                        }
+                        Err(StoreError::Unavailable(_)) => {
+                            unavailable += 1;
+                            // The outcome is unknown: read the stream to learn it.
+                            let stored = loop {
+                                match store.read_stream("order-term", version + 1, 1).await {
+                                    Ok(events) => break events,
+                                    Err(StoreError::Unavailable(_)) => {
+                                        tokio::time::sleep(Duration::from_millis(10)).await
+                                    }
+                                    Err(e) => panic!("read after a lost connection: {e}"),
+                                }
+                            };
+                            if let Some(e) = stored.first() {
+                                assert_eq!(e.event_id, id, "an event nobody appended");
+                                version += 1;
+                                acknowledged.insert(id);
+                                break;
+                            }
+                        }
+                        Err(e) => panic!("append failed with an untyped error: {e:?}"),
+                    }
+                }
+            }
+            (acknowledged, unavailable)
+        })
+    };
+    let killer = pg::connect().await.unwrap();
+    let mut terminated = 0i64;
+    for round in 1..=5usize {
+        wait_until("progress between terminations", || {
+            seen.lock().unwrap().len() >= round * 40
+        })
+        .await;
+        let row = killer
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap();
+        terminated += row.get::<_, i64>(0);
+    }
+    let (acknowledged, unavailable) = writer.await.unwrap();
+    eprintln!(
+        "terminated {terminated} connections; {unavailable} appends got Unavailable; \
+         subscription status {:?}",
+        handle.status()
+    );
+    assert!(terminated >= 5, "no connection was terminated");
+    caught_up(&handle, &store).await;
+    handle.stop().await;
+    let events = log(&store).await;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), 300, "every event stored once");
+    assert_eq!(ids.iter().copied().collect::<BTreeSet<_>>(), acknowledged);
+    let counts = tally(&store).await;
+    let positions: BTreeSet<u64> = events.iter().map(|e| e.position).collect();
+    assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), positions);
+    assert!(counts.values().all(|&c| c == 1), "counts: {counts:?}");
+}
