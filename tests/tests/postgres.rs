@@ -476,3 +476,176 @@ async fn terminated_connections_make_appends_fail_typed_and_subscriptions_resume
     assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), positions);
     assert!(counts.values().all(|&c| c == 1), "counts: {counts:?}");
 }
+
+/// Eight stores open one new schema at the same moment (as eight processes starting together
+/// would): each migration runs once, and every store works.
+#[test]
+fn opening_a_new_schema_from_many_stores_at_once_migrates_it_once() {
+    let Some(schema) = Schema::fresh("opening_a_new_schema_from_many_stores_at_once") else {
+        return;
+    };
+    let barrier = std::sync::Barrier::new(8);
+    let stores: Vec<PostgresEventStore> = std::thread::scope(|scope| {
+        let opening: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    schema.config().pool_size(2).open_blocking()
+                })
+            })
+            .collect();
+        opening
+            .into_iter()
+            .map(|t| t.join().unwrap().expect("open while others open"))
+            .collect()
+    });
+    let name = schema.name().to_owned();
+    let (migrations, appended) = pg::blocking(async move {
+        let client = pg::connect().await.unwrap();
+        let rows = client
+            .query(
+                &format!("SELECT version FROM \"{name}\".migrations ORDER BY version"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        let mut positions = Vec::new();
+        for (i, store) in stores.iter().enumerate() {
+            let r = store
+                .append(
+                    &format!("open-{i}"),
+                    ExpectedVersion::NoStream,
+                    vec![order(1)],
+                )
+                .await
+                .unwrap();
+            positions.push(r.first_position);
+        }
+        (versions, positions)
+    });
+    assert_eq!(
+        migrations,
+        (1..=tidings::store::POSTGRES_SCHEMA_VERSION).collect::<Vec<_>>(),
+        "each migration recorded once"
+    );
+    assert_eq!(appended, (1..=8).collect::<Vec<u64>>());
+}
+
+/// A schema that a newer build migrated is refused with `UnsupportedFormat`, not used.
+#[test]
+fn a_schema_migrated_by_a_newer_build_is_refused() {
+    let Some(schema) = Schema::fresh("a_schema_migrated_by_a_newer_build_is_refused") else {
+        return;
+    };
+    drop(schema.open(|c| c));
+    let name = schema.name().to_owned();
+    pg::blocking(async move {
+        let client = pg::connect().await.unwrap();
+        client
+            .execute(
+                &format!("INSERT INTO \"{name}\".migrations (version) VALUES (99)"),
+                &[],
+            )
+            .await
+            .unwrap();
+    });
+    match schema.config().open_blocking() {
+        Err(StoreError::UnsupportedFormat {
+            found, supported, ..
+        }) => assert_eq!(
+            (found, supported as i32),
+            (99, tidings::store::POSTGRES_SCHEMA_VERSION)
+        ),
+        other => panic!("a newer schema must be refused, got {other:?}"),
+    }
+}
+
+/// Bad settings and names PostgreSQL cannot hold get typed errors; odd but valid names
+/// (control characters, emoji, quotes) round-trip.
+#[test]
+fn bad_settings_and_hostile_names_get_typed_errors() {
+    let Some(schema) = Schema::fresh("bad_settings_and_hostile_names") else {
+        return;
+    };
+    for bad in [
+        "",
+        "Upper",
+        "1st",
+        "a;drop table x",
+        "a\"b",
+        &"x".repeat(49),
+    ] {
+        match schema.config().schema(bad).open_blocking() {
+            Err(StoreError::InvalidInput(_)) => {}
+            other => panic!("schema {bad:?} must be refused as invalid, got {other:?}"),
+        }
+    }
+    match tidings::store::PostgresConfig::new("postgres://[bad").open_blocking() {
+        Err(StoreError::InvalidInput(_)) => {}
+        other => panic!("a malformed URL must be InvalidInput, got {other:?}"),
+    }
+    let started = std::time::Instant::now();
+    match tidings::store::PostgresConfig::new("postgres://root@127.0.0.1:1/test")
+        .connect_timeout(Duration::from_secs(3))
+        .open_blocking()
+    {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("an unreachable server must be Unavailable, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "an unreachable server took {:?} to report",
+        started.elapsed()
+    );
+
+    let store = schema.open(|c| c);
+    pg::blocking(async move {
+        match store
+            .append("nul-\0-1", ExpectedVersion::Any, vec![order(1)])
+            .await
+        {
+            Err(StoreError::InvalidInput(_)) => {}
+            other => panic!("a NUL in a stream id must be InvalidInput, got {other:?}"),
+        }
+        match store.save_checkpoint("nul\0", 1).await {
+            Err(StoreError::InvalidInput(_)) => {}
+            other => panic!("a NUL in a consumer name must be InvalidInput, got {other:?}"),
+        }
+        assert!(store
+            .read_stream("nul-\0-1", 1, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(store.stream_version("nul-\0-1").await.unwrap(), 0);
+        assert_eq!(store.load_checkpoint("nul\0").await.unwrap(), None);
+        for odd in [
+            "ctl-\u{1}\n\t\u{7f}",
+            "quote-'\"; DROP TABLE x; --",
+            "emoji-🦀",
+            "a",
+        ] {
+            store
+                .append(odd, ExpectedVersion::NoStream, vec![order(2)])
+                .await
+                .unwrap_or_else(|e| panic!("append to {odd:?}: {e}"));
+            let events = store.read_stream(odd, 1, 10).await.unwrap();
+            assert_eq!(events.len(), 1);
+            assert_eq!(events[0].stream_id, odd);
+            assert_eq!(events[0].category, tidings::store::category_of(odd));
+        }
+        let listed = store.list_streams(Some("a\0zzz"), 100).await.unwrap();
+        let ids: Vec<&str> = listed.iter().map(|s| s.stream_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "ctl-\u{1}\n\t\u{7f}",
+                "emoji-🦀",
+                "quote-'\"; DROP TABLE x; --"
+            ],
+            "listing after a name with a NUL"
+        );
+        let report = store.verify().await.unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+    });
+}

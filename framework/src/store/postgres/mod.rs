@@ -236,6 +236,23 @@ fn validate_schema(schema: &str) -> Result<()> {
     }
 }
 
+/// Refuses a name PostgreSQL's `text` cannot hold (a NUL character), which the embedded store
+/// accepts: a typed error instead of the server's encoding error.
+fn storable_text(what: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(StoreError::InvalidInput(format!(
+            "{what} {value:?} contains a NUL character, which PostgreSQL text cannot hold"
+        )));
+    }
+    Ok(())
+}
+
+/// `after` cut at its first NUL: no stored name holds one, so the names after `after` are the
+/// names after that prefix (NUL sorts first).
+fn before_nul(after: &str) -> String {
+    after.split('\0').next().unwrap_or("").to_owned()
+}
+
 /// A checked schema name as a quoted SQL identifier.
 fn quote(schema: &str) -> String {
     format!("\"{schema}\"")
@@ -456,6 +473,10 @@ impl EventStore for PostgresEventStore {
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
         super::validate_append(stream, &events)?;
+        storable_text("stream id", stream)?;
+        for e in &events {
+            storable_text("event type", &e.event_type)?;
+        }
         let stream = stream.to_owned();
         self.call(move |shared| async move { ops::append(&shared, stream, expected, events).await })
             .await
@@ -467,6 +488,9 @@ impl EventStore for PostgresEventStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
+        if stream.contains('\0') {
+            return Ok(Vec::new()); // no such stream can exist
+        }
         let stream = stream.to_owned();
         self.idempotent(move |shared| {
             let stream = stream.clone();
@@ -476,6 +500,9 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn stream_version(&self, stream: &str) -> Result<u64> {
+        if stream.contains('\0') {
+            return Ok(0);
+        }
         let stream = stream.to_owned();
         self.idempotent(move |shared| {
             let stream = stream.clone();
@@ -508,6 +535,7 @@ impl EventStore for PostgresEventStore {
 
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
         super::validate_name("consumer name", name)?;
+        storable_text("consumer name", name)?;
         let name = name.to_owned();
         self.idempotent(move |shared| {
             let name = name.clone();
@@ -517,6 +545,9 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>> {
+        if name.contains('\0') {
+            return Ok(None);
+        }
         let name = name.to_owned();
         self.idempotent(move |shared| {
             let name = name.clone();
@@ -533,6 +564,7 @@ impl EventStore for PostgresEventStore {
         state: Vec<StateWrite>,
     ) -> Result<()> {
         super::validate_commit(name, &state)?;
+        storable_text("consumer name", name)?;
         let name = name.to_owned();
         self.call(move |shared| async move {
             ops::commit_checkpoint(&shared, &name, expected, position, state).await
@@ -541,6 +573,9 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn load_state(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if name.contains('\0') {
+            return Ok(None);
+        }
         let (name, key) = (name.to_owned(), key.to_vec());
         self.idempotent(move |shared| {
             let (name, key) = (name.clone(), key.clone());
@@ -556,6 +591,9 @@ impl EventStore for PostgresEventStore {
         from_key: &[u8],
         max_count: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if name.contains('\0') {
+            return Ok(Vec::new());
+        }
         let (name, prefix, from_key) = (name.to_owned(), prefix.to_vec(), from_key.to_vec());
         self.idempotent(move |shared| {
             let (name, prefix, from_key) = (name.clone(), prefix.clone(), from_key.clone());
@@ -566,6 +604,7 @@ impl EventStore for PostgresEventStore {
 
     async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<()> {
         super::validate_name("stream id", stream)?;
+        storable_text("stream id", stream)?;
         let stream = stream.to_owned();
         self.idempotent(move |shared| {
             let (stream, snapshot) = (stream.clone(), snapshot.clone());
@@ -575,6 +614,9 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
+        if stream.contains('\0') {
+            return Ok(None);
+        }
         let stream = stream.to_owned();
         self.idempotent(move |shared| {
             let stream = stream.clone();
@@ -589,7 +631,7 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn list_streams(&self, after: Option<&str>, limit: usize) -> Result<Vec<StreamInfo>> {
-        let after = after.unwrap_or("").to_owned();
+        let after = before_nul(after.unwrap_or(""));
         self.idempotent(move |shared| {
             let after = after.clone();
             async move { ops::list_streams(&shared, &after, limit).await }
@@ -602,7 +644,7 @@ impl EventStore for PostgresEventStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<CheckpointInfo>> {
-        let after = after.unwrap_or("").to_owned();
+        let after = before_nul(after.unwrap_or(""));
         self.idempotent(move |shared| {
             let after = after.clone();
             async move { ops::list_checkpoints(&shared, &after, limit).await }
@@ -612,6 +654,10 @@ impl EventStore for PostgresEventStore {
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
         super::validate_import(&events)?;
+        for e in &events {
+            storable_text("stream id", &e.stream_id)?;
+            storable_text("event type", &e.event_type)?;
+        }
         self.call(move |shared| async move { ops::import(&shared, events).await })
             .await
     }
