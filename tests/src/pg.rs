@@ -140,3 +140,74 @@ impl Drop for Schema {
         self.drop_now();
     }
 }
+
+/// The local cluster (`version`, `name`) that serves the test URL's port, from `pg_lsclusters`,
+/// if the test server is on this machine.
+fn local_cluster() -> Result<(String, String), String> {
+    let config: tokio_postgres::Config = url().parse().map_err(|e| format!("bad URL: {e}"))?;
+    let local = config.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(host) => host == "127.0.0.1" || host == "localhost",
+        tokio_postgres::config::Host::Unix(_) => true,
+    });
+    if !local {
+        return Err("the test server is not on this machine".into());
+    }
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let out = std::process::Command::new("pg_lsclusters")
+        .arg("-h")
+        .output()
+        .map_err(|e| format!("pg_lsclusters: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.len() >= 4 && fields[2] == port && fields[3] == "online")
+        .map(|fields| (fields[0].to_owned(), fields[1].to_owned()))
+        .ok_or_else(|| format!("pg_lsclusters lists no online cluster on port {port}"))
+}
+
+/// Whether this test may restart the server (it is local and `pg_ctlcluster` manages it); when
+/// not, prints a loud message, and panics if [`required`].
+pub fn can_restart_server(test: &str) -> bool {
+    if !available(test) {
+        return false;
+    }
+    match local_cluster() {
+        Ok(_) => true,
+        Err(why) => {
+            let message =
+                format!("cannot restart the PostgreSQL test server ({why}): test {test} SKIPPED");
+            if required() {
+                panic!("{message}");
+            }
+            eprintln!("\n!!!!!!!! {message} !!!!!!!!\n");
+            false
+        }
+    }
+}
+
+/// Restarts the local test server (`pg_ctlcluster VERSION NAME restart`, which returns once it
+/// accepts connections again). Returns whether it succeeded.
+pub fn restart_server() -> bool {
+    let Ok((version, name)) = local_cluster() else {
+        return false;
+    };
+    let status = std::process::Command::new("pg_ctlcluster")
+        .args([version.as_str(), name.as_str(), "restart", "-m", "fast"])
+        .status();
+    match status {
+        Ok(s) if s.success() => true,
+        Ok(s) => {
+            eprintln!("pg_ctlcluster {version} {name} restart: {s}");
+            false
+        }
+        Err(e) => {
+            eprintln!("pg_ctlcluster: {e}");
+            false
+        }
+    }
+}

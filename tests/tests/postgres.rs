@@ -24,6 +24,10 @@ use tidings_tests::domain::OrderEvent;
 use tidings_tests::pg::{self, Schema};
 use uuid::Uuid;
 
+/// Held for reading by every test of this file, and for writing by the one that restarts the
+/// server, so that no other test sees its server go away.
+static SERVER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// The longest a test waits for a condition that must come true.
 const PATIENCE: Duration = Duration::from_secs(90);
 
@@ -171,6 +175,7 @@ async fn raw_append(
 /// the subscription gets every event exactly once, in position order.
 #[actix::test]
 async fn a_writer_holding_its_transaction_open_is_not_skipped() {
+    let _shared = SERVER.read().unwrap_or_else(|p| p.into_inner());
     let Some((schema, store)) = open("a_writer_holding_its_transaction_open", "held", |c| {
         c.visibility_timeout(Duration::from_millis(200))
     }) else {
@@ -271,6 +276,7 @@ async fn a_writer_holding_its_transaction_open_is_not_skipped() {
 /// and nothing else; in memory it saw every event.
 #[actix::test]
 async fn random_writers_with_random_commit_delays_are_seen_exactly_once() {
+    let _shared = SERVER.read().unwrap_or_else(|p| p.into_inner());
     let Some((schema, store)) = open("random_writers", "random", |c| c) else {
         return;
     };
@@ -371,15 +377,81 @@ async fn random_writers_with_random_commit_delays_are_seen_exactly_once() {
     assert!(report.is_ok(), "verify: {:?}", report.problems);
 }
 
-/// Terminates every server connection of the store, five times, while a writer appends and a
-/// subscription follows. Appends fail with the typed `Unavailable` error (or go through);
-/// after each, the writer learns from the stream whether the append was stored, as the error's
-/// documentation says. The subscription retries from its checkpoint and ends with every
-/// acknowledged event exactly once.
-#[actix::test]
-async fn terminated_connections_make_appends_fail_typed_and_subscriptions_resume() {
-    let app = format!("tidings_term_{}", std::process::id());
-    let Some((_schema, store)) = open("terminated_connections", &app, |c| {
+/// How a test cuts the store off from the server.
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// `pg_terminate_backend` of every connection of the store (its listener included).
+    Terminate,
+    /// A restart of the whole server (`pg_ctlcluster ... restart`).
+    Restart,
+}
+
+/// Appends `count` events, one per append, to one stream with exact expected versions. On
+/// `Unavailable` the outcome is unknown: the writer reads the stream (waiting out the outage)
+/// to learn whether the append was stored, as the error's documentation says, and appends again
+/// only if it was not. Returns the ids acknowledged and how many appends got `Unavailable`.
+async fn write_through_outages(store: &PostgresEventStore, count: u64) -> (BTreeSet<Uuid>, u64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut acknowledged = BTreeSet::new();
+    let mut unavailable = 0u64;
+    let mut version = 0u64;
+    for i in 0..count {
+        let event = order(i);
+        let id = event.event_id;
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the outage never ended"
+            );
+            match store
+                .append(
+                    "order-outage",
+                    ExpectedVersion::Exact(version),
+                    vec![event.clone()],
+                )
+                .await
+            {
+                Ok(r) => {
+                    version = r.stream_version;
+                    acknowledged.insert(id);
+                    break;
+                }
+                Err(StoreError::Unavailable(_)) => {
+                    unavailable += 1;
+                    let stored = loop {
+                        assert!(
+                            tokio::time::Instant::now() < deadline,
+                            "the outage never ended"
+                        );
+                        match store.read_stream("order-outage", version + 1, 1).await {
+                            Ok(events) => break events,
+                            Err(StoreError::Unavailable(_)) => {
+                                tokio::time::sleep(Duration::from_millis(20)).await
+                            }
+                            Err(e) => panic!("read after a lost connection: {e}"),
+                        }
+                    };
+                    if let Some(e) = stored.first() {
+                        assert_eq!(e.event_id, id, "an event nobody appended");
+                        version += 1;
+                        acknowledged.insert(id);
+                        break;
+                    }
+                }
+                Err(e) => panic!("append failed with an untyped error: {e:?}"),
+            }
+        }
+    }
+    (acknowledged, unavailable)
+}
+
+/// Cuts the store's connections `rounds` times while a writer appends 300 events and a
+/// subscription follows: appends fail with the typed `Unavailable` error (or go through), the
+/// subscription waits for the store and resumes from its checkpoint, and in the end every
+/// acknowledged event is stored once and handled exactly once.
+async fn survive(outage: Outage, rounds: usize) {
+    let app = format!("tidings_outage_{}", std::process::id());
+    let Some((_schema, store)) = open("survive an outage", &app, |c| {
         c.poll_interval(Duration::from_millis(50))
     }) else {
         return;
@@ -392,84 +464,49 @@ async fn terminated_connections_make_appends_fail_typed_and_subscriptions_resume
             SubscriptionConfig::default().restart_backoff(Duration::from_millis(10)),
         )
         .unwrap();
+    let total = 300u64;
     let writer = {
         let store = store.clone();
-        tokio::spawn(async move {
-            let mut acknowledged: BTreeSet<Uuid> = BTreeSet::new();
-            let mut unavailable = 0u64;
-            let mut version = 0u64;
-            for i in 0..300u64 {
-                let event = order(i);
-                let id = event.event_id;
-                loop {
-                    match store
-                        .append(
-                            "order-term",
-                            ExpectedVersion::Exact(version),
-                            vec![event.clone()],
-                        )
-                        .await
-                    {
-                        Ok(r) => {
-                            version = r.stream_version;
-                            acknowledged.insert(id);
-                            break;
-                        }
-                        Err(StoreError::Unavailable(_)) => {
-                            unavailable += 1;
-                            // The outcome is unknown: read the stream to learn it.
-                            let stored = loop {
-                                match store.read_stream("order-term", version + 1, 1).await {
-                                    Ok(events) => break events,
-                                    Err(StoreError::Unavailable(_)) => {
-                                        tokio::time::sleep(Duration::from_millis(10)).await
-                                    }
-                                    Err(e) => panic!("read after a lost connection: {e}"),
-                                }
-                            };
-                            if let Some(e) = stored.first() {
-                                assert_eq!(e.event_id, id, "an event nobody appended");
-                                version += 1;
-                                acknowledged.insert(id);
-                                break;
-                            }
-                        }
-                        Err(e) => panic!("append failed with an untyped error: {e:?}"),
-                    }
-                }
-            }
-            (acknowledged, unavailable)
-        })
+        tokio::spawn(async move { write_through_outages(&store, total).await })
     };
-    let killer = pg::connect().await.unwrap();
-    let mut terminated = 0i64;
-    for round in 1..=5usize {
-        wait_until("progress between terminations", || {
-            seen.lock().unwrap().len() >= round * 40
+    let step = total as usize / (rounds + 1);
+    for round in 1..=rounds {
+        wait_until("progress between outages", || {
+            seen.lock().unwrap().len() >= round * step
         })
         .await;
-        let row = killer
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE application_name = $1",
-                &[&app],
-            )
-            .await
-            .unwrap();
-        terminated += row.get::<_, i64>(0);
+        match outage {
+            Outage::Terminate => {
+                let killer = pg::connect().await.unwrap();
+                let row = killer
+                    .query_one(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                         WHERE application_name = $1",
+                        &[&app],
+                    )
+                    .await
+                    .unwrap();
+                assert!(row.get::<_, i64>(0) > 0, "no connection was terminated");
+            }
+            Outage::Restart => {
+                let restarted = tokio::task::spawn_blocking(pg::restart_server)
+                    .await
+                    .unwrap();
+                assert!(restarted, "the server could not be restarted");
+            }
+        }
     }
     let (acknowledged, unavailable) = writer.await.unwrap();
     eprintln!(
-        "terminated {terminated} connections; {unavailable} appends got Unavailable; \
-         subscription status {:?}",
+        "{rounds} outages ({outage:?}): {unavailable} appends got Unavailable; subscription \
+         status {:?}",
         handle.status()
     );
-    assert!(terminated >= 5, "no connection was terminated");
     caught_up(&handle, &store).await;
     handle.stop().await;
     let events = log(&store).await;
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-    assert_eq!(ids.len(), 300, "every event stored once");
+    assert_eq!(ids.len() as u64, total, "every event stored once");
     assert_eq!(ids.iter().copied().collect::<BTreeSet<_>>(), acknowledged);
     let counts = tally(&store).await;
     let positions: BTreeSet<u64> = events.iter().map(|e| e.position).collect();
@@ -477,10 +514,31 @@ async fn terminated_connections_make_appends_fail_typed_and_subscriptions_resume
     assert!(counts.values().all(|&c| c == 1), "counts: {counts:?}");
 }
 
+/// Five rounds of `pg_terminate_backend` on every connection of the store.
+#[actix::test]
+async fn terminated_connections_make_appends_fail_typed_and_subscriptions_resume() {
+    let _shared = SERVER.read().unwrap_or_else(|p| p.into_inner());
+    survive(Outage::Terminate, 5).await;
+}
+
+/// Restarts of the whole server (`TIDINGS_PG_RESTARTS`, default 1), alone on the server: the
+/// other tests of this file wait. Needs `pg_ctlcluster` and the right to use it (CI has both);
+/// without them it skips loudly, or fails with `TIDINGS_REQUIRE_POSTGRES=1`.
+#[actix::test]
+async fn a_server_restart_makes_appends_fail_typed_and_subscriptions_resume() {
+    let _alone = SERVER.write().unwrap_or_else(|p| p.into_inner());
+    if !pg::can_restart_server("a_server_restart") {
+        return;
+    }
+    let rounds = tidings_tests::support::env_or("TIDINGS_PG_RESTARTS", 1) as usize;
+    survive(Outage::Restart, rounds.max(1)).await;
+}
+
 /// Eight stores open one new schema at the same moment (as eight processes starting together
 /// would): each migration runs once, and every store works.
 #[test]
 fn opening_a_new_schema_from_many_stores_at_once_migrates_it_once() {
+    let _shared = SERVER.read().unwrap_or_else(|p| p.into_inner());
     let Some(schema) = Schema::fresh("opening_a_new_schema_from_many_stores_at_once") else {
         return;
     };
@@ -535,6 +593,7 @@ fn opening_a_new_schema_from_many_stores_at_once_migrates_it_once() {
 /// A schema that a newer build migrated is refused with `UnsupportedFormat`, not used.
 #[test]
 fn a_schema_migrated_by_a_newer_build_is_refused() {
+    let _shared = SERVER.read().unwrap_or_else(|p| p.into_inner());
     let Some(schema) = Schema::fresh("a_schema_migrated_by_a_newer_build_is_refused") else {
         return;
     };
@@ -565,6 +624,7 @@ fn a_schema_migrated_by_a_newer_build_is_refused() {
 /// (control characters, emoji, quotes) round-trip.
 #[test]
 fn bad_settings_and_hostile_names_get_typed_errors() {
+    let _shared = SERVER.read().unwrap_or_else(|p| p.into_inner());
     let Some(schema) = Schema::fresh("bad_settings_and_hostile_names") else {
         return;
     };
