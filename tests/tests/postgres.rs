@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 /// Held for reading by every test of this file, and for writing by the one that restarts the
 /// server, so that no other test sees its server go away.
-static SERVER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+static SERVER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// The longest a test waits for a condition that must come true.
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -175,7 +175,7 @@ async fn raw_append(
 /// the subscription gets every event exactly once, in position order.
 #[actix::test]
 async fn a_writer_holding_its_transaction_open_is_not_skipped() {
-    let _shared = SERVER.read().unwrap_or_else(|p| p.into_inner());
+    let _shared = SERVER.read().await;
     let Some((schema, store)) = open("a_writer_holding_its_transaction_open", "held", |c| {
         c.visibility_timeout(Duration::from_millis(200))
     }) else {
@@ -276,7 +276,7 @@ async fn a_writer_holding_its_transaction_open_is_not_skipped() {
 /// and nothing else; in memory it saw every event.
 #[actix::test]
 async fn random_writers_with_random_commit_delays_are_seen_exactly_once() {
-    let _shared = SERVER.read().unwrap_or_else(|p| p.into_inner());
+    let _shared = SERVER.read().await;
     let Some((schema, store)) = open("random_writers", "random", |c| c) else {
         return;
     };
@@ -517,7 +517,7 @@ async fn survive(outage: Outage, rounds: usize) {
 /// Five rounds of `pg_terminate_backend` on every connection of the store.
 #[actix::test]
 async fn terminated_connections_make_appends_fail_typed_and_subscriptions_resume() {
-    let _shared = SERVER.read().unwrap_or_else(|p| p.into_inner());
+    let _shared = SERVER.read().await;
     survive(Outage::Terminate, 5).await;
 }
 
@@ -526,7 +526,7 @@ async fn terminated_connections_make_appends_fail_typed_and_subscriptions_resume
 /// without them it skips loudly, or fails with `TIDINGS_REQUIRE_POSTGRES=1`.
 #[actix::test]
 async fn a_server_restart_makes_appends_fail_typed_and_subscriptions_resume() {
-    let _alone = SERVER.write().unwrap_or_else(|p| p.into_inner());
+    let _alone = SERVER.write().await;
     if !pg::can_restart_server("a_server_restart") {
         return;
     }
@@ -538,7 +538,7 @@ async fn a_server_restart_makes_appends_fail_typed_and_subscriptions_resume() {
 /// would): each migration runs once, and every store works.
 #[test]
 fn opening_a_new_schema_from_many_stores_at_once_migrates_it_once() {
-    let _shared = SERVER.read().unwrap_or_else(|p| p.into_inner());
+    let _shared = SERVER.blocking_read();
     let Some(schema) = Schema::fresh("opening_a_new_schema_from_many_stores_at_once") else {
         return;
     };
@@ -593,7 +593,7 @@ fn opening_a_new_schema_from_many_stores_at_once_migrates_it_once() {
 /// A schema that a newer build migrated is refused with `UnsupportedFormat`, not used.
 #[test]
 fn a_schema_migrated_by_a_newer_build_is_refused() {
-    let _shared = SERVER.read().unwrap_or_else(|p| p.into_inner());
+    let _shared = SERVER.blocking_read();
     let Some(schema) = Schema::fresh("a_schema_migrated_by_a_newer_build_is_refused") else {
         return;
     };
@@ -624,7 +624,7 @@ fn a_schema_migrated_by_a_newer_build_is_refused() {
 /// (control characters, emoji, quotes) round-trip.
 #[test]
 fn bad_settings_and_hostile_names_get_typed_errors() {
-    let _shared = SERVER.read().unwrap_or_else(|p| p.into_inner());
+    let _shared = SERVER.blocking_read();
     let Some(schema) = Schema::fresh("bad_settings_and_hostile_names") else {
         return;
     };
