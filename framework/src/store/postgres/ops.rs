@@ -63,7 +63,7 @@ impl Sql {
     pub fn new(s: &str) -> Self {
         let read_all = |filter: &str| {
             format!(
-                "WITH h AS (SELECT coalesce((SELECT max(position) FROM {s}.events \
+                "WITH h AS MATERIALIZED (SELECT coalesce((SELECT max(position) FROM {s}.events \
                                             WHERE xid < {HORIZON}), 0) AS head) \
                  SELECT h.head, {EVENT_COLUMNS} FROM h LEFT JOIN LATERAL ( \
                      SELECT * FROM {s}.events e \
