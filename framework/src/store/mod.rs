@@ -30,10 +30,15 @@ use async_trait::async_trait;
 
 /// A durable, ordered event log with optimistic concurrency.
 ///
-/// Every event has a global **position** (gap-free, from 1, in commit order) and a **version**
-/// within its stream (gap-free, from 1). An append is acknowledged only when it is durable, and
-/// readers never see an event before it is durable: positions above [`head`](EventStore::head)
-/// are invisible.
+/// Every event has a global **position** (from 1, increasing in the order readers see events)
+/// and a **version** within its stream (gap-free, from 1). An append is acknowledged only when it
+/// is durable, and readers never see an event before it is durable: positions above
+/// [`head`](EventStore::head) are invisible, and no event ever appears at or below a position a
+/// reader has passed, so a checkpoint that is one position never skips an event.
+///
+/// What every backend promises, and the conformance suite checks: positions are gap-free as
+/// long as no write fails midway. The embedded store keeps them gap-free always; a server
+/// backend may leave a gap where a transaction took positions and then failed (docs/guarantees.md).
 ///
 /// Reads are paged: a read returns at most `max_count` events, so that reading a log of any size
 /// never holds it all in memory.

@@ -105,7 +105,10 @@ impl EventData {
 /// An event as the store recorded it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordedEvent {
-    /// The event's place in the global log: gap-free, starting at 1, in commit order.
+    /// The event's place in the global log: starting at 1, increasing in the order every reader
+    /// sees the events (a global read never returns a position below one it returned before).
+    /// Gap-free on the embedded store; on PostgreSQL a write that fails after taking its
+    /// positions (a server crash mid-commit) leaves a gap (docs/guarantees.md, P4).
     pub position: u64,
     /// The stream the event belongs to.
     pub stream_id: String,
