@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -159,6 +161,33 @@ impl Sql {
             s: s.to_owned(),
         }
     }
+}
+
+/// A statement's parameters.
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Runs `sql` as a statement prepared once per connection, and returns its rows.
+async fn rows(client: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+    let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+    client.query(&statement, params).await.map_err(pg_error)
+}
+
+/// [`rows`] for a statement that returns exactly one row.
+async fn one(client: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Row> {
+    let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+    client.query_one(&statement, params).await.map_err(pg_error)
+}
+
+/// [`rows`] for a statement that returns at most one row.
+async fn maybe(client: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+    let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+    client.query_opt(&statement, params).await.map_err(pg_error)
+}
+
+/// Runs `sql` as a cached statement and returns how many rows it changed.
+async fn execute(client: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64> {
+    let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+    client.execute(&statement, params).await.map_err(pg_error)
 }
 
 /// A `u64` position or version as PostgreSQL's `bigint` (saturating: nothing is stored above).
@@ -404,14 +433,7 @@ pub async fn append(
 /// The version of `stream` counting every committed event (not only those below the horizon).
 async fn committed_version(shared: &Shared, stream: &str) -> Result<u64> {
     let client = shared.client().await?;
-    let stmt = client
-        .prepare_cached(&shared.sql.committed_version)
-        .await
-        .map_err(pg_error)?;
-    let row = client
-        .query_one(&stmt, &[&stream])
-        .await
-        .map_err(pg_error)?;
+    let row = one(&client, &shared.sql.committed_version, &[&stream]).await?;
     unsigned(row.get(0), "stream version")
 }
 
@@ -426,14 +448,12 @@ pub async fn read_stream(
         return Ok(Vec::new());
     }
     let client = shared.client().await?;
-    let stmt = client
-        .prepare_cached(&shared.sql.read_stream)
-        .await
-        .map_err(pg_error)?;
-    let rows = client
-        .query(&stmt, &[&stream, &big(from_version), &limit(max_count)])
-        .await
-        .map_err(pg_error)?;
+    let rows = rows(
+        &client,
+        &shared.sql.read_stream,
+        &[&stream, &big(from_version), &limit(max_count)],
+    )
+    .await?;
     let events = rows
         .iter()
         .map(|row| event_from_row(row, 0))
@@ -448,14 +468,7 @@ pub async fn read_stream(
 /// See [`EventStore::stream_version`](crate::store::EventStore::stream_version).
 pub async fn stream_version(shared: &Shared, stream: &str) -> Result<u64> {
     let client = shared.client().await?;
-    let stmt = client
-        .prepare_cached(&shared.sql.stream_version)
-        .await
-        .map_err(pg_error)?;
-    let row = client
-        .query_one(&stmt, &[&stream])
-        .await
-        .map_err(pg_error)?;
+    let row = one(&client, &shared.sql.stream_version, &[&stream]).await?;
     shared.bump_head(unsigned(row.get(1), "position")?);
     unsigned(row.get(0), "stream version")
 }
@@ -479,40 +492,22 @@ pub async fn read_all(
     };
     let sql = &shared.sql;
     let (from_arg, limit_arg, upper_arg) = (big(from), limit(max_count), big(upper));
-    let rows = match (&filter.categories, &filter.event_types) {
-        (None, None) => {
-            let stmt = client.prepare_cached(&sql.read_all).await;
-            let stmt = stmt.map_err(pg_error)?;
-            client
-                .query(&stmt, &[&from_arg, &limit_arg, &upper_arg])
-                .await
-        }
-        (Some(categories), None) => {
-            let stmt = client.prepare_cached(&sql.read_all_categories).await;
-            let stmt = stmt.map_err(pg_error)?;
-            client
-                .query(&stmt, &[&from_arg, &limit_arg, &upper_arg, categories])
-                .await
-        }
-        (None, Some(types)) => {
-            let stmt = client.prepare_cached(&sql.read_all_types).await;
-            let stmt = stmt.map_err(pg_error)?;
-            client
-                .query(&stmt, &[&from_arg, &limit_arg, &upper_arg, types])
-                .await
-        }
-        (Some(categories), Some(types)) => {
-            let stmt = client.prepare_cached(&sql.read_all_both).await;
-            let stmt = stmt.map_err(pg_error)?;
-            client
-                .query(
-                    &stmt,
-                    &[&from_arg, &limit_arg, &upper_arg, categories, types],
-                )
-                .await
-        }
-    }
-    .map_err(pg_error)?;
+    let (statement, params): (&str, Params) = match (&filter.categories, &filter.event_types) {
+        (None, None) => (&sql.read_all, &[&from_arg, &limit_arg, &upper_arg]),
+        (Some(categories), None) => (
+            &sql.read_all_categories,
+            &[&from_arg, &limit_arg, &upper_arg, categories],
+        ),
+        (None, Some(types)) => (
+            &sql.read_all_types,
+            &[&from_arg, &limit_arg, &upper_arg, types],
+        ),
+        (Some(categories), Some(types)) => (
+            &sql.read_all_both,
+            &[&from_arg, &limit_arg, &upper_arg, categories, types],
+        ),
+    };
+    let rows = rows(&client, statement, params).await?;
     let mut head = 0;
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -539,14 +534,12 @@ pub async fn read_all(
 pub async fn save_checkpoint(shared: &Shared, name: &str, position: u64) -> Result<()> {
     let position = checkpoint_bits(position);
     let client = shared.client().await?;
-    let stmt = client
-        .prepare_cached(&shared.sql.save_checkpoint)
-        .await
-        .map_err(pg_error)?;
-    client
-        .execute(&stmt, &[&name, &position, &now_micros()])
-        .await
-        .map_err(pg_error)?;
+    execute(
+        &client,
+        &shared.sql.save_checkpoint,
+        &[&name, &position, &now_micros()],
+    )
+    .await?;
     Ok(())
 }
 
@@ -598,23 +591,13 @@ pub async fn commit_checkpoint(
     let tx = client.transaction().await.map_err(pg_error)?;
     let now = now_micros();
     let moved = match expected {
-        None => {
-            let stmt = tx
-                .prepare_cached(&sql.insert_checkpoint)
-                .await
-                .map_err(pg_error)?;
-            tx.execute(&stmt, &[&name, &position, &now]).await
-        }
+        None => execute(&tx, &sql.insert_checkpoint, &[&name, &position, &now]).await?,
         Some(expected) => {
-            let stmt = tx
-                .prepare_cached(&sql.update_checkpoint)
-                .await
-                .map_err(pg_error)?;
-            tx.execute(&stmt, &[&name, &position, &now, &checkpoint_bits(expected)])
-                .await
+            let expected = checkpoint_bits(expected);
+            let params: Params = &[&name, &position, &now, &expected];
+            execute(&tx, &sql.update_checkpoint, params).await?
         }
-    }
-    .map_err(pg_error)?;
+    };
     if moved != 1 {
         tx.rollback().await.map_err(pg_error)?;
         let actual = load_checkpoint_on(&client, sql, name).await?;
@@ -625,19 +608,10 @@ pub async fn commit_checkpoint(
         });
     }
     if !put_keys.is_empty() {
-        let stmt = tx.prepare_cached(&sql.put_state).await.map_err(pg_error)?;
-        tx.execute(&stmt, &[&name, &put_keys, &put_values])
-            .await
-            .map_err(pg_error)?;
+        execute(&tx, &sql.put_state, &[&name, &put_keys, &put_values]).await?;
     }
     if !deletes.is_empty() {
-        let stmt = tx
-            .prepare_cached(&sql.delete_state)
-            .await
-            .map_err(pg_error)?;
-        tx.execute(&stmt, &[&name, &deletes])
-            .await
-            .map_err(pg_error)?;
+        execute(&tx, &sql.delete_state, &[&name, &deletes]).await?;
     }
     tx.commit().await.map_err(pg_error)
 }
@@ -645,14 +619,7 @@ pub async fn commit_checkpoint(
 /// See [`EventStore::load_state`](crate::store::EventStore::load_state).
 pub async fn load_state(shared: &Shared, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
     let client = shared.client().await?;
-    let stmt = client
-        .prepare_cached(&shared.sql.load_state)
-        .await
-        .map_err(pg_error)?;
-    let row = client
-        .query_opt(&stmt, &[&name, &key])
-        .await
-        .map_err(pg_error)?;
+    let row = maybe(&client, &shared.sql.load_state, &[&name, &key]).await?;
     Ok(row.map(|r| r.get(0)))
 }
 
@@ -682,27 +649,18 @@ pub async fn scan_state(
     let start = prefix.max(from_key);
     let client = shared.client().await?;
     let sql = &shared.sql;
+    let max = limit(max_count);
     let rows = match prefix_end(prefix) {
         Some(end) => {
-            let stmt = client
-                .prepare_cached(&sql.scan_state_bounded)
-                .await
-                .map_err(pg_error)?;
-            client
-                .query(&stmt, &[&name, &start, &limit(max_count), &end])
-                .await
+            rows(
+                &client,
+                &sql.scan_state_bounded,
+                &[&name, &start, &max, &end],
+            )
+            .await?
         }
-        None => {
-            let stmt = client
-                .prepare_cached(&sql.scan_state_open)
-                .await
-                .map_err(pg_error)?;
-            client
-                .query(&stmt, &[&name, &start, &limit(max_count)])
-                .await
-        }
-    }
-    .map_err(pg_error)?;
+        None => rows(&client, &sql.scan_state_open, &[&name, &start, &max]).await?,
+    };
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
@@ -716,32 +674,15 @@ pub async fn save_snapshot(shared: &Shared, stream: &str, snapshot: Snapshot) ->
         ))
     })?;
     let client = shared.client().await?;
-    let stmt = client
-        .prepare_cached(&shared.sql.save_snapshot)
-        .await
-        .map_err(pg_error)?;
-    client
-        .execute(
-            &stmt,
-            &[&stream, &version, &schema_version, &snapshot.payload],
-        )
-        .await
-        .map_err(pg_error)?;
+    let params: Params = &[&stream, &version, &schema_version, &snapshot.payload];
+    execute(&client, &shared.sql.save_snapshot, params).await?;
     Ok(())
 }
 
 /// See [`EventStore::load_snapshot`](crate::store::EventStore::load_snapshot).
 pub async fn load_snapshot(shared: &Shared, stream: &str) -> Result<Option<Snapshot>> {
     let client = shared.client().await?;
-    let stmt = client
-        .prepare_cached(&shared.sql.load_snapshot)
-        .await
-        .map_err(pg_error)?;
-    let Some(row) = client
-        .query_opt(&stmt, &[&stream])
-        .await
-        .map_err(pg_error)?
-    else {
+    let Some(row) = maybe(&client, &shared.sql.load_snapshot, &[&stream]).await? else {
         return Ok(None);
     };
     let what = format!("snapshot of {stream:?}");
@@ -850,14 +791,7 @@ pub async fn list_streams(shared: &Shared, after: &str, max: usize) -> Result<Ve
         return Ok(Vec::new());
     }
     let client = shared.client().await?;
-    let stmt = client
-        .prepare_cached(&shared.sql.list_streams)
-        .await
-        .map_err(pg_error)?;
-    let rows = client
-        .query(&stmt, &[&after, &limit(max)])
-        .await
-        .map_err(pg_error)?;
+    let rows = rows(&client, &shared.sql.list_streams, &[&after, &limit(max)]).await?;
     rows.iter()
         .map(|r| {
             let stream_id: String = r.get(0);
@@ -881,14 +815,12 @@ pub async fn list_checkpoints(
         return Ok(Vec::new());
     }
     let client = shared.client().await?;
-    let stmt = client
-        .prepare_cached(&shared.sql.list_checkpoints)
-        .await
-        .map_err(pg_error)?;
-    let rows = client
-        .query(&stmt, &[&after, &limit(max)])
-        .await
-        .map_err(pg_error)?;
+    let rows = rows(
+        &client,
+        &shared.sql.list_checkpoints,
+        &[&after, &limit(max)],
+    )
+    .await?;
     Ok(rows
         .iter()
         .map(|r| CheckpointInfo {
