@@ -709,3 +709,87 @@ fn bad_settings_and_hostile_names_get_typed_errors() {
         assert!(report.is_ok(), "{:?}", report.problems);
     });
 }
+
+/// Leases: one holder at a time; another is told who holds it; an expired lease goes to the
+/// next taker with a higher generation; the old holder can then neither renew nor commit
+/// (`Fenced`, nothing written); a released lease is free at once.
+#[test]
+fn a_lease_has_one_holder_and_fences_the_commits_of_a_lost_one() {
+    let _shared = SERVER.blocking_read();
+    let Some(schema) = Schema::fresh("a_lease_has_one_holder") else {
+        return;
+    };
+    let store = schema.open(|c| c);
+    pg::blocking(async move {
+        use tidings::store::{LeaseAttempt, LeaseHolder};
+        let a = LeaseHolder::new("host-a", 1, Uuid::new_v4());
+        let b = LeaseHolder::new("host-b", 2, Uuid::new_v4());
+        let short = Duration::from_millis(300);
+        let long = Duration::from_secs(60);
+        let LeaseAttempt::Acquired(lease_a) = store.acquire_lease("sub", &a, short).await.unwrap()
+        else {
+            panic!("a free lease must be taken");
+        };
+        assert_eq!(lease_a.generation, 1);
+        match store.acquire_lease("sub", &b, long).await.unwrap() {
+            LeaseAttempt::HeldBy(info) => {
+                assert_eq!((info.holder.clone(), info.generation), (a.clone(), 1))
+            }
+            other => panic!("a held lease must not be taken: {other:?}"),
+        }
+        assert!(store.renew_lease(&lease_a, short).await.unwrap());
+        store
+            .commit_checkpoint_fenced(&lease_a, "sub", None, 5, vec![])
+            .await
+            .unwrap();
+        // A stops renewing: once its lease expires, B takes it with the next generation.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let lease_b = loop {
+            match store.acquire_lease("sub", &b, long).await.unwrap() {
+                LeaseAttempt::Acquired(lease) => break lease,
+                LeaseAttempt::HeldBy(_) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the lease never expired"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(lease_b.generation, 2);
+        assert!(
+            !store.renew_lease(&lease_a, short).await.unwrap(),
+            "A renewed a lost lease"
+        );
+        match store
+            .commit_checkpoint_fenced(
+                &lease_a,
+                "sub",
+                Some(5),
+                9,
+                vec![tidings::store::StateWrite {
+                    key: b"k".to_vec(),
+                    value: Some(b"zombie".to_vec()),
+                }],
+            )
+            .await
+        {
+            Err(StoreError::Fenced { generation: 1, .. }) => {}
+            other => panic!("a lost lease's commit must be Fenced, got {other:?}"),
+        }
+        assert_eq!(store.load_checkpoint("sub").await.unwrap(), Some(5));
+        assert_eq!(store.load_state("sub", b"k").await.unwrap(), None);
+        store
+            .commit_checkpoint_fenced(&lease_b, "sub", Some(5), 9, vec![])
+            .await
+            .unwrap();
+        let info = store.load_lease("sub").await.unwrap().unwrap();
+        assert_eq!((info.holder, info.generation), (b.clone(), 2));
+        store.release_lease(&lease_b).await.unwrap();
+        match store.acquire_lease("sub", &a, long).await.unwrap() {
+            LeaseAttempt::Acquired(lease) => assert_eq!(lease.generation, 3),
+            other => panic!("a released lease must be free at once: {other:?}"),
+        }
+    });
+}

@@ -149,6 +149,19 @@ pub enum StoreError {
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
 
+    /// A fenced commit was refused: its lease is no longer held by that generation (another
+    /// holder took it) or has expired. Nothing was written.
+    ///
+    /// Stop acting for the lease: take it again (which gives a new generation and reloads the
+    /// checkpoint) or wait as a standby.
+    #[error("the lease {name:?} of generation {generation} is no longer held")]
+    Fenced {
+        /// The lease's name.
+        name: String,
+        /// The generation the commit showed.
+        generation: u64,
+    },
+
     /// The store was closed (or its writer stopped) while the request was in flight.
     ///
     /// The outcome of an append that gets this is unknown: reopen and read.

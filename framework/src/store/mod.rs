@@ -7,6 +7,7 @@
 mod codec;
 mod error;
 mod head;
+mod lease;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sled;
@@ -14,6 +15,7 @@ mod types;
 
 pub use self::error::{Result, StoreError};
 pub use self::head::HeadWatch;
+pub use self::lease::{Lease, LeaseAttempt, LeaseHolder, LeaseInfo};
 #[cfg(feature = "postgres")]
 pub use self::postgres::{
     PostgresConfig, PostgresEventStore, DEFAULT_SCHEMA, MAX_SCHEMA_LEN,
@@ -25,6 +27,8 @@ pub use self::types::{
     RecordedEvent, Snapshot, StateWrite, StreamInfo, VerifyReport, MAX_EVENT_TYPE_LEN,
     MAX_PAYLOAD_LEN, MAX_STATE_KEY_LEN, MAX_STREAM_ID_LEN,
 };
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -194,6 +198,58 @@ pub trait EventStore: Send + Sync + 'static {
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<u64> {
         let _ = events;
         Err(StoreError::Unsupported("import"))
+    }
+
+    /// Takes the lease `name` for `holder` for `ttl`, if it is free, expired, or already
+    /// `holder`'s; each time it is taken its generation goes up. Otherwise says who holds it.
+    ///
+    /// Leases make a subscription run once across processes (see [`Lease`]). Optional: the
+    /// default fails with [`StoreError::Unsupported`]; a store that only one process can open
+    /// (the embedded one) needs none.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &LeaseHolder,
+        ttl: Duration,
+    ) -> Result<LeaseAttempt> {
+        let _ = (name, holder, ttl);
+        Err(StoreError::Unsupported("leases"))
+    }
+
+    /// Extends a held lease to `ttl` from now. `Ok(false)`: the lease is lost (another holder
+    /// took it); an expired lease that nobody took is renewed.
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        let _ = (lease, ttl);
+        Err(StoreError::Unsupported("leases"))
+    }
+
+    /// Gives a held lease up: it expires now, so a standby takes it at once. Nothing happens
+    /// if it was lost already.
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let _ = lease;
+        Err(StoreError::Unsupported("leases"))
+    }
+
+    /// The stored lease `name` (held or expired), if it was ever taken.
+    async fn load_lease(&self, name: &str) -> Result<Option<LeaseInfo>> {
+        let _ = name;
+        Err(StoreError::Unsupported("leases"))
+    }
+
+    /// [`commit_checkpoint`](EventStore::commit_checkpoint), only while `lease` is held: same
+    /// generation, not expired. Otherwise fails with [`StoreError::Fenced`] and writes nothing.
+    /// A new holder's first commit waits for a commit of the old holder that is in flight, so
+    /// the two never interleave.
+    async fn commit_checkpoint_fenced(
+        &self,
+        lease: &Lease,
+        name: &str,
+        expected: Option<u64>,
+        position: u64,
+        state: Vec<StateWrite>,
+    ) -> Result<()> {
+        let _ = (lease, name, expected, position, state);
+        Err(StoreError::Unsupported("leases"))
     }
 }
 

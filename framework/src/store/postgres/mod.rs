@@ -38,6 +38,7 @@
 
 mod errors;
 mod keys;
+mod lease;
 mod ops;
 mod schema;
 mod tracker;
@@ -56,8 +57,9 @@ use self::errors::pool_error;
 use self::keys::Keys;
 pub use self::schema::SCHEMA_VERSION;
 use super::{
-    AppendResult, CheckpointInfo, EventData, EventStore, ExpectedVersion, Filter, HeadWatch,
-    ReadBatch, RecordedEvent, Result, Snapshot, StateWrite, StoreError, StreamInfo, VerifyReport,
+    AppendResult, CheckpointInfo, EventData, EventStore, ExpectedVersion, Filter, HeadWatch, Lease,
+    LeaseAttempt, LeaseHolder, LeaseInfo, ReadBatch, RecordedEvent, Result, Snapshot, StateWrite,
+    StoreError, StreamInfo, VerifyReport,
 };
 
 /// How many times a request that may run twice is tried on lost connections.
@@ -265,6 +267,7 @@ struct Shared {
     config: PostgresConfig,
     keys: Keys,
     sql: ops::Sql,
+    lease_sql: lease::LeaseSql,
     /// The head, owned by the store's handle ([`Inner`]): when the last handle goes, watchers
     /// see the store closed even while a request or the tracker still runs.
     head: Weak<watch::Sender<u64>>,
@@ -363,6 +366,7 @@ impl PostgresEventStore {
             .map_err(StoreError::Io)?;
         let keys = Keys::new(&config.schema);
         let sql = ops::Sql::new(&quote(&config.schema));
+        let lease_sql = lease::LeaseSql::new(&quote(&config.schema));
         let manager = Manager::from_config(
             pg.clone(),
             NoTls,
@@ -385,6 +389,7 @@ impl PostgresEventStore {
             config,
             keys,
             sql,
+            lease_sql,
             head: Arc::downgrade(&head),
         });
         let opening = {
@@ -567,7 +572,7 @@ impl EventStore for PostgresEventStore {
         storable_text("consumer name", name)?;
         let name = name.to_owned();
         self.call(move |shared| async move {
-            ops::commit_checkpoint(&shared, &name, expected, position, state).await
+            ops::commit_checkpoint(&shared, &name, expected, position, state, None).await
         })
         .await
     }
@@ -660,5 +665,65 @@ impl EventStore for PostgresEventStore {
         }
         self.call(move |shared| async move { ops::import(&shared, events).await })
             .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &LeaseHolder,
+        ttl: Duration,
+    ) -> Result<LeaseAttempt> {
+        super::validate_name("lease name", name)?;
+        storable_text("lease name", name)?;
+        let (name, holder) = (name.to_owned(), holder.clone());
+        self.call(move |shared| async move { lease::acquire(&shared, &name, &holder, ttl).await })
+            .await
+    }
+
+    async fn renew_lease(&self, held: &Lease, ttl: Duration) -> Result<bool> {
+        let held = held.clone();
+        self.idempotent(move |shared| {
+            let held = held.clone();
+            async move { lease::renew(&shared, &held, ttl).await }
+        })
+        .await
+    }
+
+    async fn release_lease(&self, held: &Lease) -> Result<()> {
+        let held = held.clone();
+        self.idempotent(move |shared| {
+            let held = held.clone();
+            async move { lease::release(&shared, &held).await }
+        })
+        .await
+    }
+
+    async fn load_lease(&self, name: &str) -> Result<Option<LeaseInfo>> {
+        if name.contains('\0') {
+            return Ok(None);
+        }
+        let name = name.to_owned();
+        self.idempotent(move |shared| {
+            let name = name.clone();
+            async move { lease::load(&shared, &name).await }
+        })
+        .await
+    }
+
+    async fn commit_checkpoint_fenced(
+        &self,
+        held: &Lease,
+        name: &str,
+        expected: Option<u64>,
+        position: u64,
+        state: Vec<StateWrite>,
+    ) -> Result<()> {
+        super::validate_commit(name, &state)?;
+        storable_text("consumer name", name)?;
+        let (name, held) = (name.to_owned(), held.clone());
+        self.call(move |shared| async move {
+            ops::commit_checkpoint(&shared, &name, expected, position, state, Some(&held)).await
+        })
+        .await
     }
 }

@@ -20,8 +20,8 @@ use uuid::Uuid;
 use super::errors::pg_error;
 use super::Shared;
 use crate::store::{
-    AppendResult, CheckpointInfo, EventData, ExpectedVersion, Filter, ReadBatch, RecordedEvent,
-    Result, Snapshot, StateWrite, StoreError, StreamInfo, VerifyReport,
+    AppendResult, CheckpointInfo, EventData, ExpectedVersion, Filter, Lease, ReadBatch,
+    RecordedEvent, Result, Snapshot, StateWrite, StoreError, StreamInfo, VerifyReport,
 };
 
 /// The read horizon of the statement that uses it: transactions below it are finished.
@@ -164,28 +164,40 @@ impl Sql {
 }
 
 /// A statement's parameters.
-type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// Runs `sql` as a statement prepared once per connection, and returns its rows.
-async fn rows(client: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+pub(super) async fn rows(
+    client: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<Row>> {
     let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
     client.query(&statement, params).await.map_err(pg_error)
 }
 
 /// [`rows`] for a statement that returns exactly one row.
-async fn one(client: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Row> {
+pub(super) async fn one(client: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Row> {
     let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
     client.query_one(&statement, params).await.map_err(pg_error)
 }
 
 /// [`rows`] for a statement that returns at most one row.
-async fn maybe(client: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+pub(super) async fn maybe(
+    client: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Option<Row>> {
     let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
     client.query_opt(&statement, params).await.map_err(pg_error)
 }
 
 /// Runs `sql` as a cached statement and returns how many rows it changed.
-async fn execute(client: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64> {
+pub(super) async fn execute(
+    client: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<u64> {
     let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
     client.execute(&statement, params).await.map_err(pg_error)
 }
@@ -569,6 +581,7 @@ pub async fn commit_checkpoint(
     expected: Option<u64>,
     position: u64,
     state: Vec<StateWrite>,
+    fence: Option<&Lease>,
 ) -> Result<()> {
     let position = checkpoint_bits(position);
     // The last write of each key wins, as if they were applied in order.
@@ -589,6 +602,9 @@ pub async fn commit_checkpoint(
     let mut client = shared.client().await?;
     let sql = &shared.sql;
     let tx = client.transaction().await.map_err(pg_error)?;
+    if let Some(lease) = fence {
+        super::lease::fence(&tx, shared, lease).await?;
+    }
     let now = now_micros();
     let moved = match expected {
         None => execute(&tx, &sql.insert_checkpoint, &[&name, &position, &now]).await?,

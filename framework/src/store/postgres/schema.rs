@@ -12,7 +12,7 @@ use super::keys::Keys;
 use crate::store::{Result, StoreError};
 
 /// The newest migration this build knows (the schema version it reads and writes).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The statements of migration `version`, for the schema `s` (already quoted) with lock `keys`.
 fn migration(version: i32, s: &str, keys: &Keys) -> String {
@@ -121,6 +121,21 @@ $fn$;
             class = keys.stream_class,
             positions = keys.positions,
             channel = keys.channel,
+        ),
+        2 => format!(
+            r#"
+-- Leases: one holder at a time per name (a subscription), with a generation that goes up with
+-- each new holder (the fencing token). Times are the server's clock, never a client's.
+CREATE TABLE {s}.leases (
+    name        text        COLLATE "C" PRIMARY KEY,
+    generation  bigint      NOT NULL,
+    host        text        NOT NULL,
+    pid         integer     NOT NULL,
+    instance    uuid        NOT NULL,
+    acquired_at timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL
+);
+"#
         ),
         other => unreachable!("no migration {other}"),
     }
