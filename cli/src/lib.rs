@@ -4,6 +4,10 @@
 //! log, see which subscriptions lag and what they parked, reset them, verify the store, and
 //! export or import it as JSON lines. See `docs/operations.md` for every command.
 //!
+//! The store is a directory (the embedded store, which one process opens at a time) or a schema
+//! on a PostgreSQL server (`--store postgres://user@host:port/db --schema NAME`), which the CLI
+//! opens beside the running application.
+//!
 //! # Embedding
 //!
 //! An application runs the same commands with its event types registered, so that payloads
@@ -33,7 +37,10 @@
 
 mod commands;
 mod error;
+mod location;
+mod open;
 mod output;
+mod postgres;
 mod registry;
 
 use std::ffi::OsString;
@@ -49,22 +56,43 @@ use tidings::subscription::Subscriptions;
 pub use self::error::{
     CliError, EXIT_DAMAGED, EXIT_ERROR, EXIT_IN_USE, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE,
 };
+pub use self::location::StoreLocation;
 pub use self::output::{EventLine, PayloadEncoding};
 pub use self::registry::Registry;
 
-/// The command line: a store directory, output options and one command.
+/// The command line: a store (directory or PostgreSQL server), output options and one command.
 #[derive(Debug, Parser)]
 #[command(
     name = "tidings",
     version,
     about = "Operate a tidings event store: streams, subscriptions, parked events, verify, export and import",
-    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 damage found, 4 store in use by another process, \
-                  5 not found."
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 damage found, 4 store (or, on PostgreSQL, \
+                  subscription) in use by another process, 5 not found."
 )]
 pub struct Cli {
-    /// The store's directory.
-    #[arg(long, short = 's', env = "TIDINGS_STORE", global = true)]
-    pub store: Option<PathBuf>,
+    /// The store: its directory, or a PostgreSQL server as `postgres://user@host:port/db` (or
+    /// `postgresql://...`).
+    #[arg(
+        long,
+        short = 's',
+        env = "TIDINGS_STORE",
+        global = true,
+        value_name = "DIR|URL",
+        hide_env_values = true,
+        value_parser = location::StoreLocationParser
+    )]
+    pub store: Option<StoreLocation>,
+
+    /// The PostgreSQL schema that holds the store (default `tidings`); only with a
+    /// `postgres://` store.
+    #[arg(
+        long,
+        env = "TIDINGS_SCHEMA",
+        global = true,
+        value_name = "NAME",
+        value_parser = location::parse_schema
+    )]
+    pub schema: Option<String>,
 
     /// Output JSON (one object per line) instead of tables.
     #[arg(long, global = true)]
@@ -178,6 +206,10 @@ pub enum Command {
         /// an exactly-once projection is rebuilt from nothing.
         #[arg(long)]
         clear_state: bool,
+        /// On a PostgreSQL store: reset even though the subscription's last recorded state says
+        /// it runs (its process is gone). A loop that does run fails at its next commit.
+        #[arg(long)]
+        force: bool,
     },
     /// List a subscription's parked events.
     Parked {
@@ -198,6 +230,10 @@ pub enum Command {
         name: String,
         /// The parked event's position.
         position: u64,
+        /// On a PostgreSQL store: skip even though the subscription's last recorded state says
+        /// it runs (its process is gone).
+        #[arg(long)]
+        force: bool,
     },
     /// Check every record's checksum and the indexes; exit code 3 if damage is found.
     Verify,
@@ -258,11 +294,11 @@ pub fn execute(cli: Cli, registry: &Registry) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let result = runtime.block_on(async {
-        let store = commands::open_store(&cli)?;
+        let store = open::open_store(&cli).await?;
         let code = {
-            let store: Arc<dyn EventStore> = Arc::new(store.clone());
-            let subscriptions = Subscriptions::new(store.clone());
-            commands::run(&cli, &store, &subscriptions, registry, &mut out).await
+            let handle = store.handle();
+            let subscriptions = Subscriptions::new(handle.clone());
+            commands::run(&cli, &handle, &subscriptions, registry, &mut out).await
         };
         store.close().await;
         code
@@ -281,9 +317,11 @@ pub fn execute(cli: Cli, registry: &Registry) -> ExitCode {
 /// Runs `cli`'s command on a store this process already has open, writing to `out`; returns
 /// the exit code ([`EXIT_OK`], or [`EXIT_DAMAGED`] when `verify` finds damage).
 ///
-/// `cli.store` is ignored. Pass the application's own [`Subscriptions`], so that operations on
-/// a running subscription go through its loop (a replay runs at once, a reset is refused while
-/// it runs).
+/// `cli.store` is not opened; when it names a PostgreSQL server, the commands treat `store` as
+/// one that other processes share (a subscription recorded as running and not running here may
+/// be running elsewhere: `reset` and `skip-parked` refuse it without `--force`). Pass the
+/// application's own [`Subscriptions`], so that operations on a running subscription go through
+/// its loop (a replay runs at once, a reset is refused while it runs).
 pub async fn execute_on(
     cli: &Cli,
     store: &Arc<dyn EventStore>,

@@ -9,11 +9,16 @@ use tidings::store::Filter;
 
 use super::{Ctx, PAGE};
 use crate::error::{CliError, EXIT_DAMAGED, EXIT_OK};
+use crate::location::{redact, Target};
 use crate::output::{human_bytes, json_line, rfc3339_micros, Table};
 
 #[derive(Serialize)]
 struct Stats {
     path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<String>,
     head: u64,
     events: u64,
     streams: u64,
@@ -23,14 +28,13 @@ struct Stats {
     last_event_at: Option<String>,
     disk_bytes: Option<u64>,
     files: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tables: Option<u64>,
 }
 
-/// `stats`: counts, head, times and bytes on disk.
-pub(crate) async fn stats(
-    ctx: &Ctx<'_>,
-    out: &mut dyn Write,
-    path: Option<&Path>,
-) -> Result<u8, CliError> {
+/// `stats`: counts, head, times and bytes on disk (the directory's files, or the PostgreSQL
+/// schema's tables with their indexes).
+pub(crate) async fn stats(ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<u8, CliError> {
     let head = ctx.store.head();
     let (mut streams, mut categories) = (0u64, BTreeSet::new());
     let mut after: Option<String> = None;
@@ -69,9 +73,10 @@ pub(crate) async fn stats(
     };
     let first_event_at = time_at(head.min(1)).await?;
     let last_event_at = time_at(head).await?;
-    let disk = path.map(disk_usage).transpose()?;
-    let stats = Stats {
-        path: path.map(|p| p.display().to_string()),
+    let mut stats = Stats {
+        path: None,
+        server: None,
+        schema: None,
         head,
         events: head,
         streams,
@@ -79,9 +84,24 @@ pub(crate) async fn stats(
         subscriptions,
         first_event_at,
         last_event_at,
-        disk_bytes: disk.map(|d| d.0),
-        files: disk.map(|d| d.1),
+        disk_bytes: None,
+        files: None,
+        tables: None,
     };
+    match ctx.target {
+        Some(Target::Directory(dir)) => {
+            let (bytes, files) = disk_usage(dir)?;
+            stats.path = Some(dir.display().to_string());
+            (stats.disk_bytes, stats.files) = (Some(bytes), Some(files));
+        }
+        Some(Target::Postgres { url, schema }) => {
+            let (bytes, tables) = crate::postgres::size(url, schema).await?;
+            stats.server = Some(redact(url));
+            stats.schema = Some(schema.to_owned());
+            (stats.disk_bytes, stats.tables) = (Some(bytes), Some(tables));
+        }
+        None => {}
+    }
     if ctx.json {
         json_line(out, &stats)?;
         return Ok(EXIT_OK);
@@ -90,6 +110,9 @@ pub(crate) async fn stats(
     let none = || "-".to_owned();
     if let Some(p) = &stats.path {
         t.row(vec!["store".into(), p.clone()])?;
+    }
+    if let (Some(server), Some(schema)) = (&stats.server, &stats.schema) {
+        t.row(vec!["store".into(), format!("{server} (schema {schema})")])?;
     }
     t.row(vec!["events".into(), stats.events.to_string()])?;
     t.row(vec!["head".into(), stats.head.to_string()])?;
@@ -111,6 +134,15 @@ pub(crate) async fn stats(
         t.row(vec![
             "disk".into(),
             format!("{} in {files} files ({bytes} bytes)", human_bytes(bytes)),
+        ])?;
+    }
+    if let (Some(bytes), Some(tables)) = (stats.disk_bytes, stats.tables) {
+        t.row(vec![
+            "disk".into(),
+            format!(
+                "{} in {tables} tables with their indexes ({bytes} bytes)",
+                human_bytes(bytes)
+            ),
         ])?;
     }
     t.finish()?;

@@ -6,39 +6,18 @@ mod subscriptions;
 mod transfer;
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 
-use tidings::store::{EventStore, SledEventStore};
+use tidings::store::EventStore;
 use tidings::subscription::Subscriptions;
 
 use crate::error::CliError;
+use crate::location::Target;
 use crate::registry::Registry;
 use crate::{Cli, Command};
 
 /// Events read per page.
 pub(crate) const PAGE: usize = 1000;
-
-/// Opens the store named on the command line. Only `import` may create one.
-pub(crate) fn open_store(cli: &Cli) -> Result<SledEventStore, CliError> {
-    let path = cli.store.as_deref().ok_or(CliError::NoStoreGiven)?;
-    let creating = matches!(cli.command, Command::Import { .. });
-    if !creating && !is_store(path) {
-        return Err(CliError::NoStore(path.to_path_buf()));
-    }
-    if creating && path.is_dir() && !is_store(path) && std::fs::read_dir(path)?.next().is_some() {
-        return Err(CliError::Invalid(format!(
-            "{} is not empty and holds no tidings store: import into a new or empty directory",
-            path.display()
-        )));
-    }
-    Ok(SledEventStore::open(path)?)
-}
-
-/// Whether `path` holds a store (sled's data file is there).
-fn is_store(path: &Path) -> bool {
-    path.join("db").is_file()
-}
 
 /// Runs the command; returns the exit code of a command that ran.
 pub(crate) async fn run(
@@ -48,11 +27,16 @@ pub(crate) async fn run(
     registry: &Registry,
     out: &mut dyn Write,
 ) -> Result<u8, CliError> {
+    let target = cli
+        .store
+        .as_ref()
+        .map(|s| Target::new(s, cli.schema.as_deref()));
     let ctx = Ctx {
         store: &**store,
         json: cli.json,
         payload: cli.payload,
         registry,
+        target,
     };
     let result = match &cli.command {
         Command::Streams { category, limit } => {
@@ -74,21 +58,31 @@ pub(crate) async fn run(
             limit,
             until_idle,
         } => read::tail(&ctx, out, *from, *limit, *until_idle).await,
-        Command::Stats => admin::stats(&ctx, out, cli.store.as_deref()).await,
+        Command::Stats => admin::stats(&ctx, out).await,
         Command::Verify => admin::verify(&ctx, out).await,
         Command::Subscriptions => subscriptions::list(&ctx, out, subscriptions).await,
         Command::Reset {
             name,
             to,
             clear_state,
-        } => subscriptions::reset(&ctx, out, subscriptions, name, to, *clear_state).await,
+            force,
+        } => {
+            let how = subscriptions::ResetHow {
+                to,
+                clear_state: *clear_state,
+                force: *force,
+            };
+            subscriptions::reset(&ctx, out, subscriptions, name, how).await
+        }
         Command::Parked { name } => subscriptions::parked(&ctx, out, subscriptions, name).await,
         Command::ReplayParked { name, stream } => {
             subscriptions::replay(&ctx, out, subscriptions, name, stream.as_deref()).await
         }
-        Command::SkipParked { name, position } => {
-            subscriptions::skip(&ctx, out, subscriptions, name, *position).await
-        }
+        Command::SkipParked {
+            name,
+            position,
+            force,
+        } => subscriptions::skip(&ctx, out, subscriptions, name, *position, *force).await,
         Command::Export {
             output,
             from,
@@ -107,4 +101,14 @@ pub(crate) struct Ctx<'a> {
     pub json: bool,
     pub payload: bool,
     pub registry: &'a Registry,
+    /// The store named on the command line (none when embedded without `--store`).
+    pub target: Option<Target<'a>>,
+}
+
+impl Ctx<'_> {
+    /// Whether other processes may use the store at the same time (a PostgreSQL store), so that
+    /// a subscription recorded as running and not running here may be running elsewhere.
+    pub fn shared(&self) -> bool {
+        self.target.is_some_and(|t| t.is_shared())
+    }
 }

@@ -28,16 +28,55 @@ struct SubscriptionLine {
     parked_streams: u64,
 }
 
-/// How a state reads in the table, and whether the subscription is running in this process.
-fn state_text(live: Option<&SubscriptionStatus>, stored: Option<&SubscriptionStatus>) -> String {
+/// How a state reads in the table: the live state of a subscription running in this process,
+/// else the recorded one. On a `shared` store (PostgreSQL) a recorded running state may be that
+/// of a loop in another process; on the embedded store, which one process opens, it is that of a
+/// process that ended without a stop.
+fn state_text(
+    live: Option<&SubscriptionStatus>,
+    stored: Option<&SubscriptionStatus>,
+    shared: bool,
+) -> String {
     if let Some(s) = live {
         return describe(&s.state);
     }
     match stored.map(|s| &s.state) {
         None => "-".into(),
-        Some(s @ (SubscriptionState::Stopped | SubscriptionState::Failed(_))) => describe(s),
-        // Recorded while it ran, and it is not running now: its process ended without a stop.
+        Some(s) if !recorded_running(s) => describe(s),
+        Some(s) if shared => format!("last recorded: {}", describe(s)),
         Some(s) => format!("not running (last recorded: {})", describe(s)),
+    }
+}
+
+/// Whether a recorded state is that of a running loop (not a final `Stopped` or `Failed`).
+fn recorded_running(state: &SubscriptionState) -> bool {
+    !matches!(
+        state,
+        SubscriptionState::Stopped | SubscriptionState::Failed(_)
+    )
+}
+
+/// On a store that other processes share, refuses (unless `force`) to change a subscription
+/// that does not run here but whose last recorded state says it runs: it may run in another
+/// process, whose loop would fail on the changed checkpoint or go on with a stale parked list.
+async fn ensure_not_running_elsewhere(
+    ctx: &Ctx<'_>,
+    subscriptions: &Subscriptions,
+    name: &str,
+    force: bool,
+) -> Result<(), CliError> {
+    if force || !ctx.shared() {
+        return Ok(());
+    }
+    if subscriptions.get(name).is_some_and(|h| !h.is_finished()) {
+        return Ok(()); // running here: the framework decides, through its loop
+    }
+    match subscription_status_from_store(ctx.store, name).await? {
+        Some(stored) if recorded_running(&stored.state) => Err(CliError::MaybeRunning {
+            name: name.to_owned(),
+            state: describe(&stored.state),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -83,7 +122,7 @@ pub(crate) async fn list(
                 checkpoint,
                 head,
                 lag: head.saturating_sub(checkpoint),
-                state: state_text(live.as_ref(), stored.as_ref()),
+                state: state_text(live.as_ref(), stored.as_ref(), ctx.shared()),
                 running: live.is_some(),
                 parked: parked.len() as u64,
                 parked_streams: streams.len() as u64,
@@ -139,16 +178,28 @@ struct ResetLine<'a> {
     state_cleared: bool,
 }
 
+/// What `reset` is asked to do.
+pub(crate) struct ResetHow<'a> {
+    pub to: &'a ResetTarget,
+    pub clear_state: bool,
+    pub force: bool,
+}
+
 /// `reset NAME --to ...`: moves a stopped subscription's checkpoint.
 pub(crate) async fn reset(
     ctx: &Ctx<'_>,
     out: &mut dyn Write,
     subscriptions: &Subscriptions,
     name: &str,
-    to: &ResetTarget,
-    clear_state: bool,
+    how: ResetHow<'_>,
 ) -> Result<u8, CliError> {
+    let ResetHow {
+        to,
+        clear_state,
+        force,
+    } = how;
     let previous = checkpoint_of(ctx, name).await?;
+    ensure_not_running_elsewhere(ctx, subscriptions, name, force).await?;
     let target = match to {
         ResetTarget::Beginning => ResetTo::Beginning,
         ResetTarget::End => ResetTo::End,
@@ -275,6 +326,15 @@ pub(crate) async fn replay(
         };
         if ctx.json {
             json_line(out, &line)?;
+        } else if outcome.deferred && ctx.shared() {
+            writeln!(
+                out,
+                "stream {s:?}: recorded a replay of its {} parked events; subscription {name:?} \
+                 is not running in this process, so they are handled, in order, when it next \
+                 starts (a loop running in another process carries the replay out once it is \
+                 restarted)",
+                outcome.still_parked
+            )?;
         } else if outcome.deferred {
             writeln!(
                 out,
@@ -309,8 +369,10 @@ pub(crate) async fn skip(
     subscriptions: &Subscriptions,
     name: &str,
     position: u64,
+    force: bool,
 ) -> Result<u8, CliError> {
     checkpoint_of(ctx, name).await?;
+    ensure_not_running_elsewhere(ctx, subscriptions, name, force).await?;
     let parked = subscriptions.parked(name).await?;
     let not_parked = || {
         CliError::NotFound(format!(
@@ -362,15 +424,30 @@ mod tests {
     fn a_recorded_running_state_of_a_subscription_not_running_here_says_so() {
         let live = status(r#""Live""#);
         assert_eq!(
-            state_text(None, Some(&live)),
+            state_text(None, Some(&live), false),
             "not running (last recorded: live)"
         );
-        assert_eq!(state_text(Some(&live), Some(&live)), "live");
-        assert_eq!(state_text(None, Some(&status(r#""Stopped""#))), "stopped");
+        assert_eq!(state_text(Some(&live), Some(&live), false), "live");
         assert_eq!(
-            state_text(None, Some(&status(r#"{"Failed":"boom"}"#))),
+            state_text(None, Some(&status(r#""Stopped""#)), false),
+            "stopped"
+        );
+        assert_eq!(
+            state_text(None, Some(&status(r#"{"Failed":"boom"}"#)), false),
             "failed: boom"
         );
-        assert_eq!(state_text(None, None), "-");
+        assert_eq!(state_text(None, None, false), "-");
+    }
+
+    #[test]
+    fn on_a_shared_store_a_recorded_running_state_may_be_another_processs() {
+        let live = status(r#""Live""#);
+        assert_eq!(state_text(None, Some(&live), true), "last recorded: live");
+        assert_eq!(
+            state_text(None, Some(&status(r#""Stopped""#)), true),
+            "stopped"
+        );
+        assert!(recorded_running(&status(r#"{"Unavailable":"x"}"#).state));
+        assert!(!recorded_running(&status(r#"{"Failed":"x"}"#).state));
     }
 }
