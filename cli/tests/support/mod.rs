@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,6 +149,7 @@ pub fn run_raw(args: &[&str], stdin: Option<&[u8]>) -> Run {
     let mut cmd = Command::new(TIDINGS);
     cmd.args(args)
         .env_remove("TIDINGS_STORE")
+        .env_remove("TIDINGS_SCHEMA")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(if stdin.is_some() {
