@@ -4,8 +4,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tidings::store::{EventStore, ExpectedVersion, SledEventStore};
+use tempfile::TempDir;
+use tidings::store::{EventStore, ExpectedVersion, PostgresConfig, SledEventStore};
 
+use crate::baseline::postgres::{BareInsert, Schema, Server};
 use crate::baseline::{self, Append, GroupWriter};
 use crate::data::{self, Payloads};
 
@@ -20,16 +22,23 @@ pub enum Engine {
     RawSled,
     /// one file, write + fdatasync per group.
     RawFile,
+    /// tidings' PostgreSQL event store.
+    Postgres,
+    /// bare `INSERT`s on the same server, one transaction per append.
+    PgInsert,
 }
 
 impl Engine {
-    /// Every engine, tidings first.
-    pub const ALL: [Engine; 4] = [
+    /// The engines that store in a local directory, tidings first.
+    pub const EMBEDDED: [Engine; 4] = [
         Engine::Tidings,
         Engine::Sqlite,
         Engine::RawSled,
         Engine::RawFile,
     ];
+
+    /// The engines on a PostgreSQL server, tidings first.
+    pub const POSTGRES: [Engine; 2] = [Engine::Postgres, Engine::PgInsert];
 
     /// Its name in the table.
     pub fn name(self) -> &'static str {
@@ -38,10 +47,13 @@ impl Engine {
             Engine::Sqlite => "SQLite WAL FULL",
             Engine::RawSled => "raw sled",
             Engine::RawFile => "raw file+fdatasync",
+            Engine::Postgres => "tidings PostgreSQL",
+            Engine::PgInsert => "PG bare INSERT",
         }
     }
 
-    /// Parses [`name`](Engine::name)'s short form (used by the child process of W6).
+    /// Parses the [short form](Engine::arg) of an embedded engine (used by the child process of
+    /// W6).
     pub fn from_arg(s: &str) -> Option<Engine> {
         match s {
             "tidings" => Some(Engine::Tidings),
@@ -59,24 +71,79 @@ impl Engine {
             Engine::Sqlite => "sqlite",
             Engine::RawSled => "sled",
             Engine::RawFile => "file",
+            Engine::Postgres => "postgres",
+            Engine::PgInsert => "pg-insert",
         }
+    }
+
+    /// Opens a fresh store of this engine: an embedded one in a new temporary directory, a
+    /// PostgreSQL one in a new schema of `server`, with `connections` connections.
+    pub fn open_fresh(
+        self,
+        s: &crate::Settings,
+        server: Option<&Server>,
+        connections: usize,
+    ) -> Result<Fresh, String> {
+        let Some(server) = server.filter(|_| Engine::POSTGRES.contains(&self)) else {
+            let dir = s.tempdir()?;
+            let sink = Sink::open(self, dir.path())?;
+            return Ok(Fresh {
+                sink,
+                _dir: Some(dir),
+                _schema: None,
+            });
+        };
+        let schema = server.schema();
+        let sink = match self {
+            Engine::Postgres => Sink::Store(Arc::new(
+                PostgresConfig::new(server.url.clone())
+                    .schema(schema.name.clone())
+                    .pool_size(connections)
+                    .open_blocking()
+                    .map_err(|e| e.to_string())?,
+            )),
+            _ => Sink::Bare(Arc::new(BareInsert::create(server, &schema, connections)?)),
+        };
+        Ok(Fresh {
+            sink,
+            _dir: None,
+            _schema: Some(schema),
+        })
+    }
+}
+
+/// A fresh store, open for appends, and where it lives: a temporary directory or a schema of
+/// its own on the server, removed after the store is closed (fields drop in order).
+pub struct Fresh {
+    /// The store.
+    pub sink: Sink,
+    _dir: Option<TempDir>,
+    _schema: Option<Schema>,
+}
+
+impl Fresh {
+    /// Closes the store, then removes its directory or schema.
+    pub fn close(self) {
+        self.sink.close();
     }
 }
 
 /// An open store of one engine, ready for appends.
 #[derive(Clone)]
 pub enum Sink {
-    /// tidings.
-    Tidings(Arc<SledEventStore>),
+    /// One of tidings' stores.
+    Store(Arc<dyn EventStore>),
     /// A baseline behind its group writer.
     Group(Arc<GroupWriter>),
+    /// The bare PostgreSQL baseline.
+    Bare(Arc<BareInsert>),
 }
 
 impl Sink {
-    /// Opens a fresh store of `engine` in `dir`.
+    /// Opens a fresh store of the embedded `engine` in `dir`.
     pub fn open(engine: Engine, dir: &Path) -> Result<Sink, String> {
         Ok(match engine {
-            Engine::Tidings => Sink::Tidings(Arc::new(
+            Engine::Tidings => Sink::Store(Arc::new(
                 SledEventStore::open(dir).map_err(|e| e.to_string())?,
             )),
             Engine::Sqlite => {
@@ -92,6 +159,9 @@ impl Sink {
             Engine::RawFile => Sink::Group(Arc::new(GroupWriter::start(
                 baseline::file::FileWriter::create(dir).map_err(|e| e.to_string())?,
             ))),
+            Engine::Postgres | Engine::PgInsert => {
+                return Err(format!("{} needs a server, not a directory", engine.name()))
+            }
         })
     }
 
@@ -105,7 +175,7 @@ impl Sink {
         let p = data::plan(k, streams);
         let stream = data::stream_name(p.stream);
         match self {
-            Sink::Tidings(store) => {
+            Sink::Store(store) => {
                 store
                     .append(
                         &stream,
@@ -123,6 +193,10 @@ impl Sink {
                 })
                 .await?;
             }
+            Sink::Bare(b) => {
+                b.append(&stream, data::raw_events(payloads, 3 * k, p.events))
+                    .await?;
+            }
         }
         Ok(p.events)
     }
@@ -130,13 +204,19 @@ impl Sink {
     /// Closes the store (waits for its writer).
     pub fn close(self) {
         match self {
-            Sink::Tidings(store) => {
-                // The last clone closes the store (its writer thread stops, files are released).
+            Sink::Store(store) => {
+                // The last clone closes the store (its writer thread stops, files are released;
+                // a PostgreSQL store's connections close).
                 drop(store);
             }
             Sink::Group(w) => {
                 if let Ok(w) = Arc::try_unwrap(w) {
                     w.close();
+                }
+            }
+            Sink::Bare(b) => {
+                if let Ok(b) = Arc::try_unwrap(b) {
+                    b.close();
                 }
             }
         }
@@ -173,7 +253,7 @@ pub async fn drive(
 ) -> Result<Run, String> {
     let per_writer = (events / writers).max(1);
     let start = Instant::now();
-    let tasks: Vec<_> = (0..writers)
+    let mut tasks: Vec<_> = (0..writers)
         .map(|w| {
             let (sink, payloads) = (sink.clone(), payloads.clone());
             tokio::spawn(async move {
@@ -198,11 +278,26 @@ pub async fn drive(
         seconds: 0.0,
         latencies: Vec::new(),
     };
-    for t in tasks {
-        let (w, a, l) = t.await.map_err(|e| e.to_string())??;
-        run.events += w;
-        run.appends += a;
-        run.latencies.extend(l);
+    // After a failure the other writers are cancelled and awaited, so that none still holds
+    // the store when the caller closes it (and drops its directory or schema).
+    let mut failure = None;
+    for i in 0..tasks.len() {
+        match (&mut tasks[i]).await {
+            Ok(Ok((w, a, l))) => {
+                run.events += w;
+                run.appends += a;
+                run.latencies.extend(l);
+            }
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => failure = failure.or(Some(e.to_string())),
+        }
+        if failure.is_some() {
+            tasks[i + 1..].iter().for_each(|t| t.abort());
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     run.seconds = start.elapsed().as_secs_f64();
     Ok(run)

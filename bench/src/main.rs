@@ -5,13 +5,20 @@
 //! cargo run --release -p tidings-bench                 # full run (docs/performance.md)
 //! cargo run --release -p tidings-bench -- --quick      # seconds: small sizes, a smoke test
 //! cargo run --release -p tidings-bench -- --only W1,W3 --json
+//! cargo run --release -p tidings-bench -- --backend postgres   # W1, W3, W7 on PostgreSQL only
 //! ```
+//!
+//! W1, W3 and W7 also run against tidings' PostgreSQL store when the server
+//! (`TIDINGS_BENCH_POSTGRES_URL`, else `TIDINGS_TEST_POSTGRES_URL`, else
+//! `postgres://root@127.0.0.1:5432/test`) answers; when it does not, they are skipped with a loud
+//! message, and the run fails at the end if `TIDINGS_REQUIRE_POSTGRES=1`.
 
 mod baseline;
 mod data;
 mod dataset;
 mod domain;
 mod engines;
+mod pg;
 mod report;
 mod w12;
 mod w37;
@@ -21,17 +28,24 @@ mod w6;
 use std::fmt;
 use std::time::Instant;
 
+use baseline::postgres::Server;
 use report::Row;
 
-const USAGE: &str =
-    "usage: tidings-bench [--quick] [--json] [--only W1,W2,...] [--rounds N] [--verbose]
+const USAGE: &str = "usage: tidings-bench [--quick] [--json] [--only W1,W2,...] [--backend B] \
+     [--rounds N] [--verbose]
 
   --quick    small sizes, runs in seconds (a smoke test; figures are not meaningful)
   --json     print the rows as JSON instead of the table
   --only     run only these workloads (W1..W7)
-  --rounds   rounds of W1 per engine (median reported); default 3, 1 with --quick
+  --backend  sled, postgres or both (default): which stores' workloads run (PostgreSQL has
+             W1, W3 and W7)
+  --rounds   rounds of W1 per engine, and of the PostgreSQL reads (median reported); default 3,
+             1 with --quick
   --verbose  print each measurement to stderr as it is taken
-Temporary stores go under $TMPDIR (default /tmp): put it on the disk you want to measure.";
+Temporary stores go under $TMPDIR (default /tmp): put it on the disk you want to measure.
+PostgreSQL: TIDINGS_BENCH_POSTGRES_URL, else TIDINGS_TEST_POSTGRES_URL, else
+postgres://root@127.0.0.1:5432/test; each run works in schemas of its own (bench_<pid>_<n>) and
+drops them. TIDINGS_REQUIRE_POSTGRES=1 fails the run when the server is not reachable.";
 
 /// What to run, and how big.
 pub struct Settings {
@@ -41,6 +55,10 @@ pub struct Settings {
     pub rounds: usize,
     /// Print each measurement to stderr.
     pub verbose: bool,
+    /// Run the embedded (sled) store's workloads.
+    pub sled: bool,
+    /// Run the PostgreSQL store's workloads.
+    pub postgres: bool,
     only: Option<Vec<String>>,
     json: bool,
 }
@@ -51,6 +69,8 @@ impl Settings {
             quick: false,
             rounds: 0,
             verbose: false,
+            sled: true,
+            postgres: true,
             only: None,
             json: false,
         };
@@ -70,6 +90,15 @@ impl Settings {
                         ));
                     }
                     s.only = Some(list);
+                }
+                "--backend" => {
+                    let v = it.next().ok_or("--backend needs sled, postgres or both")?;
+                    (s.sled, s.postgres) = match v.as_str() {
+                        "sled" => (true, false),
+                        "postgres" => (false, true),
+                        "both" => (true, true),
+                        _ => return Err(format!("--backend: {v:?} is not sled, postgres or both")),
+                    };
                 }
                 "--rounds" => {
                     let v = it.next().ok_or("--rounds needs a number")?;
@@ -101,6 +130,18 @@ impl Settings {
             (false, 1) => 10_000,
             (false, 16) => 100_000,
             (false, _) => 300_000,
+        }
+    }
+
+    /// Events written by W1 on PostgreSQL at `writers` writers: fewer than on sled, so that the
+    /// PostgreSQL workloads of a full run take about 10 minutes on a 2-core machine (the store
+    /// appends ~1 000 events/s there).
+    pub fn pg_w1_events(&self, writers: u64) -> u64 {
+        match (self.quick, writers) {
+            (true, _) => self.w1_events(writers),
+            (false, 1) => 5_000,
+            (false, 16) => 50_000,
+            (false, _) => 100_000,
         }
     }
 
@@ -175,6 +216,36 @@ fn main() {
 
 type Workload = fn(&Settings, &mut Vec<Row>) -> Result<(), String>;
 
+/// Runs a step of the run under `name`, timing it and noting a failure.
+type Timer<'a> =
+    dyn FnMut(&str, &mut Vec<Row>, &mut dyn FnMut(&mut Vec<Row>) -> Result<(), String>) + 'a;
+
+/// The PostgreSQL workloads on `server`: W1, then W7 and W3 on a data set of their own.
+fn postgres(s: &Settings, server: &Server, rows: &mut Vec<Row>, timed: &mut Timer<'_>) {
+    if s.wants("W1") {
+        timed("W1 PostgreSQL", rows, &mut |rows| pg::w1(s, server, rows));
+    }
+    if s.wants("W3") || s.wants("W7") {
+        let mut d = None;
+        timed("PostgreSQL data set for W3/W7", rows, &mut |_| {
+            d = Some(pg::PgDataset::build(s, server)?);
+            Ok(())
+        });
+        if let Some(d) = d {
+            if s.wants("W7") {
+                timed("W7 PostgreSQL", rows, &mut |rows| {
+                    pg::w7(s, server, &d, rows)
+                });
+            }
+            if s.wants("W3") {
+                timed("W3 PostgreSQL", rows, &mut |rows| {
+                    pg::w3(s, server, &d, rows)
+                });
+            }
+        }
+    }
+}
+
 /// A workload that runs in a child process, given its arguments.
 type Child = fn(&[String]) -> Result<(), String>;
 
@@ -216,11 +287,11 @@ fn run(s: &Settings) -> Result<(), String> {
         }
     };
     for (name, f) in workloads {
-        if s.wants(name) {
+        if s.sled && s.wants(name) {
             timed(name, &mut rows, &mut |rows| f(s, rows));
         }
     }
-    if s.wants("W3") || s.wants("W7") {
+    if s.sled && (s.wants("W3") || s.wants("W7")) {
         let mut d = None;
         timed("data set for W3/W7", &mut rows, &mut |rows| {
             d = Some(dataset::Dataset::build(s, rows)?);
@@ -232,6 +303,27 @@ fn run(s: &Settings) -> Result<(), String> {
             }
             if s.wants("W3") {
                 timed("W3", &mut rows, &mut |rows| w37::w3(s, &d, rows));
+            }
+        }
+    }
+    let mut skipped = None;
+    if s.postgres && (s.wants("W1") || s.wants("W3") || s.wants("W7")) {
+        let server = Server::from_env();
+        match server.reachable() {
+            Ok(()) => postgres(s, &server, &mut rows, &mut timed),
+            Err(e) => {
+                let message = format!(
+                    "PostgreSQL at {} is not reachable ({e}): the PostgreSQL workloads are \
+                     SKIPPED. Start the server or set TIDINGS_BENCH_POSTGRES_URL.",
+                    server.url
+                );
+                eprintln!("\n!!!!!!!! {message} !!!!!!!!\n");
+                if std::env::var("TIDINGS_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+                    timed("PostgreSQL", &mut rows, &mut |_| {
+                        Err("TIDINGS_REQUIRE_POSTGRES=1 and the server is not reachable".into())
+                    });
+                }
+                skipped = Some(message);
             }
         }
     }
@@ -250,6 +342,9 @@ fn run(s: &Settings) -> Result<(), String> {
             started.elapsed().as_secs_f64(),
             load_average()
         );
+    }
+    if let Some(message) = skipped {
+        println!("!!!!!!!! {message} !!!!!!!!");
     }
     if failed.is_empty() {
         Ok(())

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::baseline;
+use crate::baseline::postgres::Server;
 use crate::data::Payloads;
 use crate::engines::{drive, Engine, Sink};
 use crate::report::{median, quantile, Better, Row, Target};
@@ -13,30 +14,10 @@ use crate::Settings;
 /// W1: events/s with 1, 16 and 256 concurrent writers, appends of 1–3 events, each engine on a
 /// fresh store, `rounds` rounds interleaved, medians.
 pub fn w1(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
-    let payloads = Arc::new(Payloads::new());
-    let rt = runtime()?;
     for writers in [1u64, 16, 256] {
         let events = s.w1_events(writers);
-        let mut figures: HashMap<&'static str, Vec<f64>> = HashMap::new();
-        for _ in 0..s.rounds {
-            for engine in Engine::ALL {
-                let dir = s.tempdir()?;
-                let sink = Sink::open(engine, dir.path())?;
-                let run = rt.block_on(drive(&sink, payloads.clone(), writers, events, false))?;
-                sink.close();
-                figures
-                    .entry(engine.name())
-                    .or_default()
-                    .push(run.events_per_sec());
-                s.log(format_args!(
-                    "W1 {writers:>3} writers {:<20} {:>10.0} events/s ({} appends)",
-                    engine.name(),
-                    run.events_per_sec(),
-                    run.appends
-                ));
-            }
-        }
-        let mut med = |e: Engine| median(figures.get_mut(e.name()).expect("measured"));
+        let mut med = append_rounds(s, &Engine::EMBEDDED, None, writers, events, 0)?;
+        let mut med = |e: Engine| med.remove(e.name()).expect("measured");
         let t = med(Engine::Tidings);
         let plural = if writers == 1 { "" } else { "s" };
         let case = format!("{writers} writer{plural}, {events} events");
@@ -72,6 +53,46 @@ pub fn w1(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Runs `s.rounds` rounds in which each of `engines` in turn appends about `events` events from
+/// `writers` concurrent writers to a fresh store of its own (a PostgreSQL one on `server`, with
+/// `connections` connections); returns each engine's median events/s, by name. With
+/// `--verbose`, each round's figures and their ratio to the first engine's.
+pub fn append_rounds(
+    s: &Settings,
+    engines: &[Engine],
+    server: Option<&Server>,
+    writers: u64,
+    events: u64,
+    connections: usize,
+) -> Result<HashMap<&'static str, f64>, String> {
+    let payloads = Arc::new(Payloads::new());
+    let rt = runtime()?;
+    let mut figures: HashMap<&'static str, Vec<f64>> = HashMap::new();
+    for round in 1..=s.rounds {
+        let mut first = None;
+        for &engine in engines {
+            let fresh = engine.open_fresh(s, server, connections)?;
+            let run = rt.block_on(drive(&fresh.sink, payloads.clone(), writers, events, false));
+            fresh.close();
+            let run = run?;
+            let rate = run.events_per_sec();
+            figures.entry(engine.name()).or_default().push(rate);
+            let first = *first.get_or_insert(rate);
+            s.log(format_args!(
+                "W1 {writers:>3} writers {:<20} {rate:>10.0} events/s ({} appends; round {round}, \
+                 {:.2}x tidings)",
+                engine.name(),
+                run.appends,
+                rate / first
+            ));
+        }
+    }
+    Ok(figures
+        .into_iter()
+        .map(|(name, mut xs)| (name, median(&mut xs)))
+        .collect())
 }
 
 /// W2: latency of single appends (1 writer, one at a time), p50 and p99, beside raw

@@ -72,13 +72,41 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// W7: full histories of 1 000 random streams out of 10 000, one after another.
-pub fn w7(s: &Settings, d: &Dataset, rows: &mut Vec<Row>) -> Result<(), String> {
+/// The 1 000 streams out of 10 000 that W7 reads, drawn once (seeded): the same for every
+/// engine.
+pub fn w7_picks() -> Vec<String> {
     let mut rng = StdRng::seed_from_u64(7);
-    let picks: Vec<String> = sample(&mut rng, STREAMS as usize, 1000)
+    sample(&mut rng, STREAMS as usize, 1000)
         .iter()
         .map(|i| data::stream_name(i as u64))
-        .collect();
+        .collect()
+}
+
+/// Reads the whole log of `store` with `read_all` pages of 1 000 and no filter, and checks that
+/// it saw `n` events; returns the seconds it took.
+pub async fn read_all_pages(store: &dyn EventStore, n: u64) -> Result<f64, String> {
+    let start = Instant::now();
+    let (mut next, mut seen) = (1, 0u64);
+    loop {
+        let page = store
+            .read_all(next, 1000, &Filter::all())
+            .await
+            .map_err(err)?;
+        seen += page.events.len() as u64;
+        next = page.next_position;
+        if page.is_end() {
+            break;
+        }
+    }
+    if seen != n {
+        return Err(format!("W3: read_all saw {seen} of {n} events"));
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// W7: full histories of 1 000 random streams out of 10 000, one after another.
+pub fn w7(s: &Settings, d: &Dataset, rows: &mut Vec<Row>) -> Result<(), String> {
+    let picks = w7_picks();
     let rt = runtime()?;
     let store = SledEventStore::open(d.tidings.path()).map_err(err)?;
     let read_tidings = || -> Result<(u64, f64), String> {
@@ -151,27 +179,7 @@ pub fn w3(s: &Settings, d: &Dataset, rows: &mut Vec<Row>) -> Result<(), String> 
     }
     let rt = runtime()?;
     // Store level: pages of 1 000 with no filter, twice (the second is warm).
-    let read_all = || -> Result<f64, String> {
-        rt.block_on(async {
-            let start = Instant::now();
-            let (mut next, mut seen) = (1, 0u64);
-            loop {
-                let page = store
-                    .read_all(next, 1000, &Filter::all())
-                    .await
-                    .map_err(err)?;
-                seen += page.events.len() as u64;
-                next = page.next_position;
-                if page.is_end() {
-                    break;
-                }
-            }
-            if seen != n {
-                return Err(format!("W3: read_all saw {seen} of {n} events"));
-            }
-            Ok(start.elapsed().as_secs_f64())
-        })
-    };
+    let read_all = || rt.block_on(read_all_pages(&store, n));
     read_all()?;
     let t_read_all = read_all()?;
     s.log(format_args!(

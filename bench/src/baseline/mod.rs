@@ -7,8 +7,12 @@
 //! of stream heads, assigns positions, writes the whole group as one transaction / batch / write,
 //! makes it durable with one sync, and only then replies. So with 1 writer every backend pays one
 //! sync per append, and with 256 writers each pays one sync per group, exactly like tidings.
+//!
+//! The PostgreSQL baseline ([`postgres`]) is batched as tidings' `PostgresEventStore` is
+//! instead: one transaction per append, from as many connections as the store gets.
 
 pub mod file;
+pub mod postgres;
 pub mod sled;
 pub mod sqlite;
 
