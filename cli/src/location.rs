@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use tidings::store::{DEFAULT_SCHEMA, MAX_SCHEMA_LEN};
+use tidings::store::{validate_postgres_schema, DEFAULT_SCHEMA, MAX_SCHEMA_LEN};
 
 /// The URL schemes that name a PostgreSQL server.
 const POSTGRES_SCHEMES: [&str; 2] = ["postgres://", "postgresql://"];
@@ -88,18 +88,11 @@ impl clap::builder::TypedValueParser for StoreLocationParser {
 /// Checks `--schema` as the PostgreSQL store does (so that a bad name is a usage error before
 /// anything connects): 1 to [`MAX_SCHEMA_LEN`] of `a-z`, `0-9` and `_`, not starting with a digit.
 pub(crate) fn parse_schema(name: &str) -> Result<String, String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_SCHEMA_LEN
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(name.to_owned())
-    } else {
-        Err(format!(
+    match validate_postgres_schema(name) {
+        Ok(()) => Ok(name.to_owned()),
+        Err(_) => Err(format!(
             "a schema name is 1 to {MAX_SCHEMA_LEN} of a-z, 0-9 and _, not starting with a digit"
-        ))
+        )),
     }
 }
 

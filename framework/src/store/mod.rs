@@ -18,8 +18,8 @@ pub use self::head::HeadWatch;
 pub use self::lease::{Lease, LeaseAttempt, LeaseHolder, LeaseInfo};
 #[cfg(feature = "postgres")]
 pub use self::postgres::{
-    PostgresConfig, PostgresEventStore, DEFAULT_SCHEMA, MAX_SCHEMA_LEN,
-    SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION,
+    validate_schema as validate_postgres_schema, PostgresConfig, PostgresEventStore,
+    DEFAULT_SCHEMA, MAX_SCHEMA_LEN, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION,
 };
 pub use self::sled::{SledConfig, SledEventStore};
 pub use self::types::{

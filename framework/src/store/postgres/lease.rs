@@ -11,7 +11,7 @@ use std::time::Duration;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::ops::{execute, maybe, Params};
+use super::ops::{execute, maybe, unsigned, Params};
 use super::Shared;
 use crate::store::{Lease, LeaseAttempt, LeaseHolder, LeaseInfo, Result, StoreError};
 
@@ -69,14 +69,6 @@ impl LeaseSql {
 /// A lease time-to-live as whole microseconds (at least one).
 fn ttl_micros(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX).max(1)
-}
-
-/// A stored non-negative number.
-fn unsigned(v: i64, what: &str) -> Result<u64> {
-    u64::try_from(v).map_err(|_| StoreError::DamagedMetadata {
-        what: what.to_owned(),
-        reason: format!("negative value {v}"),
-    })
 }
 
 fn info_from_row(name: &str, row: &Row) -> Result<LeaseInfo> {

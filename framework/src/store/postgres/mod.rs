@@ -220,8 +220,10 @@ impl PostgresConfig {
     }
 }
 
-/// Checks a schema name: lower-case ASCII letters, digits and `_`, not starting with a digit.
-fn validate_schema(schema: &str) -> Result<()> {
+/// Checks a schema name as [`PostgresConfig::schema`] requires: 1 to [`MAX_SCHEMA_LEN`] of
+/// lower-case ASCII letters, digits and `_`, not starting with a digit. [`StoreError::InvalidInput`]
+/// otherwise.
+pub fn validate_schema(schema: &str) -> Result<()> {
     let ok = !schema.is_empty()
         && schema.len() <= MAX_SCHEMA_LEN
         && !schema.starts_with(|c: char| c.is_ascii_digit())

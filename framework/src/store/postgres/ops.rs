@@ -213,7 +213,7 @@ fn limit(n: usize) -> i64 {
 }
 
 /// A stored `bigint` that must not be negative.
-fn unsigned(v: i64, what: &str) -> Result<u64> {
+pub(super) fn unsigned(v: i64, what: &str) -> Result<u64> {
     u64::try_from(v).map_err(|_| StoreError::DamagedMetadata {
         what: what.to_owned(),
         reason: format!("negative value {v}"),
