@@ -14,10 +14,25 @@ fn connection_lost(code: &SqlState) -> bool {
         || *code == SqlState::CANNOT_CONNECT_NOW
 }
 
-/// A driver error: [`StoreError::Unavailable`] when the connection is gone or the server is
-/// shutting down or starting, [`StoreError::Engine`] otherwise (with the server's message).
+/// Whether `code` says the request may succeed when tried again later, unchanged: the server
+/// is short of resources (class 53: too many connections, disk full, out of memory), the
+/// request was cancelled (a statement timeout, an operator's `pg_cancel_backend`), it lost to
+/// another transaction (serialization failure, deadlock, a lock not available), or the server
+/// is read-only (a standby, or a primary being failed over).
+fn retryable(code: &SqlState) -> bool {
+    code.code().starts_with("53")
+        || *code == SqlState::QUERY_CANCELED
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+}
+
+/// A driver error: [`StoreError::Unavailable`] when the connection is gone, the server is
+/// shutting down or starting, or the error says that trying again later may succeed
+/// ([`retryable`]); [`StoreError::Engine`] otherwise (with the server's message).
 pub fn pg_error(e: tokio_postgres::Error) -> StoreError {
-    if e.is_closed() || e.code().is_some_and(connection_lost) {
+    if e.is_closed() || e.code().is_some_and(|c| connection_lost(c) || retryable(c)) {
         return StoreError::Unavailable(e.to_string());
     }
     if let Some(db) = e.as_db_error() {

@@ -97,6 +97,11 @@ pub struct PostgresConfig {
     pub connect_timeout: Duration,
     /// How many positions a filtered global read examines at most per call. Default 65 536.
     pub scan_window: u64,
+    /// The longest a transaction of the store may sit idle on the server (PostgreSQL's
+    /// `idle_in_transaction_session_timeout` on the store's connections). A process that is
+    /// paused (SIGSTOP, a debugger) inside one of its transactions would otherwise hold the read
+    /// horizon back, and with it every reader of the server. Default 10 s; zero turns it off.
+    pub idle_transaction_timeout: Duration,
 }
 
 impl fmt::Debug for PostgresConfig {
@@ -110,6 +115,7 @@ impl fmt::Debug for PostgresConfig {
             .field("visibility_timeout", &self.visibility_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("scan_window", &self.scan_window)
+            .field("idle_transaction_timeout", &self.idle_transaction_timeout)
             .finish()
     }
 }
@@ -147,6 +153,7 @@ impl PostgresConfig {
             visibility_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             scan_window: 65_536,
+            idle_transaction_timeout: Duration::from_secs(10),
         }
     }
 
@@ -190,6 +197,13 @@ impl PostgresConfig {
     #[must_use]
     pub fn scan_window(mut self, positions: u64) -> Self {
         self.scan_window = positions.max(1);
+        self
+    }
+
+    /// Sets how long a transaction of the store may sit idle on the server.
+    #[must_use]
+    pub fn idle_transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_transaction_timeout = timeout;
         self
     }
 
@@ -273,6 +287,9 @@ struct Shared {
     /// The head, owned by the store's handle ([`Inner`]): when the last handle goes, watchers
     /// see the store closed even while a request or the tracker still runs.
     head: Weak<watch::Sender<u64>>,
+    /// The highest position this process committed, for the task that notifies other
+    /// processes ([`tracker::announce`]).
+    appended: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -284,6 +301,19 @@ impl Shared {
         head.send_if_modified(|h| {
             if position > *h {
                 *h = position;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Tells other processes (through one coalesced `NOTIFY`, sent outside the append's
+    /// transaction) that positions up to `position` are committed.
+    fn announce(&self, position: u64) {
+        self.appended.send_if_modified(|p| {
+            if position > *p {
+                *p = position;
                 true
             } else {
                 false
@@ -353,9 +383,20 @@ impl PostgresEventStore {
             .parse()
             .map_err(|e| StoreError::InvalidInput(format!("bad PostgreSQL URL: {e}")))?;
         let options = pg.get_options().unwrap_or("").to_owned();
-        // Acknowledged means durable: whatever the server's default, commits wait for the WAL
-        // flush on the store's connections.
-        pg.options(format!("{options} -c synchronous_commit=on").trim());
+        // Whatever the server's, database's or role's defaults, the store's connections run as
+        // the store needs: acknowledged means durable (commits wait for the WAL flush), read
+        // committed, writable, and no transaction left idle long enough to hold the read
+        // horizon back. Settings sent at connection override those of the role and database.
+        pg.options(
+            format!(
+                "{options} -c synchronous_commit=on \
+                 -c default_transaction_isolation=read\\ committed \
+                 -c default_transaction_read_only=off \
+                 -c idle_in_transaction_session_timeout={}",
+                config.idle_transaction_timeout.as_millis()
+            )
+            .trim(),
+        );
         if pg.get_application_name().is_none() {
             pg.application_name("tidings");
         }
@@ -393,6 +434,7 @@ impl PostgresEventStore {
             sql,
             lease_sql,
             head: Arc::downgrade(&head),
+            appended: watch::channel(0).0,
         });
         let opening = {
             let shared = shared.clone();
@@ -414,6 +456,7 @@ impl PostgresEventStore {
             return Err(e);
         }
         runtime.spawn(tracker::track(shared.clone()));
+        runtime.spawn(tracker::announce(shared.clone()));
         Ok(PostgresEventStore {
             inner: Arc::new(Inner {
                 runtime: Some(runtime),

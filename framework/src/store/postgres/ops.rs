@@ -1,12 +1,14 @@
 //! The requests of a PostgreSQL store, one function per [`EventStore`](crate::store::EventStore)
 //! method, each on a pooled connection.
 //!
-//! Every read of events goes through the read horizon: only rows whose writing transaction is
-//! older than every running transaction (`xid < pg_snapshot_xmin(pg_current_snapshot())`) are
-//! returned, and the durable head is the highest such position. Positions are handed out in
-//! transaction-id order (see the `append` function in `schema.rs`), so every position at or
-//! below the head belongs to a finished transaction: a reader never passes a row that could
-//! still commit.
+//! Every global read of events goes through the read horizon: only rows whose writing
+//! transaction is older than every running transaction
+//! (`xid < pg_snapshot_xmin(pg_current_snapshot())`) are returned, and the durable head is the
+//! highest such position. Positions are handed out in transaction-id order (see the `append`
+//! function in `schema.rs`), so every position at or below the head belongs to a finished
+//! transaction: a reader never passes a row that could still commit.
+//! Reads of one stream go through the horizon too, so that they never return a position above
+//! the head (the same promise as the embedded store's).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -303,13 +305,9 @@ async fn horizon(client: &tokio_postgres::Client, sql: &Sql) -> Result<u64> {
 /// Waits until transaction `xid` (committed) is below the read horizon, then moves the head to
 /// `last`; gives up with a warning after the visibility timeout (the events are durable, but
 /// global readers see them only once the transactions that hold the horizon back finish).
-async fn wait_visible(
-    shared: &Shared,
-    client: &tokio_postgres::Client,
-    mut horizon_now: u64,
-    xid: u64,
-    last: u64,
-) -> Result<()> {
+/// `horizon_now` is the horizon read right after the commit. Holds no connection while it
+/// waits: each new look at the horizon takes one from the pool for that one query.
+async fn wait_visible(shared: &Shared, mut horizon_now: u64, xid: u64, last: u64) -> Result<()> {
     let deadline = tokio::time::Instant::now() + shared.config.visibility_timeout;
     let mut head = shared.watch();
     let mut pause = Duration::from_millis(1);
@@ -331,7 +329,8 @@ async fn wait_visible(
             _ = head.wait_for(last) => return Ok(()),
         }
         pause = (pause * 2).min(Duration::from_millis(50));
-        horizon_now = horizon(client, &shared.sql).await?;
+        let client = shared.client().await?;
+        horizon_now = horizon(&client, &shared.sql).await?;
     }
     shared.bump_head(last);
     Ok(())
@@ -397,21 +396,19 @@ pub async fn append(
         Ok(row) => row,
         Err(e) => {
             let unique = e.code() == Some(&SqlState::UNIQUE_VIOLATION);
-            let error = pg_error(e);
-            if let StoreError::Engine(_) = error {
-                // The function may have failed while holding the session lock on positions:
-                // close this connection (which releases it) instead of pooling it.
-                drop(deadpool_postgres::Object::take(client));
-                if unique {
-                    let actual = committed_version(shared, &stream).await?;
-                    return Err(StoreError::WrongExpectedVersion {
-                        stream,
-                        expected,
-                        actual,
-                    });
-                }
+            // The function releases the session lock on positions when it fails while holding
+            // it; closing the connection (instead of pooling it) also covers a failure between
+            // taking the lock and entering the block that releases it.
+            drop(deadpool_postgres::Object::take(client));
+            if unique {
+                let actual = committed_version(shared, &stream).await?;
+                return Err(StoreError::WrongExpectedVersion {
+                    stream,
+                    expected,
+                    actual,
+                });
             }
-            return Err(error);
+            return Err(pg_error(e));
         }
     };
     let actual = unsigned(row.get(0), "stream version")?;
@@ -425,6 +422,8 @@ pub async fn append(
     let xid = parse_xid(row.get::<_, &str>(2))?;
     let first = unsigned(first, "position")?;
     let last = first + n as u64 - 1;
+    drop(client);
+    shared.announce(last);
     let result = AppendResult {
         first_position: first,
         last_position: last,
@@ -436,7 +435,7 @@ pub async fn append(
         Ok(row) => parse_xid(row.get(0)).unwrap_or(0),
         Err(_) => 0,
     };
-    if let Err(e) = wait_visible(shared, &client, horizon_now, xid, last).await {
+    if let Err(e) = wait_visible(shared, horizon_now, xid, last).await {
         tracing::warn!(error = %e, position = last, "could not wait for an append to be readable");
     }
     Ok(result)
@@ -974,15 +973,19 @@ pub async fn import(shared: &Shared, events: Vec<RecordedEvent>) -> Result<u64> 
     tx.execute(&format!("SELECT setval('{s}.positions', $1)"), &[&last])
         .await
         .map_err(pg_error)?;
+    // Appends after the import take timestamps from the clock: at least the import's newest.
+    let newest = columns.timestamps.last().copied().unwrap_or(0);
     tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&keys.channel, &last_position.to_string()],
+        &format!("SELECT setval('{s}.clock', greatest(last_value, $1)) FROM {s}.clock"),
+        &[&newest],
     )
     .await
     .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
+    shared.announce(last_position);
     let horizon_now = horizon(&client, &shared.sql).await.unwrap_or(0);
-    wait_visible(shared, &client, horizon_now, xid, last_position).await?;
+    drop(client);
+    wait_visible(shared, horizon_now, xid, last_position).await?;
     Ok(last_position)
 }
 

@@ -12,7 +12,7 @@ use super::keys::Keys;
 use crate::store::{Result, StoreError};
 
 /// The newest migration this build knows (the schema version it reads and writes).
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The statements of migration `version`, for the schema `s` (already quoted) with lock `keys`.
 fn migration(version: i32, s: &str, keys: &Keys) -> String {
@@ -136,6 +136,78 @@ CREATE TABLE {s}.leases (
     expires_at  timestamptz NOT NULL
 );
 "#
+        ),
+        3 => format!(
+            r#"
+-- The clock: the highest timestamp handed out, so that timestamps never go down with position
+-- without reading the events table under the positions lock. A sequence, because setval is
+-- immediate and takes no row lock; a rolled-back append leaves it advanced, which is harmless.
+CREATE SEQUENCE {s}.clock AS bigint MINVALUE 0 START 0 CACHE 1;
+SELECT setval('{s}.clock',
+              greatest(coalesce((SELECT max(timestamp_micros) FROM {s}.events), 0), 0), false);
+
+-- Version 1's append, with three changes:
+-- * no NOTIFY inside the append's transaction (it takes a database-wide lock from its commit
+--   until the end of the commit's WAL flush, so every append of the server waited for every
+--   other; the store now sends one coalesced notification after commits, outside);
+-- * the timestamp comes from the clock sequence instead of the newest event;
+-- * an error while the positions lock is held releases it before it is raised again (the lock
+--   is a session lock: a caller outside tidings would otherwise keep it until it disconnects).
+CREATE OR REPLACE FUNCTION {s}.append(
+    p_stream text, p_category text, p_expected bigint,
+    p_ids uuid[], p_types text[], p_schema_versions integer[],
+    p_correlation_ids uuid[], p_causation_ids uuid[], p_payloads bytea[])
+RETURNS TABLE (o_actual bigint, o_first bigint, o_xid text)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_actual bigint;
+    v_n      bigint := cardinality(p_ids);
+    v_first  bigint;
+    v_xid    xid8;
+    v_now    bigint;
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'tidings: an append must be the first write of its transaction'
+            USING ERRCODE = '55000';
+    END IF;
+    PERFORM pg_advisory_xact_lock({class}, hashtext(p_stream));
+    SELECT coalesce(max(e.stream_version), 0) INTO v_actual
+        FROM {s}.events e WHERE e.stream_id = p_stream;
+    IF p_expected >= 0 AND v_actual <> p_expected THEN
+        RETURN QUERY SELECT v_actual, NULL::bigint, NULL::text;
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_lock({positions});
+    BEGIN
+        v_xid := pg_current_xact_id();
+        v_first := nextval('{s}.positions');
+        IF v_n > 1 THEN
+            PERFORM setval('{s}.positions', v_first + v_n - 1);
+        END IF;
+        -- Timestamps never go down with position, even if the server's clock steps back.
+        SELECT greatest((extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                        c.last_value) INTO v_now
+            FROM {s}.clock c;
+        PERFORM setval('{s}.clock', v_now);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_advisory_unlock({positions});
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock({positions});
+    INSERT INTO {s}.events (position, xid, stream_id, stream_version, category, event_type,
+                            schema_version, event_id, correlation_id, causation_id,
+                            timestamp_micros, payload)
+    SELECT v_first + i - 1, v_xid, p_stream, v_actual + i, p_category, p_types[i],
+           p_schema_versions[i], p_ids[i], p_correlation_ids[i], p_causation_ids[i],
+           v_now, p_payloads[i]
+    FROM generate_subscripts(p_ids, 1) AS i;
+    RETURN QUERY SELECT v_actual + v_n, v_first, v_xid::text;
+END
+$fn$;
+"#,
+            class = keys.stream_class,
+            positions = keys.positions,
         ),
         other => unreachable!("no migration {other}"),
     }

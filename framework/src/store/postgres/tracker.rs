@@ -1,25 +1,62 @@
 //! Follows the durable head of a schema that other processes write to as well.
 //!
-//! A dedicated connection `LISTEN`s on the schema's channel; each append `NOTIFY`s it with its
-//! last position. A notification is only a wake-up: the head is read from the table, below the
-//! read horizon. When a notification names a position the horizon does not cover yet (an older
-//! transaction still runs), the head is read again quickly with a growing pause; without any
-//! notification it is read every poll interval, which covers lost notifications and a lost
-//! connection. The connection is made again when it breaks.
+//! A dedicated connection `LISTEN`s on the schema's channel. Each process that appends
+//! `NOTIFY`s it with the highest position it committed ([`announce`]): after the commits, in a
+//! transaction of its own, and coalesced (while one notification is on its way, later appends
+//! only raise the position the next one carries). A `NOTIFY` inside the append's transaction
+//! would hold a database-wide lock from that commit to the end of its WAL flush, so that every
+//! append of the server waited for every other.
+//!
+//! A notification is only a wake-up: the head is read from the table, below the read horizon.
+//! When a notification names a position the horizon does not cover yet (an older transaction
+//! still runs), the head is read again quickly with a growing pause, which grows up to the poll
+//! interval while the head does not move (a transaction outside tidings holding the horizon
+//! back for long makes each read scan every row above it); without any notification it is read
+//! every poll interval, which covers lost notifications and a lost connection. The connection
+//! is made again when it breaks.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::poll_fn;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::errors::pg_error;
 use super::{ops, Shared};
 use crate::store::Result;
 
-/// The shortest and longest pause between reads while a notified position is not readable yet.
+/// The shortest and longest pause between reads while a notified position is not readable yet
+/// and the head still moves.
 const FAST_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(50));
+
+/// Sends a notification each time this process committed positions past the last one sent,
+/// until the store is dropped (its runtime stops this task). A notification that cannot be sent
+/// is not retried: the next append sends a newer one, and listeners poll anyway.
+pub async fn announce(shared: Arc<Shared>) {
+    let mut appended = shared.appended.subscribe();
+    let sql = "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)";
+    let mut sent = 0u64;
+    while appended.changed().await.is_ok() {
+        let position = *appended.borrow_and_update();
+        if position <= sent || shared.head.strong_count() == 0 {
+            continue;
+        }
+        // The notification's own transaction commits without waiting for its WAL flush: it is
+        // only a wake-up, and a lost one is covered by polling.
+        let result = match shared.client().await {
+            Ok(client) => {
+                ops::execute(&client, sql, &[&shared.keys.channel, &position.to_string()]).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(_) => sent = position,
+            Err(e) => tracing::debug!(error = %e, position, "could not send a notification"),
+        }
+    }
+}
 
 /// Follows the head until the store is dropped (its runtime stops this task).
 pub async fn track(shared: Arc<Shared>) {
@@ -93,6 +130,10 @@ async fn listen(
     shared.bump_head(head);
     let mut target = head;
     let mut pause = FAST_POLL.0;
+    // How long the pause may grow to while a notified position is not readable yet: the fast
+    // poll's ceiling while the head moves, up to the poll interval while it does not.
+    let mut ceiling = FAST_POLL.1;
+    let mut last_read = Instant::now();
     loop {
         if shared.head.strong_count() == 0 {
             return Ok(());
@@ -110,7 +151,11 @@ async fn listen(
                     while let Ok(position) = notifications.try_recv() {
                         target = target.max(position);
                     }
-                    pause = FAST_POLL.0;
+                    // While the horizon is stuck, notifications do not shorten the pause.
+                    let stuck = ceiling > FAST_POLL.1 && target > head;
+                    if stuck && Instant::now() < last_read + pause {
+                        continue;
+                    }
                 }
                 None => {
                     return Err(crate::store::StoreError::Unavailable(
@@ -118,16 +163,23 @@ async fn listen(
                     ))
                 }
             },
-            _ = tokio::time::sleep(wait) => {
-                if target > head {
-                    pause = (pause * 2).min(FAST_POLL.1);
-                }
-            }
+            _ = tokio::time::sleep_until(last_read + wait) => {}
         }
+        let before = head;
         head = ops::read_head(client, head_sql).await?;
+        last_read = Instant::now();
         shared.bump_head(head);
         if head >= target {
             target = head;
+            pause = FAST_POLL.0;
+            ceiling = FAST_POLL.1;
+        } else {
+            ceiling = if head == before {
+                (ceiling * 2).min(shared.config.poll_interval.max(FAST_POLL.1))
+            } else {
+                FAST_POLL.1
+            };
+            pause = (pause * 2).min(ceiling);
         }
     }
 }
