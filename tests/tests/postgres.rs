@@ -296,17 +296,20 @@ async fn random_writers_with_random_commit_delays_are_seen_exactly_once() {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ w);
                 let raw = pg::connect().await.unwrap();
                 let mut rolled_back = 0u64;
+                let mut committed = Vec::new();
                 for i in 0..25u64 {
                     let stream = format!("order-w{w}s{}", i % 3);
                     let events: Vec<EventData> = (0..rng.gen_range(1..=3))
                         .map(|k| order(i * 10 + k))
                         .collect();
+                    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
                     match rng.gen_range(0..10) {
                         0..=4 => {
                             store
                                 .append(&stream, ExpectedVersion::Any, events)
                                 .await
                                 .unwrap();
+                            committed.extend(ids);
                         }
                         choice => {
                             raw.batch_execute("BEGIN").await.unwrap();
@@ -318,11 +321,12 @@ async fn random_writers_with_random_commit_delays_are_seen_exactly_once() {
                                 rolled_back += 1;
                             } else {
                                 raw.batch_execute("COMMIT").await.unwrap();
+                                committed.extend(ids);
                             }
                         }
                     }
                 }
-                rolled_back
+                (rolled_back, committed)
             })
         })
         .collect();
@@ -338,8 +342,11 @@ async fn random_writers_with_random_commit_delays_are_seen_exactly_once() {
             .unwrap();
     }
     let mut rolled_back = 0;
+    let mut written = BTreeSet::new();
     for w in writers {
-        rolled_back += w.await.unwrap();
+        let (r, ids) = w.await.unwrap();
+        rolled_back += r;
+        written.extend(ids);
     }
     // The last commits are readable once the tracker sees them (appends through the store
     // wait for that themselves; raw ones do not).
@@ -347,6 +354,16 @@ async fn random_writers_with_random_commit_delays_are_seen_exactly_once() {
     caught_up(&handle, &store).await;
     handle.stop().await;
 
+    let logged: BTreeSet<Uuid> = committed.iter().map(|e| e.event_id).collect();
+    assert_eq!(
+        logged.len(),
+        committed.len(),
+        "an event stored twice (seed {seed})"
+    );
+    assert_eq!(
+        logged, written,
+        "the log holds exactly the events whose writers committed (seed {seed})"
+    );
     let positions: BTreeSet<u64> = committed.iter().map(|e| e.position).collect();
     let counts = tally(&store).await;
     assert_eq!(
@@ -792,4 +809,128 @@ fn a_lease_has_one_holder_and_fences_the_commits_of_a_lost_one() {
             other => panic!("a released lease must be free at once: {other:?}"),
         }
     });
+}
+
+/// A process that appends wakes the others: a second store on the same schema (another
+/// process's, with polling slowed to an hour) sees each append's head through the notification
+/// sent after the commit, not through a poll.
+#[actix::test]
+async fn another_process_sees_appends_through_notifications() {
+    let _shared = SERVER.read().await;
+    let Some((schema, writer)) = open("notifications", "notify_writer", |c| c) else {
+        return;
+    };
+    let reader = schema.open(|c| c.poll_interval(Duration::from_secs(3600)));
+    let mut head = reader.watch_head();
+    for round in 1..=5u64 {
+        let appended = writer
+            .append(
+                &format!("order-n{round}"),
+                ExpectedVersion::NoStream,
+                vec![order(round), order(round + 100)],
+            )
+            .await
+            .unwrap();
+        let seen = tokio::time::timeout(PATIENCE, head.wait_for(appended.last_position))
+            .await
+            .expect("the other store was never woken");
+        assert!(seen.is_ok(), "the other store closed");
+        assert!(reader.head() >= appended.last_position);
+    }
+}
+
+/// The server's, database's or role's defaults cannot change how the store works: a URL whose
+/// options make sessions read-only, serializable and asynchronously committed still gets
+/// writable, read-committed, synchronously committed connections (the store's settings are
+/// sent after the user's and win).
+#[actix::test]
+async fn hostile_session_defaults_are_overridden() {
+    let _shared = SERVER.read().await;
+    let Some(schema) = Schema::fresh("hostile_session_defaults") else {
+        return;
+    };
+    let mut config = schema.config();
+    config.url = format!(
+        "{}?options=-c%20default_transaction_read_only%3Don%20\
+         -c%20default_transaction_isolation%3Dserializable%20-c%20synchronous_commit%3Doff",
+        pg::url()
+    );
+    let store = Arc::new(config.open().await.expect("open with hostile defaults"));
+    let writers: Vec<_> = (0..8u64)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    store
+                        .append(&format!("order-h{w}"), ExpectedVersion::Any, vec![order(i)])
+                        .await
+                        .expect("append on a connection with hostile defaults");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    store.save_checkpoint("hostile", 80).await.unwrap();
+    assert_eq!(store.load_checkpoint("hostile").await.unwrap(), Some(80));
+    assert_eq!(
+        store
+            .read_all(1, 100, &Filter::all())
+            .await
+            .unwrap()
+            .events
+            .len(),
+        80
+    );
+}
+
+/// An append that fails while it holds the positions lock (a session lock shared by every
+/// writer of the schema) releases it, even when the caller is not the store and keeps its
+/// connection: here the positions sequence is exhausted, so taking a position fails inside the
+/// locked section, and afterwards the caller's session holds no advisory lock.
+#[actix::test]
+async fn an_append_failing_under_the_positions_lock_releases_it() {
+    let _shared = SERVER.read().await;
+    let Some((schema, store)) = open("positions_lock_released", "lock_release", |c| c) else {
+        return;
+    };
+    store
+        .append("order-1", ExpectedVersion::NoStream, vec![order(1)])
+        .await
+        .unwrap();
+    let raw = pg::connect().await.unwrap();
+    raw.batch_execute(&format!(
+        "SELECT setval('\"{}\".positions', 9223372036854775807)",
+        schema.name()
+    ))
+    .await
+    .unwrap();
+    let ids = vec![Uuid::new_v4()];
+    let failed = raw
+        .query_one(
+            &format!(
+                "SELECT o_first FROM \"{}\".append('order-2', 'order', -1, $1, \
+                 ARRAY['OrderPlaced'], ARRAY[1], ARRAY[NULL::uuid], ARRAY[NULL::uuid], \
+                 ARRAY['{{}}'::bytea])",
+                schema.name()
+            ),
+            &[&ids],
+        )
+        .await
+        .expect_err("an exhausted positions sequence must fail the append");
+    assert!(
+        failed.to_string().contains("maximum value")
+            || format!("{:?}", failed.as_db_error()).contains("maximum value"),
+        "unexpected error: {failed:?}"
+    );
+    let held: i64 = raw
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "the failed append left an advisory lock held");
 }
