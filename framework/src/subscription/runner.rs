@@ -225,9 +225,12 @@ impl<H: EventHandler> Runner<H> {
         let reason = reason.to_owned();
         self.status
             .update(|s| s.state = SubscriptionState::Unavailable(reason));
+        // At least UNAVAILABLE_PAUSE per attempt, however small the restart backoff: a server
+        // that is down must not be asked again in a tight loop.
         let backoff = self
             .config
             .restart_backoff
+            .max(UNAVAILABLE_PAUSE)
             .saturating_mul(*attempts)
             .min(MAX_UNAVAILABLE_BACKOFF);
         self.sleep_or_stop(backoff).await

@@ -24,7 +24,6 @@ pub enum SubscriptionState {
     /// Waiting for the store, which is unreachable for now (a database server restart, a lost
     /// connection; the message says what the store reported). It retries from its checkpoint
     /// with a growing pause and goes on where it was once the store answers: nothing is skipped.
-    /// (Last, so that status records written before it existed keep their meaning.)
     Unavailable(String),
 }
 
