@@ -279,6 +279,8 @@ impl Subscriptions {
             guard: self.guard(H::NAME),
             cache: Default::default(),
             serial_pages: 0,
+            holder: crate::store::LeaseHolder::this_process(),
+            lease: None,
         };
         SubscriptionActor {
             runner: Some(Box::new(runner)),

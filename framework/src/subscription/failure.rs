@@ -135,6 +135,10 @@ pub enum ControlError {
     /// The running subscription failed while applying the operation.
     #[error("subscription failed while applying the operation: {0}")]
     Failed(String),
+    /// This process runs the subscription as a standby: another process holds its lease (the
+    /// message names it) and applies operations.
+    #[error("this process is a standby; the subscription runs in {0}")]
+    Standby(String),
 }
 
 /// Keys of the framework's own entries in a subscription's state.

@@ -143,6 +143,8 @@ pub struct EventContext<'a> {
     pub(crate) reads: Option<std::sync::Mutex<Vec<Vec<u8>>>>,
     /// The first write to a key under [`RESERVED_PREFIX`](super::RESERVED_PREFIX), refused.
     pub(crate) reserved: Option<Vec<u8>>,
+    /// The generation of the subscription's lease held by this process, if any.
+    pub(crate) fencing_token: Option<u64>,
 }
 
 impl<'a> EventContext<'a> {
@@ -154,6 +156,17 @@ impl<'a> EventContext<'a> {
     /// The subscription's name.
     pub fn subscription(&self) -> &'a str {
         self.name
+    }
+
+    /// The fencing token of the process that handles the event: the generation of the
+    /// subscription's lease it holds, on a store with leases (PostgreSQL); `None` otherwise.
+    ///
+    /// It goes up with each process that takes the subscription over. A handler whose effects
+    /// leave the store (a payment gateway, a mail server) can pass it along, so that the other
+    /// side refuses requests with a lower token than one it has seen: the requests of a process
+    /// that lost the lease without noticing yet (paused, cut off from the store).
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.fencing_token
     }
 
     /// The store, for reads (for example a stream's history).

@@ -49,6 +49,11 @@ pub struct SubscriptionConfig {
     pub restart_backoff: Duration,
     /// What a handler error does: stop (the default) or retry, then park the event's stream.
     pub failure_policy: FailurePolicy,
+    /// How long the subscription's lease lasts unless renewed, on a store with leases
+    /// (PostgreSQL), where any number of processes may start the same subscription and one
+    /// runs it. The holder renews every third of it; a standby takes over at most this long
+    /// after the holder died or lost the store (at once when it stops). Default 5 s.
+    pub lease_ttl: Duration,
 }
 
 impl Default for SubscriptionConfig {
@@ -60,6 +65,7 @@ impl Default for SubscriptionConfig {
             max_restarts: 10,
             restart_backoff: Duration::from_millis(100),
             failure_policy: FailurePolicy::Stop,
+            lease_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -98,6 +104,12 @@ impl SubscriptionConfig {
     /// Sets what a handler error does.
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.failure_policy = policy;
+        self
+    }
+
+    /// Sets how long the lease lasts unless renewed (at least 30 ms).
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl.max(Duration::from_millis(30));
         self
     }
 }

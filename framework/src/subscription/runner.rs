@@ -26,7 +26,10 @@ use super::handler::{drain, merge, EventContext, EventHandler, HandlerFailure, S
 use super::status::{StatusCell, SubscriptionState, SubscriptionStatus};
 use super::{StartFrom, SubscriptionConfig};
 use crate::panic::panic_message;
-use crate::store::{EventStore, Filter, HeadWatch, RecordedEvent, StoreError};
+use crate::store::{
+    EventStore, Filter, HeadWatch, Lease, LeaseAttempt, LeaseHolder, LeaseInfo, RecordedEvent,
+    StoreError,
+};
 
 /// An operation on parked events, applied by the running loop (so that it is fenced and ordered
 /// with the loop's own commits).
@@ -66,10 +69,18 @@ enum Fault {
     Unavailable(String),
     /// Something the subscription cannot get past.
     Fatal(String),
+    /// This loop's lease is gone (another process took it, or it could not be renewed in
+    /// time): back to standby, without committing anything more.
+    LeaseLost(String),
 }
 
 impl From<StoreError> for Fault {
     fn from(e: StoreError) -> Self {
+        if let StoreError::Fenced { generation, .. } = e {
+            return Fault::LeaseLost(format!(
+                "a commit was fenced: the lease moved past generation {generation}"
+            ));
+        }
         if e.is_transient() {
             Fault::Unavailable(e.to_string())
         } else {
@@ -119,6 +130,21 @@ pub(crate) struct Runner<H: EventHandler> {
     /// Pages still to handle one event at a time after a round found a key shared by
     /// partitions (so that a projection with such keys does not handle every page twice).
     pub serial_pages: u32,
+    /// This loop as a lease holder (its own instance id: each started subscription is one
+    /// holder).
+    pub holder: LeaseHolder,
+    /// The lease while this loop holds it; `None` on a store without leases.
+    pub lease: Option<Lease>,
+}
+
+/// How waiting for the lease ended.
+enum Taken {
+    /// The lease is this loop's (or the store has no leases): run.
+    Held,
+    /// A stop was requested while waiting.
+    Stopped,
+    /// The store refused the lease for good (the message says why).
+    Failed(String),
 }
 
 /// Pages handled one event at a time after a round found a key shared by partitions.
@@ -141,6 +167,120 @@ impl<H: EventHandler> Runner<H> {
         let span = info_span!("subscription", name = H::NAME);
         async move {
             let _guard = self.guard.clone().lock_owned().await;
+            loop {
+                match self.take_lease().await {
+                    Taken::Held => {}
+                    Taken::Stopped => {
+                        self.status.update(|s| s.state = SubscriptionState::Stopped);
+                        return;
+                    }
+                    Taken::Failed(reason) => {
+                        error!(reason = %reason, "subscription failed");
+                        self.status
+                            .update(|s| s.state = SubscriptionState::Failed(reason));
+                        return;
+                    }
+                }
+                match self.run_holding().await {
+                    None => {
+                        self.release_lease().await;
+                        return;
+                    }
+                    Some(reason) => {
+                        warn!(reason = %reason, "lost the subscription's lease; standing by");
+                        self.lease = None;
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Waits as a standby until this loop holds the subscription's lease (at once on a store
+    /// without leases). Operations sent to a standby are refused: the holder applies them.
+    async fn take_lease(&mut self) -> Taken {
+        let ttl = self.config.lease_ttl;
+        // A standby asks again ten times per time-to-live: it takes over at most a tenth of
+        // it after the lease expires.
+        let pause = ttl / 10;
+        let mut unavailable = 0u32;
+        let mut reported: Option<u64> = None;
+        loop {
+            if self.stop_requested() {
+                return Taken::Stopped;
+            }
+            match self.store.acquire_lease(H::NAME, &self.holder, ttl).await {
+                Ok(LeaseAttempt::Acquired(lease)) => {
+                    info!(
+                        generation = lease.generation,
+                        "took the subscription's lease"
+                    );
+                    let info = LeaseInfo {
+                        name: lease.name.clone(),
+                        generation: lease.generation,
+                        holder: lease.holder.clone(),
+                        acquired_micros: lease.acquired_micros,
+                        expires_micros: lease
+                            .acquired_micros
+                            .saturating_add(u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX)),
+                    };
+                    self.status.update(|s| {
+                        s.state = SubscriptionState::Starting;
+                        s.holder = Some(info);
+                    });
+                    self.lease = Some(lease);
+                    return Taken::Held;
+                }
+                Ok(LeaseAttempt::HeldBy(info)) => {
+                    unavailable = 0;
+                    if reported != Some(info.generation) {
+                        info!(
+                            holder = %info.holder,
+                            generation = info.generation,
+                            "another process runs the subscription; standing by"
+                        );
+                        reported = Some(info.generation);
+                    }
+                    let holder = info.holder.to_string();
+                    self.status.update(|s| {
+                        s.state = SubscriptionState::Standby;
+                        s.holder = Some(info);
+                    });
+                    while let Ok(command) = self.commands.try_recv() {
+                        refuse(command, &holder);
+                    }
+                    if self.sleep_or_stop(pause).await {
+                        return Taken::Stopped;
+                    }
+                }
+                Err(StoreError::Unsupported(_)) => {
+                    self.lease = None;
+                    return Taken::Held;
+                }
+                Err(e) if e.is_transient() => {
+                    if self.wait_for_store(&mut unavailable, &e.to_string()).await {
+                        return Taken::Stopped;
+                    }
+                }
+                Err(e) => return Taken::Failed(format!("could not take the lease: {e}")),
+            }
+        }
+    }
+
+    /// Gives the lease up (so that a standby takes over at once), if this loop holds one.
+    async fn release_lease(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            if let Err(e) = self.store.release_lease(&lease).await {
+                warn!(error = %e, "could not give the lease up; a standby takes over when it expires");
+            }
+        }
+    }
+
+    /// Runs while holding the lease (or on a store without leases). Returns `None` when the
+    /// subscription stopped or failed, and why when the lease was lost.
+    async fn run_holding(&mut self) -> Option<String> {
+        {
             // Attempts in a row that found the store unavailable (reset by a run that starts).
             let mut unavailable = 0u32;
             loop {
@@ -149,14 +289,15 @@ impl<H: EventHandler> Runner<H> {
                     Err(e) if e.is_transient() => {
                         if self.wait_for_store(&mut unavailable, &e.to_string()).await {
                             self.status.update(|s| s.state = SubscriptionState::Stopped);
-                            return;
+                            return None;
                         }
                     }
                     Err(e) => {
                         let reason = format!("store error: {e}");
                         error!(reason = %reason, "subscription failed");
-                        self.status.update(|s| s.state = SubscriptionState::Failed(reason));
-                        return;
+                        self.status
+                            .update(|s| s.state = SubscriptionState::Failed(reason));
+                        return None;
                     }
                 }
             }
@@ -164,22 +305,23 @@ impl<H: EventHandler> Runner<H> {
             // total in the status carries over from earlier processes).
             let mut restarts = 0u64;
             loop {
-                let outcome = self.run_once().await;
+                let outcome = self.run_once_held().await;
                 if !matches!(outcome, Err(Fault::Unavailable(_))) {
                     unavailable = 0;
                 }
                 match outcome {
+                    Err(Fault::LeaseLost(reason)) => return Some(reason),
                     Err(Fault::Unavailable(reason)) => {
                         if self.wait_for_store(&mut unavailable, &reason).await {
                             self.status.update(|s| s.state = SubscriptionState::Stopped);
                             info!("subscription stopped while the store was unavailable");
-                            return;
+                            return None;
                         }
                     }
                     Ok(()) => {
                         self.status.update(|s| s.state = SubscriptionState::Stopped);
                         info!("subscription stopped");
-                        return;
+                        return None;
                     }
                     Err(Fault::Panicked { position, message }) => {
                         restarts += 1;
@@ -193,25 +335,45 @@ impl<H: EventHandler> Runner<H> {
                             let state = SubscriptionState::Failed(reason);
                             self.record_final(state.clone()).await;
                             self.status.update(|s| s.state = state);
-                            return;
+                            return None;
                         }
                         let backoff = self.config.restart_backoff * restarts.min(10) as u32;
                         if self.sleep_or_stop(backoff).await {
                             self.record_final(SubscriptionState::Stopped).await;
                             self.status.update(|s| s.state = SubscriptionState::Stopped);
-                            return;
+                            return None;
                         }
                     }
                     Err(Fault::Fatal(reason)) => {
                         error!(reason = %reason, "subscription failed");
-                        self.status.update(|s| s.state = SubscriptionState::Failed(reason));
-                        return;
+                        self.status
+                            .update(|s| s.state = SubscriptionState::Failed(reason));
+                        return None;
                     }
                 }
             }
         }
-        .instrument(span)
-        .await
+    }
+
+    /// One run of the loop while the lease is renewed beside it: the run ends with
+    /// [`Fault::LeaseLost`] as soon as a renewal finds the lease taken, or cannot confirm it
+    /// for two thirds of its time-to-live (before it may expire). Commits are fenced as well,
+    /// so a loop that has not noticed yet cannot commit after the takeover.
+    async fn run_once_held(&mut self) -> Result<(), Fault> {
+        let Some(lease) = self.lease.clone() else {
+            return self.run_once().await;
+        };
+        let ttl = self.config.lease_ttl;
+        // After a wait for the store, the lease may have expired meanwhile: renewed first, or
+        // found taken (an expired lease that nobody took is renewed).
+        if !self.store.renew_lease(&lease, ttl).await? {
+            return Err(Fault::LeaseLost("another process took the lease".into()));
+        }
+        let store = self.store.clone();
+        tokio::select! {
+            outcome = self.run_once() => outcome,
+            reason = keep_lease(store, lease, ttl) => Err(Fault::LeaseLost(reason)),
+        }
     }
 
     /// Reports the store unavailable and waits before the next attempt (a growing pause, up to
@@ -267,11 +429,31 @@ impl<H: EventHandler> Runner<H> {
         let current = status.checkpoint;
         let record = status_write(&status);
         if let Err(e) = self
-            .store
-            .commit_checkpoint(H::NAME, Some(current), current, vec![record])
+            .commit_to_store(Some(current), current, vec![record])
             .await
         {
             warn!(error = %e, "could not record the final status");
+        }
+    }
+
+    /// Commits the checkpoint and state writes: fenced by the lease while this loop holds one.
+    async fn commit_to_store(
+        &self,
+        expected: Option<u64>,
+        position: u64,
+        writes: Vec<crate::store::StateWrite>,
+    ) -> Result<(), StoreError> {
+        match &self.lease {
+            Some(lease) => {
+                self.store
+                    .commit_checkpoint_fenced(lease, H::NAME, expected, position, writes)
+                    .await
+            }
+            None => {
+                self.store
+                    .commit_checkpoint(H::NAME, expected, position, writes)
+                    .await
+            }
         }
     }
 
@@ -647,6 +829,7 @@ impl<H: EventHandler> Runner<H> {
             cache: &self.cache,
             stop: self.stop.clone(),
             reads: Vec::new(),
+            generation: self.lease.as_ref().map(|l| l.generation),
         }
     }
 
@@ -682,6 +865,7 @@ impl<H: EventHandler> Runner<H> {
             let status = &self.status;
             let cache = &self.cache;
             let parked = &self.parked_streams;
+            let generation = self.lease.as_ref().map(|l| l.generation);
             let shared: &StateBatch = pending;
             let (halt, seen) = (&halt, &seen);
             let lanes = self.handlers.iter_mut().zip(queues).enumerate().map(
@@ -694,6 +878,7 @@ impl<H: EventHandler> Runner<H> {
                         cache,
                         stop: self.stop.clone(),
                         reads: Vec::new(),
+                        generation,
                     };
                     lane(worker, partition, queue, shared, parked, halt, seen)
                 },
@@ -979,6 +1164,8 @@ struct Worker<'a, H> {
     stop: watch::Receiver<bool>,
     /// With `track_reads`: the keys read by the attempts so far (the caller takes them).
     reads: Vec<Vec<u8>>,
+    /// The generation of the lease the loop holds (the fencing token), if any.
+    generation: Option<u64>,
 }
 
 impl<H: EventHandler> Worker<'_, H> {
@@ -1005,6 +1192,7 @@ impl<H: EventHandler> Worker<'_, H> {
                 writes: StateBatch::new(),
                 reads: track_reads.then(Default::default),
                 reserved: None,
+                fencing_token: self.generation,
             };
             let span = info_span!(
                 "event",
@@ -1265,8 +1453,7 @@ impl<H: EventHandler> Runner<H> {
             .map(|w| (w.key.clone(), w.value.clone()))
             .collect();
         match self
-            .store
-            .commit_checkpoint(H::NAME, committed.expected, checkpoint, writes)
+            .commit_to_store(committed.expected, checkpoint, writes)
             .await
         {
             Ok(()) => {
@@ -1318,7 +1505,43 @@ fn park(pending: &mut StateBatch, event: &RecordedEvent, reason: &str) {
 fn fault_message(fault: &Fault) -> String {
     match fault {
         Fault::Panicked { message, .. } => message.clone(),
-        Fault::Unavailable(reason) | Fault::Fatal(reason) => reason.clone(),
+        Fault::Unavailable(reason) | Fault::Fatal(reason) | Fault::LeaseLost(reason) => {
+            reason.clone()
+        }
+    }
+}
+
+/// Refuses an operation sent to a standby: the process that holds the lease applies it.
+fn refuse(command: Command, holder: &str) {
+    let error = || ControlError::Standby(holder.to_owned());
+    match command {
+        Command::Replay { reply, .. } => drop(reply.send(Err(error()))),
+        Command::Skip { reply, .. } => drop(reply.send(Err(error()))),
+        Command::Flush { reply } => drop(reply.send(Err(error()))),
+    }
+}
+
+/// Renews `lease` every third of `ttl` until it is lost; returns why. Lost means: a renewal
+/// found it taken, or none succeeded for two thirds of `ttl` (counted from when the last good
+/// one was sent, so before the store's deadline can pass).
+async fn keep_lease(store: Arc<dyn EventStore>, lease: Lease, ttl: Duration) -> String {
+    let every = ttl / 3;
+    let mut confirmed = Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let sent = Instant::now();
+        match tokio::time::timeout(every, store.renew_lease(&lease, ttl)).await {
+            Ok(Ok(true)) => confirmed = sent,
+            Ok(Ok(false)) => return "another process took the lease".into(),
+            Ok(Err(e)) => debug!(error = %e, "could not renew the lease"),
+            Err(_) => debug!("renewing the lease timed out"),
+        }
+        if confirmed.elapsed() >= ttl * 2 / 3 {
+            return format!(
+                "could not renew the lease for {:?} (it may expire)",
+                confirmed.elapsed()
+            );
+        }
     }
 }
 

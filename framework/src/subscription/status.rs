@@ -4,6 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::LeaseInfo;
+
 /// The lifecycle state of a subscription.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -25,6 +27,10 @@ pub enum SubscriptionState {
     /// connection; the message says what the store reported). It retries from its checkpoint
     /// with a growing pause and goes on where it was once the store answers: nothing is skipped.
     Unavailable(String),
+    /// Waiting as a standby: another process holds the subscription's lease (`holder` says
+    /// which, and since when). It takes over within the lease's time-to-live when the holder
+    /// stops, dies or loses its connection to the store.
+    Standby,
 }
 
 /// A snapshot of a subscription's progress.
@@ -58,6 +64,11 @@ pub struct SubscriptionStatus {
     /// How many partitions (handlers working concurrently, by stream) it runs with.
     #[serde(default = "one")]
     pub partitions: u64,
+    /// Who runs the subscription, when the store has leases (PostgreSQL): this process's lease
+    /// while it holds it, the holder's while it waits as a standby. `None` on a store without
+    /// leases (the embedded store is open in one process only).
+    #[serde(default)]
+    pub holder: Option<LeaseInfo>,
 }
 
 fn one() -> u64 {
@@ -89,6 +100,7 @@ impl StatusCell {
             parked: 0,
             parked_streams: 0,
             partitions: 1,
+            holder: None,
         })))
     }
 
