@@ -130,11 +130,15 @@ impl Sql {
                 "SELECT key, value FROM {s}.state \
                  WHERE consumer = $1 AND key >= $2 ORDER BY key LIMIT $3"
             ),
+            // Several processes may save snapshots of one stream: one of an older version that
+            // arrives late does not replace a newer one of the same schema version.
             save_snapshot: format!(
                 "INSERT INTO {s}.snapshots (stream_id, stream_version, schema_version, payload) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id) DO UPDATE \
                  SET stream_version = excluded.stream_version, \
-                     schema_version = excluded.schema_version, payload = excluded.payload"
+                     schema_version = excluded.schema_version, payload = excluded.payload \
+                 WHERE {s}.snapshots.stream_version <= excluded.stream_version \
+                    OR {s}.snapshots.schema_version <> excluded.schema_version"
             ),
             load_snapshot: format!(
                 "SELECT stream_version, schema_version, payload FROM {s}.snapshots \
