@@ -108,7 +108,9 @@ impl CliError {
                 EXIT_NOT_FOUND
             }
             CliError::NoStoreGiven | CliError::Usage(_) => EXIT_USAGE,
-            CliError::MaybeRunning { .. } => EXIT_IN_USE,
+            CliError::MaybeRunning { .. }
+            | CliError::Control(ControlError::RunningElsewhere { .. })
+            | CliError::Control(ControlError::Running(_)) => EXIT_IN_USE,
             _ => EXIT_ERROR,
         }
     }

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use serde::Serialize;
+use tidings::store::StoreError;
 use tidings::subscription::{
     parked_in_store, subscription_status_from_store, ParkedEvent, ResetTo, SubscriptionState,
     SubscriptionStatus, Subscriptions,
@@ -70,6 +71,13 @@ async fn ensure_not_running_elsewhere(
     }
     if subscriptions.get(name).is_some_and(|h| !h.is_finished()) {
         return Ok(()); // running here: the framework decides, through its loop
+    }
+    // On a store with leases the framework knows who runs it: an operation on parked events
+    // goes to the process that holds the lease, and a reset is refused while one does.
+    match ctx.store.load_lease(name).await {
+        Err(StoreError::Unsupported(_)) => {}
+        Ok(_) => return Ok(()),
+        Err(e) => return Err(e.into()),
     }
     match subscription_status_from_store(ctx.store, name).await? {
         Some(stored) if recorded_running(&stored.state) => Err(CliError::MaybeRunning {
@@ -330,9 +338,8 @@ pub(crate) async fn replay(
             writeln!(
                 out,
                 "stream {s:?}: recorded a replay of its {} parked events; subscription {name:?} \
-                 is not running in this process, so they are handled, in order, when it next \
-                 starts (a loop running in another process carries the replay out once it is \
-                 restarted)",
+                 is not running (no process holds it), so they are handled, in order, when it \
+                 next starts",
                 outcome.still_parked
             )?;
         } else if outcome.deferred {

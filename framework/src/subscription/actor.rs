@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::control;
 use super::failure::{
     parked_in_store, request_replay_in_store, reset_in_store, skip_in_store, ControlError,
     ParkedEvent, ReplayOutcome, ResetTo,
@@ -361,16 +362,39 @@ impl Subscriptions {
     /// the parked list; if one fails again it stays parked with the rest behind it. When the
     /// subscription is stopped the replay is recorded (atomically, fenced by its checkpoint) and
     /// runs when it starts (`deferred` in the outcome).
+    ///
+    /// When another process runs the subscription (it holds its lease, on PostgreSQL), the
+    /// request goes to that process through the store and this waits for its answer (see
+    /// [`ControlError::Queued`] when it does not come in time).
     pub async fn replay_parked(
         &self,
         name: &str,
         stream: &str,
     ) -> Result<ReplayOutcome, ControlError> {
+        let operation = control::Operation::Replay {
+            stream: stream.to_owned(),
+        };
         loop {
             if let Some(handle) = self.running(name) {
-                if let Some(result) = handle.replay_parked(stream).await {
-                    return result;
+                match handle.replay_parked(stream).await {
+                    Some(Err(ControlError::Standby(_))) => {}
+                    Some(result) => return result,
+                    None => {}
                 }
+            }
+            if let Some(holder) = control::holder_elsewhere(&*self.store, name).await? {
+                return match control::send(&*self.store, name, &holder, operation).await? {
+                    control::Reply::Replayed {
+                        handled,
+                        still_parked,
+                    } => Ok(ReplayOutcome {
+                        handled,
+                        still_parked,
+                        deferred: false,
+                    }),
+                    control::Reply::Failed(reason) => Err(ControlError::Failed(reason)),
+                    other => Err(ControlError::Failed(format!("unexpected reply {other:?}"))),
+                };
             }
             if let Some(_stopped) = self.lock_stopped(name).await {
                 let waiting = request_replay_in_store(&*self.store, name, stream).await?;
@@ -380,21 +404,36 @@ impl Subscriptions {
                     deferred: waiting > 0,
                 });
             }
+            // Running here as a standby while the lease changes hands: look again shortly.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
     /// Drops the parked event at `position` (it is never handled). If later events of its stream
-    /// are parked they stay parked until replayed. Returns false if none is parked there.
+    /// are parked they stay parked until replayed. Returns false if none is parked there. When
+    /// another process runs the subscription, the request goes to it as for
+    /// [`replay_parked`](Self::replay_parked).
     pub async fn skip_parked(&self, name: &str, position: u64) -> Result<bool, ControlError> {
         loop {
             if let Some(handle) = self.running(name) {
-                if let Some(result) = handle.skip_parked(position).await {
-                    return result;
+                match handle.skip_parked(position).await {
+                    Some(Err(ControlError::Standby(_))) => {}
+                    Some(result) => return result,
+                    None => {}
                 }
+            }
+            if let Some(holder) = control::holder_elsewhere(&*self.store, name).await? {
+                let operation = control::Operation::Skip { position };
+                return match control::send(&*self.store, name, &holder, operation).await? {
+                    control::Reply::Skipped(skipped) => Ok(skipped),
+                    control::Reply::Failed(reason) => Err(ControlError::Failed(reason)),
+                    other => Err(ControlError::Failed(format!("unexpected reply {other:?}"))),
+                };
             }
             if let Some(_stopped) = self.lock_stopped(name).await {
                 return Ok(skip_in_store(&*self.store, name, position).await?);
             }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
@@ -411,6 +450,12 @@ impl Subscriptions {
         let Some(_stopped) = self.lock_stopped(name).await else {
             return Err(ControlError::Running(name.to_owned()));
         };
+        if let Some(holder) = control::holder_elsewhere(&*self.store, name).await? {
+            return Err(ControlError::RunningElsewhere {
+                name: name.to_owned(),
+                holder: holder.holder.to_string(),
+            });
+        }
         Ok(reset_in_store(&*self.store, name, to, clear_state).await?)
     }
 

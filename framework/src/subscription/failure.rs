@@ -139,6 +139,27 @@ pub enum ControlError {
     /// message names it) and applies operations.
     #[error("this process is a standby; the subscription runs in {0}")]
     Standby(String),
+    /// The operation needs the subscription stopped, and it runs in another process (which
+    /// holds its lease).
+    #[error("subscription {name:?} runs in {holder}: stop it there first")]
+    RunningElsewhere {
+        /// The subscription.
+        name: String,
+        /// The process that runs it.
+        holder: String,
+    },
+    /// The process that runs the subscription did not answer in time. The request stays
+    /// recorded in the store: the holder applies it (or the next holder, when it takes over).
+    #[error(
+        "the process that runs the subscription ({holder}) did not answer yet; request {request} \
+         stays queued and is applied when it gets to it"
+    )]
+    Queued {
+        /// The process that holds the subscription's lease.
+        holder: String,
+        /// The request's id.
+        request: String,
+    },
 }
 
 /// Keys of the framework's own entries in a subscription's state.

@@ -10,6 +10,7 @@
 //! [`EventContext`] (committed atomically with the checkpoint). See `docs/subscriptions.md`.
 
 mod actor;
+mod control;
 mod failure;
 mod handler;
 mod runner;

@@ -15,7 +15,9 @@ use futures_util::future::join_all;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
+use uuid::Uuid;
 
+use super::control::{self, Operation, Reply, Request};
 use super::failure::RESERVED_PREFIX;
 use super::failure::{
     encode_parked, parked_in_store, parked_key, parked_stream_key, parked_streams_in_store,
@@ -541,6 +543,9 @@ impl<H: EventHandler> Runner<H> {
         let mut heads = self.store.watch_head();
         let mut pending = StateBatch::new();
         let mut uncommitted = 0u64;
+        // When requests from other processes were last looked for (only while holding a lease:
+        // without one, no other process can reach the subscription).
+        let mut requests_seen: Option<Instant> = None;
 
         loop {
             if self.stop_requested() {
@@ -551,6 +556,11 @@ impl<H: EventHandler> Runner<H> {
             while let Ok(command) = self.commands.try_recv() {
                 self.apply(command, &mut committed, checkpoint, &mut pending)
                     .await?;
+            }
+            if self.lease.is_some() && requests_seen.is_none_or(|t| t.elapsed() >= control::POLL) {
+                self.apply_requests(&mut committed, checkpoint, &mut pending)
+                    .await?;
+                requests_seen = Some(Instant::now());
             }
             let page = self
                 .store
@@ -706,6 +716,8 @@ impl<H: EventHandler> Runner<H> {
                 self.commit(committed, checkpoint, pending).await?;
                 *uncommitted = 0;
             }
+            // Back to the loop, which looks for requests from other processes.
+            _ = tokio::time::sleep(control::POLL), if self.lease.is_some() => {}
         }
         if heads.current() > checkpoint {
             self.status.update(|s| s.state = running_state(s, false));
@@ -1281,33 +1293,93 @@ impl<H: EventHandler> Runner<H> {
                 Ok(())
             }
             Command::Skip { position, reply } => {
-                let result = self.skip(position, committed, checkpoint).await;
+                let result = self.skip(position, committed, checkpoint, None).await;
                 respond(reply, result)
             }
             Command::Replay { stream, reply } => {
-                let result = self.replay(&stream, committed, checkpoint).await;
+                let result = self.replay(&stream, committed, checkpoint, None).await;
                 respond(reply, result)
             }
         }?;
+        self.leave_parked_state();
+        Ok(())
+    }
+
+    /// After an operation on parked events: the state says `Parked` only while some are.
+    fn leave_parked_state(&self) {
         self.status.update(|s| {
             if s.state == SubscriptionState::Parked && s.parked == 0 {
                 s.state = running_state(s, s.handled_up_to >= s.head);
             }
         });
+    }
+
+    /// Applies the requests other processes recorded for this subscription (see
+    /// [`control`]): each in the commit that settles it, so once.
+    async fn apply_requests(
+        &mut self,
+        committed: &mut Committed,
+        checkpoint: u64,
+        pending: &mut StateBatch,
+    ) -> Result<(), Fault> {
+        let requests = control::requests(&*self.store, H::NAME).await?;
+        if requests.is_empty() {
+            return Ok(());
+        }
+        self.commit(committed, checkpoint, pending).await?;
+        for (id, request) in requests {
+            match request {
+                Ok(Request { operation, by }) => {
+                    info!(request = %id, by = %by, ?operation, "applying an operation sent by another process");
+                    match operation {
+                        Operation::Replay { stream } => {
+                            self.replay(&stream, committed, checkpoint, Some(id))
+                                .await?;
+                        }
+                        Operation::Skip { position } => {
+                            self.skip(position, committed, checkpoint, Some(id)).await?;
+                        }
+                    }
+                }
+                Err(reason) => {
+                    warn!(request = %id, reason = %reason, "refusing a request");
+                    let mut batch = StateBatch::new();
+                    settle_into(&mut batch, id, &Reply::Failed(reason));
+                    self.commit(committed, checkpoint, &mut batch).await?;
+                }
+            }
+        }
+        let mut batch = StateBatch::new();
+        for w in control::prune_replies(&*self.store, H::NAME).await? {
+            batch.insert(w.key, w.value);
+        }
+        self.commit(committed, checkpoint, &mut batch).await?;
+        self.leave_parked_state();
         Ok(())
     }
 
+    /// Drops a parked event; with `settle`, settles that request from another process in the
+    /// same commit.
     async fn skip(
         &mut self,
         position: u64,
         committed: &mut Committed,
         checkpoint: u64,
+        settle: Option<Uuid>,
     ) -> Result<bool, Fault> {
         let parked = parked_in_store(&*self.store, H::NAME).await?;
         let Some(entry) = parked.iter().find(|p| p.position == position) else {
+            if let Some(id) = settle {
+                let mut batch = StateBatch::new();
+                settle_into(&mut batch, id, &Reply::Skipped(false));
+                self.commit(committed, checkpoint, &mut batch).await?;
+            }
             return Ok(false);
         };
         let mut batch = StateBatch::new();
+        if let Some(id) = settle {
+            settle_into(&mut batch, id, &Reply::Skipped(true));
+        }
         batch.insert(parked_key(position), None);
         let last_of_stream = !parked
             .iter()
@@ -1327,11 +1399,14 @@ impl<H: EventHandler> Runner<H> {
         Ok(true)
     }
 
+    /// Handles a parked stream again; with `settle`, settles that request from another process
+    /// in the commit that records the replay.
     async fn replay(
         &mut self,
         stream: &str,
         committed: &mut Committed,
         checkpoint: u64,
+        settle: Option<Uuid>,
     ) -> Result<ReplayOutcome, Fault> {
         let entries: Vec<ParkedEvent> = parked_in_store(&*self.store, H::NAME)
             .await?
@@ -1377,6 +1452,14 @@ impl<H: EventHandler> Runner<H> {
                     // Panics are not parked: commit what was handled, keep the request so that
                     // the replay goes on after the restart, and restart as for any panic.
                     batch.insert(replay_key(stream), Some(Vec::new()));
+                    if let Some(id) = settle {
+                        let reply = Reply::Failed(format!(
+                            "the handler panicked at position {}; the replay goes on after the \
+                             restart",
+                            event.position
+                        ));
+                        settle_into(&mut batch, id, &reply);
+                    }
                     self.commit(committed, checkpoint, &mut batch).await?;
                     return Err(Fault::Panicked {
                         position: event.position,
@@ -1412,6 +1495,9 @@ impl<H: EventHandler> Runner<H> {
             still_parked = outcome.still_parked,
             "parked stream replayed"
         );
+        if let Some(id) = settle {
+            settle_into(&mut batch, id, &Reply::replayed(&outcome));
+        }
         self.commit(committed, checkpoint, &mut batch).await?;
         Ok(outcome)
     }
@@ -1508,6 +1594,13 @@ fn fault_message(fault: &Fault) -> String {
         Fault::Unavailable(reason) | Fault::Fatal(reason) | Fault::LeaseLost(reason) => {
             reason.clone()
         }
+    }
+}
+
+/// Adds the writes that settle request `id` with `reply` to `batch`.
+fn settle_into(batch: &mut StateBatch, id: Uuid, reply: &Reply) {
+    for w in control::settle(id, reply) {
+        batch.insert(w.key, w.value);
     }
 }
 
