@@ -119,6 +119,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`commit_checkpoint`](EventStore::commit_checkpoint), which is fenced and carries state;
     /// moving such a checkpoint with this method would replay events onto state that already
     /// includes them.
+    ///
+    /// A checkpoint past the head fails with [`StoreError::InvalidInput`] (nothing written): a
+    /// checkpoint is a position its consumer has processed.
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()>;
 
     /// The position last saved under `name`, if any.
@@ -129,7 +132,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// checkpoint yet). This is what makes a projection exactly-once: its state and the position
     /// it reflects can never disagree, and a zombie instance cannot overwrite a newer one.
     ///
-    /// Fails with [`StoreError::CheckpointConflict`] (nothing written) when the check fails.
+    /// Fails with [`StoreError::CheckpointConflict`] (nothing written) when the check fails, and
+    /// with [`StoreError::InvalidInput`] (nothing written) when it would move the checkpoint past
+    /// the head; a commit that leaves the checkpoint where it is (`expected == Some(position)`)
+    /// may record state even if that checkpoint is above the head (stored before this rule, or a
+    /// log cut back after damage).
     async fn commit_checkpoint(
         &self,
         name: &str,
