@@ -2143,7 +2143,7 @@ fn assert_import_rejected(result: Result<u64>, position: u64, what: &str) {
 }
 
 /// An import that does not continue the log exactly (wrong first position, a gap, a stream
-/// version out of sequence, timestamps going down, a wrong category) fails with a typed error
+/// version out of sequence, timestamps going down or far in the future, a wrong category) fails with a typed error
 /// and writes nothing; invalid names are `InvalidInput`.
 pub async fn import_that_does_not_continue_the_log_writes_nothing<S: EventStore>(store: S) {
     assert_invalid(store.import(Vec::new()).await, "an empty import");
@@ -2204,6 +2204,15 @@ pub async fn import_that_does_not_continue_the_log_writes_nothing<S: EventStore>
         3,
         "an import from before the store's last event",
     );
+    // Timestamps never go down with position: one far in the future would pin every later
+    // append's timestamp to it.
+    for future in [u64::MAX, ts + 48 * 3600 * 1_000_000] {
+        assert_import_rejected(
+            store.import(vec![recorded(3, "order-9", 1, future)]).await,
+            3,
+            "an import with a timestamp far in the future",
+        );
+    }
     let mut wrong_category = recorded(3, "order-9", 1, ts);
     wrong_category.category = "payment".into();
     assert_import_rejected(
