@@ -334,6 +334,7 @@ pub async fn execute_on(
 
 /// Prints `e` on standard error and returns its exit code.
 fn report(e: &CliError) -> ExitCode {
-    eprintln!("tidings: {e}");
+    // Store errors quote stream ids, names and types: shown safe for a terminal.
+    eprintln!("tidings: {}", output::printable(&e.to_string()));
     ExitCode::from(e.exit_code())
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tidings::store::{EventStore, PostgresEventStore, SledEventStore};
+use tidings::store::{EventStore, PostgresEventStore, SledEventStore, StoreError};
 
 use crate::error::CliError;
 use crate::location::Target;
@@ -59,6 +59,27 @@ pub(crate) async fn open_store(cli: &Cli) -> Result<OpenStore, CliError> {
 
 /// Opens the embedded store in `path`; unless `creating`, only if one is there.
 fn open_directory(path: &Path, creating: bool) -> Result<SledEventStore, CliError> {
+    let bad = |reason: String| {
+        CliError::Store(StoreError::BadPath {
+            path: path.to_path_buf(),
+            reason,
+        })
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(bad(
+                "it is a file, not a directory: a store is a directory".into()
+            ))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bad(e.to_string())),
+    }
+    match std::fs::metadata(path.join("db")) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bad(format!("cannot look inside: {e}"))),
+    }
     if !creating && !is_store(path) {
         return Err(CliError::NoStore(path.to_path_buf()));
     }

@@ -1,5 +1,6 @@
 //! Output: aligned tables for people, JSON lines for scripts, and how values are shown.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,8 +40,15 @@ impl<'a> Table<'a> {
         }
     }
 
-    /// Adds a row (one cell per header).
+    /// Adds a row (one cell per header). Cells are shown through [`printable`].
     pub fn row(&mut self, cells: Vec<String>) -> io::Result<()> {
+        let cells: Vec<String> = cells
+            .into_iter()
+            .map(|c| match printable(&c) {
+                Cow::Borrowed(_) => c,
+                Cow::Owned(escaped) => escaped,
+            })
+            .collect();
         self.rows += 1;
         if self.started {
             return self.print(&cells);
@@ -103,6 +111,35 @@ impl<'a> Table<'a> {
         }
         writeln!(self.out, "{}", line.trim_end())
     }
+}
+
+/// `text` made safe to print on a terminal: control characters (C0, DEL, C1) and the Unicode
+/// bidirectional controls are written as escapes (`\n`, `\t`, `\r`, `\u{1b}`), so that a stream
+/// id, event type or name holding an escape sequence cannot act on the operator's terminal.
+/// Everything the CLI prints for people that comes from the store goes through it (`--json`
+/// escapes by itself).
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || is_bidi_control(c);
+    if !text.contains(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The Unicode characters that reorder the text around them (embeddings, overrides, isolates,
+/// marks): shown escaped, as in "Trojan Source".
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}')
 }
 
 /// Rows of a listing: an aligned table, or one JSON object per line.
@@ -178,14 +215,20 @@ pub fn rfc3339(t: SystemTime) -> String {
     rfc3339_micros(micros as u64)
 }
 
-/// Parses an RFC 3339 time (any offset) into a system time.
+/// Parses an RFC 3339 time (any offset, any year RFC 3339 can write, before 1970 too) into a
+/// system time.
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
     let nanos = t.unix_timestamp_nanos();
+    let since = Duration::new(
+        u64::try_from(nanos.unsigned_abs() / 1_000_000_000).ok()?,
+        (nanos.unsigned_abs() % 1_000_000_000) as u32,
+    );
     if nanos < 0 {
-        return None;
+        UNIX_EPOCH.checked_sub(since)
+    } else {
+        UNIX_EPOCH.checked_add(since)
     }
-    Some(UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).ok()?))
 }
 
 /// A byte count for people: `512 B`, `1.5 KiB`, `12.0 MiB`.
@@ -386,8 +429,30 @@ mod tests {
         let t = parse_rfc3339("2023-11-15T00:13:20.123456+02:00").unwrap();
         assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123456Z");
         assert!(parse_rfc3339("yesterday").is_none());
+        let far = parse_rfc3339("9999-12-31T23:59:59Z").unwrap();
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.000000Z");
+        assert!(parse_rfc3339("1969-07-20T20:17:40Z").unwrap() < UNIX_EPOCH);
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped_and_other_text_kept() {
+        assert!(matches!(
+            printable("order-1 ü €"),
+            Cow::Borrowed("order-1 ü €")
+        ));
+        assert_eq!(printable("x\u{1b}[2J\u{7}"), "x\\u{1b}[2J\\u{7}");
+        assert_eq!(printable("a\nb\tc\r"), "a\\nb\\tc\\r");
+        assert_eq!(printable("\u{9b}31m\u{202e}txt"), "\\u{9b}31m\\u{202e}txt");
+        let mut out = Vec::new();
+        let mut t = Table::new(&mut out, &["A"]);
+        t.row(vec!["\u{1b}]0;title\u{7}".into()]).unwrap();
+        t.finish().unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "A\n\\u{1b}]0;title\\u{7}\n"
+        );
     }
 
     #[test]

@@ -137,6 +137,7 @@ macro_rules! conformance_suite {
             read_all_filter_matching_nothing_makes_progress,
             streamed_read_of_a_large_log,
             checkpoints,
+            a_checkpoint_past_the_head_is_refused,
             checkpoint_commits_carry_state_atomically,
             checkpoint_commit_with_a_wrong_expectation_writes_nothing,
             state_scans_page_by_prefix,
@@ -1320,6 +1321,8 @@ fn put(key: &str, value: &str) -> StateWrite {
 /// `commit_checkpoint` stores the checkpoint and every state write together; deletes work; state
 /// is per consumer.
 pub async fn checkpoint_commits_carry_state_atomically<S: EventStore>(store: S) {
+    // Checkpoints are positions of the log (at most the head).
+    ok_append(&store, "log-1", ExpectedVersion::NoStream, evs("a", 9)).await;
     store
         .commit_checkpoint("proj", None, 5, vec![put("a", "1"), put("b", "2")])
         .await
@@ -1364,6 +1367,7 @@ pub async fn checkpoint_commits_carry_state_atomically<S: EventStore>(store: S) 
 /// A commit whose expected checkpoint is not the stored one fails with `CheckpointConflict` and
 /// writes neither checkpoint nor state; of two concurrent commits from the same checkpoint, one wins.
 pub async fn checkpoint_commit_with_a_wrong_expectation_writes_nothing<S: EventStore>(store: S) {
+    ok_append(&store, "log-1", ExpectedVersion::NoStream, evs("a", 17)).await;
     store
         .commit_checkpoint("proj", None, 5, vec![put("k", "v5")])
         .await
@@ -1423,6 +1427,7 @@ pub async fn checkpoint_commit_with_a_wrong_expectation_writes_nothing<S: EventS
 
 /// `scan_state` returns a consumer's entries by prefix, in key order, page by page.
 pub async fn state_scans_page_by_prefix<S: EventStore>(store: S) {
+    ok_append(&store, "log-1", ExpectedVersion::NoStream, evs("a", 1)).await;
     let mut writes: Vec<StateWrite> = (0..25)
         .map(|i| put(&format!("order/{i:03}"), &i.to_string()))
         .collect();
@@ -1463,6 +1468,8 @@ pub async fn state_scans_page_by_prefix<S: EventStore>(store: S) {
 /// Checkpoints: missing, saved, overwritten, per name.
 pub async fn checkpoints<S: EventStore>(store: S) {
     assert_eq!(store.load_checkpoint("projector").await.unwrap(), None);
+    // Checkpoints are positions of the log (at most the head).
+    ok_append(&store, "log-1", ExpectedVersion::NoStream, evs("a", 42)).await;
     store.save_checkpoint("projector", 10).await.unwrap();
     assert_eq!(store.load_checkpoint("projector").await.unwrap(), Some(10));
     store.save_checkpoint("projector", 42).await.unwrap();
@@ -1475,11 +1482,8 @@ pub async fn checkpoints<S: EventStore>(store: S) {
         Some(0),
         "a checkpoint at 0 is not a missing checkpoint"
     );
-    store.save_checkpoint("projector", u64::MAX).await.unwrap();
-    assert_eq!(
-        store.load_checkpoint("projector").await.unwrap(),
-        Some(u64::MAX)
-    );
+    store.save_checkpoint("projector", 42).await.unwrap();
+    assert_eq!(store.load_checkpoint("projector").await.unwrap(), Some(42));
 
     for name in ["p", "projector-2", "proj", "über-projektor"] {
         assert_eq!(
@@ -1495,18 +1499,73 @@ pub async fn checkpoints<S: EventStore>(store: S) {
         store.load_checkpoint("über-projektor").await.unwrap(),
         Some(4)
     );
-    assert_eq!(
-        store.load_checkpoint("projector").await.unwrap(),
-        Some(u64::MAX)
-    );
+    assert_eq!(store.load_checkpoint("projector").await.unwrap(), Some(42));
 
-    assert_eq!(store.head(), 0, "checkpoints wrote events");
-    assert!(all_events(&store).await.is_empty());
+    assert_eq!(store.head(), 42, "checkpoints wrote events");
+    assert_eq!(all_events(&store).await.len(), 42);
     let r = ok_append(&store, "after-1", ExpectedVersion::NoStream, evs("a", 1)).await;
-    assert_eq!(r.first_position, 1, "the first event after checkpoints");
-    store.save_checkpoint("projector", 1).await.unwrap();
-    assert_eq!(store.load_checkpoint("projector").await.unwrap(), Some(1));
-    assert_eq!(store.head(), 1);
+    assert_eq!(r.first_position, 43, "the first event after checkpoints");
+    store.save_checkpoint("projector", 43).await.unwrap();
+    assert_eq!(store.load_checkpoint("projector").await.unwrap(), Some(43));
+    assert_eq!(store.head(), 43);
+}
+
+/// A checkpoint past the head is refused with `InvalidInput` and writes nothing, by
+/// `save_checkpoint` and by a `commit_checkpoint` that moves the checkpoint (a checkpoint is a
+/// position its consumer has processed; one past the head would skip events appended later, and
+/// an export of the store could not be imported). A commit that leaves the checkpoint where it
+/// is (expected = position) is not refused.
+pub async fn a_checkpoint_past_the_head_is_refused<S: EventStore>(store: S) {
+    assert_invalid(
+        store.save_checkpoint("plain", 1).await,
+        "a checkpoint of an empty store",
+    );
+    assert_invalid(
+        store
+            .commit_checkpoint("proj", None, 1, vec![put("k", "v")])
+            .await,
+        "a committed checkpoint of an empty store",
+    );
+    ok_append(&store, "log-1", ExpectedVersion::NoStream, evs("a", 3)).await;
+    for position in [4, 1000, u64::MAX] {
+        assert_invalid(
+            store.save_checkpoint("plain", position).await,
+            "a checkpoint past the head",
+        );
+        assert_invalid(
+            store
+                .commit_checkpoint("proj", None, position, vec![put("k", "v")])
+                .await,
+            "a committed checkpoint past the head",
+        );
+    }
+    assert_eq!(store.load_checkpoint("plain").await.unwrap(), None);
+    assert_eq!(store.load_checkpoint("proj").await.unwrap(), None);
+    assert_eq!(store.load_state("proj", b"k").await.unwrap(), None);
+
+    store.save_checkpoint("plain", 3).await.unwrap();
+    store
+        .commit_checkpoint("proj", None, 3, vec![put("k", "v3")])
+        .await
+        .unwrap();
+    assert_invalid(
+        store
+            .commit_checkpoint("proj", Some(3), 4, vec![put("k", "v4")])
+            .await,
+        "a commit that moves the checkpoint past the head",
+    );
+    assert_eq!(store.load_checkpoint("proj").await.unwrap(), Some(3));
+    assert_eq!(
+        store.load_state("proj", b"k").await.unwrap(),
+        Some(b"v3".to_vec())
+    );
+    // At the head is fine, and so is a commit that keeps the checkpoint where it is.
+    store
+        .commit_checkpoint("proj", Some(3), 3, vec![put("k", "again")])
+        .await
+        .unwrap();
+    assert_eq!(store.list_checkpoints(None, 10).await.unwrap().len(), 2);
+    assert_eq!(store.head(), 3, "checkpoints wrote events");
 }
 
 /// Snapshots: missing is `None`; saved ones load back; a save replaces; streams are independent;
@@ -1548,9 +1607,9 @@ pub async fn snapshots<S: EventStore>(store: S) {
     }
     // A checkpoint named like the stream is another thing.
     assert_eq!(store.load_checkpoint("cart-1").await.unwrap(), None);
-    store.save_checkpoint("cart-1", 99).await.unwrap();
+    store.save_checkpoint("cart-1", 2).await.unwrap();
     assert_eq!(store.load_snapshot("cart-1").await.unwrap(), Some(second));
-    assert_eq!(store.load_checkpoint("cart-1").await.unwrap(), Some(99));
+    assert_eq!(store.load_checkpoint("cart-1").await.unwrap(), Some(2));
 
     assert_eq!(store.head(), 3, "snapshots wrote events");
     assert_eq!(store.stream_version("cart-1").await.unwrap(), 3);
@@ -1951,6 +2010,7 @@ pub async fn list_checkpoints_pages_through_every_checkpoint_in_name_order<S: Ev
     store: S,
 ) {
     assert!(store.list_checkpoints(None, 10).await.unwrap().is_empty());
+    ok_append(&store, "log-1", ExpectedVersion::NoStream, evs("a", 99)).await;
     let mut expected = BTreeMap::new();
     for (i, name) in ["billing", "b", "zeta", "über", "billing-2", "a"]
         .iter()
@@ -2083,7 +2143,7 @@ fn assert_import_rejected(result: Result<u64>, position: u64, what: &str) {
 }
 
 /// An import that does not continue the log exactly (wrong first position, a gap, a stream
-/// version out of sequence, timestamps going down, a wrong category) fails with a typed error
+/// version out of sequence, timestamps going down or far in the future, a wrong category) fails with a typed error
 /// and writes nothing; invalid names are `InvalidInput`.
 pub async fn import_that_does_not_continue_the_log_writes_nothing<S: EventStore>(store: S) {
     assert_invalid(store.import(Vec::new()).await, "an empty import");
@@ -2144,6 +2204,15 @@ pub async fn import_that_does_not_continue_the_log_writes_nothing<S: EventStore>
         3,
         "an import from before the store's last event",
     );
+    // Timestamps never go down with position: one far in the future would pin every later
+    // append's timestamp to it.
+    for future in [u64::MAX, ts + 48 * 3600 * 1_000_000] {
+        assert_import_rejected(
+            store.import(vec![recorded(3, "order-9", 1, future)]).await,
+            3,
+            "an import with a timestamp far in the future",
+        );
+    }
     let mut wrong_category = recorded(3, "order-9", 1, ts);
     wrong_category.category = "payment".into();
     assert_import_rejected(

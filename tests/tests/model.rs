@@ -299,8 +299,18 @@ async fn run_ops(settings: usize, ops: &[Op]) {
             }
             Op::SaveCheckpoint { name, position } => {
                 let name = CHECKPOINTS[*name];
-                store.save_checkpoint(name, *position).await.unwrap();
-                model.checkpoints.insert(name.to_owned(), *position);
+                let saved = store.save_checkpoint(name, *position).await;
+                if *position > model.head() {
+                    // A checkpoint past the head is refused (conformance
+                    // `a_checkpoint_past_the_head_is_refused`).
+                    assert!(
+                        matches!(saved, Err(StoreError::InvalidInput(_))),
+                        "{context}: checkpoint {position} past the head: {saved:?}"
+                    );
+                } else {
+                    saved.unwrap();
+                    model.checkpoints.insert(name.to_owned(), *position);
+                }
             }
             Op::LoadCheckpoint { name } => {
                 let name = CHECKPOINTS[*name];

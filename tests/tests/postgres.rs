@@ -755,6 +755,14 @@ fn a_lease_has_one_holder_and_fences_the_commits_of_a_lost_one() {
             other => panic!("a held lease must not be taken: {other:?}"),
         }
         assert!(store.renew_lease(&lease_a, short).await.unwrap());
+        // Checkpoints are positions of the log (at most the head).
+        let events = (0..9)
+            .map(|i| tidings::store::EventData::new("Tick", format!("{i}")))
+            .collect();
+        store
+            .append("log-1", tidings::store::ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
         store
             .commit_checkpoint_fenced(&lease_a, "sub", None, 5, vec![])
             .await

@@ -10,7 +10,7 @@ use tidings::store::Filter;
 use super::{Ctx, PAGE};
 use crate::error::{CliError, EXIT_DAMAGED, EXIT_OK};
 use crate::location::{redact, Target};
-use crate::output::{human_bytes, json_line, rfc3339_micros, Table};
+use crate::output::{human_bytes, json_line, printable, rfc3339_micros, Table};
 
 #[derive(Serialize)]
 struct Stats {
@@ -207,7 +207,7 @@ pub(crate) async fn verify(ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<u8, Cli
         } else {
             writeln!(out, "DAMAGE FOUND: {} problems", report.problems.len())?;
             for p in &report.problems {
-                writeln!(out, "  {p}")?;
+                writeln!(out, "  {}", printable(p))?;
             }
         }
     }

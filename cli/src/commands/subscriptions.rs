@@ -11,7 +11,7 @@ use tidings::subscription::{
 
 use super::Ctx;
 use crate::error::{CliError, EXIT_OK};
-use crate::output::{json_line, parse_rfc3339, rfc3339, Rows};
+use crate::output::{json_line, parse_rfc3339, printable, rfc3339, Rows};
 use crate::ResetTarget;
 
 /// Checkpoints listed per page.
@@ -228,18 +228,23 @@ pub(crate) async fn reset(
     if ctx.json {
         json_line(out, &line)?;
     } else {
-        writeln!(
-            out,
+        let text = format!(
             "reset subscription {name:?}: checkpoint {previous} -> {checkpoint} (head {}); \
-             when it starts, the first event it handles is at position {} or later{}",
+             when it starts, the first event it handles is at position {} or later{}{}",
             line.head,
             line.next_position,
+            if checkpoint == line.head && matches!(to, ResetTarget::Time(_)) {
+                " (no event was recorded at or after that time: nothing to reprocess)"
+            } else {
+                ""
+            },
             if clear_state {
                 "; its handler state was deleted (parked events kept)"
             } else {
                 "; its handler state was kept"
             }
-        )?;
+        );
+        writeln!(out, "{}", printable(&text))?;
     }
     Ok(EXIT_OK)
 }
@@ -337,23 +342,31 @@ pub(crate) async fn replay(
         } else if outcome.deferred && ctx.shared() {
             writeln!(
                 out,
-                "stream {s:?}: recorded a replay of its {} parked events; subscription {name:?} \
-                 is not running (no process holds it), so they are handled, in order, when it \
-                 next starts",
-                outcome.still_parked
+                "{}",
+                printable(&format!(
+                    "stream {s:?}: recorded a replay of its {} parked events; subscription \
+                     {name:?} is not running (no process holds it), so they are handled, in \
+                     order, when it next starts",
+                    outcome.still_parked
+                ))
             )?;
         } else if outcome.deferred {
             writeln!(
                 out,
-                "stream {s:?}: recorded a replay of its {} parked events; subscription {name:?} \
+                "{}",
+                printable(&format!("stream {s:?}: recorded a replay of its {} parked events; subscription {name:?} \
                  is not running here, so they are handled, in order, when it next starts",
                 outcome.still_parked
+            ))
             )?;
         } else {
             writeln!(
                 out,
-                "stream {s:?}: handled {} parked events; {} still parked",
-                outcome.handled, outcome.still_parked
+                "{}",
+                printable(&format!(
+                    "stream {s:?}: handled {} parked events; {} still parked",
+                    outcome.handled, outcome.still_parked
+                ))
             )?;
         }
     }
@@ -407,9 +420,12 @@ pub(crate) async fn skip(
     } else {
         writeln!(
             out,
-            "skipped the parked event at position {position} ({} of stream {:?}) of \
+            "{}",
+            printable(&format!(
+                "skipped the parked event at position {position} ({} of stream {:?}) of \
              subscription {name:?}: it will never be handled; {still_parked} events still parked",
-            entry.event_type, entry.stream_id
+                entry.event_type, entry.stream_id
+            ))
         )?;
     }
     Ok(EXIT_OK)

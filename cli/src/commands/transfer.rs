@@ -1,15 +1,18 @@
 //! `export` to JSON lines and `import` from them.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tidings::store::{Filter, RecordedEvent, StateWrite, StoreError};
+use tidings::subscription::{ParkedEvent, SubscriptionStatus, RESERVED_PREFIX};
 
 use super::{Ctx, PAGE};
 use crate::error::{CliError, EXIT_OK};
+use crate::location::Target;
 use crate::output::{
     decode_base64, encode_base64, exact_payload, json_line, EventLine, PayloadEncoding,
 };
@@ -93,7 +96,10 @@ pub(crate) async fn export(
     let head = ctx.store.head();
     let last = to.unwrap_or(head).min(head);
     let mut file = match output {
-        Some(p) => Some(BufWriter::new(File::create(p)?)),
+        Some(p) => {
+            refuse_output_in_store(ctx, p)?;
+            Some(BufWriter::new(create_private(p)?))
+        }
         None => None,
     };
     let mut next = from.max(1);
@@ -218,6 +224,75 @@ pub(crate) async fn export(
     Ok(EXIT_OK)
 }
 
+/// Creates (or truncates) the export file; a new one is readable by its owner only (0600, as
+/// the store's directory is 0700), an existing one keeps its mode.
+fn create_private(path: &Path) -> Result<File, CliError> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| CliError::Invalid(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Refuses an export file inside the store's own directory: it would truncate one of the
+/// store's files (`-o STORE/db` destroyed the store). Symbolic links are followed, also one
+/// whose target does not exist yet.
+fn refuse_output_in_store(ctx: &Ctx<'_>, output: &Path) -> Result<(), CliError> {
+    let Some(Target::Directory(dir)) = ctx.target else {
+        return Ok(());
+    };
+    let Ok(store) = dir.canonicalize() else {
+        return Ok(());
+    };
+    let Ok(lands) = landing_path(output) else {
+        return Ok(()); // creating it fails and says why
+    };
+    if lands.starts_with(&store) {
+        return Err(CliError::Invalid(format!(
+            "the export file {} is inside the store's directory {}{}: writing it would \
+             overwrite the store's own files. Write the export outside the store",
+            output.display(),
+            store.display(),
+            if lands.as_path() == output {
+                String::new()
+            } else {
+                format!(" (it leads to {})", lands.display())
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// The absolute path that writing to `path` writes: symbolic links followed (also a dangling
+/// one), the rest canonicalized.
+fn landing_path(path: &Path) -> std::io::Result<PathBuf> {
+    let mut path = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = std::fs::read_link(&path)?;
+                path = match path.parent() {
+                    Some(parent) => parent.join(target),
+                    None => target,
+                };
+            }
+            Ok(_) => return path.canonicalize(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+                let name = path.file_name().ok_or(e)?;
+                return Ok(parent.canonicalize()?.join(name));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("too many levels of symbolic links"))
+}
+
 fn consumers_text(s: &ExportSummary) -> String {
     if s.checkpoints == 0 {
         return String::new();
@@ -295,6 +370,46 @@ async fn commit(
         commit_part(ctx, &mut c, bad).await?;
     }
     Ok(())
+}
+
+/// Checks a state entry under the framework's reserved prefix (decision 25): the parked events,
+/// parked streams, pending replays and status record that the framework reads back. Garbage
+/// there would make every later `subscriptions` (and the subscription itself) fail, so an
+/// import refuses it. Other keys are the handler's own and are not looked into.
+fn check_reserved_entry(key: &[u8], value: &[u8]) -> Result<(), String> {
+    let Some(rest) = key.strip_prefix(RESERVED_PREFIX) else {
+        return Ok(());
+    };
+    let stream_key = |stream: &[u8]| match std::str::from_utf8(stream) {
+        Ok(s) if !s.is_empty() => Ok(()),
+        _ => Err("the stream id in the key is empty or not UTF-8".to_owned()),
+    };
+    if rest == b"status" {
+        serde_json::from_slice::<SubscriptionStatus>(value)
+            .map(|_| ())
+            .map_err(|e| format!("not a subscription status record: {e}"))
+    } else if let Some(digits) = rest.strip_prefix(b"parked/") {
+        let position = std::str::from_utf8(digits)
+            .ok()
+            .filter(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<u64>().ok())
+            .ok_or("a parked event's key ends in its position, 20 digits")?;
+        let parked: ParkedEvent =
+            serde_json::from_slice(value).map_err(|e| format!("not a parked event record: {e}"))?;
+        if parked.position != position {
+            return Err(format!(
+                "the record is of position {}, its key says {position}",
+                parked.position
+            ));
+        }
+        Ok(())
+    } else if let Some(stream) = rest.strip_prefix(b"parked-streams/") {
+        stream_key(stream)
+    } else if let Some(stream) = rest.strip_prefix(b"replay/") {
+        stream_key(stream)
+    } else {
+        Err("not a key the framework writes under its reserved prefix".into())
+    }
 }
 
 /// Turns one line written by `export` into the event it describes.
@@ -432,6 +547,16 @@ pub(crate) async fn import(
                 let key = decode_base64(&line.key).map_err(|r| bad(number, r))?;
                 let value =
                     decode_value(line.value_encoding, &line.value).map_err(|r| bad(number, r))?;
+                check_reserved_entry(&key, &value).map_err(|r| {
+                    bad(
+                        number,
+                        format!(
+                            "state entry {:?} of {:?}: {r}",
+                            String::from_utf8_lossy(&key),
+                            line.name
+                        ),
+                    )
+                })?;
                 c.writes.push(StateWrite {
                     key,
                     value: Some(value),

@@ -74,6 +74,21 @@ pub enum StoreError {
         path: PathBuf,
     },
 
+    /// The store's directory, or a file in it, cannot be used as it is: the path is a file or
+    /// its parent is not a directory, the process may not create or write files there (a
+    /// read-only directory, another user's store), or a file the store writes is a symbolic link
+    /// (the store never writes through a link out of its directory). Nothing was written.
+    ///
+    /// Fix the path or its permissions (the message says which and what is wrong), then open
+    /// again.
+    #[error("cannot use {path} for the store: {reason}")]
+    BadPath {
+        /// The directory or file in question.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The files were written by a format this version of tidings does not read.
     ///
     /// Upgrade tidings, or migrate the store with the version that wrote it (`export`/`import`).
@@ -178,10 +193,59 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// The same error, saying that it concerns the store at `path` (for errors whose message
+    /// does not name it already).
+    pub(crate) fn naming(self, path: &std::path::Path) -> Self {
+        match self {
+            StoreError::DamagedMetadata { what, reason } => StoreError::DamagedMetadata {
+                what: format!("{what} of the store at {}", path.display()),
+                reason,
+            },
+            StoreError::Engine(why) => {
+                StoreError::Engine(format!("{why} (store at {})", path.display()))
+            }
+            other => other,
+        }
+    }
+}
+
+/// What to do about damage that sled found in its own files.
+const ENGINE_DAMAGE_ADVICE: &str = "restore the store from a backup (an export); `export \
+                                    --from` of a damaged store salvages what still reads";
+
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         match e {
             sled::Error::Io(io) => StoreError::Io(io),
+            // Damage that sled's own checks found: the store's damage error, not an engine
+            // failure, so that callers (and the CLI's exit code 3) treat it as damage.
+            sled::Error::Corruption { at, .. } => StoreError::DamagedMetadata {
+                what: "storage engine files".into(),
+                reason: format!(
+                    "the storage engine (sled) found corrupted data {}; {ENGINE_DAMAGE_ADVICE}",
+                    match at {
+                        Some(sled::DiskPtr::Inline(offset)) => {
+                            format!("in its data file `db` at offset {offset}")
+                        }
+                        Some(sled::DiskPtr::Blob(offset, blob)) => format!(
+                            "in the blob file `blobs/{blob}` (referenced at offset {offset} of \
+                             its data file `db`)"
+                        ),
+                        None => "in its configuration file `conf` or its data file `db`".into(),
+                    }
+                ),
+            },
+            // sled's words for a configuration file that is not UTF-8: "created using a sled
+            // version earlier than 0.29". tidings never used such a version: it is damage.
+            sled::Error::Unsupported(why) if why.contains("0.29") => StoreError::DamagedMetadata {
+                what: "storage engine configuration file `conf`".into(),
+                reason: format!(
+                    "it does not parse (not UTF-8): it is damaged (sled says it may have been \
+                     created by a sled version earlier than 0.29, which no tidings store is); \
+                     {ENGINE_DAMAGE_ADVICE}"
+                ),
+            },
             other => StoreError::Engine(other.to_string()),
         }
     }

@@ -119,6 +119,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`commit_checkpoint`](EventStore::commit_checkpoint), which is fenced and carries state;
     /// moving such a checkpoint with this method would replay events onto state that already
     /// includes them.
+    ///
+    /// A checkpoint past the head fails with [`StoreError::InvalidInput`] (nothing written): a
+    /// checkpoint is a position its consumer has processed.
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()>;
 
     /// The position last saved under `name`, if any.
@@ -129,7 +132,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// checkpoint yet). This is what makes a projection exactly-once: its state and the position
     /// it reflects can never disagree, and a zombie instance cannot overwrite a newer one.
     ///
-    /// Fails with [`StoreError::CheckpointConflict`] (nothing written) when the check fails.
+    /// Fails with [`StoreError::CheckpointConflict`] (nothing written) when the check fails, and
+    /// with [`StoreError::InvalidInput`] (nothing written) when it would move the checkpoint past
+    /// the head; a commit that leaves the checkpoint where it is (`expected == Some(position)`)
+    /// may record state even if that checkpoint is above the head (stored before this rule, or a
+    /// log cut back after damage).
     async fn commit_checkpoint(
         &self,
         name: &str,
@@ -189,7 +196,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// Appends events exactly as recorded elsewhere (a backup, another backend): same positions,
     /// stream versions, ids, timestamps and payloads. The first event must be at `head() + 1`, the
     /// rest must follow without a gap, each stream's versions must continue its current version,
-    /// timestamps must not go down, and each category must be the stream id's. Atomic and durable
+    /// timestamps must not go down nor be more than [`MAX_IMPORT_AHEAD`] after this machine's
+    /// clock, and each category must be the stream id's. Atomic and durable
     /// like an append; returns the new head.
     ///
     /// Fails with [`StoreError::ImportRejected`] (nothing written) when the events do not fit,
@@ -283,6 +291,10 @@ pub(crate) fn validate_commit(name: &str, state: &[StateWrite]) -> Result<()> {
     Ok(())
 }
 
+/// How far after this machine's clock an imported timestamp may be (clock skew between the
+/// machine that exported and this one): 24 hours.
+pub const MAX_IMPORT_AHEAD: Duration = Duration::from_secs(24 * 3600);
+
 /// Checks the parts of an import that do not depend on the store's state: valid names, types
 /// and payloads, contiguous positions, versions from 1, categories that match the stream ids,
 /// timestamps that do not go down.
@@ -290,6 +302,10 @@ pub(crate) fn validate_import(events: &[RecordedEvent]) -> Result<()> {
     let Some(first) = events.first() else {
         return Err(StoreError::InvalidInput("import has no events".into()));
     };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let latest = now.saturating_add(MAX_IMPORT_AHEAD.as_micros() as u64);
     let mut previous: Option<&RecordedEvent> = None;
     for (i, e) in events.iter().enumerate() {
         let reject = |reason: String| StoreError::ImportRejected {
@@ -311,6 +327,16 @@ pub(crate) fn validate_import(events: &[RecordedEvent]) -> Result<()> {
             return Err(reject(format!(
                 "category {:?} is not the category of stream {:?}",
                 e.category, e.stream_id
+            )));
+        }
+        // Timestamps never go down with position, so one far in the future would pin the
+        // timestamp of every later append to it.
+        if e.timestamp_micros > latest {
+            return Err(reject(format!(
+                "timestamp {} is more than {} hours after this machine's clock ({now}): later \
+                 appends would all be stamped with it",
+                e.timestamp_micros,
+                MAX_IMPORT_AHEAD.as_secs() / 3600
             )));
         }
         if let Some(p) = previous {

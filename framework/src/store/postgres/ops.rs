@@ -547,14 +547,39 @@ pub async fn read_all(
 
 /// See [`EventStore::save_checkpoint`](crate::store::EventStore::save_checkpoint).
 pub async fn save_checkpoint(shared: &Shared, name: &str, position: u64) -> Result<()> {
-    let position = checkpoint_bits(position);
     let client = shared.client().await?;
+    check_checkpoint(shared, &client, name, position).await?;
+    let position = checkpoint_bits(position);
     execute(
         &client,
         &shared.sql.save_checkpoint,
         &[&name, &position, &now_micros()],
     )
     .await?;
+    Ok(())
+}
+
+/// Refuses a checkpoint past the durable head, as every store does (conformance
+/// `a_checkpoint_past_the_head_is_refused`). The head this process knows is enough for the
+/// usual checkpoint (at most what it has read); above it, the head is read from the server.
+async fn check_checkpoint(
+    shared: &Shared,
+    client: &tokio_postgres::Client,
+    name: &str,
+    position: u64,
+) -> Result<()> {
+    let known = shared.head.upgrade().map_or(0, |h| *h.borrow());
+    if position <= known {
+        return Ok(());
+    }
+    let head = read_head(client, &shared.sql).await?;
+    shared.bump_head(head);
+    if position > head {
+        return Err(StoreError::InvalidInput(format!(
+            "checkpoint {position} of {name:?} is past the head {head}: a checkpoint is a \
+             position that its consumer has processed"
+        )));
+    }
     Ok(())
 }
 
@@ -603,6 +628,10 @@ pub async fn commit_checkpoint(
         }
     }
     let mut client = shared.client().await?;
+    // A commit that leaves the checkpoint where it is may record state above the head.
+    if expected.map(checkpoint_bits) != Some(position) {
+        check_checkpoint(shared, &client, name, checkpoint_value(position)).await?;
+    }
     let sql = &shared.sql;
     let tx = client.transaction().await.map_err(pg_error)?;
     if let Some(lease) = fence {

@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Syncs sled's files to stable storage after a `flush`.
@@ -84,7 +85,15 @@ pub struct HeadFile {
 impl HeadFile {
     /// Reads the head recorded in `dir`, if the file exists and is intact.
     pub fn read(dir: &Path) -> io::Result<Option<u64>> {
-        match std::fs::read(dir.join(HEAD_FILE)) {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(HEAD_FILE));
+        let read = opened.and_then(|mut f| {
+            let mut bytes = Vec::with_capacity(12);
+            f.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        match read {
             Ok(bytes) => {
                 let head = decode_head(&bytes);
                 if head.is_none() {
@@ -101,12 +110,14 @@ impl HeadFile {
         }
     }
 
-    /// Opens (or creates) the file in `dir` and records `head`.
+    /// Opens (or creates) the file in `dir` and records `head`. A symbolic link in its place is
+    /// an error (`ELOOP`): the store never writes through a link out of its directory.
     pub fn open(dir: &Path, head: u64) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(dir.join(HEAD_FILE))?;
         let mut marker = HeadFile { file };
         marker.write(head)?;

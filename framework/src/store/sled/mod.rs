@@ -6,6 +6,8 @@ mod read;
 mod writer;
 
 use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -159,11 +161,16 @@ impl SledEventStore {
     }
 
     /// Opens (or creates) a store with `config`.
+    ///
+    /// A missing directory is created with mode 0700 (and so are missing parents); an existing
+    /// one keeps its mode. A path that cannot be used (a file, no permission to write there, a
+    /// symbolic link where the store writes a file) is [`StoreError::BadPath`] naming it.
     pub fn open_with(config: SledConfig) -> Result<Self> {
         let path = config.path.clone();
-        std::fs::create_dir_all(&path)?;
+        prepare_dir(&path)?;
+        refuse_links(&path)?;
         let lock = lock_dir(&path)?;
-        remove_torn_snapshots(&path)?;
+        remove_torn_snapshots(&path).map_err(|e| path_error(&path, e))?;
 
         let sled_config = sled::Config::new()
             .path(&path)
@@ -171,14 +178,16 @@ impl SledEventStore {
             .mode(sled::Mode::HighThroughput)
             // Every commit flushes and fsyncs by itself; sled's timer would only add fsyncs.
             .flush_every_ms(None);
+        check_blobs(&path)?;
         let db = open_sled(&sled_config, &path)?;
         check_format(&db, &path)?;
-        let mut durability = Durability::open(&path)?;
-        db.flush()?;
-        durability.sync()?;
+        let mut durability = Durability::open(&path).map_err(|e| path_error(&path, e))?;
+        db.flush().map_err(|e| engine_error(e, &path))?;
+        durability.sync().map_err(|e| path_error(&path, e))?;
 
         let (head, last_timestamp) = read::recover_tail(&db)?;
-        if let Some(acknowledged) = HeadFile::read(&path)? {
+        let head_path = path.join(durable::HEAD_FILE);
+        if let Some(acknowledged) = HeadFile::read(&path).map_err(|e| path_error(&head_path, e))? {
             if acknowledged > head {
                 return Err(StoreError::Damaged {
                     position: head + 1,
@@ -192,7 +201,7 @@ impl SledEventStore {
                 });
             }
         }
-        let head_file = HeadFile::open(&path, head)?;
+        let head_file = HeadFile::open(&path, head).map_err(|e| path_error(&head_path, e))?;
         let (head_tx, head_rx) = watch::channel(head);
         let shared = Arc::new(Shared {
             db,
@@ -282,7 +291,7 @@ fn open_sled(config: &sled::Config, path: &Path) -> Result<sled::Db> {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Ok(Err(e)) => return Err(e.into()),
+            Ok(Err(e)) => return Err(engine_error(e, path)),
             Err(_) => {
                 return Err(StoreError::Engine(format!(
                     "the storage engine panicked while opening {}",
@@ -293,19 +302,123 @@ fn open_sled(config: &sled::Config, path: &Path) -> Result<sled::Db> {
     }
 }
 
+/// Refuses a store whose `blobs/` directory is gone. sled creates it before its data file and
+/// keeps large pages there; without them it panics at open or silently drops part of its log.
+fn check_blobs(path: &Path) -> Result<()> {
+    let blobs = path.join("blobs");
+    if path.join("db").exists() && !blobs.exists() {
+        return Err(StoreError::DamagedMetadata {
+            what: format!("storage engine files of the store at {}", path.display()),
+            reason: format!(
+                "the directory {} is missing: the storage engine keeps large pages of the log \
+                 there, and cannot read the store without them. Restore it (or the store) from a \
+                 backup",
+                blobs.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Takes the store's lock file, or reports that another process holds it.
 fn lock_dir(path: &Path) -> Result<File> {
+    let lock_path = path.join(LOCK_FILE);
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(path.join(LOCK_FILE))?;
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .map_err(|e| path_error(&lock_path, e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
             path: path.to_path_buf(),
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        Err(std::fs::TryLockError::Error(e)) => Err(path_error(&lock_path, e)),
+    }
+}
+
+/// Makes sure `path` is a directory: creates it (mode 0700, missing parents too) if it is
+/// missing; an existing directory keeps its mode.
+fn prepare_dir(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(StoreError::BadPath {
+            path: path.to_path_buf(),
+            reason: "it is a file, not a directory: a store is a directory".into(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| path_error(path, e)),
+        Err(e) => Err(path_error(path, e)),
+    }
+}
+
+/// The names of the files and directories that the store or sled write in the store's
+/// directory (sled's `snap.*` files are written under a temporary name and renamed over).
+const WRITTEN_NAMES: [&str; 5] = [LOCK_FILE, durable::HEAD_FILE, "db", "conf", "blobs"];
+
+/// Refuses a store whose files are symbolic links: writing through one would write outside the
+/// store (the files the store opens itself are also opened with `O_NOFOLLOW`, for a link made
+/// after this check).
+fn refuse_links(path: &Path) -> Result<()> {
+    for name in WRITTEN_NAMES {
+        let file = path.join(name);
+        match std::fs::symlink_metadata(&file) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = std::fs::read_link(&file)
+                    .map(|t| format!(" (to {})", t.display()))
+                    .unwrap_or_default();
+                return Err(StoreError::BadPath {
+                    path: file,
+                    reason: format!("it is a symbolic link{target}; {LINK_ADVICE}"),
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(path_error(&file, e)),
+        }
+    }
+    Ok(())
+}
+
+/// What to do about a symbolic link where the store writes a file.
+const LINK_ADVICE: &str = "the store writes this file and never follows a link out of its \
+                           directory: replace the link with the file it points to (or delete it)";
+
+/// An I/O error met while opening the store at `path`, as an error that names the path and,
+/// for the usual causes (no permission, a read-only file system, a file in the way, a symbolic
+/// link), says what is wrong.
+fn path_error(path: &Path, e: io::Error) -> StoreError {
+    use io::ErrorKind as K;
+    let reason = match e.kind() {
+        K::PermissionDenied | K::ReadOnlyFilesystem => format!(
+            "{e}: the store creates and writes files in its directory, also when it is only \
+             read (its lock file, the storage engine's files); open it as the user that owns \
+             it, or work on a writable copy"
+        ),
+        K::NotADirectory => format!("{e}: a part of the path is a file, not a directory"),
+        K::AlreadyExists => format!("{e}: a file is in the way of the directory"),
+        _ if e.raw_os_error() == Some(libc::ELOOP) => {
+            format!("it is a symbolic link; {LINK_ADVICE}")
+        }
+        _ => return StoreError::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    };
+    StoreError::BadPath {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// An error of sled while opening or flushing the store at `path`, naming the path: I/O as
+/// [`path_error`], damage that sled detected as [`StoreError::DamagedMetadata`].
+fn engine_error(e: sled::Error, path: &Path) -> StoreError {
+    match e {
+        sled::Error::Io(e) => path_error(path, e),
+        other => StoreError::from(other).naming(path),
     }
 }
 
@@ -315,7 +428,7 @@ fn lock_dir(path: &Path) -> Result<File> {
 /// a truncated file that sled then picks as its snapshot and refuses to open with. The snapshot
 /// is only an optimisation of recovery (sled rebuilds it from the log), so deleting it loses
 /// nothing. Runs only while holding the store's lock.
-fn remove_torn_snapshots(path: &Path) -> Result<()> {
+fn remove_torn_snapshots(path: &Path) -> io::Result<()> {
     for entry in std::fs::read_dir(path)? {
         let entry = entry?;
         let name = entry.file_name();

@@ -267,6 +267,12 @@ impl Writer {
                     position: p,
                     reply,
                 } => {
+                    // The head includes the events placed earlier in this group: they are
+                    // written in the same atomic batch.
+                    if let Err(e) = check_checkpoint(&name, p, position - 1) {
+                        replies.push(Reply::Unit(reply, Err(e)));
+                        continue;
+                    }
                     batch.insert(keys::checkpoint_key(&name), codec::encode_checkpoint(p));
                     checkpoints.insert(name, Some(p));
                     writes += 1;
@@ -351,7 +357,16 @@ impl Writer {
                         Some(v) => Ok(*v),
                         None => self.shared.load_checkpoint(&name),
                     };
-                    let result = match actual {
+                    // A commit that leaves the checkpoint where it is may record state even
+                    // above the head (a checkpoint stored before this rule, or a log cut back
+                    // after damage); one that moves it may not move it past the head.
+                    let stays = expected == Some(p);
+                    let checked = if stays {
+                        actual
+                    } else {
+                        check_checkpoint(&name, p, position - 1).and(actual)
+                    };
+                    let result = match checked {
                         Err(e) => Err(e),
                         Ok(actual) if actual != expected => Err(StoreError::CheckpointConflict {
                             name,
@@ -472,6 +487,19 @@ impl Writer {
             error!(error = %e, "could not record the head in the head file");
         }
     }
+}
+
+/// Refuses a checkpoint past the head: a checkpoint is a position its consumer has processed,
+/// and one past the head would make a consumer skip events appended later (and an export of
+/// the store could not be imported again).
+fn check_checkpoint(name: &str, position: u64, head: u64) -> Result<()> {
+    if position > head {
+        return Err(StoreError::InvalidInput(format!(
+            "checkpoint {position} of {name:?} is past the head {head}: a checkpoint is a \
+             position that its consumer has processed"
+        )));
+    }
+    Ok(())
 }
 
 /// Writes the index entry of an imported run: (stream, first version, first position, count).
