@@ -571,6 +571,63 @@ async fn start_from_end_skips_history_and_is_remembered_before_the_first_event()
     handle.stop().await;
 }
 
+/// A subscription that starts at a position beyond the head waits for it (the store refuses a
+/// checkpoint past its head, so nothing is recorded until the head gets there), survives a stop
+/// and a start meanwhile, and then handles exactly the events from its start position on.
+#[actix::test]
+async fn a_start_position_beyond_the_head_waits_for_it() {
+    #[derive(EventHandler)]
+    #[event_handler(name = "from-42", events(OrderEvent, PaymentEvent), start_from = "42")]
+    struct From42 {
+        seen: Seen,
+    }
+    #[async_trait]
+    impl Handle<OrderEvent> for From42 {
+        async fn handle(
+            &mut self,
+            _: OrderEvent,
+            ctx: &mut EventContext<'_>,
+        ) -> Result<(), HandlerError> {
+            self.seen.lock().unwrap().push(ctx.event().position);
+            Ok(())
+        }
+    }
+    #[async_trait]
+    impl Handle<PaymentEvent> for From42 {
+        async fn handle(
+            &mut self,
+            _: PaymentEvent,
+            ctx: &mut EventContext<'_>,
+        ) -> Result<(), HandlerError> {
+            self.seen.lock().unwrap().push(ctx.event().position);
+            Ok(())
+        }
+    }
+    let (store, _dir) = open();
+    append_many(&store, 0, 10).await;
+    let subs = Subscriptions::new(store.clone());
+    let seen = Seen::default();
+    let handle = subs.start(From42 { seen: seen.clone() }).unwrap();
+    let status = handle.caught_up_to(10).await;
+    assert!(
+        !matches!(status.state, SubscriptionState::Failed(_)),
+        "{status:?}"
+    );
+    let stopped = handle.stop().await;
+    assert_eq!(stopped.state, SubscriptionState::Stopped, "{stopped:?}");
+    assert_eq!(store.load_checkpoint("from-42").await.unwrap(), None);
+    append_many(&store, 10, 60).await;
+    let handle = subs.start(From42 { seen: seen.clone() }).unwrap();
+    let status = handle.caught_up_to(store.head()).await;
+    assert!(
+        !matches!(status.state, SubscriptionState::Failed(_)),
+        "{status:?}"
+    );
+    handle.stop().await;
+    assert_eq!(taken(&seen), expected_positions(&store, 42).await);
+    assert_eq!(store.load_checkpoint("from-42").await.unwrap(), Some(70));
+}
+
 /// A store that counts how many events a subscription has been handed but not yet handled.
 struct Metered {
     inner: SledEventStore,

@@ -505,9 +505,11 @@ impl<H: EventHandler> Runner<H> {
             s.parked_streams = parked_streams;
             s.state = running_state(s, false);
         });
-        if stored.is_none() {
+        if stored.is_none() && checkpoint <= head {
             // Record where a new subscription starts, so that a restart before the first event
-            // does not recompute `End` and skip what was appended meanwhile.
+            // does not recompute `End` and skip what was appended meanwhile. (A start position
+            // beyond the head is recorded once the head gets there: the store refuses a
+            // checkpoint past its head, and a restart computes the same position again.)
             let mut nothing = StateBatch::new();
             self.commit(&mut committed, checkpoint, &mut nothing)
                 .await?;
@@ -1525,6 +1527,12 @@ impl<H: EventHandler> Runner<H> {
         pending: &mut StateBatch,
         state: Option<SubscriptionState>,
     ) -> Result<(), Fault> {
+        if committed.expected.is_none() && checkpoint > self.store.head() && pending.is_empty() {
+            // A new subscription that starts beyond the head (`StartFrom::Position`): nothing
+            // to record until the head reaches its start.
+            committed.at = Instant::now();
+            return Ok(());
+        }
         let mut status = self.status.get();
         status.checkpoint = checkpoint;
         if let Some(state) = state {
