@@ -7,7 +7,9 @@
 //!   stock reserves a paid order's items; fulfilment confirms or cancels the order.
 //! - A read model ([`view`]) kept by an exactly-once projection.
 //! - The invariants ([`invariants`]), checked from the log.
-//! - [`Shop`] puts them together over an embedded store.
+//! - [`Shop`] puts them together over a store: the embedded one, or PostgreSQL, where each
+//!   service may run in a process of its own.
+//! - [`cli`]: the `shop_example` command line (the story, `serve`, the subcommands).
 //!
 //! The flow: `OrderPlaced` → payments charges → `PaymentVerified` or `PaymentDeclined` → stock
 //! reserves → `StockReserved` or `OutOfStock` → `OrderConfirmed` or `OrderCancelled`; an order
@@ -19,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod catalog;
+pub mod cli;
 pub mod gateway;
 pub mod invariants;
 pub mod order;

@@ -1,5 +1,7 @@
 //! [`Shop`]: the store, the three aggregate registries, and the four services, in one value
-//! that the binary, the tests and the crash child drive.
+//! that the binary, the tests and the crash child drive. The store is the embedded one
+//! ([`Shop::open`]) or any other, PostgreSQL included ([`Shop::with_store`]), where each service
+//! may run in a process of its own.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +47,19 @@ impl Service {
         Service::Fulfilment,
         Service::View,
     ];
+
+    /// Parses a service's name on the command line: its subscription's name (`payments`,
+    /// `stock`, `fulfilment`, `shop-view`) or a short one (`payment`, `order` for fulfilment,
+    /// which decides orders, `view`).
+    pub fn parse(name: &str) -> Option<Service> {
+        Some(match name {
+            "payments" | "payment" => Service::Payments,
+            "stock" => Service::Stock,
+            "fulfilment" | "fulfillment" | "order" | "orders" => Service::Fulfilment,
+            "shop-view" | "view" => Service::View,
+            _ => return None,
+        })
+    }
 
     /// Its subscription's name.
     pub fn name(self) -> &'static str {
@@ -139,10 +154,11 @@ pub enum ShopError {
     },
 }
 
-/// The shop: an embedded store, the order, payment and stock aggregates, and the services that
-/// react to their events. Must be opened and used inside an actix `System`.
+/// The shop: a store, the order, payment and stock aggregates, and the services that react to
+/// their events. Must be opened and used inside an actix `System`.
 pub struct Shop {
-    store: Arc<SledEventStore>,
+    store: Arc<dyn EventStore>,
+    sled: Option<Arc<SledEventStore>>,
     orders: AggregateRegistry<Order>,
     payments: AggregateRegistry<Payment>,
     stock: AggregateRegistry<Stock>,
@@ -155,10 +171,20 @@ impl Shop {
     /// Opens (or creates) the shop's store in `dir` and starts the aggregate registries. No
     /// service runs yet: see [`start_all`](Self::start_all).
     pub fn open(dir: &Path, config: ShopConfig) -> Result<Shop, ShopError> {
-        let store = Arc::new(SledEventStore::open(dir)?);
-        let shared: Arc<dyn EventStore> = store.clone();
+        let sled = Arc::new(SledEventStore::open(dir)?);
+        let mut shop = Shop::with_store(sled.clone(), config);
+        shop.sled = Some(sled);
+        Ok(shop)
+    }
+
+    /// The shop over a store that is already open (PostgreSQL, say, shared by several
+    /// processes: each may run some of the services, and any may host the aggregates, which
+    /// optimistic concurrency and idempotent command ids keep correct). Starts the aggregate
+    /// registries; no service runs yet.
+    pub fn with_store(store: Arc<dyn EventStore>, config: ShopConfig) -> Shop {
+        let shared = store.clone();
         let aggregates = config.aggregates.clone();
-        Ok(Shop {
+        Shop {
             orders: AggregateRegistry::start_shared(shared.clone(), aggregates.clone()),
             payments: AggregateRegistry::start_shared(shared.clone(), aggregates.clone()),
             // One warehouse records an event per order: a wide idempotence window keeps every
@@ -166,14 +192,20 @@ impl Shop {
             stock: AggregateRegistry::start_shared(shared.clone(), aggregates.dedup_window(10_000)),
             subscriptions: Subscriptions::new(shared),
             store,
+            sled: None,
             config,
             repeats: Repeats::default(),
-        })
+        }
     }
 
     /// The store.
-    pub fn store(&self) -> &Arc<SledEventStore> {
+    pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
+    }
+
+    /// The embedded store, if the shop was opened with [`open`](Self::open).
+    pub fn sled_store(&self) -> Option<&Arc<SledEventStore>> {
+        self.sled.as_ref()
     }
 
     /// The order aggregates.
@@ -271,6 +303,84 @@ impl Shop {
         Ok(self.store.head().saturating_sub(done))
     }
 
+    /// How many positions of the log a service has not committed yet, read from the store (its
+    /// committed checkpoint against the newest head): what any process sees of a service that
+    /// runs elsewhere.
+    pub async fn committed_lag(&self, service: Service) -> Result<u64, StoreError> {
+        let head = self.fresh_head().await?;
+        let done = self
+            .store
+            .load_checkpoint(service.name())
+            .await?
+            .unwrap_or(0);
+        Ok(head.saturating_sub(done))
+    }
+
+    /// The store's durable head, asked of the store itself (on PostgreSQL, of the server, not
+    /// this process's last notification).
+    pub async fn fresh_head(&self) -> Result<u64, StoreError> {
+        let from = self.store.head().saturating_add(1);
+        let page = self.store.read_all(from, 1, &Filter::all()).await?;
+        Ok(page.head.max(self.store.head()))
+    }
+
+    /// [`settle`](Self::settle) for services that run in other processes: waits until each of
+    /// `services` has committed a checkpoint at the head and the head stopped moving, reading
+    /// only the store, at most `timeout`. Returns the head. A service whose stored status says
+    /// it failed is an error.
+    pub async fn settle_committed(
+        &self,
+        services: &[Service],
+        timeout: Duration,
+    ) -> Result<u64, ShopError> {
+        let started = Instant::now();
+        let mut quiet_at: Option<u64> = None;
+        loop {
+            let head = self.fresh_head().await?;
+            let mut behind = Vec::new();
+            for &service in services {
+                let done = self
+                    .store
+                    .load_checkpoint(service.name())
+                    .await?
+                    .unwrap_or(0);
+                if done < head {
+                    behind.push(service.name());
+                }
+            }
+            if behind.is_empty() {
+                // Twice in a row at the same head: nothing was reacting in between.
+                if quiet_at == Some(head) {
+                    return Ok(head);
+                }
+                quiet_at = Some(head);
+            } else {
+                quiet_at = None;
+                for &service in services {
+                    let status = tidings::subscription::subscription_status_from_store(
+                        &*self.store,
+                        service.name(),
+                    )
+                    .await?;
+                    if let Some(SubscriptionState::Failed(reason)) = status.map(|s| s.state) {
+                        return Err(ShopError::ServiceFailed {
+                            name: service.name(),
+                            reason,
+                        });
+                    }
+                }
+            }
+            if started.elapsed() >= timeout {
+                return Err(ShopError::NotSettled {
+                    waited: started.elapsed(),
+                    head,
+                    behind,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Places an order (a new command id each call).
     pub async fn place_order(
         &self,
@@ -360,12 +470,14 @@ impl Shop {
         }
     }
 
-    /// Commits what the read model's projection has pending (if it runs), so that the store
-    /// shows it.
+    /// Commits what the read model's projection has pending (if it runs here), so that the
+    /// store shows it. Nothing to do if it stands by: the process that holds it commits within
+    /// its commit interval ([`settle_committed`](Self::settle_committed) waits for that).
     pub async fn flush_view(&self) -> Result<(), ShopError> {
         if let Some(handle) = self.subscriptions.get(ShopView::NAME) {
-            if let Some(result) = handle.flush().await {
-                result?;
+            match handle.flush().await {
+                Some(Err(ControlError::Standby(_))) | Some(Ok(())) | None => {}
+                Some(Err(e)) => return Err(e.into()),
             }
         }
         Ok(())

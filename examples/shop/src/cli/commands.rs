@@ -1,19 +1,20 @@
-//! The subcommands that work on an existing data directory.
+//! The subcommands that work on an existing store: a data directory, or a PostgreSQL schema
+//! (where the services may run in other processes: these subcommands then start them here as
+//! standbys, and wait for whichever process holds them by reading the store).
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::catalog::{money, Line};
+use crate::view::ReadModel;
+use crate::{Service, Shop, ShopConfig};
 use clap::Args;
-use shop_example::catalog::{money, Line};
-use shop_example::view::ReadModel;
-use shop_example::{Service, Shop, ShopConfig};
 use tidings::aggregate::AggregateError;
-use tidings::store::SledEventStore;
+use tidings::store::{EventStore, SledEventStore};
 use tidings::subscription::subscription_status_from_store;
 
 use super::report::{money_line, order_line, print_checks, service_line, stock_line, Outcomes};
-use super::CliError;
+use super::{open_postgres, CliError, Location};
 
 /// How long a subcommand waits for the services to catch up.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -48,15 +49,31 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {}
 
-/// Opens the shop with every service running.
-fn open(dir: &Path) -> Result<Shop, CliError> {
-    let shop = Shop::open(dir, ShopConfig::default())?;
+/// Opens the shop with every service running (on PostgreSQL, as standbys where another process
+/// holds them).
+async fn open(location: &Location) -> Result<Shop, CliError> {
+    let shop = match location {
+        Location::Sled(dir) => Shop::open(dir, ShopConfig::default())?,
+        Location::Postgres { url, schema } => Shop::with_store(
+            open_postgres(url, schema, 4).await?,
+            super::serve::config(None),
+        ),
+    };
     shop.start_all()?;
     Ok(shop)
 }
 
-pub async fn place_order(dir: &Path, args: PlaceOrderArgs) -> Result<ExitCode, CliError> {
-    let shop = open(dir)?;
+/// Waits until the services have caught up: through this process's handles on the embedded
+/// store, through the checkpoints in the store on PostgreSQL (whoever runs them).
+async fn settle(shop: &Shop, location: &Location) -> Result<u64, CliError> {
+    Ok(match location {
+        Location::Sled(_) => shop.settle(SETTLE).await?,
+        Location::Postgres { .. } => shop.settle_committed(&Service::ALL, SETTLE).await?,
+    })
+}
+
+pub async fn place_order(location: &Location, args: PlaceOrderArgs) -> Result<ExitCode, CliError> {
+    let shop = open(location).await?;
     let id = match args.id {
         Some(id) => id,
         None => format!("o-{:06}", shop.next_order_number().await?),
@@ -64,7 +81,7 @@ pub async fn place_order(dir: &Path, args: PlaceOrderArgs) -> Result<ExitCode, C
     let result = shop.place_order(&id, &args.customer, args.items).await;
     let code = match result {
         Ok(_) => {
-            shop.settle(SETTLE).await?;
+            settle(&shop, location).await?;
             let model = shop.read_model().await?;
             match model.orders.get(&id) {
                 Some(s) => println!("{}", order_line(s)),
@@ -85,12 +102,12 @@ pub async fn place_order(dir: &Path, args: PlaceOrderArgs) -> Result<ExitCode, C
     Ok(code)
 }
 
-pub async fn restock(dir: &Path, args: RestockArgs) -> Result<ExitCode, CliError> {
-    let shop = open(dir)?;
+pub async fn restock(location: &Location, args: RestockArgs) -> Result<ExitCode, CliError> {
+    let shop = open(location).await?;
     let result = shop.restock(args.items).await;
     let code = match result {
         Ok(_) => {
-            shop.settle(SETTLE).await?;
+            settle(&shop, location).await?;
             println!("stock: {}", stock_line(&shop.read_model().await?));
             ExitCode::SUCCESS
         }
@@ -107,25 +124,35 @@ pub async fn restock(dir: &Path, args: RestockArgs) -> Result<ExitCode, CliError
     Ok(code)
 }
 
-pub async fn status(dir: &Path, args: StatusArgs) -> Result<ExitCode, CliError> {
-    if !dir.exists() {
-        return Err(format!("no shop store at {} (run the story first)", dir.display()).into());
-    }
-    let store = SledEventStore::open(dir)?;
-    let model = ReadModel::load(&store).await?;
-    println!(
-        "store {}: {} events",
-        dir.display(),
-        tidings::store::EventStore::head(&store)
-    );
+pub async fn status(location: &Location, args: StatusArgs) -> Result<ExitCode, CliError> {
+    let store: std::sync::Arc<dyn EventStore> = match location {
+        Location::Sled(dir) => {
+            if !dir.exists() {
+                return Err(
+                    format!("no shop store at {} (run the story first)", dir.display()).into(),
+                );
+            }
+            std::sync::Arc::new(SledEventStore::open(dir)?)
+        }
+        Location::Postgres { url, schema } => open_postgres(url, schema, 2).await?,
+    };
+    let store = &*store;
+    let model = ReadModel::load(store).await?;
+    println!("store {}: {} events", location.describe(), store.head());
     println!("orders: {}", Outcomes::of(model.orders.values()).line());
     println!("stock:  {}", stock_line(&model));
     println!("money:  {}", money_line(&model));
     println!("services (as last committed):");
     for service in Service::ALL {
-        match subscription_status_from_store(&store, service.name()).await? {
+        match subscription_status_from_store(store, service.name()).await? {
             Some(s) => println!("  {}", service_line(&s)),
             None => println!("  {:<11} never ran", service.name()),
+        }
+        if let Some(lease) = store.load_lease(service.name()).await? {
+            println!(
+                "  {:<11} lease generation {}, last taken by {}",
+                "", lease.generation, lease.holder
+            );
         }
     }
     if args.orders {
@@ -137,13 +164,13 @@ pub async fn status(dir: &Path, args: StatusArgs) -> Result<ExitCode, CliError> 
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn check(dir: &Path, _: CheckArgs) -> Result<ExitCode, CliError> {
-    let shop = open(dir)?;
-    let head = shop.settle(SETTLE).await?;
+pub async fn check(location: &Location, _: CheckArgs) -> Result<ExitCode, CliError> {
+    let shop = open(location).await?;
+    let head = settle(&shop, location).await?;
     let checks = shop.check().await?;
     let model = shop.read_model().await?;
     shop.shutdown().await;
-    println!("store {}: {head} events", dir.display());
+    println!("store {}: {head} events", location.describe());
     println!("orders: {}", Outcomes::of(model.orders.values()).line());
     println!(
         "money:  {} (net {})",

@@ -1,8 +1,8 @@
 //! Printing for a person: outcomes, stock, money, services and invariants.
 
-use shop_example::catalog::money;
-use shop_example::view::{OrderSummary, OutcomeView, PaymentView, ReadModel};
-use shop_example::Check;
+use crate::catalog::money;
+use crate::view::{OrderSummary, OutcomeView, PaymentView, ReadModel};
+use crate::Check;
 use tidings::subscription::SubscriptionStatus;
 
 /// How a set of orders ended.
@@ -120,5 +120,5 @@ pub fn print_checks(checks: &[Check]) -> bool {
             c.detail
         );
     }
-    shop_example::all_pass(checks)
+    crate::all_pass(checks)
 }

@@ -1,43 +1,46 @@
-//! The story: what `cargo run -p shop_example` tells.
+//! The story: what `cargo run -p shop_example` tells, on the embedded store. With
+//! `--store postgres://...` the same story runs each service as a process of its own
+//! (`processes.rs`).
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::catalog::{Line, CATALOG};
+use crate::gateway::SimulatedGateway;
+use crate::invariants::INVARIANTS;
+use crate::view::ReadModel;
+use crate::{Service, Shop, ShopConfig};
 use clap::Args;
 use futures_util::future::join_all;
-use shop_example::catalog::{Line, CATALOG};
-use shop_example::gateway::SimulatedGateway;
-use shop_example::invariants::INVARIANTS;
-use shop_example::view::ReadModel;
-use shop_example::{Service, Shop, ShopConfig};
-use tidings::store::EventStore;
 
 use super::report::{money_line, print_checks, stock_line, Outcomes};
-use super::CliError;
+use super::{CliError, Location};
+use tidings::subscription::SubscriptionStatus;
 
 /// How long the story waits for the services to catch up before it gives up.
-const SETTLE: Duration = Duration::from_secs(60);
+pub(super) const SETTLE: Duration = Duration::from_secs(60);
 /// Orders placed at the same time.
 const CONCURRENCY: usize = 8;
 const CUSTOMERS: &[&str] = &["ada", "grace", "edsger", "barbara", "ken", "margaret"];
 
 #[derive(Debug, Args)]
 pub struct StoryArgs {
-    /// Delete the data directory's store first and start from an empty shop.
+    /// Delete the data directory's store (with --store: drop the schema) first and start from
+    /// an empty shop.
     #[arg(long)]
-    fresh: bool,
+    pub(super) fresh: bool,
     /// Orders placed while the stock service runs, and again while it is down.
     #[arg(long, default_value_t = 30)]
-    orders: u32,
+    pub(super) orders: u32,
     /// Seed of the random orders (default: the first order number).
     #[arg(long)]
-    seed: Option<u64>,
+    pub(super) seed: Option<u64>,
     /// Make the payment gateway fail the first N calls of every charge and refund (the payment
-    /// service retries them with backoff).
+    /// service retries them with backoff). Embedded store only.
     #[arg(long, default_value_t = 0, value_name = "N")]
-    gateway_failures: u32,
+    pub(super) gateway_failures: u32,
 }
 
 impl Default for StoryArgs {
@@ -52,7 +55,7 @@ impl Default for StoryArgs {
 }
 
 /// A small deterministic generator (splitmix64): the same seed tells the same story.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -81,21 +84,21 @@ fn random_order(rng: &mut Rng) -> (String, Vec<Line>) {
 }
 
 /// The story's state: the shop, the orders it placed, the clock.
-struct Story {
-    shop: Shop,
-    rng: Rng,
-    next: u64,
-    placed: Vec<String>,
-    started: Instant,
+pub(super) struct Story {
+    pub(super) shop: Shop,
+    pub(super) rng: Rng,
+    pub(super) next: u64,
+    pub(super) placed: Vec<String>,
+    pub(super) started: Instant,
 }
 
 impl Story {
-    fn say(&self, text: &str) {
+    pub(super) fn say(&self, text: &str) {
         println!("[{:>5.2}s] {text}", self.started.elapsed().as_secs_f64());
     }
 
     /// Places `n` orders, [`CONCURRENCY`] at a time.
-    async fn place(&mut self, n: u32) -> Result<(), CliError> {
+    pub(super) async fn place(&mut self, n: u32) -> Result<(), CliError> {
         let mut orders = Vec::new();
         for _ in 0..n {
             let id = format!("o-{:06}", self.next);
@@ -117,7 +120,7 @@ impl Story {
     }
 
     /// The outcomes of this run's orders.
-    async fn outcomes(&self) -> Result<(Outcomes, ReadModel), CliError> {
+    pub(super) async fn outcomes(&self) -> Result<(Outcomes, ReadModel), CliError> {
         let model = self.shop.read_model().await?;
         let mine = self.placed.iter().filter_map(|id| model.orders.get(id));
         Ok((Outcomes::of(mine), model))
@@ -142,7 +145,14 @@ fn wipe(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn run(dir: &Path, args: StoryArgs) -> Result<ExitCode, CliError> {
+pub async fn run(location: &Location, args: StoryArgs) -> Result<ExitCode, CliError> {
+    match location {
+        Location::Sled(dir) => run_embedded(dir, args).await,
+        Location::Postgres { url, schema } => super::processes::run(url, schema, args).await,
+    }
+}
+
+async fn run_embedded(dir: &Path, args: StoryArgs) -> Result<ExitCode, CliError> {
     if args.fresh {
         wipe(dir)?;
     }
@@ -162,7 +172,7 @@ pub async fn run(dir: &Path, args: StoryArgs) -> Result<ExitCode, CliError> {
     if head > 0 {
         // A store written by something else (an older version of this example, say) would stop
         // the services at its first unreadable event: say so now, with the way out.
-        let checks = shop_example::invariants::check(&**shop.store()).await?;
+        let checks = crate::invariants::check(&**shop.store()).await?;
         if let Some(c) = checks.iter().find(|c| !c.pass && c.name == INVARIANTS[0]) {
             shop.shutdown().await;
             return Err(format!(
@@ -238,7 +248,7 @@ async fn tell(story: &mut Story, orders: u32) -> Result<ExitCode, CliError> {
         let lag = story.shop.lag(Service::Stock).await?;
         let paid = story.placed.iter().filter_map(|id| model.orders.get(id));
         let verified = paid
-            .filter(|s| s.payment != shop_example::view::PaymentView::Pending)
+            .filter(|s| s.payment != crate::view::PaymentView::Pending)
             .count();
         story.say(&format!(
             "{} orders placed, {verified} charged or declined; {} paid orders wait for stock; stock lag {lag} events",
@@ -285,6 +295,21 @@ async fn tell(story: &mut Story, orders: u32) -> Result<ExitCode, CliError> {
     let (o, _) = story.outcomes().await?;
     story.say(&o.line());
 
+    let statuses: Vec<SubscriptionStatus> = Service::ALL
+        .iter()
+        .filter_map(|s| story.shop.status(*s))
+        .collect();
+    report(story, &statuses, story.shop.repeated_commands()).await
+}
+
+/// The report: this run's outcomes (and the whole store's), stock, money, the services'
+/// retries and parked events (`statuses`), the `repeats` answered from history, and every
+/// invariant checked from the log. Exit code 1 if one fails.
+pub(super) async fn report(
+    story: &Story,
+    statuses: &[SubscriptionStatus],
+    repeats: u64,
+) -> Result<ExitCode, CliError> {
     println!();
     println!("Report");
     let checks = story.shop.check().await?;
@@ -296,28 +321,16 @@ async fn tell(story: &mut Story, orders: u32) -> Result<ExitCode, CliError> {
     }
     println!("  stock:       {}", stock_line(&model));
     println!("  money:       {}", money_line(&model));
-    for s in [
-        Service::Payments,
-        Service::Stock,
-        Service::Fulfilment,
-        Service::View,
-    ] {
-        if let Some(status) = story.shop.status(s) {
-            if status.parked > 0 || status.retries > 0 {
-                println!(
-                    "  {}: {} retries, {} events parked",
-                    s.name(),
-                    status.retries,
-                    status.parked
-                );
-            }
+    for status in statuses {
+        if status.parked > 0 || status.retries > 0 {
+            println!(
+                "  {}: {} retries, {} events parked",
+                status.name, status.retries, status.parked
+            );
         }
     }
-    if story.shop.repeated_commands() > 0 {
-        println!(
-            "  {} repeated reactions were answered from history",
-            story.shop.repeated_commands()
-        );
+    if repeats > 0 {
+        println!("  {repeats} repeated reactions were answered from history");
     }
     let ok = print_checks(&checks);
     println!(
