@@ -9,6 +9,12 @@
 //! are common. Whenever the number of commands answered from history grows (reactions repeated
 //! for a redelivered event) it prints `REPEATS <total in this run>`. If a service fails it prints `FAILED <reason>` and exits with status 3; it stops
 //! by itself after [`MAX_RUN`] (printing `DONE`).
+//!
+//! With any other arguments it is the `shop_example` program itself
+//! ([`shop_example::cli::main_from`]): `shop_child story --store postgres://... --fresh`,
+//! `shop_child serve --service stock --store ...`. `tests/tests/shop_postgres.rs` runs it so
+//! (the tests crate cannot name the `shop_example` binary), and the story's service processes,
+//! started from the current executable, are then this program too.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -36,13 +42,15 @@ pub fn order_lines(n: u64) -> Vec<Line> {
     }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match (args.get(1), args.get(2).and_then(|c| c.parse::<u64>().ok())) {
-        (Some(dir), Some(cycle)) => {
+        (Some(dir), Some(cycle)) if args.len() == 3 => {
             actix::System::new().block_on(run(Path::new(dir), cycle));
+            std::process::ExitCode::SUCCESS
         }
-        _ => die(&"usage: shop_child DIR CYCLE"),
+        _ if args.len() > 1 => shop_example::cli::main_from(&args),
+        _ => die(&"usage: shop_child DIR CYCLE, or shop_child <shop_example arguments>"),
     }
 }
 
