@@ -25,7 +25,7 @@ use rand::Rng;
 use shop_example::catalog::Line;
 use shop_example::invariants::{self, INVARIANTS};
 use shop_example::view::{OutcomeView, ReadModel};
-use shop_example::{Service, Shop, ShopConfig};
+use shop_example::{Service, SharedShop, Shop, ShopConfig};
 use tidings::store::EventStore;
 use tidings::subscription::{subscription_status_from_store, SubscriptionState};
 use tidings_tests::pg::{self, Schema};
@@ -230,7 +230,7 @@ fn order_lines(n: u64) -> Vec<Line> {
 }
 
 /// Places order `o-<n>`; returns its id once the store acknowledged it.
-async fn place(shop: &Shop, n: u64) -> String {
+async fn place(shop: &SharedShop, n: u64) -> String {
     let id = format!("o-{n:06}");
     let customer = ["ada", "grace", "ken"][(n % 3) as usize];
     shop.place_order(&id, customer, order_lines(n))
@@ -240,7 +240,11 @@ async fn place(shop: &Shop, n: u64) -> String {
 }
 
 /// Places orders four at a time until `stop`, recording each acknowledged one in `acked`.
-async fn place_orders(shop: Rc<Shop>, acked: Rc<RefCell<Vec<String>>>, stop: Rc<RefCell<bool>>) {
+async fn place_orders(
+    shop: Rc<SharedShop>,
+    acked: Rc<RefCell<Vec<String>>>,
+    stop: Rc<RefCell<bool>>,
+) {
     let mut n = 0u64;
     while !*stop.borrow() {
         let placed = tokio::join!(

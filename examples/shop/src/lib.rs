@@ -32,4 +32,4 @@ pub mod stock;
 pub mod view;
 
 pub use self::invariants::{all_pass, Check};
-pub use self::shop::{Service, Shop, ShopConfig, ShopError};
+pub use self::shop::{Service, SharedShop, Shop, ShopConfig, ShopError};

@@ -156,9 +156,15 @@ pub enum ShopError {
 
 /// The shop: a store, the order, payment and stock aggregates, and the services that react to
 /// their events. Must be opened and used inside an actix `System`.
-pub struct Shop {
-    store: Arc<dyn EventStore>,
-    sled: Option<Arc<SledEventStore>>,
+///
+/// `S` is the store's type: [`SledEventStore`] for a shop [`open`](Shop::open)ed in a
+/// directory (so [`store`](Shop::store) is the embedded store itself), `dyn EventStore`
+/// ([`SharedShop`]) for one built [`with_store`](Shop::with_store) over any store, PostgreSQL
+/// included.
+pub struct Shop<S: EventStore + ?Sized = SledEventStore> {
+    store: Arc<S>,
+    /// The same store, as the registries and subscriptions have it.
+    shared: Arc<dyn EventStore>,
     orders: AggregateRegistry<Order>,
     payments: AggregateRegistry<Payment>,
     stock: AggregateRegistry<Stock>,
@@ -167,22 +173,30 @@ pub struct Shop {
     repeats: Repeats,
 }
 
+/// A shop over any store ([`Shop::with_store`], [`Shop::into_shared`]).
+pub type SharedShop = Shop<dyn EventStore>;
+
 impl Shop {
     /// Opens (or creates) the shop's store in `dir` and starts the aggregate registries. No
     /// service runs yet: see [`start_all`](Self::start_all).
     pub fn open(dir: &Path, config: ShopConfig) -> Result<Shop, ShopError> {
-        let sled = Arc::new(SledEventStore::open(dir)?);
-        let mut shop = Shop::with_store(sled.clone(), config);
-        shop.sled = Some(sled);
-        Ok(shop)
+        let store = Arc::new(SledEventStore::open(dir)?);
+        Ok(Shop::build(store.clone(), store, config))
     }
+}
 
+impl SharedShop {
     /// The shop over a store that is already open (PostgreSQL, say, shared by several
     /// processes: each may run some of the services, and any may host the aggregates, which
     /// optimistic concurrency and idempotent command ids keep correct). Starts the aggregate
     /// registries; no service runs yet.
-    pub fn with_store(store: Arc<dyn EventStore>, config: ShopConfig) -> Shop {
-        let shared = store.clone();
+    pub fn with_store(store: Arc<dyn EventStore>, config: ShopConfig) -> SharedShop {
+        Shop::build(store.clone(), store, config)
+    }
+}
+
+impl<S: EventStore + ?Sized> Shop<S> {
+    fn build(store: Arc<S>, shared: Arc<dyn EventStore>, config: ShopConfig) -> Shop<S> {
         let aggregates = config.aggregates.clone();
         Shop {
             orders: AggregateRegistry::start_shared(shared.clone(), aggregates.clone()),
@@ -190,22 +204,31 @@ impl Shop {
             // One warehouse records an event per order: a wide idempotence window keeps every
             // redelivery after a crash within it.
             stock: AggregateRegistry::start_shared(shared.clone(), aggregates.dedup_window(10_000)),
-            subscriptions: Subscriptions::new(shared),
+            subscriptions: Subscriptions::new(shared.clone()),
             store,
-            sled: None,
+            shared,
             config,
             repeats: Repeats::default(),
         }
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn EventStore> {
-        &self.store
+    /// The same shop, its store seen as any store (for code that runs on either backend).
+    pub fn into_shared(self) -> SharedShop {
+        Shop {
+            store: self.shared.clone(),
+            shared: self.shared,
+            orders: self.orders,
+            payments: self.payments,
+            stock: self.stock,
+            subscriptions: self.subscriptions,
+            config: self.config,
+            repeats: self.repeats,
+        }
     }
 
-    /// The embedded store, if the shop was opened with [`open`](Self::open).
-    pub fn sled_store(&self) -> Option<&Arc<SledEventStore>> {
-        self.sled.as_ref()
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
     }
 
     /// The order aggregates.
@@ -300,7 +323,7 @@ impl Shop {
                 .await?
                 .unwrap_or(0),
         };
-        Ok(self.store.head().saturating_sub(done))
+        Ok(self.shared.head().saturating_sub(done))
     }
 
     /// How many positions of the log a service has not committed yet, read from the store (its
@@ -319,9 +342,9 @@ impl Shop {
     /// The store's durable head, asked of the store itself (on PostgreSQL, of the server, not
     /// this process's last notification).
     pub async fn fresh_head(&self) -> Result<u64, StoreError> {
-        let from = self.store.head().saturating_add(1);
-        let page = self.store.read_all(from, 1, &Filter::all()).await?;
-        Ok(page.head.max(self.store.head()))
+        let from = self.shared.head().saturating_add(1);
+        let page = self.shared.read_all(from, 1, &Filter::all()).await?;
+        Ok(page.head.max(self.shared.head()))
     }
 
     /// [`settle`](Self::settle) for services that run in other processes: waits until each of
@@ -358,7 +381,7 @@ impl Shop {
                 quiet_at = None;
                 for &service in services {
                     let status = tidings::subscription::subscription_status_from_store(
-                        &*self.store,
+                        &*self.shared,
                         service.name(),
                     )
                     .await?;
@@ -413,7 +436,7 @@ impl Shop {
         let filter = Filter::all().event_types(["OrderPlaced"]);
         let (mut from, mut highest) = (1, 0u64);
         loop {
-            let page = self.store.read_all(from, 512, &filter).await?;
+            let page = self.shared.read_all(from, 512, &filter).await?;
             for e in &page.events {
                 if let Ok(event) = OrderEvent::from_recorded(e) {
                     if let Some(n) = event
@@ -438,7 +461,7 @@ impl Shop {
     pub async fn settle(&self, timeout: Duration) -> Result<u64, ShopError> {
         let started = Instant::now();
         loop {
-            let head = self.store.head();
+            let head = self.shared.head();
             let mut behind = Vec::new();
             for service in Service::ALL {
                 let Some(status) = self.status(service) else {
@@ -456,7 +479,7 @@ impl Shop {
                     _ => {}
                 }
             }
-            if behind.is_empty() && self.store.head() == head {
+            if behind.is_empty() && self.shared.head() == head {
                 return Ok(head);
             }
             if started.elapsed() >= timeout {
@@ -486,14 +509,14 @@ impl Shop {
     /// The read model, as committed (after flushing the projection).
     pub async fn read_model(&self) -> Result<ReadModel, ShopError> {
         self.flush_view().await?;
-        Ok(ReadModel::load(&*self.store).await?)
+        Ok(ReadModel::load(&*self.shared).await?)
     }
 
     /// Checks the invariants from the log (flushing the projection first, so that the read
     /// model can be compared). Settle first for a verdict on a quiet shop.
     pub async fn check(&self) -> Result<Vec<Check>, ShopError> {
         self.flush_view().await?;
-        Ok(invariants::check(&*self.store).await?)
+        Ok(invariants::check(&*self.shared).await?)
     }
 
     /// Stops every service (saving checkpoints) and every aggregate instance.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::catalog::{money, Line};
 use crate::view::ReadModel;
-use crate::{Service, Shop, ShopConfig};
+use crate::{Service, SharedShop, Shop, ShopConfig};
 use clap::Args;
 use tidings::aggregate::AggregateError;
 use tidings::store::{EventStore, SledEventStore};
@@ -51,9 +51,9 @@ pub struct CheckArgs {}
 
 /// Opens the shop with every service running (on PostgreSQL, as standbys where another process
 /// holds them).
-async fn open(location: &Location) -> Result<Shop, CliError> {
+async fn open(location: &Location) -> Result<SharedShop, CliError> {
     let shop = match location {
-        Location::Sled(dir) => Shop::open(dir, ShopConfig::default())?,
+        Location::Sled(dir) => Shop::open(dir, ShopConfig::default())?.into_shared(),
         Location::Postgres { url, schema } => Shop::with_store(
             open_postgres(url, schema, 4).await?,
             super::serve::config(None),
@@ -65,7 +65,7 @@ async fn open(location: &Location) -> Result<Shop, CliError> {
 
 /// Waits until the services have caught up: through this process's handles on the embedded
 /// store, through the checkpoints in the store on PostgreSQL (whoever runs them).
-async fn settle(shop: &Shop, location: &Location) -> Result<u64, CliError> {
+async fn settle(shop: &SharedShop, location: &Location) -> Result<u64, CliError> {
     Ok(match location {
         Location::Sled(_) => shop.settle(SETTLE).await?,
         Location::Postgres { .. } => shop.settle_committed(&Service::ALL, SETTLE).await?,
@@ -148,7 +148,12 @@ pub async fn status(location: &Location, args: StatusArgs) -> Result<ExitCode, C
             Some(s) => println!("  {}", service_line(&s)),
             None => println!("  {:<11} never ran", service.name()),
         }
-        if let Some(lease) = store.load_lease(service.name()).await? {
+        let lease = match location {
+            // The embedded store has no leases: one process runs everything.
+            Location::Sled(_) => None,
+            Location::Postgres { .. } => store.load_lease(service.name()).await?,
+        };
+        if let Some(lease) = lease {
             println!(
                 "  {:<11} lease generation {}, last taken by {}",
                 "", lease.generation, lease.holder

@@ -11,7 +11,7 @@ use crate::catalog::{Line, CATALOG};
 use crate::gateway::SimulatedGateway;
 use crate::invariants::INVARIANTS;
 use crate::view::ReadModel;
-use crate::{Service, Shop, ShopConfig};
+use crate::{Service, SharedShop, Shop, ShopConfig};
 use clap::Args;
 use futures_util::future::join_all;
 
@@ -85,7 +85,7 @@ fn random_order(rng: &mut Rng) -> (String, Vec<Line>) {
 
 /// The story's state: the shop, the orders it placed, the clock.
 pub(super) struct Story {
-    pub(super) shop: Shop,
+    pub(super) shop: SharedShop,
     pub(super) rng: Rng,
     pub(super) next: u64,
     pub(super) placed: Vec<String>,
@@ -157,7 +157,7 @@ async fn run_embedded(dir: &Path, args: StoryArgs) -> Result<ExitCode, CliError>
         wipe(dir)?;
     }
     let gateway = SimulatedGateway::default().fail_first(args.gateway_failures);
-    let shop = Shop::open(dir, ShopConfig::default().gateway(Arc::new(gateway)))?;
+    let shop = Shop::open(dir, ShopConfig::default().gateway(Arc::new(gateway)))?.into_shared();
     let head = shop.store().head();
     println!("tidings shop: order, payment and stock react to each other's events");
     if head == 0 {
