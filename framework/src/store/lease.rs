@@ -99,6 +99,10 @@ pub struct LeaseInfo {
     pub acquired_micros: u64,
     /// When it expires unless renewed, in microseconds since the Unix epoch (in the past: free).
     pub expires_micros: u64,
+    /// Whether it was held (not expired) when it was read, by the store's clock: decide with
+    /// this, not by comparing `expires_micros` with this machine's clock, which may differ.
+    #[serde(default)]
+    pub held: bool,
 }
 
 impl LeaseInfo {

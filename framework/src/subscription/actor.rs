@@ -282,6 +282,7 @@ impl Subscriptions {
             serial_pages: 0,
             holder: crate::store::LeaseHolder::this_process(),
             lease: None,
+            lost: None,
         };
         SubscriptionActor {
             runner: Some(Box::new(runner)),
@@ -351,8 +352,10 @@ impl Subscriptions {
     /// subscription (after committing what it has pending), or from the store when it is stopped.
     pub async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, ControlError> {
         if let Some(handle) = self.running(name) {
-            if let Some(flushed) = handle.flush().await {
-                flushed?;
+            match handle.flush().await {
+                // A standby here: the holder commits on its own.
+                Some(Err(ControlError::Standby(_))) | None => {}
+                Some(flushed) => flushed?,
             }
         }
         Ok(parked_in_store(&*self.store, name).await?)
@@ -374,6 +377,7 @@ impl Subscriptions {
         let operation = control::Operation::Replay {
             stream: stream.to_owned(),
         };
+        let deadline = tokio::time::Instant::now() + control::REPLY_TIMEOUT;
         loop {
             if let Some(handle) = self.running(name) {
                 match handle.replay_parked(stream).await {
@@ -397,7 +401,16 @@ impl Subscriptions {
                 };
             }
             if let Some(_stopped) = self.lock_stopped(name).await {
-                let waiting = request_replay_in_store(&*self.store, name, stream).await?;
+                let lease = match control::lease_for_operation(&*self.store, name).await {
+                    Ok(lease) => lease,
+                    // A process took it meanwhile: send it the operation.
+                    Err(ControlError::RunningElsewhere { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                let recorded =
+                    request_replay_in_store(&*self.store, name, lease.as_ref(), stream).await;
+                control::release(&*self.store, lease).await;
+                let waiting = recorded?;
                 return Ok(ReplayOutcome {
                     handled: 0,
                     still_parked: waiting,
@@ -405,6 +418,9 @@ impl Subscriptions {
                 });
             }
             // Running here as a standby while the lease changes hands: look again shortly.
+            if tokio::time::Instant::now() >= deadline {
+                return Err(handover_too_long(name));
+            }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
@@ -414,6 +430,7 @@ impl Subscriptions {
     /// another process runs the subscription, the request goes to it as for
     /// [`replay_parked`](Self::replay_parked).
     pub async fn skip_parked(&self, name: &str, position: u64) -> Result<bool, ControlError> {
+        let deadline = tokio::time::Instant::now() + control::REPLY_TIMEOUT;
         loop {
             if let Some(handle) = self.running(name) {
                 match handle.skip_parked(position).await {
@@ -431,7 +448,17 @@ impl Subscriptions {
                 };
             }
             if let Some(_stopped) = self.lock_stopped(name).await {
-                return Ok(skip_in_store(&*self.store, name, position).await?);
+                let lease = match control::lease_for_operation(&*self.store, name).await {
+                    Ok(lease) => lease,
+                    Err(ControlError::RunningElsewhere { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                let skipped = skip_in_store(&*self.store, name, lease.as_ref(), position).await;
+                control::release(&*self.store, lease).await;
+                return Ok(skipped?);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(handover_too_long(name));
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
@@ -450,13 +477,10 @@ impl Subscriptions {
         let Some(_stopped) = self.lock_stopped(name).await else {
             return Err(ControlError::Running(name.to_owned()));
         };
-        if let Some(holder) = control::holder_elsewhere(&*self.store, name).await? {
-            return Err(ControlError::RunningElsewhere {
-                name: name.to_owned(),
-                holder: holder.holder.to_string(),
-            });
-        }
-        Ok(reset_in_store(&*self.store, name, to, clear_state).await?)
+        let lease = control::lease_for_operation(&*self.store, name).await?;
+        let reset = reset_in_store(&*self.store, name, lease.as_ref(), to, clear_state).await;
+        control::release(&*self.store, lease).await;
+        Ok(reset?)
     }
 
     /// Stops every subscription and waits for each.
@@ -472,4 +496,13 @@ impl Subscriptions {
             h.stop().await;
         }
     }
+}
+
+/// The error of an operation that found the subscription changing hands for too long (a
+/// standby here, and no process holding the lease).
+fn handover_too_long(name: &str) -> ControlError {
+    ControlError::Failed(format!(
+        "subscription {name:?} is changing hands (a standby runs here, no process holds it); \
+         try again"
+    ))
 }

@@ -10,13 +10,15 @@
 //! never lost: until a holder applies it, it stays in the store, and the next holder applies it
 //! when it takes over. The asking process reads the reply and deletes it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::failure::{ControlError, ReplayOutcome};
-use crate::store::{EventStore, LeaseInfo, StateWrite, StoreError};
+use crate::store::{
+    EventStore, Lease, LeaseAttempt, LeaseHolder, LeaseInfo, StateWrite, StoreError,
+};
 
 /// Requests waiting for the holder.
 const REQUESTS: &[u8] = b"\0tidings/control/";
@@ -118,7 +120,8 @@ pub(crate) async fn requests(
         .collect())
 }
 
-/// Deletions of the oldest replies beyond [`MAX_REPLIES`] (askers that never came back).
+/// Deletions of the oldest replies beyond [`MAX_REPLIES`] (askers that never came back), of
+/// those whose asker has stopped waiting for them (older than twice [`REPLY_TIMEOUT`]).
 pub(crate) async fn prune_replies(
     store: &dyn EventStore,
     name: &str,
@@ -127,9 +130,22 @@ pub(crate) async fn prune_replies(
         .scan_state(name, REPLIES, REPLIES, 4 * MAX_REPLIES)
         .await?;
     let excess = page.len().saturating_sub(MAX_REPLIES);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let stale = |key: &[u8]| {
+        id_of(key, REPLIES)
+            .and_then(|id| id.get_timestamp())
+            .map(|t| {
+                let (secs, nanos) = t.to_unix();
+                now.saturating_sub(Duration::new(secs, nanos)) > 2 * REPLY_TIMEOUT
+            })
+            .unwrap_or(true)
+    };
     Ok(page
         .into_iter()
         .take(excess)
+        .filter(|(key, _)| stale(key))
         .map(|(key, _)| StateWrite { key, value: None })
         .collect())
 }
@@ -144,10 +160,15 @@ async fn commit_beside(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let current = store.load_checkpoint(name).await?;
-        let at = current.unwrap_or(0);
+        // Never creates the checkpoint: a subscription that has not recorded where it starts
+        // would find one at 0 (see `send`, which waits for it).
+        let Some(at) = store.load_checkpoint(name).await? else {
+            return Err(StoreError::InvalidInput(format!(
+                "subscription {name:?} has not recorded where it starts yet"
+            )));
+        };
         match store
-            .commit_checkpoint(name, current, at, writes.clone())
+            .commit_checkpoint(name, Some(at), at, writes.clone())
             .await
         {
             Err(StoreError::CheckpointConflict { .. }) if attempt < COMMIT_ATTEMPTS => continue,
@@ -156,24 +177,50 @@ async fn commit_beside(
     }
 }
 
-/// The lease of subscription `name` when another process holds it now (not expired); `None`
-/// on a store without leases, or when nobody holds it.
+/// The lease of subscription `name` when a process holds it now (not expired by the store's
+/// clock); `None` on a store without leases, or when nobody holds it.
 pub(crate) async fn holder_elsewhere(
     store: &dyn EventStore,
     name: &str,
 ) -> Result<Option<LeaseInfo>, StoreError> {
     match store.load_lease(name).await {
-        Ok(Some(info)) if info.expires_micros > now_micros() => Ok(Some(info)),
+        Ok(Some(info)) if info.held => Ok(Some(info)),
         Ok(_) | Err(StoreError::Unsupported(_)) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+/// How long an operation on a stopped subscription's stored state holds its lease at most (it
+/// gives it up when done; this bounds a process that dies meanwhile).
+const OPERATION_LEASE: Duration = Duration::from_secs(10);
+
+/// Takes subscription `name`'s lease for an operation on its stored state from this process,
+/// so that no process starts running it meanwhile and the operation's commit is fenced:
+/// `Ok(None)` on a store without leases, [`ControlError::RunningElsewhere`] when a process
+/// holds it.
+pub(crate) async fn lease_for_operation(
+    store: &dyn EventStore,
+    name: &str,
+) -> Result<Option<Lease>, ControlError> {
+    let holder = LeaseHolder::this_process();
+    match store.acquire_lease(name, &holder, OPERATION_LEASE).await {
+        Ok(LeaseAttempt::Acquired(lease)) => Ok(Some(lease)),
+        Ok(LeaseAttempt::HeldBy(info)) => Err(ControlError::RunningElsewhere {
+            name: name.to_owned(),
+            holder: info.holder.to_string(),
+        }),
+        Err(StoreError::Unsupported(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Gives back a lease taken by [`lease_for_operation`].
+pub(crate) async fn release(store: &dyn EventStore, lease: Option<Lease>) {
+    if let Some(lease) = lease {
+        if let Err(e) = store.release_lease(&lease).await {
+            tracing::warn!(error = %e, "could not give an operation's lease back; it expires");
+        }
+    }
 }
 
 /// Sends `operation` to the process that holds subscription `name` and waits for its reply (up
@@ -195,8 +242,18 @@ pub(crate) async fn send(
         key: request_key(id),
         value: Some(serde_json::to_vec(&request).expect("a request encodes")),
     };
-    commit_beside(store, name, vec![write]).await?;
     let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+    // A holder that has just started records its checkpoint first: wait for it.
+    while store.load_checkpoint(name).await?.is_none() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ControlError::Failed(format!(
+                "subscription {name:?} runs in {} but has not recorded where it starts yet",
+                holder.holder
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    commit_beside(store, name, vec![write]).await?;
     let mut pause = Duration::from_millis(5);
     loop {
         if let Some(bytes) = store.load_state(name, &reply_key(id)).await? {

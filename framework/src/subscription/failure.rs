@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::status::SubscriptionStatus;
-use crate::store::{EventStore, Filter, StateWrite, StoreError};
+use crate::store::{EventStore, Filter, Lease, StateWrite, StoreError};
 
 /// What a subscription does when a handler fails on an event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -276,10 +276,12 @@ pub async fn subscription_status_from_store(
     }
 }
 
-/// Commits `writes` at the stored checkpoint of a stopped subscription (fenced by it).
+/// Commits `writes` at the stored checkpoint of a stopped subscription (fenced by it, and by
+/// `lease` when the operation holds the subscription's lease).
 async fn commit_at_current(
     store: &dyn EventStore,
     name: &str,
+    lease: Option<&Lease>,
     mut writes: Vec<StateWrite>,
     new_checkpoint: Option<u64>,
     parked_after: Option<(u64, u64)>,
@@ -301,9 +303,18 @@ async fn commit_at_current(
         status.parked_streams = streams;
         writes.push(status_write(&status));
     }
-    store
-        .commit_checkpoint(name, current, position, writes)
-        .await
+    match lease {
+        Some(lease) => {
+            store
+                .commit_checkpoint_fenced(lease, name, current, position, writes)
+                .await
+        }
+        None => {
+            store
+                .commit_checkpoint(name, current, position, writes)
+                .await
+        }
+    }
 }
 
 /// Drops one parked event of a stopped subscription. The stream stays parked while it has parked
@@ -311,6 +322,7 @@ async fn commit_at_current(
 pub(crate) async fn skip_in_store(
     store: &dyn EventStore,
     name: &str,
+    lease: Option<&Lease>,
     position: u64,
 ) -> Result<bool, StoreError> {
     let parked = parked_in_store(store, name).await?;
@@ -333,7 +345,7 @@ pub(crate) async fn skip_in_store(
         streams.remove(&entry.stream_id);
     }
     let counts = (parked.len() as u64 - 1, streams.len() as u64);
-    commit_at_current(store, name, writes, None, Some(counts)).await?;
+    commit_at_current(store, name, lease, writes, None, Some(counts)).await?;
     Ok(true)
 }
 
@@ -341,6 +353,7 @@ pub(crate) async fn skip_in_store(
 pub(crate) async fn request_replay_in_store(
     store: &dyn EventStore,
     name: &str,
+    lease: Option<&Lease>,
     stream: &str,
 ) -> Result<u64, StoreError> {
     let waiting = parked_in_store(store, name)
@@ -355,7 +368,7 @@ pub(crate) async fn request_replay_in_store(
         key: replay_key(stream),
         value: Some(Vec::new()),
     }];
-    commit_at_current(store, name, writes, None, None).await?;
+    commit_at_current(store, name, lease, writes, None, None).await?;
     Ok(waiting)
 }
 
@@ -364,6 +377,7 @@ pub(crate) async fn request_replay_in_store(
 pub(crate) async fn reset_in_store(
     store: &dyn EventStore,
     name: &str,
+    lease: Option<&Lease>,
     to: ResetTo,
     clear_state: bool,
 ) -> Result<u64, StoreError> {
@@ -388,7 +402,7 @@ pub(crate) async fn reset_in_store(
             }
         }
     }
-    commit_at_current(store, name, writes, Some(checkpoint), None).await?;
+    commit_at_current(store, name, lease, writes, Some(checkpoint), None).await?;
     Ok(checkpoint)
 }
 

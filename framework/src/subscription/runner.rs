@@ -137,6 +137,9 @@ pub(crate) struct Runner<H: EventHandler> {
     pub holder: LeaseHolder,
     /// The lease while this loop holds it; `None` on a store without leases.
     pub lease: Option<Lease>,
+    /// While a run holds the lease: set (with the reason) by the task that renews it when it
+    /// is lost.
+    pub lost: Option<watch::Receiver<Option<String>>>,
 }
 
 /// How waiting for the lease ended.
@@ -191,6 +194,10 @@ impl<H: EventHandler> Runner<H> {
                     Some(reason) => {
                         warn!(reason = %reason, "lost the subscription's lease; standing by");
                         self.lease = None;
+                        self.status.update(|s| {
+                            s.state = SubscriptionState::Standby;
+                            s.holder = None;
+                        });
                     }
                 }
             }
@@ -226,6 +233,7 @@ impl<H: EventHandler> Runner<H> {
                         expires_micros: lease
                             .acquired_micros
                             .saturating_add(u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX)),
+                        held: true,
                     };
                     self.status.update(|s| {
                         s.state = SubscriptionState::Starting;
@@ -357,10 +365,12 @@ impl<H: EventHandler> Runner<H> {
         }
     }
 
-    /// One run of the loop while the lease is renewed beside it: the run ends with
-    /// [`Fault::LeaseLost`] as soon as a renewal finds the lease taken, or cannot confirm it
-    /// for two thirds of its time-to-live (before it may expire). Commits are fenced as well,
-    /// so a loop that has not noticed yet cannot commit after the takeover.
+    /// One run of the loop while a task beside it renews the lease. When the lease is lost
+    /// (a renewal finds it taken, or none succeeded for two thirds of its time-to-live, before
+    /// it may expire), the loop stops at its next page or wait with [`Fault::LeaseLost`],
+    /// committing nothing more; one that does not stop within a third of the time-to-live (a
+    /// page of slow events) is dropped where it is. Commits are fenced as well, so a loop that
+    /// has not noticed yet cannot commit after a takeover.
     async fn run_once_held(&mut self) -> Result<(), Fault> {
         let Some(lease) = self.lease.clone() else {
             return self.run_once().await;
@@ -368,14 +378,32 @@ impl<H: EventHandler> Runner<H> {
         let ttl = self.config.lease_ttl;
         // After a wait for the store, the lease may have expired meanwhile: renewed first, or
         // found taken (an expired lease that nobody took is renewed).
+        let sent = tokio::time::Instant::now();
         if !self.store.renew_lease(&lease, ttl).await? {
             return Err(Fault::LeaseLost("another process took the lease".into()));
         }
-        let store = self.store.clone();
-        tokio::select! {
+        let (lost_tx, lost_rx) = watch::channel(None::<String>);
+        self.lost = Some(lost_rx.clone());
+        let keeper = actix::spawn(keep_lease(
+            self.store.clone(),
+            lease,
+            ttl,
+            sent,
+            lost_tx,
+            self.status.clone(),
+        ));
+        let outcome = tokio::select! {
             outcome = self.run_once() => outcome,
-            reason = keep_lease(store, lease, ttl) => Err(Fault::LeaseLost(reason)),
-        }
+            reason = backstop(lost_rx, ttl / 3) => Err(Fault::LeaseLost(reason)),
+        };
+        keeper.abort();
+        self.lost = None;
+        outcome
+    }
+
+    /// Why the lease was lost, once the renewing task said so.
+    fn lease_lost(&self) -> Option<String> {
+        self.lost.as_ref().and_then(|l| l.borrow().clone())
     }
 
     /// Reports the store unavailable and waits before the next attempt (a growing pause, up to
@@ -550,6 +578,9 @@ impl<H: EventHandler> Runner<H> {
         let mut requests_seen: Option<Instant> = None;
 
         loop {
+            if let Some(reason) = self.lease_lost() {
+                return Err(Fault::LeaseLost(reason));
+            }
             if self.stop_requested() {
                 return self
                     .commit_stopped(&mut committed, checkpoint, &mut pending)
@@ -697,7 +728,18 @@ impl<H: EventHandler> Runner<H> {
         let deadline = committed.at + self.config.commit_interval;
         let dirty = checkpoint != committed.position || !pending.is_empty();
         let open = self.commands_open;
+        let mut lost = self.lost.clone();
+        let lease_lost = async move {
+            match lost.as_mut() {
+                Some(lost) => {
+                    let _ = lost.wait_for(Option::is_some).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            // Back to the loop, which sees the lease lost.
+            _ = lease_lost => {}
             changed = heads.changed() => {
                 if changed.is_err() {
                     warn!("the store closed; stopping");
@@ -1622,28 +1664,65 @@ fn refuse(command: Command, holder: &str) {
     }
 }
 
-/// Renews `lease` every third of `ttl` until it is lost; returns why. Lost means: a renewal
-/// found it taken, or none succeeded for two thirds of `ttl` (counted from when the last good
-/// one was sent, so before the store's deadline can pass).
-async fn keep_lease(store: Arc<dyn EventStore>, lease: Lease, ttl: Duration) -> String {
+/// Renews `lease` every third of `ttl` until it is lost, then says why through `lost`. Lost
+/// means: a renewal found it taken, or none succeeded for two thirds of `ttl`, counted from
+/// when the last good one was sent (`confirmed`), so before the store's deadline can pass. The
+/// status's lease shows the deadline of the last renewal.
+async fn keep_lease(
+    store: Arc<dyn EventStore>,
+    lease: Lease,
+    ttl: Duration,
+    mut confirmed: tokio::time::Instant,
+    lost: watch::Sender<Option<String>>,
+    status: StatusCell,
+) {
     let every = ttl / 3;
-    let mut confirmed = Instant::now();
+    let mut next = confirmed + every;
     loop {
-        tokio::time::sleep(every).await;
-        let sent = Instant::now();
-        match tokio::time::timeout(every, store.renew_lease(&lease, ttl)).await {
-            Ok(Ok(true)) => confirmed = sent,
-            Ok(Ok(false)) => return "another process took the lease".into(),
+        let deadline = confirmed + ttl * 2 / 3;
+        tokio::time::sleep_until(next.min(deadline)).await;
+        if tokio::time::Instant::now() >= deadline {
+            let _ = lost.send(Some(format!(
+                "could not renew the lease for {:?} (it may expire)",
+                confirmed.elapsed()
+            )));
+            return;
+        }
+        let sent = tokio::time::Instant::now();
+        next = sent + every;
+        match tokio::time::timeout_at(deadline, store.renew_lease(&lease, ttl)).await {
+            Ok(Ok(true)) => {
+                confirmed = sent;
+                let until = SystemTime::now() + ttl;
+                status.update(|s| {
+                    if let Some(holder) = s.holder.as_mut() {
+                        holder.expires_micros = until
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_micros() as u64)
+                            .unwrap_or(0);
+                    }
+                });
+            }
+            Ok(Ok(false)) => {
+                let _ = lost.send(Some("another process took the lease".into()));
+                return;
+            }
             Ok(Err(e)) => debug!(error = %e, "could not renew the lease"),
             Err(_) => debug!("renewing the lease timed out"),
         }
-        if confirmed.elapsed() >= ttl * 2 / 3 {
-            return format!(
-                "could not renew the lease for {:?} (it may expire)",
-                confirmed.elapsed()
-            );
-        }
     }
+}
+
+/// Once `lost` says the lease is gone, waits `grace` (for the loop to stop by itself), then
+/// returns why.
+async fn backstop(mut lost: watch::Receiver<Option<String>>, grace: Duration) -> String {
+    let reason = match lost.wait_for(Option::is_some).await {
+        Ok(reason) => reason.clone().unwrap_or_default(),
+        // The renewing task is gone (aborted with the run): never.
+        Err(_) => std::future::pending().await,
+    };
+    tokio::time::sleep(grace).await;
+    reason
 }
 
 /// Sends an operation's result back; a fault also ends the run.

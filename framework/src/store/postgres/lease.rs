@@ -54,7 +54,8 @@ impl LeaseSql {
                  WHERE name = $1 AND generation = $2 AND instance = $3"
             ),
             load: format!(
-                "SELECT generation, host, pid, instance, {}, {} FROM {s}.leases WHERE name = $1",
+                "SELECT generation, host, pid, instance, {}, {}, expires_at > clock_timestamp() \
+                 FROM {s}.leases WHERE name = $1",
                 micros("acquired_at"),
                 micros("expires_at")
             ),
@@ -84,6 +85,7 @@ fn info_from_row(name: &str, row: &Row) -> Result<LeaseInfo> {
         ),
         acquired_micros: unsigned(row.get(4), &what)?,
         expires_micros: unsigned(row.get(5), &what)?,
+        held: row.get(6),
     })
 }
 

@@ -120,6 +120,16 @@ impl fmt::Debug for PostgresConfig {
     }
 }
 
+/// `timeout` as PostgreSQL's milliseconds: zero stays zero (off), anything else is at least 1
+/// ms and at most what the setting holds.
+fn idle_timeout_millis(timeout: Duration) -> u128 {
+    if timeout.is_zero() {
+        0
+    } else {
+        timeout.as_millis().clamp(1, i32::MAX as u128)
+    }
+}
+
 /// `url` with a password replaced by `***`.
 fn redact(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
@@ -385,15 +395,18 @@ impl PostgresEventStore {
         let options = pg.get_options().unwrap_or("").to_owned();
         // Whatever the server's, database's or role's defaults, the store's connections run as
         // the store needs: acknowledged means durable (commits wait for the WAL flush), read
-        // committed, writable, and no transaction left idle long enough to hold the read
-        // horizon back. Settings sent at connection override those of the role and database.
+        // committed, writable, no statement or lock timeout (a cancelled request is retried as
+        // transient, so one that always times out would retry forever), and no transaction left
+        // idle long enough to hold the read horizon back. Settings sent at connection override
+        // those of the role and database.
         pg.options(
             format!(
                 "{options} -c synchronous_commit=on \
                  -c default_transaction_isolation=read\\ committed \
                  -c default_transaction_read_only=off \
+                 -c statement_timeout=0 -c lock_timeout=0 \
                  -c idle_in_transaction_session_timeout={}",
-                config.idle_transaction_timeout.as_millis()
+                idle_timeout_millis(config.idle_transaction_timeout)
             )
             .trim(),
         );

@@ -333,8 +333,16 @@ async fn wait_visible(shared: &Shared, mut horizon_now: u64, xid: u64, last: u64
             _ = head.wait_for(last) => return Ok(()),
         }
         pause = (pause * 2).min(Duration::from_millis(50));
-        let client = shared.client().await?;
-        horizon_now = horizon(&client, &shared.sql).await?;
+        // A look that fails (no connection free, a lost one) is tried again until the
+        // deadline: the append must not return before its events are readable.
+        let looked = match shared.client().await {
+            Ok(client) => horizon(&client, &shared.sql).await,
+            Err(e) => Err(e),
+        };
+        match looked {
+            Ok(h) => horizon_now = h,
+            Err(e) => tracing::debug!(error = %e, "could not read the horizon; trying again"),
+        }
     }
     shared.bump_head(last);
     Ok(())

@@ -144,7 +144,8 @@ CREATE TABLE {s}.leases (
 -- immediate and takes no row lock; a rolled-back append leaves it advanced, which is harmless.
 CREATE SEQUENCE {s}.clock AS bigint MINVALUE 0 START 0 CACHE 1;
 SELECT setval('{s}.clock',
-              greatest(coalesce((SELECT max(timestamp_micros) FROM {s}.events), 0), 0), false);
+              coalesce((SELECT e.timestamp_micros FROM {s}.events e
+                        ORDER BY e.position DESC LIMIT 1), 0), false);
 
 -- Version 1's append, with three changes:
 -- * no NOTIFY inside the append's transaction (it takes a database-wide lock from its commit
