@@ -164,7 +164,9 @@ impl<'a> EventContext<'a> {
     /// It goes up with each process that takes the subscription over. A handler whose effects
     /// leave the store (a payment gateway, a mail server) can pass it along, so that the other
     /// side refuses requests with a lower token than one it has seen: the requests of a process
-    /// that lost the lease without noticing yet (paused, cut off from the store).
+    /// that lost the lease without noticing yet (paused, cut off from the store). Tokens are
+    /// comparable only within one subscription, and they fence nothing by themselves: writes
+    /// through [`store`](Self::store) are not fenced (state written through the context is).
     pub fn fencing_token(&self) -> Option<u64> {
         self.fencing_token
     }
