@@ -942,3 +942,86 @@ async fn an_append_failing_under_the_positions_lock_releases_it() {
         .get(0);
     assert_eq!(held, 0, "the failed append left an advisory lock held");
 }
+
+/// Appends that arrive together commit together (group commit), and each still gets its own
+/// answer: 48 writers on streams of their own, every fifth append expecting a wrong version.
+/// Every refused append is `WrongExpectedVersion` with the stream's real version and wrote
+/// nothing; every acknowledged one is in the log exactly where its answer says; some commits
+/// carried the appends of several streams (one transaction id over several streams).
+#[actix::test]
+async fn appends_that_arrive_together_commit_together_and_each_gets_its_answer() {
+    let _shared = SERVER.read().await;
+    let Some((schema, store)) = open("group_commit", "group", |c| c.committers(2)) else {
+        return;
+    };
+    let writers: Vec<_> = (0..48u64)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = format!("order-g{w}");
+                let mut version = 0u64;
+                let mut acknowledged = Vec::new();
+                for i in 0..20u64 {
+                    let events = vec![order(i), order(i + 1000)];
+                    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+                    let expected = if i % 5 == 4 {
+                        ExpectedVersion::Exact(version + 7)
+                    } else {
+                        ExpectedVersion::Exact(version)
+                    };
+                    match store.append(&stream, expected, events).await {
+                        Ok(r) => {
+                            assert!(i % 5 != 4, "a wrong expectation was accepted");
+                            assert_eq!(r.stream_version, version + 2);
+                            assert_eq!(r.last_position, r.first_position + 1);
+                            version = r.stream_version;
+                            acknowledged.push((r.first_position, ids));
+                        }
+                        Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                            assert_eq!(i % 5, 4, "a right expectation was refused");
+                            assert_eq!(actual, version, "the refusal names the real version");
+                        }
+                        Err(e) => panic!("append failed: {e}"),
+                    }
+                }
+                (stream, acknowledged)
+            })
+        })
+        .collect();
+    let mut acknowledged = BTreeMap::new();
+    for w in writers {
+        let (stream, appends) = w.await.unwrap();
+        for (first, ids) in appends {
+            acknowledged.insert(first, (stream.clone(), ids));
+        }
+    }
+    let events = log(&store).await;
+    assert_eq!(
+        events.len(),
+        48 * 16 * 2,
+        "only the acknowledged appends are stored"
+    );
+    for (first, (stream, ids)) in &acknowledged {
+        let at = events.iter().position(|e| e.position == *first).unwrap();
+        let stored: Vec<Uuid> = events[at..at + 2].iter().map(|e| e.event_id).collect();
+        assert_eq!(&stored, ids, "append at {first} of {stream}");
+        assert!(events[at..at + 2].iter().all(|e| &e.stream_id == stream));
+    }
+    let report = store.verify().await.unwrap();
+    assert!(report.is_ok(), "verify: {:?}", report.problems);
+    let raw = pg::connect().await.unwrap();
+    let shared: i64 = raw
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM (SELECT xid FROM \"{}\".events GROUP BY xid \
+                 HAVING count(DISTINCT stream_id) > 1) batches",
+                schema.name()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    eprintln!("group commit: {shared} transactions carried the appends of several streams");
+    assert!(shared > 0, "no two appends ever shared a commit");
+}

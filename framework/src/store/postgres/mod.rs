@@ -97,6 +97,10 @@ pub struct PostgresConfig {
     pub connect_timeout: Duration,
     /// How many positions a filtered global read examines at most per call. Default 65 536.
     pub scan_window: u64,
+    /// How many appends may commit at once (each on a connection of the pool): appends that
+    /// arrive while all are busy wait and then commit together, in one transaction (group
+    /// commit). Default 4, at most `pool_size`.
+    pub committers: usize,
     /// The longest a transaction of the store may sit idle on the server (PostgreSQL's
     /// `idle_in_transaction_session_timeout` on the store's connections). A process that is
     /// paused (SIGSTOP, a debugger) inside one of its transactions would otherwise hold the read
@@ -115,6 +119,7 @@ impl fmt::Debug for PostgresConfig {
             .field("visibility_timeout", &self.visibility_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("scan_window", &self.scan_window)
+            .field("committers", &self.committers)
             .field("idle_transaction_timeout", &self.idle_transaction_timeout)
             .finish()
     }
@@ -163,6 +168,7 @@ impl PostgresConfig {
             visibility_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             scan_window: 65_536,
+            committers: 4,
             idle_transaction_timeout: Duration::from_secs(10),
         }
     }
@@ -207,6 +213,13 @@ impl PostgresConfig {
     #[must_use]
     pub fn scan_window(mut self, positions: u64) -> Self {
         self.scan_window = positions.max(1);
+        self
+    }
+
+    /// Sets how many appends may commit at once (at least 1).
+    #[must_use]
+    pub fn committers(mut self, committers: usize) -> Self {
+        self.committers = committers.max(1);
         self
     }
 
@@ -300,6 +313,10 @@ struct Shared {
     /// The highest position this process committed, for the task that notifies other
     /// processes ([`tracker::announce`]).
     appended: watch::Sender<u64>,
+    /// Appends waiting for a committer ([`ops::committer`]).
+    appends: tokio::sync::mpsc::UnboundedSender<ops::Pending>,
+    /// Where the committers take them from (one at a time takes a batch).
+    queue: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ops::Pending>>,
 }
 
 impl Shared {
@@ -439,6 +456,7 @@ impl PostgresEventStore {
             .build()
             .map_err(|e| StoreError::InvalidInput(format!("connection pool: {e}")))?;
         let head = Arc::new(watch::channel(0).0);
+        let (appends, queue) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             pool,
             pg,
@@ -448,6 +466,8 @@ impl PostgresEventStore {
             lease_sql,
             head: Arc::downgrade(&head),
             appended: watch::channel(0).0,
+            appends,
+            queue: tokio::sync::Mutex::new(queue),
         });
         let opening = {
             let shared = shared.clone();
@@ -470,6 +490,9 @@ impl PostgresEventStore {
         }
         runtime.spawn(tracker::track(shared.clone()));
         runtime.spawn(tracker::announce(shared.clone()));
+        for _ in 0..shared.config.committers.min(shared.config.pool_size).max(1) {
+            runtime.spawn(ops::committer(shared.clone()));
+        }
         Ok(PostgresEventStore {
             inner: Arc::new(Inner {
                 runtime: Some(runtime),

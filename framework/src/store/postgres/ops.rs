@@ -10,10 +10,12 @@
 //! Reads of one stream go through the horizon too, so that they never return a position above
 //! the head (the same promise as the embedded store's).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
+use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -37,6 +39,7 @@ const EVENT_COLUMNS: &str = "e.position, e.stream_id, e.stream_version, e.catego
 /// The statements of one schema, built once at open.
 pub struct Sql {
     append: String,
+    append_batch: String,
     horizon: String,
     head: String,
     read_stream: String,
@@ -78,6 +81,10 @@ impl Sql {
         Sql {
             append: format!(
                 "SELECT o_actual, o_first, o_xid FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ),
+            append_batch: format!(
+                "SELECT o_actual, o_first, o_xid \
+                 FROM {s}.append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
             ),
             horizon: format!("SELECT {HORIZON}::text"),
             head: format!(
@@ -348,19 +355,283 @@ async fn wait_visible(shared: &Shared, mut horizon_now: u64, xid: u64, last: u64
     Ok(())
 }
 
+/// The most appends one batch carries (see [`committer`]).
+const MAX_BATCH_APPENDS: usize = 64;
+/// The most events one batch carries (a batch takes at least one append, however large).
+const MAX_BATCH_EVENTS: usize = 1024;
+/// The most payload bytes one batch carries (a batch takes at least one append).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// One append waiting for a committer.
+pub(super) struct Pending {
+    stream: String,
+    expected: ExpectedVersion,
+    events: Vec<EventData>,
+    reply: oneshot::Sender<Result<AppendResult>>,
+}
+
 /// See [`EventStore::append`](crate::store::EventStore::append).
+///
+/// # Group commit
+///
+/// Appends queue for the store's committers ([`PostgresConfig::committers`](super::PostgresConfig::committers)
+/// tasks, each on a connection of the pool while it commits). A committer takes the first
+/// append waiting and, with it, every other one already waiting (of other streams, up to
+/// [`MAX_BATCH_APPENDS`], [`MAX_BATCH_EVENTS`] and [`MAX_BATCH_BYTES`]), and commits them in
+/// one transaction through the schema's `append_batch` function: each append is checked
+/// against its own stream's version, and those that pass take one block of positions together.
+/// So under load many appends share one commit, as they share one fsync on the embedded store;
+/// alone, an append goes through `append` as before. Each caller still gets its own result, and
+/// only once its events are durable and readable.
 pub async fn append(
     shared: &Shared,
     stream: String,
     expected: ExpectedVersion,
     events: Vec<EventData>,
 ) -> Result<AppendResult> {
-    let client = shared.client().await?;
-    let expected_arg: i64 = match expected {
+    for e in &events {
+        i32::try_from(e.schema_version).map_err(|_| {
+            StoreError::InvalidInput(format!("schema version {} is too large", e.schema_version))
+        })?;
+    }
+    let (reply, answer) = oneshot::channel();
+    shared
+        .appends
+        .send(Pending {
+            stream,
+            expected,
+            events,
+            reply,
+        })
+        .map_err(|_| StoreError::Closed)?;
+    answer.await.map_err(|_| StoreError::Closed)?
+}
+
+/// A committer: takes batches of waiting appends and commits each, until the store is dropped
+/// (its runtime stops this task).
+pub async fn committer(shared: Arc<Shared>) {
+    let mut carried: Option<Pending> = None;
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut queue = shared.queue.lock().await;
+            let first = match carried.take() {
+                Some(first) => first,
+                None => match queue.recv().await {
+                    Some(first) => first,
+                    None => return,
+                },
+            };
+            let mut streams = HashSet::new();
+            streams.insert(first.stream.clone());
+            let mut events = first.events.len();
+            let mut bytes: usize = first.events.iter().map(|e| e.payload.len()).sum();
+            batch.push(first);
+            while batch.len() < MAX_BATCH_APPENDS
+                && events < MAX_BATCH_EVENTS
+                && bytes < MAX_BATCH_BYTES
+            {
+                let Ok(next) = queue.try_recv() else {
+                    break;
+                };
+                if !streams.insert(next.stream.clone()) {
+                    // A second append of a stream goes in the next batch (one batch checks each
+                    // stream's version once).
+                    carried = Some(next);
+                    break;
+                }
+                events += next.events.len();
+                bytes += next.events.iter().map(|e| e.payload.len()).sum::<usize>();
+                batch.push(next);
+            }
+        }
+        if batch.len() == 1 {
+            let Some(p) = batch.pop() else { continue };
+            append_and_answer(&shared, p).await;
+        } else {
+            commit_batch(&shared, batch).await;
+        }
+    }
+}
+
+/// The expected version as the SQL functions take it.
+fn expected_arg(expected: ExpectedVersion) -> i64 {
+    match expected {
         ExpectedVersion::Any => -1,
         ExpectedVersion::NoStream => 0,
         ExpectedVersion::Exact(v) => big(v),
+    }
+}
+
+/// Commits several appends (of different streams) in one transaction and answers each.
+async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
+    let client = match shared.client().await {
+        Ok(client) => client,
+        Err(e) => {
+            let message = e.to_string();
+            for p in batch {
+                let error = if e.is_transient() {
+                    StoreError::Unavailable(message.clone())
+                } else {
+                    StoreError::Engine(message.clone())
+                };
+                let _ = p.reply.send(Err(error));
+            }
+            return;
+        }
     };
+    let n: usize = batch.iter().map(|p| p.events.len()).sum();
+    let mut streams = Vec::with_capacity(batch.len());
+    let mut categories = Vec::with_capacity(batch.len());
+    let mut expected = Vec::with_capacity(batch.len());
+    let mut counts = Vec::with_capacity(batch.len());
+    let mut ids = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut schema_versions = Vec::with_capacity(n);
+    let mut correlations = Vec::with_capacity(n);
+    let mut causations = Vec::with_capacity(n);
+    let mut payloads: Vec<&[u8]> = Vec::with_capacity(n);
+    for p in &batch {
+        streams.push(p.stream.as_str());
+        categories.push(crate::store::category_of(&p.stream));
+        expected.push(expected_arg(p.expected));
+        counts.push(i32::try_from(p.events.len()).unwrap_or(i32::MAX));
+        for e in &p.events {
+            ids.push(e.event_id);
+            types.push(e.event_type.as_str());
+            schema_versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
+            correlations.push(e.correlation_id);
+            causations.push(e.causation_id);
+            payloads.push(e.payload.as_slice());
+        }
+    }
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+        &streams,
+        &categories,
+        &expected,
+        &counts,
+        &ids,
+        &types,
+        &schema_versions,
+        &correlations,
+        &causations,
+        &payloads,
+    ];
+    let statements = tokio::try_join!(
+        client.prepare_cached(&shared.sql.append_batch),
+        client.prepare_cached(&shared.sql.horizon),
+    );
+    let outcome = match statements {
+        Ok((append, horizon_stmt)) => {
+            let (appended, after) = tokio::join!(
+                client.query_one(&append, &params),
+                client.query_one(&horizon_stmt, &[]),
+            );
+            appended.map(|row| (row, after))
+        }
+        Err(e) => Err(e),
+    };
+    let (row, after) = match outcome {
+        Ok(done) => done,
+        Err(e) => {
+            // The function releases the positions lock when it fails holding it; the
+            // connection is closed anyway (see `append_one`).
+            drop(deadpool_postgres::Object::take(client));
+            let error = pg_error(e);
+            if error.is_transient() {
+                let message = error.to_string();
+                for p in batch {
+                    let _ = p.reply.send(Err(StoreError::Unavailable(message.clone())));
+                }
+            } else {
+                // Nothing was written (the transaction failed): each append again on its own,
+                // so that whatever failed fails only its own caller.
+                for p in batch {
+                    append_and_answer(shared, p).await;
+                }
+            }
+            return;
+        }
+    };
+    drop(client);
+    let decoded = (|| {
+        let actual: Vec<i64> = row.try_get(0).map_err(pg_error)?;
+        let first: Vec<Option<i64>> = row.try_get(1).map_err(pg_error)?;
+        let xid: Option<String> = row.try_get(2).map_err(pg_error)?;
+        if actual.len() != batch.len() || first.len() != batch.len() {
+            return Err(StoreError::Engine(
+                "postgres append_batch returned the wrong number of results".into(),
+            ));
+        }
+        Ok((actual, first, xid))
+    })();
+    let (actual, first, xid) = match decoded {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            let message = e.to_string();
+            for p in batch {
+                let _ = p.reply.send(Err(StoreError::Engine(message.clone())));
+            }
+            return;
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    let mut last_of_batch = 0u64;
+    for (i, p) in batch.iter().enumerate() {
+        let was = u64::try_from(actual[i]).unwrap_or(0);
+        let count = p.events.len() as u64;
+        let result = match first[i] {
+            None => Err(StoreError::WrongExpectedVersion {
+                stream: p.stream.clone(),
+                expected: p.expected,
+                actual: was,
+            }),
+            Some(first) => {
+                let first = u64::try_from(first).unwrap_or(0);
+                last_of_batch = last_of_batch.max(first + count - 1);
+                Ok(AppendResult {
+                    first_position: first,
+                    last_position: first + count - 1,
+                    stream_version: was + count,
+                })
+            }
+        };
+        results.push(result);
+    }
+    let answers: Vec<_> = batch.into_iter().map(|p| p.reply).zip(results).collect();
+    match xid.as_deref().and_then(|x| parse_xid(x).ok()) {
+        Some(xid) => {
+            shared.announce(last_of_batch);
+            let horizon_now = match after {
+                Ok(row) => parse_xid(row.get(0)).unwrap_or(0),
+                Err(_) => 0,
+            };
+            let visible = Visible {
+                horizon_now,
+                xid,
+                last: last_of_batch,
+            };
+            answer_when_visible(shared, visible, answers);
+        }
+        // Every append was refused: nothing to wait for.
+        None => {
+            for (reply, result) in answers {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// One append through the schema's `append` function: committed, with what its answer waits
+/// for.
+async fn append_one(
+    shared: &Shared,
+    stream: String,
+    expected: ExpectedVersion,
+    events: Vec<EventData>,
+) -> Result<(AppendResult, Visible)> {
+    let client = shared.client().await?;
+    let expected_arg = expected_arg(expected);
     let n = events.len();
     let mut ids = Vec::with_capacity(n);
     let mut types = Vec::with_capacity(n);
@@ -447,10 +718,57 @@ pub async fn append(
         Ok(row) => parse_xid(row.get(0)).unwrap_or(0),
         Err(_) => 0,
     };
-    if let Err(e) = wait_visible(shared, horizon_now, xid, last).await {
-        tracing::warn!(error = %e, position = last, "could not wait for an append to be readable");
+    Ok((
+        result,
+        Visible {
+            horizon_now,
+            xid,
+            last,
+        },
+    ))
+}
+
+/// What an answer waits for after a commit: its transaction below the read horizon.
+struct Visible {
+    /// The horizon read right after the commit.
+    horizon_now: u64,
+    /// The committing transaction.
+    xid: u64,
+    /// The last position it wrote.
+    last: u64,
+}
+
+/// Answers the appends of one commit once its events are readable (or the visibility timeout
+/// passed), in a task of its own so that the committer goes on with the next batch.
+fn answer_when_visible(
+    shared: &Arc<Shared>,
+    visible: Visible,
+    answers: Vec<(oneshot::Sender<Result<AppendResult>>, Result<AppendResult>)>,
+) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let Visible {
+            horizon_now,
+            xid,
+            last,
+        } = visible;
+        if let Err(e) = wait_visible(&shared, horizon_now, xid, last).await {
+            tracing::warn!(error = %e, position = last, "could not wait for appends to be readable");
+        }
+        for (reply, result) in answers {
+            let _ = reply.send(result);
+        }
+    });
+}
+
+/// [`append_one`], answered through `reply` (once readable).
+async fn append_and_answer(shared: &Arc<Shared>, p: Pending) {
+    match append_one(shared, p.stream, p.expected, p.events).await {
+        Ok((result, visible)) => answer_when_visible(shared, visible, vec![(p.reply, Ok(result))]),
+        Err(e) => {
+            let _ = p.reply.send(Err(e));
+        }
     }
-    Ok(result)
 }
 
 /// The version of `stream` counting every committed event (not only those below the horizon).

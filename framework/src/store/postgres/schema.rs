@@ -12,7 +12,7 @@ use super::keys::Keys;
 use crate::store::{Result, StoreError};
 
 /// The newest migration this build knows (the schema version it reads and writes).
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The statements of migration `version`, for the schema `s` (already quoted) with lock `keys`.
 fn migration(version: i32, s: &str, keys: &Keys) -> String {
@@ -204,6 +204,92 @@ BEGIN
            v_now, p_payloads[i]
     FROM generate_subscripts(p_ids, 1) AS i;
     RETURN QUERY SELECT v_actual + v_n, v_first, v_xid::text;
+END
+$fn$;
+"#,
+            class = keys.stream_class,
+            positions = keys.positions,
+        ),
+        4 => format!(
+            r#"
+-- Appends of several streams in one transaction: what the store's committers send when
+-- appends queue up (see ops.rs, "Group commit"). Each append is checked against its stream's
+-- version on its own; those that pass take ONE block of positions together, under the same
+-- short positions lock as a single append, so position order stays transaction-id order. The
+-- streams must differ (the store never sends one twice; a caller that does gets a unique
+-- violation and nothing is written). Returns, per append, the stream's version before it and
+-- its first position (NULL: refused, nothing written for it), and the transaction's id.
+CREATE FUNCTION {s}.append_batch(
+    p_streams text[], p_categories text[], p_expected bigint[], p_counts integer[],
+    p_ids uuid[], p_types text[], p_schema_versions integer[],
+    p_correlation_ids uuid[], p_causation_ids uuid[], p_payloads bytea[])
+RETURNS TABLE (o_actual bigint[], o_first bigint[], o_xid text)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_n      integer := cardinality(p_streams);
+    v_actual bigint[] := array_fill(0::bigint, ARRAY[cardinality(p_streams)]);
+    v_first  bigint[] := array_fill(NULL::bigint, ARRAY[cardinality(p_streams)]);
+    v_total  bigint := 0;
+    v_one    bigint;
+    v_base   bigint;
+    v_xid    xid8;
+    v_now    bigint;
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'tidings: an append must be the first write of its transaction'
+            USING ERRCODE = '55000';
+    END IF;
+    -- The streams' locks, taken in one order so that batches never wait on each other in a
+    -- cycle (a single append takes one lock, which cannot close a cycle either).
+    PERFORM pg_advisory_xact_lock({class}, l.h)
+        FROM (SELECT DISTINCT hashtext(t.s) AS h FROM unnest(p_streams) AS t(s) ORDER BY 1) AS l;
+    FOR v_i IN 1..v_n LOOP
+        SELECT coalesce(max(e.stream_version), 0) INTO v_one
+            FROM {s}.events e WHERE e.stream_id = p_streams[v_i];
+        v_actual[v_i] := v_one;
+        IF p_expected[v_i] < 0 OR v_one = p_expected[v_i] THEN
+            v_first[v_i] := v_total;
+            v_total := v_total + p_counts[v_i];
+        END IF;
+    END LOOP;
+    IF v_total = 0 THEN
+        RETURN QUERY SELECT v_actual, v_first, NULL::text;
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_lock({positions});
+    BEGIN
+        v_xid := pg_current_xact_id();
+        v_base := nextval('{s}.positions');
+        IF v_total > 1 THEN
+            PERFORM setval('{s}.positions', v_base + v_total - 1);
+        END IF;
+        SELECT greatest((extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                        c.last_value) INTO v_now
+            FROM {s}.clock c;
+        PERFORM setval('{s}.clock', v_now);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_advisory_unlock({positions});
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock({positions});
+    FOR v_i IN 1..v_n LOOP
+        IF v_first[v_i] IS NOT NULL THEN
+            v_first[v_i] := v_base + v_first[v_i];
+        END IF;
+    END LOOP;
+    INSERT INTO {s}.events (position, xid, stream_id, stream_version, category, event_type,
+                            schema_version, event_id, correlation_id, causation_id,
+                            timestamp_micros, payload)
+    SELECT v_first[a.ai] + k.k - 1, v_xid, p_streams[a.ai], v_actual[a.ai] + k.k,
+           p_categories[a.ai], p_types[a.off + k.k], p_schema_versions[a.off + k.k],
+           p_ids[a.off + k.k], p_correlation_ids[a.off + k.k], p_causation_ids[a.off + k.k],
+           v_now, p_payloads[a.off + k.k]
+    FROM (SELECT g.ai, (sum(p_counts[g.ai]) OVER (ORDER BY g.ai) - p_counts[g.ai])::integer AS off
+          FROM generate_subscripts(p_streams, 1) AS g(ai)) AS a
+    CROSS JOIN LATERAL generate_series(1, p_counts[a.ai]) AS k(k)
+    WHERE v_first[a.ai] IS NOT NULL;
+    RETURN QUERY SELECT v_actual, v_first, v_xid::text;
 END
 $fn$;
 "#,
