@@ -97,6 +97,10 @@ pub struct PostgresConfig {
     pub connect_timeout: Duration,
     /// How many positions a filtered global read examines at most per call. Default 65 536.
     pub scan_window: u64,
+    /// The shortest time between two notifications this process sends; appends meanwhile are
+    /// announced together. Another process hears of an append at most this long after its
+    /// commit (plus the notification's way). Default 5 ms.
+    pub notify_interval: Duration,
     /// How many appends may commit at once (each on a connection of the pool): appends that
     /// arrive while all are busy wait and then commit together, in one transaction (group
     /// commit). Default 4, at most `pool_size`.
@@ -120,6 +124,7 @@ impl fmt::Debug for PostgresConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("scan_window", &self.scan_window)
             .field("committers", &self.committers)
+            .field("notify_interval", &self.notify_interval)
             .field("idle_transaction_timeout", &self.idle_transaction_timeout)
             .finish()
     }
@@ -169,6 +174,7 @@ impl PostgresConfig {
             connect_timeout: Duration::from_secs(10),
             scan_window: 65_536,
             committers: 4,
+            notify_interval: Duration::from_millis(5),
             idle_transaction_timeout: Duration::from_secs(10),
         }
     }
@@ -213,6 +219,13 @@ impl PostgresConfig {
     #[must_use]
     pub fn scan_window(mut self, positions: u64) -> Self {
         self.scan_window = positions.max(1);
+        self
+    }
+
+    /// Sets the shortest time between two notifications this process sends.
+    #[must_use]
+    pub fn notify_interval(mut self, interval: Duration) -> Self {
+        self.notify_interval = interval;
         self
     }
 
@@ -313,6 +326,8 @@ struct Shared {
     /// The highest position this process committed, for the task that notifies other
     /// processes ([`tracker::announce`]).
     appended: watch::Sender<u64>,
+    /// Names this store in the notifications it sends (so that its own listener skips them).
+    instance: String,
     /// Appends waiting for a committer ([`ops::committer`]).
     appends: tokio::sync::mpsc::UnboundedSender<ops::Pending>,
     /// Where the committers take them from (one at a time takes a batch).
@@ -466,6 +481,7 @@ impl PostgresEventStore {
             lease_sql,
             head: Arc::downgrade(&head),
             appended: watch::channel(0).0,
+            instance: uuid::Uuid::new_v4().simple().to_string(),
             appends,
             queue: tokio::sync::Mutex::new(queue),
         });

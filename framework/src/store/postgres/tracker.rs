@@ -44,17 +44,31 @@ pub async fn announce(shared: Arc<Shared>) {
             continue;
         }
         // The notification's own transaction commits without waiting for its WAL flush: it is
-        // only a wake-up, and a lost one is covered by polling.
+        // only a wake-up, and a lost one is covered by polling. It names this store, so that
+        // this process's own listener does not read the head for it (its appends move the head
+        // themselves).
+        let payload = format!("{position} {}", shared.instance);
         let result = match shared.client().await {
-            Ok(client) => {
-                ops::execute(&client, sql, &[&shared.keys.channel, &position.to_string()]).await
-            }
+            Ok(client) => ops::execute(&client, sql, &[&shared.keys.channel, &payload]).await,
             Err(e) => Err(e),
         };
         match result {
             Ok(_) => sent = position,
             Err(e) => tracing::debug!(error = %e, position, "could not send a notification"),
         }
+        // Appends meanwhile are announced together by the next one: at most one notification
+        // per interval (each is a transaction, and wakes every listening process).
+        tokio::time::sleep(shared.config.notify_interval).await;
+    }
+}
+
+/// The position a notification names, unless this store sent it (`None` then).
+fn notified_position(payload: &str, own: &str) -> Option<u64> {
+    let mut parts = payload.split(' ');
+    let position = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some(sender) if sender == own => None,
+        _ => Some(position),
     }
 }
 
@@ -94,12 +108,15 @@ pub async fn track(shared: Arc<Shared>) {
 async fn follow(shared: &Shared) -> Result<()> {
     let (client, mut connection) = shared.pg.connect(NoTls).await.map_err(pg_error)?;
     let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<u64>();
+    let own = shared.instance.clone();
     // The connection task hands every notification over and ends when the connection does.
     let driver = tokio::spawn(async move {
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    let position = n.payload().parse().unwrap_or(0);
+                    let Some(position) = notified_position(n.payload(), &own) else {
+                        continue;
+                    };
                     if notify_tx.send(position).is_err() {
                         return;
                     }
@@ -181,5 +198,18 @@ async fn listen(
             };
             pause = (pause * 2).min(ceiling);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::notified_position;
+
+    #[test]
+    fn own_notifications_are_skipped_and_others_read() {
+        assert_eq!(notified_position("42 abc", "abc"), None);
+        assert_eq!(notified_position("42 abc", "def"), Some(42));
+        assert_eq!(notified_position("42", "def"), Some(42));
+        assert_eq!(notified_position("x", "def"), None);
     }
 }
