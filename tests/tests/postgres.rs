@@ -1025,3 +1025,174 @@ async fn appends_that_arrive_together_commit_together_and_each_gets_its_answer()
     eprintln!("group commit: {shared} transactions carried the appends of several streams");
     assert!(shared > 0, "no two appends ever shared a commit");
 }
+
+/// Counts how the subscription loop commits: a store that forwards everything to a PostgreSQL
+/// store, counting commits with and without the lease's fence.
+struct CountingCommits {
+    inner: Arc<PostgresEventStore>,
+    fenced: std::sync::atomic::AtomicU64,
+    unfenced: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl EventStore for CountingCommits {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> tidings::store::Result<tidings::store::AppendResult> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        max: usize,
+    ) -> tidings::store::Result<Vec<RecordedEvent>> {
+        self.inner.read_stream(stream, from, max).await
+    }
+    async fn stream_version(&self, stream: &str) -> tidings::store::Result<u64> {
+        self.inner.stream_version(stream).await
+    }
+    async fn read_all(
+        &self,
+        from: u64,
+        max: usize,
+        filter: &Filter,
+    ) -> tidings::store::Result<tidings::store::ReadBatch> {
+        self.inner.read_all(from, max, filter).await
+    }
+    fn head(&self) -> u64 {
+        self.inner.head()
+    }
+    fn watch_head(&self) -> tidings::store::HeadWatch {
+        self.inner.watch_head()
+    }
+    async fn save_checkpoint(&self, name: &str, position: u64) -> tidings::store::Result<()> {
+        self.unfenced
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.save_checkpoint(name, position).await
+    }
+    async fn load_checkpoint(&self, name: &str) -> tidings::store::Result<Option<u64>> {
+        self.inner.load_checkpoint(name).await
+    }
+    async fn commit_checkpoint(
+        &self,
+        name: &str,
+        expected: Option<u64>,
+        position: u64,
+        state: Vec<tidings::store::StateWrite>,
+    ) -> tidings::store::Result<()> {
+        self.unfenced
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner
+            .commit_checkpoint(name, expected, position, state)
+            .await
+    }
+    async fn load_state(&self, name: &str, key: &[u8]) -> tidings::store::Result<Option<Vec<u8>>> {
+        self.inner.load_state(name, key).await
+    }
+    async fn scan_state(
+        &self,
+        name: &str,
+        prefix: &[u8],
+        from: &[u8],
+        max: usize,
+    ) -> tidings::store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_state(name, prefix, from, max).await
+    }
+    async fn save_snapshot(
+        &self,
+        stream: &str,
+        snapshot: tidings::store::Snapshot,
+    ) -> tidings::store::Result<()> {
+        self.inner.save_snapshot(stream, snapshot).await
+    }
+    async fn load_snapshot(
+        &self,
+        stream: &str,
+    ) -> tidings::store::Result<Option<tidings::store::Snapshot>> {
+        self.inner.load_snapshot(stream).await
+    }
+    async fn verify(&self) -> tidings::store::Result<tidings::store::VerifyReport> {
+        self.inner.verify().await
+    }
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &tidings::store::LeaseHolder,
+        ttl: Duration,
+    ) -> tidings::store::Result<tidings::store::LeaseAttempt> {
+        self.inner.acquire_lease(name, holder, ttl).await
+    }
+    async fn renew_lease(
+        &self,
+        lease: &tidings::store::Lease,
+        ttl: Duration,
+    ) -> tidings::store::Result<bool> {
+        self.inner.renew_lease(lease, ttl).await
+    }
+    async fn release_lease(&self, lease: &tidings::store::Lease) -> tidings::store::Result<()> {
+        self.inner.release_lease(lease).await
+    }
+    async fn load_lease(
+        &self,
+        name: &str,
+    ) -> tidings::store::Result<Option<tidings::store::LeaseInfo>> {
+        self.inner.load_lease(name).await
+    }
+    async fn commit_checkpoint_fenced(
+        &self,
+        lease: &tidings::store::Lease,
+        name: &str,
+        expected: Option<u64>,
+        position: u64,
+        state: Vec<tidings::store::StateWrite>,
+    ) -> tidings::store::Result<()> {
+        self.fenced
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner
+            .commit_checkpoint_fenced(lease, name, expected, position, state)
+            .await
+    }
+}
+
+/// While it holds its lease, a subscription commits only through the fence: its checkpoints
+/// with their state, its status records, a flush and its stop. (The failover tests cannot tell
+/// this apart: the checkpoint's own compare-and-set also refuses most late commits.)
+#[actix::test]
+async fn a_subscription_holding_its_lease_commits_only_fenced() {
+    let _shared = SERVER.read().await;
+    let Some((_schema, store)) = open("only_fenced", "only_fenced", |c| c) else {
+        return;
+    };
+    let counting = Arc::new(CountingCommits {
+        inner: store.clone(),
+        fenced: Default::default(),
+        unfenced: Default::default(),
+    });
+    for i in 0..40 {
+        store
+            .append(
+                &format!("order-{}", i % 4),
+                ExpectedVersion::Any,
+                vec![order(i)],
+            )
+            .await
+            .unwrap();
+    }
+    let seen = Seen::default();
+    let subs = Subscriptions::new(counting.clone());
+    let config = SubscriptionConfig::default().batch_size(7).commit_every(3);
+    let handle = subs
+        .start_with(Tally { seen: seen.clone() }, config)
+        .unwrap();
+    caught_up(&handle, &store).await;
+    handle.flush().await.expect("running").expect("flushed");
+    handle.stop().await;
+    let fenced = counting.fenced.load(std::sync::atomic::Ordering::SeqCst);
+    let unfenced = counting.unfenced.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(fenced >= 10, "{fenced} fenced commits");
+    assert_eq!(unfenced, 0, "commits without the fence");
+}
