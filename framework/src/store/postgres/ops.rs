@@ -413,36 +413,23 @@ pub async fn committer(shared: Arc<Shared>) {
     let mut carried: Option<Pending> = None;
     loop {
         let mut batch = Vec::new();
-        {
-            let mut queue = shared.queue.lock().await;
-            let first = match carried.take() {
-                Some(first) => first,
-                None => match queue.recv().await {
-                    Some(first) => first,
-                    None => return,
-                },
-            };
-            let mut streams = HashSet::new();
-            streams.insert(first.stream.clone());
-            let mut events = first.events.len();
-            let mut bytes: usize = first.events.iter().map(|e| e.payload.len()).sum();
-            batch.push(first);
-            while batch.len() < MAX_BATCH_APPENDS
-                && events < MAX_BATCH_EVENTS
-                && bytes < MAX_BATCH_BYTES
-            {
-                let Ok(next) = queue.try_recv() else {
-                    break;
-                };
-                if !streams.insert(next.stream.clone()) {
-                    // A second append of a stream goes in the next batch (one batch checks each
-                    // stream's version once).
-                    carried = Some(next);
-                    break;
+        match carried.take() {
+            // An append left over from the last batch goes first, without waiting for the
+            // queue: another committer may be waiting on it for appends that will not come
+            // until this one is answered.
+            Some(first) => {
+                batch.push(first);
+                if let Ok(mut queue) = shared.queue.try_lock() {
+                    carried = fill(&mut queue, &mut batch);
                 }
-                events += next.events.len();
-                bytes += next.events.iter().map(|e| e.payload.len()).sum::<usize>();
-                batch.push(next);
+            }
+            None => {
+                let mut queue = shared.queue.lock().await;
+                let Some(first) = queue.recv().await else {
+                    return;
+                };
+                batch.push(first);
+                carried = fill(&mut queue, &mut batch);
             }
         }
         if batch.len() == 1 {
@@ -452,6 +439,34 @@ pub async fn committer(shared: Arc<Shared>) {
             commit_batch(&shared, batch).await;
         }
     }
+}
+
+/// Adds the appends already waiting to `batch` (one per stream, within the batch's bounds);
+/// returns one that must wait for the next batch (a second append of a stream in it).
+fn fill(
+    queue: &mut tokio::sync::mpsc::UnboundedReceiver<Pending>,
+    batch: &mut Vec<Pending>,
+) -> Option<Pending> {
+    let mut streams: HashSet<String> = batch.iter().map(|p| p.stream.clone()).collect();
+    let mut events: usize = batch.iter().map(|p| p.events.len()).sum();
+    let mut bytes: usize = batch
+        .iter()
+        .flat_map(|p| &p.events)
+        .map(|e| e.payload.len())
+        .sum();
+    while batch.len() < MAX_BATCH_APPENDS && events < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
+        let Ok(next) = queue.try_recv() else {
+            break;
+        };
+        if !streams.insert(next.stream.clone()) {
+            // One batch checks each stream's version once.
+            return Some(next);
+        }
+        events += next.events.len();
+        bytes += next.events.iter().map(|e| e.payload.len()).sum::<usize>();
+        batch.push(next);
+    }
+    None
 }
 
 /// The expected version as the SQL functions take it.
