@@ -725,43 +725,49 @@ impl<H: EventHandler> Runner<H> {
         uncommitted: &mut u64,
     ) -> Result<(), Fault> {
         self.status.update(|s| s.state = running_state(s, true));
-        let deadline = committed.at + self.config.commit_interval;
-        let dirty = checkpoint != committed.position || !pending.is_empty();
-        let open = self.commands_open;
-        let mut lost = self.lost.clone();
-        let lease_lost = async move {
-            match lost.as_mut() {
-                Some(lost) => {
-                    let _ = lost.wait_for(Option::is_some).await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            // Back to the loop, which sees the lease lost.
-            _ = lease_lost => {}
-            changed = heads.changed() => {
-                if changed.is_err() {
-                    warn!("the store closed; stopping");
-                    self.commit(committed, checkpoint, pending).await.ok();
-                    return Err(Fault::Fatal("the store was closed".into()));
-                }
-            }
-            _ = self.stop.changed() => {}
-            command = self.commands.recv(), if open => {
-                match command {
-                    Some(command) => {
-                        self.apply(command, committed, checkpoint, pending).await?;
+        loop {
+            let deadline = committed.at + self.config.commit_interval;
+            let dirty = checkpoint != committed.position || !pending.is_empty();
+            let open = self.commands_open;
+            let mut lost = self.lost.clone();
+            let lease_lost = async move {
+                match lost.as_mut() {
+                    Some(lost) => {
+                        let _ = lost.wait_for(Option::is_some).await;
                     }
-                    None => self.commands_open = false,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                // Back to the loop, which sees the lease lost.
+                _ = lease_lost => {}
+                changed = heads.changed() => {
+                    if changed.is_err() {
+                        warn!("the store closed; stopping");
+                        self.commit(committed, checkpoint, pending).await.ok();
+                        return Err(Fault::Fatal("the store was closed".into()));
+                    }
+                }
+                _ = self.stop.changed() => {}
+                command = self.commands.recv(), if open => {
+                    match command {
+                        Some(command) => {
+                            self.apply(command, committed, checkpoint, pending).await?;
+                        }
+                        None => self.commands_open = false,
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()), if dirty => {
+                    self.commit(committed, checkpoint, pending).await?;
+                    *uncommitted = 0;
+                }
+                // Requests from other processes, looked for here without reading the log again.
+                _ = tokio::time::sleep(control::POLL), if self.lease.is_some() => {
+                    self.apply_requests(committed, checkpoint, pending).await?;
+                    continue;
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()), if dirty => {
-                self.commit(committed, checkpoint, pending).await?;
-                *uncommitted = 0;
-            }
-            // Back to the loop, which looks for requests from other processes.
-            _ = tokio::time::sleep(control::POLL), if self.lease.is_some() => {}
+            break;
         }
         if heads.current() > checkpoint {
             self.status.update(|s| s.state = running_state(s, false));
