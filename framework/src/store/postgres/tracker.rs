@@ -9,8 +9,8 @@
 //!
 //! A notification is only a wake-up: the head is read from the table, below the read horizon.
 //! When a notification names a position the horizon does not cover yet (an older transaction
-//! still runs), the head is read again quickly with a growing pause, which grows up to the poll
-//! interval while the head does not move (a transaction outside tidings holding the horizon
+//! still runs), the head is read again quickly with a growing pause, which grows up to a second
+//! (or the poll interval, if shorter) while the head does not move (a transaction outside tidings holding the horizon
 //! back for long makes each read scan every row above it); without any notification it is read
 //! every poll interval, which covers lost notifications and a lost connection. The connection
 //! is made again when it breaks.
@@ -30,6 +30,11 @@ use crate::store::Result;
 /// The shortest and longest pause between reads while a notified position is not readable yet
 /// and the head still moves.
 const FAST_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(50));
+
+/// The longest pause between reads while a notified position stays unreadable (a transaction
+/// elsewhere holds the horizon back): each read then scans the rows above the horizon, so the
+/// reads slow down, but never to more than this (nor more than the poll interval).
+const STUCK_POLL: Duration = Duration::from_secs(1);
 
 /// Sends a notification each time this process committed positions past the last one sent,
 /// until the store is dropped (its runtime stops this task). A notification that cannot be sent
@@ -192,7 +197,7 @@ async fn listen(
             ceiling = FAST_POLL.1;
         } else {
             ceiling = if head == before {
-                (ceiling * 2).min(shared.config.poll_interval.max(FAST_POLL.1))
+                (ceiling * 2).min(shared.config.poll_interval.clamp(FAST_POLL.1, STUCK_POLL))
             } else {
                 FAST_POLL.1
             };
