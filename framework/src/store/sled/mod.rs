@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use self::durable::{Durability, HeadFile};
+use self::durable::{Durability, HeadFile, Marks};
 use self::writer::{Request, Writer, WriterSettings};
 use super::codec;
 use super::{
@@ -186,22 +186,41 @@ impl SledEventStore {
         durability.sync().map_err(|e| path_error(&path, e))?;
 
         let (head, last_timestamp) = read::recover_tail(&db)?;
+        let commits = read::recover_commits(&db)?;
         let head_path = path.join(durable::HEAD_FILE);
-        if let Some(acknowledged) = HeadFile::read(&path).map_err(|e| path_error(&head_path, e))? {
-            if acknowledged > head {
-                return Err(StoreError::Damaged {
-                    position: head + 1,
-                    reason: format!(
-                        "the log ends at position {head}, but {acknowledged} events were \
-                         acknowledged: the storage engine dropped a damaged part of its log. \
-                         Restore the store from a backup; or, to accept the loss and go on \
-                         from position {head}, delete {}",
-                        path.join(durable::HEAD_FILE).display()
-                    ),
-                });
-            }
+        let recorded = HeadFile::read(&path).map_err(|e| path_error(&head_path, e))?;
+        if let Some(recorded) = &recorded {
+            check_marks(recorded, head, commits, &head_path)?;
         }
-        let head_file = HeadFile::open(&path, head).map_err(|e| path_error(&head_path, e))?;
+        // Carry the last commit of each kind over (a later loss may reach back past this
+        // open); a head file written before commits were counted starts counting here.
+        let marks = match recorded {
+            Some(
+                recorded @ Marks {
+                    commits: Some(_), ..
+                },
+            ) => Marks {
+                head,
+                commits: Some(commits),
+                ..recorded
+            },
+            _ => {
+                if recorded.is_some() || head > 0 {
+                    warn!(
+                        path = %path.display(),
+                        "this store's head file predates the commit counter (or is missing): \
+                         only the log's head was checked at this open; commits of checkpoints, \
+                         state and snapshots are checked from now on"
+                    );
+                }
+                Marks {
+                    head,
+                    commits: Some(commits),
+                    ..Marks::default()
+                }
+            }
+        };
+        let head_file = HeadFile::open(&path, marks).map_err(|e| path_error(&head_path, e))?;
         let (head_tx, head_rx) = watch::channel(head);
         let shared = Arc::new(Shared {
             db,
@@ -270,6 +289,59 @@ impl SledEventStore {
             Err(e) => Err(StoreError::Engine(format!("a store read failed: {e}"))),
         }
     }
+}
+
+/// Compares what sled recovered (the log's `head`, the commit counter `commits`) with what the
+/// head file at `head_path` says was acknowledged. The file is written only after sled's data
+/// file was fsynced, so it is never ahead of sled unless sled dropped acknowledged commits.
+fn check_marks(recorded: &Marks, head: u64, commits: u64, head_path: &Path) -> Result<()> {
+    let lost = match recorded.commits {
+        Some(acknowledged) if acknowledged > commits => {
+            let kinds = recorded.kinds_after(commits);
+            let kinds = if kinds.is_empty() {
+                "unknown writes".to_owned()
+            } else {
+                kinds.join(", ")
+            };
+            Some(format!(
+                "the storage engine recovered {commits} commits, but {acknowledged} were \
+                 acknowledged: commits {} to {acknowledged} are lost, and they held {kinds}",
+                commits + 1
+            ))
+        }
+        _ => None,
+    };
+    let accept = format!(
+        "Restore the store from a backup; or, to accept the loss and go on from what was \
+         recovered, delete {}",
+        head_path.display()
+    );
+    if recorded.head > head {
+        let also = lost.map(|l| format!(" ({l})")).unwrap_or_default();
+        return Err(StoreError::Damaged {
+            position: head + 1,
+            reason: format!(
+                "the log ends at position {head}, but {} events were acknowledged: the \
+                 storage engine dropped a damaged part of its log{also}. {accept}",
+                recorded.head
+            ),
+        });
+    }
+    if let Some(lost) = lost {
+        return Err(StoreError::DamagedMetadata {
+            what: format!(
+                "recent commits of the store at {}",
+                head_path.parent().unwrap_or(head_path).display()
+            ),
+            reason: format!(
+                "{lost}. The log's events are all there (up to position {head}), but what the \
+                 lost commits wrote went back to an older value: subscriptions would handle \
+                 events again from older checkpoints, and repeat their effects, with their \
+                 exactly-once state gone back too. {accept}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Opens sled, turning a panic into an error.
