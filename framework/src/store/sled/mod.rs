@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -101,6 +101,8 @@ pub(crate) struct Shared {
     path: PathBuf,
     /// The position of the last durable event. Readers never go past it.
     durable_head: AtomicU64,
+    /// Set once a write failed and a handle to sled was leaked ([`Shared::never_flush_on_drop`]).
+    engine_leaked: AtomicBool,
     /// Held for writing by the writer from `apply_batch` until the fsync, so that reads of
     /// checkpoints, state and snapshots (which have no position to cap) never see a value a crash
     /// could take back.
@@ -117,6 +119,25 @@ impl Shared {
     /// values that are not capped by the durable head.
     fn durable_view(&self) -> RwLockReadGuard<'_, ()> {
         self.commit_gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes sure sled's handle is never dropped, so that its flush on drop never runs: called
+    /// after a write failed.
+    ///
+    /// sled 0.34.7 flushes in a loop when its last handle is dropped (`TreeInner::drop`), and
+    /// after a failed write (seen with pages written as blob files, events over ~128 KiB, on a
+    /// full disk or past a file size limit) that flush blocks forever: the process hung at exit
+    /// after `close` had returned (issue 16). A leaked clone keeps the count of handles above
+    /// zero, so the drop never happens; the operating system closes the files and releases
+    /// sled's lock when the process ends. Nothing is lost by not flushing: every acknowledged
+    /// commit was fsynced before it was acknowledged, and the outcome of the failed one is
+    /// unknown in any case. The price: this process cannot open the store again (sled's lock on
+    /// `db` stays held by the leaked handle, so an open here gets `InUse` after its retries);
+    /// another process can, once this one has ended.
+    fn never_flush_on_drop(&self) {
+        if !self.engine_leaked.swap(true, Ordering::AcqRel) {
+            std::mem::forget(self.db.clone());
+        }
     }
 
     /// Keeps readers of uncapped values out while a commit is not yet durable.
@@ -226,6 +247,7 @@ impl SledEventStore {
             db,
             path,
             durable_head: AtomicU64::new(head),
+            engine_leaked: AtomicBool::new(false),
             commit_gate: RwLock::new(()),
             head_rx,
             _lock: lock,
@@ -457,6 +479,15 @@ fn refuse_links(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What to say when the disk is full (or a file size limit or quota is reached) while the
+/// store opens or writes.
+const FULL_DISK_ADVICE: &str = "the disk is full (or a file size limit or quota is reached). \
+     The storage engine (sled 0.34.7) has no read-only mode and writes when it opens a store, \
+     also to read it: after a write that failed it fills the rest of its last log segment (up \
+     to 512 KiB) with zeros, and it may write a snapshot file. Free some space (at least \
+     512 KiB) or raise the limit, or copy the store's directory to a disk with room and open \
+     the copy";
+
 /// What to do about a symbolic link where the store writes a file.
 const LINK_ADVICE: &str = "the store writes this file and never follows a link out of its \
                            directory: replace the link with the file it points to (or delete it)";
@@ -473,6 +504,12 @@ fn path_error(path: &Path, e: io::Error) -> StoreError {
              it, or work on a writable copy"
         ),
         K::NotADirectory => format!("{e}: a part of the path is a file, not a directory"),
+        K::StorageFull | K::FileTooLarge | K::QuotaExceeded => {
+            return StoreError::Io(io::Error::new(
+                e.kind(),
+                format!("{}: {e}: {FULL_DISK_ADVICE}", path.display()),
+            ))
+        }
         K::AlreadyExists => format!("{e}: a file is in the way of the directory"),
         _ if e.raw_os_error() == Some(libc::ELOOP) => {
             format!("it is a symbolic link; {LINK_ADVICE}")

@@ -417,9 +417,16 @@ impl Writer {
             let commit = self.head_file.marks().commits.unwrap_or(0) + 1;
             batch.insert(keys::COMMITS_KEY, codec::encode_commits(commit));
             if let Err(e) = self.write_durably(batch) {
-                let reason = e.to_string();
+                let reason = match &e {
+                    StoreError::Io(io) if is_full(io) => format!(
+                        "{e} (the disk is full, or a file size limit or quota is reached): free \
+                         space, then open the store again in a new process"
+                    ),
+                    _ => e.to_string(),
+                };
                 error!(error = %reason, "event store commit failed; refusing further writes");
                 self.failed = Some(reason.clone());
+                self.shared.never_flush_on_drop();
                 for reply in replies {
                     reply.fail(StoreError::Failed(reason.clone()));
                 }
@@ -553,6 +560,15 @@ fn insert_index_run(
             count,
         }),
     );
+}
+
+/// Whether `e` says that the disk (or a file size limit, or a quota) is full.
+fn is_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull | K::FileTooLarge | K::QuotaExceeded
+    )
 }
 
 fn fail(req: Request, err: StoreError) {
