@@ -439,6 +439,43 @@ fn tidings_cli_time(micros: u64) -> String {
         .unwrap()
 }
 
+/// The red team's reproduction (issue 16): commits of checkpoints and state that sled drops from
+/// the tail of its data file used to leave a store that `verify` called healthy.
+#[test]
+fn verify_exits_3_naming_checkpoints_and_state_that_sled_dropped() {
+    let dir = prepared();
+    runtime().block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let head = store.head();
+        let mut expected = store.load_checkpoint("projector").await.unwrap();
+        for round in 0..200u32 {
+            let state = vec![tidings::store::StateWrite {
+                key: b"count".to_vec(),
+                value: Some(round.to_be_bytes().to_vec()),
+            }];
+            store
+                .commit_checkpoint("projector", expected, head, state)
+                .await
+                .unwrap();
+            expected = Some(head);
+        }
+        store.close().await;
+    });
+    // sled may have grown its file to the end of a segment with zeros: cut the last 4 KiB of
+    // what it wrote.
+    let db = dir.path().join("db");
+    let image = std::fs::read(&db).unwrap();
+    let end = image.iter().rposition(|b| *b != 0).unwrap() + 1;
+    std::fs::write(&db, &image[..end - 4096]).unwrap();
+    let verify = tidings(dir.path(), &["verify"]);
+    assert_eq!(verify.code, i32::from(EXIT_DAMAGED), "{verify:?}");
+    for words in ["are lost", "checkpoints", "consumer state", "tidings.head"] {
+        assert!(verify.stderr.contains(words), "{words}: {verify:?}");
+    }
+    let listed = tidings(dir.path(), &["subscriptions"]);
+    assert_eq!(listed.code, i32::from(EXIT_DAMAGED), "{listed:?}");
+}
+
 #[test]
 fn verify_exits_0_on_a_healthy_store_and_3_naming_the_position_on_a_damaged_one() {
     let dir = prepared();

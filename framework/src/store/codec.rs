@@ -371,6 +371,19 @@ pub fn decode_checkpoint(value: &[u8]) -> Result<u64, String> {
     })?))
 }
 
+/// Encodes the store's commit counter.
+pub fn encode_commits(commits: u64) -> Vec<u8> {
+    seal(commits.to_be_bytes().to_vec())
+}
+
+/// Decodes the store's commit counter.
+pub fn decode_commits(value: &[u8]) -> Result<u64, String> {
+    let body = unseal(value)?;
+    Ok(u64::from_be_bytes(body.try_into().map_err(|_| {
+        format!("commit counter of {} bytes, expected 8", body.len())
+    })?))
+}
+
 /// Encodes a state value.
 pub fn encode_state(value: &[u8]) -> Vec<u8> {
     seal(value.to_vec())

@@ -151,7 +151,10 @@ pub enum StoreError {
     /// An earlier write failed, so this store handle refuses further writes.
     ///
     /// After a failed fsync the state of the page cache is unknown (see "fsyncgate"): reopen the
-    /// store, which recovers to what is on disk.
+    /// store, which recovers to what is on disk. With the embedded store (sled) reopen it in a
+    /// new process: after a failed write this process keeps sled's handle, and its lock on the
+    /// data file, until it exits, because sled's flush when the handle is dropped can block
+    /// forever after a write error (docs/decisions.md, 37).
     #[error("the store failed earlier and refuses writes until reopened: {0}")]
     Failed(String),
 

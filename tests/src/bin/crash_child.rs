@@ -4,6 +4,12 @@
 //!   `ACK <stream> <first_version> <count> <first_position>` (flushed) after each acknowledged
 //!   append. Stops by itself after [`MAX_APPENDS`] appends or [`MAX_RUN`].
 //! - `crash_child open DIR`: opens the store, prints `OPENED <head>` and exits.
+//! - `crash_child fill DIR BYTES`: appends events of BYTES bytes one at a time until an append
+//!   fails (the parent runs it with a file size limit), printing `ACK <position>` after each,
+//!   then `FAILED <error>`, `CLOSED` once `close` returned and `DROPPED` once the last handle is
+//!   dropped, and exits 0. Stops by itself after [`MAX_RUN`].
+//! - `crash_child verify DIR`: opens the store, verifies it and reads every event, prints
+//!   `VERIFIED <head> <events read> <problems found>` and exits.
 //!
 //! Every payload describes itself (see [`payload`]), so the parent can check each event's content
 //! and that every append is all-or-nothing, acknowledged or not.
@@ -37,8 +43,91 @@ fn main() {
                 .and_then(|()| out.flush())
                 .ok();
         }
-        _ => die(&"usage: crash_child append|open DIR"),
+        (Some("verify"), Some(dir)) => verify(Path::new(dir)),
+        (Some("fill"), Some(dir)) => {
+            let bytes = args.get(3).and_then(|b| b.parse().ok());
+            fill(
+                Path::new(dir),
+                bytes.unwrap_or_else(|| die(&"fill DIR BYTES")),
+            )
+        }
+        _ => die(&"usage: crash_child append|open DIR, or fill DIR BYTES"),
     }
+}
+
+/// Prints `line` on stdout, flushed.
+fn say(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .unwrap_or_else(|e| die(&e));
+}
+
+/// The `fill` mode: appends `bytes`-byte events until an append fails, then closes and drops
+/// the store, saying how far it got.
+fn fill(dir: &Path, bytes: usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| die(&e));
+    runtime.block_on(async {
+        let store = SledEventStore::open(dir).unwrap_or_else(|e| die(&e));
+        let deadline = Instant::now() + MAX_RUN;
+        let mut version = store
+            .stream_version("fill")
+            .await
+            .unwrap_or_else(|e| die(&e));
+        while Instant::now() < deadline {
+            let event = EventData::new("Filled", vec![b'f'; bytes]);
+            match store
+                .append("fill", ExpectedVersion::Exact(version), vec![event])
+                .await
+            {
+                Ok(result) => {
+                    version = result.stream_version;
+                    say(format_args!("ACK {}", result.first_position));
+                }
+                Err(e) => {
+                    say(format_args!("FAILED {e}"));
+                    break;
+                }
+            }
+        }
+        store.close().await;
+        say(format_args!("CLOSED"));
+        drop(store);
+    });
+    drop(runtime);
+    say(format_args!("DROPPED"));
+}
+
+/// The `verify` mode: what `tidings verify` and `tidings export` do, through the library.
+fn verify(dir: &Path) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| die(&e));
+    runtime.block_on(async {
+        let store = SledEventStore::open(dir).unwrap_or_else(|e| die(&e));
+        let report = store.verify().await.unwrap_or_else(|e| die(&e));
+        let (mut from, mut read) = (1, 0);
+        loop {
+            let page = store
+                .read_all(from, 16, &tidings::store::Filter::all())
+                .await
+                .unwrap_or_else(|e| die(&e));
+            read += page.events.len();
+            from = page.next_position;
+            if page.is_end() {
+                break;
+            }
+        }
+        say(format_args!(
+            "VERIFIED {} {read} {}",
+            store.head(),
+            report.problems.len()
+        ));
+    });
 }
 
 /// The `append` mode: appends from [`TASKS`] tasks until killed or bounded.

@@ -3,6 +3,10 @@
 
 /// The key of the store's format number.
 pub const FORMAT_KEY: &[u8] = b"F";
+/// The key of the commit counter: how many durable commits (sled batches) the store has made.
+/// Written in every batch, so that a commit sled drops lowers it. `N` sorts just after the log,
+/// so the counter usually shares a leaf with the newest log chunks, which an append writes anyway.
+pub const COMMITS_KEY: &[u8] = b"N";
 /// Prefix of log chunks: `L` + first position (u64 big-endian).
 pub const LOG: u8 = b'L';
 /// Prefix of stream-index entries: `S` + stream id length (u16 BE) + stream id + first version (u64 BE).

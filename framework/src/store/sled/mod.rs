@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use self::durable::{Durability, HeadFile};
+use self::durable::{Durability, HeadFile, Marks};
 use self::writer::{Request, Writer, WriterSettings};
 use super::codec;
 use super::{
@@ -101,6 +101,8 @@ pub(crate) struct Shared {
     path: PathBuf,
     /// The position of the last durable event. Readers never go past it.
     durable_head: AtomicU64,
+    /// Set once a write failed and a handle to sled was leaked ([`Shared::never_flush_on_drop`]).
+    engine_leaked: AtomicBool,
     /// Held for writing by the writer from `apply_batch` until the fsync, so that reads of
     /// checkpoints, state and snapshots (which have no position to cap) never see a value a crash
     /// could take back.
@@ -117,6 +119,25 @@ impl Shared {
     /// values that are not capped by the durable head.
     fn durable_view(&self) -> RwLockReadGuard<'_, ()> {
         self.commit_gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes sure sled's handle is never dropped, so that its flush on drop never runs: called
+    /// after a write failed.
+    ///
+    /// sled 0.34.7 flushes in a loop when its last handle is dropped (`TreeInner::drop`), and
+    /// after a failed write (seen with pages written as blob files, events over ~128 KiB, on a
+    /// full disk or past a file size limit) that flush blocks forever: the process hung at exit
+    /// after `close` had returned (issue 16). A leaked clone keeps the count of handles above
+    /// zero, so the drop never happens; the operating system closes the files and releases
+    /// sled's lock when the process ends. Nothing is lost by not flushing: every acknowledged
+    /// commit was fsynced before it was acknowledged, and the outcome of the failed one is
+    /// unknown in any case. The price: this process cannot open the store again (sled's lock on
+    /// `db` stays held by the leaked handle, so an open here gets `InUse` after its retries);
+    /// another process can, once this one has ended.
+    fn never_flush_on_drop(&self) {
+        if !self.engine_leaked.swap(true, Ordering::AcqRel) {
+            std::mem::forget(self.db.clone());
+        }
     }
 
     /// Keeps readers of uncapped values out while a commit is not yet durable.
@@ -186,27 +207,47 @@ impl SledEventStore {
         durability.sync().map_err(|e| path_error(&path, e))?;
 
         let (head, last_timestamp) = read::recover_tail(&db)?;
+        let commits = read::recover_commits(&db)?;
         let head_path = path.join(durable::HEAD_FILE);
-        if let Some(acknowledged) = HeadFile::read(&path).map_err(|e| path_error(&head_path, e))? {
-            if acknowledged > head {
-                return Err(StoreError::Damaged {
-                    position: head + 1,
-                    reason: format!(
-                        "the log ends at position {head}, but {acknowledged} events were \
-                         acknowledged: the storage engine dropped a damaged part of its log. \
-                         Restore the store from a backup; or, to accept the loss and go on \
-                         from position {head}, delete {}",
-                        path.join(durable::HEAD_FILE).display()
-                    ),
-                });
-            }
+        let recorded = HeadFile::read(&path).map_err(|e| path_error(&head_path, e))?;
+        if let Some(recorded) = &recorded {
+            check_marks(recorded, head, commits, &head_path)?;
         }
-        let head_file = HeadFile::open(&path, head).map_err(|e| path_error(&head_path, e))?;
+        // Carry the last commit of each kind over (a later loss may reach back past this
+        // open); a head file written before commits were counted starts counting here.
+        let marks = match recorded {
+            Some(
+                recorded @ Marks {
+                    commits: Some(_), ..
+                },
+            ) => Marks {
+                head,
+                commits: Some(commits),
+                ..recorded
+            },
+            _ => {
+                if recorded.is_some() || head > 0 {
+                    warn!(
+                        path = %path.display(),
+                        "this store's head file predates the commit counter (or is missing): \
+                         only the log's head was checked at this open; commits of checkpoints, \
+                         state and snapshots are checked from now on"
+                    );
+                }
+                Marks {
+                    head,
+                    commits: Some(commits),
+                    ..Marks::default()
+                }
+            }
+        };
+        let head_file = HeadFile::open(&path, marks).map_err(|e| path_error(&head_path, e))?;
         let (head_tx, head_rx) = watch::channel(head);
         let shared = Arc::new(Shared {
             db,
             path,
             durable_head: AtomicU64::new(head),
+            engine_leaked: AtomicBool::new(false),
             commit_gate: RwLock::new(()),
             head_rx,
             _lock: lock,
@@ -270,6 +311,59 @@ impl SledEventStore {
             Err(e) => Err(StoreError::Engine(format!("a store read failed: {e}"))),
         }
     }
+}
+
+/// Compares what sled recovered (the log's `head`, the commit counter `commits`) with what the
+/// head file at `head_path` says was acknowledged. The file is written only after sled's data
+/// file was fsynced, so it is never ahead of sled unless sled dropped acknowledged commits.
+fn check_marks(recorded: &Marks, head: u64, commits: u64, head_path: &Path) -> Result<()> {
+    let lost = match recorded.commits {
+        Some(acknowledged) if acknowledged > commits => {
+            let kinds = recorded.kinds_after(commits);
+            let kinds = if kinds.is_empty() {
+                "unknown writes".to_owned()
+            } else {
+                kinds.join(", ")
+            };
+            Some(format!(
+                "the storage engine recovered {commits} commits, but {acknowledged} were \
+                 acknowledged: commits {} to {acknowledged} are lost, and they held {kinds}",
+                commits + 1
+            ))
+        }
+        _ => None,
+    };
+    let accept = format!(
+        "Restore the store from a backup; or, to accept the loss and go on from what was \
+         recovered, delete {}",
+        head_path.display()
+    );
+    if recorded.head > head {
+        let also = lost.map(|l| format!(" ({l})")).unwrap_or_default();
+        return Err(StoreError::Damaged {
+            position: head + 1,
+            reason: format!(
+                "the log ends at position {head}, but {} events were acknowledged: the \
+                 storage engine dropped a damaged part of its log{also}. {accept}",
+                recorded.head
+            ),
+        });
+    }
+    if let Some(lost) = lost {
+        return Err(StoreError::DamagedMetadata {
+            what: format!(
+                "recent commits of the store at {}",
+                head_path.parent().unwrap_or(head_path).display()
+            ),
+            reason: format!(
+                "{lost}. The log's events are all there (up to position {head}), but what the \
+                 lost commits wrote went back to an older value: subscriptions would handle \
+                 events again from older checkpoints, and repeat their effects, with their \
+                 exactly-once state gone back too. {accept}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Opens sled, turning a panic into an error.
@@ -385,6 +479,15 @@ fn refuse_links(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What to say when the disk is full (or a file size limit or quota is reached) while the
+/// store opens or writes.
+const FULL_DISK_ADVICE: &str = "the disk is full (or a file size limit or quota is reached). \
+     The storage engine (sled 0.34.7) has no read-only mode and writes when it opens a store, \
+     also to read it: after a write that failed it fills the rest of its last log segment (up \
+     to 512 KiB) with zeros, and it may write a snapshot file. Free some space (at least \
+     512 KiB) or raise the limit, or copy the store's directory to a disk with room and open \
+     the copy";
+
 /// What to do about a symbolic link where the store writes a file.
 const LINK_ADVICE: &str = "the store writes this file and never follows a link out of its \
                            directory: replace the link with the file it points to (or delete it)";
@@ -401,6 +504,12 @@ fn path_error(path: &Path, e: io::Error) -> StoreError {
              it, or work on a writable copy"
         ),
         K::NotADirectory => format!("{e}: a part of the path is a file, not a directory"),
+        K::StorageFull | K::FileTooLarge | K::QuotaExceeded => {
+            return StoreError::Io(io::Error::new(
+                e.kind(),
+                format!("{}: {e}: {FULL_DISK_ADVICE}", path.display()),
+            ))
+        }
         K::AlreadyExists => format!("{e}: a file is in the way of the directory"),
         _ if e.raw_os_error() == Some(libc::ELOOP) => {
             format!("it is a symbolic link; {LINK_ADVICE}")

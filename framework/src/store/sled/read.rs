@@ -49,6 +49,19 @@ pub fn recover_tail(db: &sled::Db) -> Result<(u64, u64)> {
     Ok((first + u64::from(count) - 1, timestamp))
 }
 
+/// The store's commit counter (0 in a store written before commits were counted).
+pub fn recover_commits(db: &sled::Db) -> Result<u64> {
+    match db.get(keys::COMMITS_KEY)? {
+        Some(value) => {
+            codec::decode_commits(&value).map_err(|reason| StoreError::DamagedMetadata {
+                what: "commit counter".into(),
+                reason,
+            })
+        }
+        None => Ok(0),
+    }
+}
+
 /// A chunk held by a [`LogCursor`], with where its iterator stands.
 struct Loaded {
     first: u64,
@@ -533,7 +546,12 @@ impl Shared {
             ));
         }
 
-        // 3. Checkpoints, snapshots and consumer state decode.
+        // 3. The commit counter, checkpoints, snapshots and consumer state decode.
+        if let Some(value) = self.db.get(keys::COMMITS_KEY)? {
+            if let Err(reason) = codec::decode_commits(&value) {
+                problems.push(format!("commit counter: {reason}"));
+            }
+        }
         for item in self.db.scan_prefix([keys::STATE]) {
             let (key, value) = item?;
             if let Err(reason) = codec::decode_state(&value) {

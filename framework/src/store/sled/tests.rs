@@ -185,13 +185,9 @@ fn flipped_bits_in_the_data_file_never_panic_and_never_return_wrong_data() {
     let (mut refused, mut reported, mut clean) = (0, 0, 0);
     let mut refusals = std::collections::BTreeSet::new();
     for round in 0..rounds {
-        let dir = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(pristine.path()).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() {
-                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-            }
-        }
+        // With `blobs/` too: without it every copy was refused for the missing directory
+        // (S18) before sled ever read the damaged file.
+        let dir = copy_store(pristine.path());
         let mut damaged = image.clone();
         // Even rounds hit a payload; odd rounds any byte of the file.
         let at = if round % 2 == 0 {
@@ -473,4 +469,281 @@ fn a_missing_blobs_directory_is_reported_as_damage_naming_it() {
         }
         other => panic!("expected DamagedMetadata, got {other:?}"),
     }
+}
+
+/// What a store built by [`prepare_mixed`] acknowledged last.
+#[derive(Debug, PartialEq)]
+struct Acknowledged {
+    head: u64,
+    checkpoints: Vec<(String, Option<u64>)>,
+    state: Vec<(String, Option<Vec<u8>>)>,
+    snapshot: Option<crate::store::Snapshot>,
+}
+
+/// The consumers of [`prepare_mixed`].
+const CONSUMERS: [&str; 3] = ["billing", "shipping", "view"];
+
+/// A store whose last writes mix appends, checkpoint commits with exactly-once state and
+/// snapshots, and end with `trailing` commits that hold only checkpoints and state: what a
+/// subscription writes while the log stands still. Returns what it acknowledged.
+fn prepare_mixed(dir: &Path, trailing: u64) -> Acknowledged {
+    use crate::store::Snapshot;
+    rt().block_on(async {
+        let store = SledEventStore::open(dir).unwrap();
+        let mut checkpoints = [None::<u64>; 3];
+        let mut round = 0;
+        for v in 0..40u64 {
+            let event = EventData::new("Tick", format!("s0 v{}", v + 1).into_bytes());
+            store
+                .append("tick-0", ExpectedVersion::Exact(v), vec![event])
+                .await
+                .unwrap();
+            round += 1;
+            commit_all(&store, &mut checkpoints, round).await;
+            if v % 8 == 0 {
+                let snapshot = Snapshot {
+                    stream_version: v + 1,
+                    schema_version: 1,
+                    payload: format!("snapshot {}", v + 1).into_bytes(),
+                };
+                store.save_snapshot("tick-0", snapshot).await.unwrap();
+            }
+        }
+        for _ in 0..trailing {
+            round += 1;
+            commit_all(&store, &mut checkpoints, round).await;
+        }
+        let acknowledged = acknowledged(&store).await.unwrap();
+        store.close().await;
+        acknowledged
+    })
+}
+
+/// Commits a checkpoint at the head with state for each of [`CONSUMERS`]; each state is a
+/// counter of its consumer's commits, so a state that went back with its checkpoint is seen.
+async fn commit_all(store: &SledEventStore, checkpoints: &mut [Option<u64>; 3], round: u64) {
+    let head = store.head();
+    for (i, name) in CONSUMERS.iter().enumerate() {
+        let state = vec![crate::store::StateWrite {
+            key: b"count".to_vec(),
+            value: Some(format!("{name} {round}").into_bytes()),
+        }];
+        store
+            .commit_checkpoint(name, checkpoints[i], head, state)
+            .await
+            .unwrap();
+        checkpoints[i] = Some(head);
+    }
+}
+
+/// What `store` holds of what [`prepare_mixed`] writes; an error if a read meets damage.
+async fn acknowledged(store: &SledEventStore) -> Result<Acknowledged, StoreError> {
+    let mut checkpoints = Vec::new();
+    let mut state = Vec::new();
+    for name in CONSUMERS {
+        checkpoints.push((name.to_owned(), store.load_checkpoint(name).await?));
+        state.push((name.to_owned(), store.load_state(name, b"count").await?));
+    }
+    Ok(Acknowledged {
+        head: store.head(),
+        checkpoints,
+        state,
+        snapshot: store.load_snapshot("tick-0").await?,
+    })
+}
+
+/// Copies the store in `from` (files and `blobs/`) to a new directory.
+fn copy_store(from: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::create_dir_all(dir.path().join("blobs")).unwrap();
+    for entry in std::fs::read_dir(from.join("blobs")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            dir.path().join("blobs").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+/// Where the data in sled's file `image` ends: sled may grow its file to the end of a segment
+/// with zeros, and damage there changes nothing.
+fn data_end(image: &[u8]) -> usize {
+    image.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)
+}
+
+/// How a damaged copy of a store came out.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    /// Open refused it with a damage error.
+    Refused,
+    /// It opened, and a read or `verify` reported the damage.
+    Reported,
+    /// It opened with everything that was acknowledged intact.
+    Intact,
+}
+
+/// Opens a damaged copy and checks that it either refuses with a damage error, reports the
+/// damage, or holds everything acknowledged: never a silent step back of the log, a
+/// checkpoint, a consumer's state or a snapshot.
+fn check_damaged_copy(dir: &Path, expected: &Acknowledged, what: &str) -> Outcome {
+    let store = match SledEventStore::open(dir) {
+        Ok(store) => store,
+        Err(StoreError::Damaged { .. } | StoreError::DamagedMetadata { .. }) => {
+            return Outcome::Refused
+        }
+        Err(other) => panic!("{what}: unexpected error for a damaged store: {other}"),
+    };
+    rt().block_on(async {
+        let found = match acknowledged(&store).await {
+            Ok(found) => found,
+            Err(StoreError::Damaged { .. } | StoreError::DamagedMetadata { .. }) => {
+                return Outcome::Reported
+            }
+            Err(other) => panic!("{what}: unexpected error reading a damaged store: {other}"),
+        };
+        let events = read_everything(&store).await;
+        let verified = store.verify().await.map(|r| r.is_ok()).unwrap_or(false);
+        if events.is_err() || !verified {
+            return Outcome::Reported;
+        }
+        assert_eq!(
+            &found, expected,
+            "{what}: the store opened clean but went back"
+        );
+        assert_eq!(events.unwrap(), expected.head, "{what}: events lost");
+        Outcome::Intact
+    })
+}
+
+/// The red team's reproduction: the last 4 KiB of sled's data file cut off, where only
+/// checkpoint and state commits were written (the log's head is intact), must not open as if
+/// nothing happened.
+#[test]
+fn a_cut_tail_that_held_only_checkpoint_and_state_commits_is_refused_at_open() {
+    let pristine = tempfile::tempdir().unwrap();
+    let expected = prepare_mixed(pristine.path(), 60);
+    let dir = copy_store(pristine.path());
+    let db = dir.path().join("db");
+    let image = std::fs::read(&db).unwrap();
+    std::fs::write(&db, &image[..data_end(&image) - 4096]).unwrap();
+    match SledEventStore::open(dir.path()) {
+        Err(e @ StoreError::DamagedMetadata { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("checkpoints"), "{text}");
+            assert!(text.contains("consumer state"), "{text}");
+            assert!(text.contains(super::durable::HEAD_FILE), "{text}");
+        }
+        Err(other) => panic!("expected a damage error naming checkpoints, got {other}"),
+        Ok(store) => {
+            let found = rt().block_on(acknowledged(&store));
+            panic!("opened without a word: {found:?}, acknowledged {expected:?}")
+        }
+    }
+}
+
+/// Truncations and flipped bytes in the last 16 KiB of sled's data file (where a crash or a bad
+/// sector hits: the newest commits), over a store whose last commits mix events, checkpoints
+/// with state, and snapshots. `TIDINGS_DAMAGE_ROUNDS` (default 16) damaged copies of each kind.
+#[test]
+fn damage_in_the_tail_of_the_data_file_never_rolls_back_events_checkpoints_or_state_silently() {
+    let pristine = tempfile::tempdir().unwrap();
+    let expected = prepare_mixed(pristine.path(), 10);
+    let image = std::fs::read(pristine.path().join("db")).unwrap();
+    // sled may have grown its file to the end of a segment with zeros: the tail is the end of
+    // what it wrote.
+    let image = &image[..data_end(&image)];
+    let tail = image.len().min(16 * 1024);
+    let rounds: usize = std::env::var("TIDINGS_DAMAGE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let mut outcomes = std::collections::BTreeMap::new();
+    for round in 0..rounds {
+        // Spread over the tail: a fixed stride, different for the two kinds of damage.
+        let cut = 1 + (round * 7919 + 13) % tail;
+        let dir = copy_store(pristine.path());
+        std::fs::write(dir.path().join("db"), &image[..image.len() - cut]).unwrap();
+        let what = format!("round {round}: last {cut} bytes cut");
+        let outcome = check_damaged_copy(dir.path(), &expected, &what);
+        *outcomes.entry(("truncated", outcome)).or_insert(0) += 1;
+
+        let at = image.len() - 1 - (round * 104_729 + 7) % tail;
+        let mut damaged = image.to_vec();
+        damaged[at] ^= 1 << (round % 8);
+        let dir = copy_store(pristine.path());
+        std::fs::write(dir.path().join("db"), &damaged).unwrap();
+        let what = format!("round {round}: bit {} of byte {at} flipped", round % 8);
+        let outcome = check_damaged_copy(dir.path(), &expected, &what);
+        *outcomes.entry(("flipped", outcome)).or_insert(0) += 1;
+    }
+    eprintln!("{rounds} rounds of tail damage: {outcomes:?}");
+}
+
+/// The ordering the check rests on: the head file is written after sled's fsync, so a kill
+/// between the two (or a power loss before the page cache wrote the file back) leaves it
+/// *behind* sled, never ahead. A head file behind opens without complaint; one ahead of what
+/// sled holds, whatever kind of commit it counts, is refused.
+#[test]
+fn a_head_file_behind_the_store_opens_and_one_ahead_of_it_is_refused() {
+    use crate::store::StateWrite;
+    let dir = tempfile::tempdir().unwrap();
+    let head_file = dir.path().join(super::durable::HEAD_FILE);
+    let older = rt().block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let event = EventData::new("Tick", b"s0 v1".to_vec());
+        store
+            .append("tick-0", ExpectedVersion::NoStream, vec![event])
+            .await
+            .unwrap();
+        let older = std::fs::read(&head_file).unwrap();
+        let state = vec![StateWrite {
+            key: b"count".to_vec(),
+            value: Some(b"1".to_vec()),
+        }];
+        store
+            .commit_checkpoint("view", None, 1, state)
+            .await
+            .unwrap();
+        store.close().await;
+        older
+    });
+    // Behind: what a kill between the fsync and the head file's write leaves.
+    std::fs::write(&head_file, &older).unwrap();
+    drop(SledEventStore::open(dir.path()).expect("a head file behind the store opens"));
+    // Ahead by one checkpoint commit, as if sled had dropped it: refused, naming its kind.
+    let mut marks = super::durable::HeadFile::read(dir.path()).unwrap().unwrap();
+    marks.commits = marks.commits.map(|c| c + 1);
+    marks.last_checkpoints = marks.commits.unwrap();
+    drop(super::durable::HeadFile::open(dir.path(), marks).unwrap());
+    match SledEventStore::open(dir.path()) {
+        Err(e @ StoreError::DamagedMetadata { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("commits 3 to 3 are lost"), "{text}");
+            assert!(text.contains("held checkpoints"), "{text}");
+            assert!(!text.contains("snapshots"), "{text}");
+        }
+        other => panic!("expected a damage error, got {other:?}"),
+    }
+    // The documented way to accept the loss: delete the head file.
+    std::fs::remove_file(&head_file).unwrap();
+    drop(SledEventStore::open(dir.path()).expect("opens once the loss is accepted"));
+    // A store from before the commit counter: its head file holds the head alone (format 1).
+    let mut old = 1u64.to_be_bytes().to_vec();
+    old.extend_from_slice(&crc32fast::hash(&old).to_be_bytes());
+    std::fs::write(&head_file, &old).unwrap();
+    drop(SledEventStore::open(dir.path()).expect("a format-1 head file opens"));
+    let marks = super::durable::HeadFile::read(dir.path()).unwrap().unwrap();
+    assert_eq!(
+        (marks.head, marks.commits),
+        (1, Some(2)),
+        "counted from now on"
+    );
 }

@@ -79,6 +79,15 @@ pub struct Writer {
     failed: Option<String>,
 }
 
+/// The kinds of write a commit group holds, for the head file (`durable::Marks`).
+#[derive(Default)]
+struct Kinds {
+    events: bool,
+    checkpoints: bool,
+    state: bool,
+    snapshots: bool,
+}
+
 enum Reply {
     Append(oneshot::Sender<Result<AppendResult>>, Result<AppendResult>),
     Unit(oneshot::Sender<Result<()>>, Result<()>),
@@ -186,6 +195,7 @@ impl Writer {
         let mut position = self.next_position;
         let mut chunk = ChunkBuilder::new();
         let mut chunk_first = position;
+        let mut kinds = Kinds::default();
 
         for req in group {
             match req {
@@ -276,6 +286,7 @@ impl Writer {
                     batch.insert(keys::checkpoint_key(&name), codec::encode_checkpoint(p));
                     checkpoints.insert(name, Some(p));
                     writes += 1;
+                    kinds.checkpoints = true;
                     replies.push(Reply::Unit(reply, Ok(())));
                 }
                 Request::Snapshot {
@@ -288,6 +299,7 @@ impl Writer {
                         codec::encode_snapshot(&snapshot),
                     );
                     writes += 1;
+                    kinds.snapshots = true;
                     replies.push(Reply::Unit(reply, Ok(())));
                 }
                 Request::Import { events, reply } => {
@@ -375,6 +387,8 @@ impl Writer {
                         }),
                         Ok(_) => {
                             batch.insert(keys::checkpoint_key(&name), codec::encode_checkpoint(p));
+                            kinds.checkpoints = true;
+                            kinds.state |= !state.is_empty();
                             for w in state {
                                 let key = keys::state_key(&name, &w.key);
                                 match w.value {
@@ -396,11 +410,23 @@ impl Writer {
             writes += 1;
         }
 
+        kinds.events = position != self.next_position;
         if writes > 0 {
+            // Every durable commit raises the counter, in its own batch: a commit that sled
+            // drops later takes its increment with it (see `check_marks`).
+            let commit = self.head_file.marks().commits.unwrap_or(0) + 1;
+            batch.insert(keys::COMMITS_KEY, codec::encode_commits(commit));
             if let Err(e) = self.write_durably(batch) {
-                let reason = e.to_string();
+                let reason = match &e {
+                    StoreError::Io(io) if is_full(io) => format!(
+                        "{e} (the disk is full, or a file size limit or quota is reached): free \
+                         space, then open the store again in a new process"
+                    ),
+                    _ => e.to_string(),
+                };
                 error!(error = %reason, "event store commit failed; refusing further writes");
                 self.failed = Some(reason.clone());
+                self.shared.never_flush_on_drop();
                 for reply in replies {
                     reply.fail(StoreError::Failed(reason.clone()));
                 }
@@ -419,7 +445,9 @@ impl Writer {
             self.shared.durable_head.store(head, Ordering::Release);
             self.last_timestamp = group_ts;
             self.head_tx.send_replace(head);
-            self.record_head(head);
+        }
+        if writes > 0 {
+            self.record(head, &kinds);
         }
         for reply in replies {
             reply.send();
@@ -481,10 +509,28 @@ impl Writer {
         Ok(())
     }
 
-    fn record_head(&mut self, head: u64) {
-        // Only a detector of lost data (see HeadFile): a failure to write it is logged, not fatal.
-        if let Err(e) = self.head_file.write(head) {
-            error!(error = %e, "could not record the head in the head file");
+    /// Records a durable commit holding `kinds` in the head file: called only after
+    /// `write_durably` returned, so that the file is never ahead of what sled holds on disk.
+    fn record(&mut self, head: u64, kinds: &Kinds) {
+        let mut marks = self.head_file.marks();
+        let commit = marks.commits.unwrap_or(0) + 1;
+        marks.head = head;
+        marks.commits = Some(commit);
+        for (written, last) in [
+            (kinds.events, &mut marks.last_events),
+            (kinds.checkpoints, &mut marks.last_checkpoints),
+            (kinds.state, &mut marks.last_state),
+            (kinds.snapshots, &mut marks.last_snapshots),
+        ] {
+            if written {
+                *last = commit;
+            }
+        }
+        // Only a detector of lost data (see HeadFile): a failure to write it is logged, not
+        // fatal. The counter in memory moves on all the same (the next commit must not reuse
+        // this one's number).
+        if let Err(e) = self.head_file.write(marks) {
+            error!(error = %e, "could not record the commit in the head file");
         }
     }
 }
@@ -514,6 +560,15 @@ fn insert_index_run(
             count,
         }),
     );
+}
+
+/// Whether `e` says that the disk (or a file size limit, or a quota) is full.
+fn is_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull | K::FileTooLarge | K::QuotaExceeded
+    )
 }
 
 fn fail(req: Request, err: StoreError) {
