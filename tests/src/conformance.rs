@@ -142,6 +142,7 @@ macro_rules! conformance_suite {
             checkpoint_commit_with_a_wrong_expectation_writes_nothing,
             state_scans_page_by_prefix,
             snapshots,
+            a_snapshot_beyond_the_limit_is_refused,
             watch_head_current_value,
             watch_head_changed_wakes_after_append_in_another_task,
             watch_head_wait_for,
@@ -1566,6 +1567,47 @@ pub async fn a_checkpoint_past_the_head_is_refused<S: EventStore>(store: S) {
         .unwrap();
     assert_eq!(store.list_checkpoints(None, 10).await.unwrap().len(), 2);
     assert_eq!(store.head(), 3, "checkpoints wrote events");
+}
+
+/// A snapshot larger than `MAX_SNAPSHOT_LEN` is `InvalidInput` and replaces nothing; one of
+/// exactly the limit is kept.
+pub async fn a_snapshot_beyond_the_limit_is_refused<S: EventStore>(store: S) {
+    use tidings::store::MAX_SNAPSHOT_LEN;
+    ok_append(&store, "cart-big", ExpectedVersion::NoStream, evs("a", 2)).await;
+    let small = Snapshot {
+        stream_version: 1,
+        schema_version: 1,
+        payload: b"{}".to_vec(),
+    };
+    store
+        .save_snapshot("cart-big", small.clone())
+        .await
+        .unwrap();
+    let too_big = Snapshot {
+        stream_version: 2,
+        schema_version: 1,
+        payload: vec![7; MAX_SNAPSHOT_LEN + 1],
+    };
+    match store.save_snapshot("cart-big", too_big).await {
+        Err(StoreError::InvalidInput(reason)) => {
+            assert!(reason.contains("exceeds the limit"), "{reason}")
+        }
+        other => panic!("a snapshot past the limit: {other:?}"),
+    }
+    assert_eq!(store.load_snapshot("cart-big").await.unwrap(), Some(small));
+    let at_limit = Snapshot {
+        stream_version: 2,
+        schema_version: 1,
+        payload: vec![7; MAX_SNAPSHOT_LEN],
+    };
+    store
+        .save_snapshot("cart-big", at_limit.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_snapshot("cart-big").await.unwrap(),
+        Some(at_limit)
+    );
 }
 
 /// Snapshots: missing is `None`; saved ones load back; a save replaces; streams are independent;

@@ -25,7 +25,7 @@ pub use self::sled::{SledConfig, SledEventStore};
 pub use self::types::{
     category_of, AppendResult, CheckpointInfo, EventData, ExpectedVersion, Filter, ReadBatch,
     RecordedEvent, Snapshot, StateWrite, StreamInfo, VerifyReport, MAX_EVENT_TYPE_LEN,
-    MAX_PAYLOAD_LEN, MAX_STATE_KEY_LEN, MAX_STREAM_ID_LEN,
+    MAX_PAYLOAD_LEN, MAX_SNAPSHOT_LEN, MAX_STATE_KEY_LEN, MAX_STREAM_ID_LEN,
 };
 
 use std::time::Duration;
@@ -262,6 +262,17 @@ pub trait EventStore: Send + Sync + 'static {
 }
 
 /// Checks a stream id or consumer name: 1 to [`MAX_STREAM_ID_LEN`] bytes.
+/// Refuses a snapshot larger than [`MAX_SNAPSHOT_LEN`] with [`StoreError::InvalidInput`].
+pub(crate) fn validate_snapshot(snapshot: &Snapshot) -> Result<()> {
+    if snapshot.payload.len() > MAX_SNAPSHOT_LEN {
+        return Err(StoreError::InvalidInput(format!(
+            "snapshot of {} bytes exceeds the limit of {MAX_SNAPSHOT_LEN}",
+            snapshot.payload.len()
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_name(what: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_STREAM_ID_LEN {
         return Err(StoreError::InvalidInput(format!(

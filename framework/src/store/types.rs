@@ -11,6 +11,9 @@ pub const MAX_STREAM_ID_LEN: usize = 512;
 pub const MAX_EVENT_TYPE_LEN: usize = 256;
 /// The largest payload accepted for one event, in bytes (like Kafka's `message.max.bytes`).
 pub const MAX_PAYLOAD_LEN: usize = 8 * 1024 * 1024;
+/// The largest snapshot payload accepted, in bytes: a snapshot is read whole when its aggregate
+/// loads, so its size bounds the memory of a load.
+pub const MAX_SNAPSHOT_LEN: usize = 16 * 1024 * 1024;
 
 /// What an append expects the stream's version to be (optimistic concurrency).
 ///

@@ -707,6 +707,7 @@ impl EventStore for PostgresEventStore {
 
     async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<()> {
         super::validate_name("stream id", stream)?;
+        super::validate_snapshot(&snapshot)?;
         storable_text("stream id", stream)?;
         let stream = stream.to_owned();
         self.idempotent(move |shared| {

@@ -695,6 +695,7 @@ impl EventStore for SledEventStore {
 
     async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<()> {
         validate_name("stream id", stream)?;
+        super::validate_snapshot(&snapshot)?;
         let (reply, rx) = oneshot::channel();
         self.send(Request::Snapshot {
             stream: stream.to_owned(),
