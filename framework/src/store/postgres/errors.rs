@@ -5,10 +5,12 @@ use tokio_postgres::error::SqlState;
 
 use crate::store::StoreError;
 
-/// Whether `code` says the server or the connection went away (class 08, and the shutdown and
-/// start-up codes of class 57P).
+/// Whether `code` says the server or the connection went away (class 08, the shutdown and
+/// start-up codes of class 57P, and the server ending a session left idle inside a transaction:
+/// a paused process resumes to find its connection gone).
 fn connection_lost(code: &SqlState) -> bool {
     code.code().starts_with("08")
+        || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
         || *code == SqlState::ADMIN_SHUTDOWN
         || *code == SqlState::CRASH_SHUTDOWN
         || *code == SqlState::CANNOT_CONNECT_NOW
