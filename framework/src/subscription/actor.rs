@@ -15,7 +15,8 @@ use super::handler::EventHandler;
 use super::runner::{Command, Runner};
 use super::status::{StatusCell, SubscriptionState, SubscriptionStatus};
 use super::SubscriptionConfig;
-use crate::store::EventStore;
+use crate::store::{EventStore, Lease, StoreError};
+use futures_util::future::BoxFuture;
 
 /// Asks a subscription to stop after the event it is handling, saving its checkpoint.
 #[derive(Debug, Message)]
@@ -377,27 +378,93 @@ impl Subscriptions {
         let operation = control::Operation::Replay {
             stream: stream.to_owned(),
         };
+        let (store, owned) = (self.store.clone(), (name.to_owned(), stream.to_owned()));
+        self.on_parked(
+            name,
+            |handle| {
+                let stream = owned.1.clone();
+                Box::pin(async move { handle.replay_parked(&stream).await })
+            },
+            operation,
+            |reply| match reply {
+                control::Reply::Replayed {
+                    handled,
+                    still_parked,
+                } => Some(ReplayOutcome {
+                    handled,
+                    still_parked,
+                    deferred: false,
+                }),
+                _ => None,
+            },
+            |lease| {
+                let (store, (name, stream)) = (store.clone(), owned.clone());
+                Box::pin(async move {
+                    let waiting =
+                        request_replay_in_store(&*store, &name, lease.as_ref(), &stream).await?;
+                    Ok(ReplayOutcome {
+                        handled: 0,
+                        still_parked: waiting,
+                        deferred: waiting > 0,
+                    })
+                })
+            },
+        )
+        .await
+    }
+
+    /// Drops the parked event at `position` (it is never handled). If later events of its stream
+    /// are parked they stay parked until replayed. Returns false if none is parked there. When
+    /// another process runs the subscription, the request goes to it as for
+    /// [`replay_parked`](Self::replay_parked).
+    pub async fn skip_parked(&self, name: &str, position: u64) -> Result<bool, ControlError> {
+        let (store, owned) = (self.store.clone(), name.to_owned());
+        self.on_parked(
+            name,
+            |handle| Box::pin(async move { handle.skip_parked(position).await }),
+            control::Operation::Skip { position },
+            |reply| match reply {
+                control::Reply::Skipped(skipped) => Some(skipped),
+                _ => None,
+            },
+            |lease| {
+                let (store, name) = (store.clone(), owned.clone());
+                Box::pin(
+                    async move { skip_in_store(&*store, &name, lease.as_ref(), position).await },
+                )
+            },
+        )
+        .await
+    }
+
+    /// Carries out an operation on the parked events of subscription `name` where it must run:
+    /// through its loop when it runs here (`local`); through the store when another process
+    /// holds its lease (`operation`, whose reply `from_reply` reads); on the stored state when
+    /// no process runs it (`stopped`, under its lease for the moment, when the store has
+    /// leases). While it changes hands (a standby here, nobody holding the lease) it looks again
+    /// shortly, for at most [`control::REPLY_TIMEOUT`].
+    async fn on_parked<T>(
+        &self,
+        name: &str,
+        local: impl Fn(SubscriptionHandle) -> BoxFuture<'static, Option<Result<T, ControlError>>>,
+        operation: control::Operation,
+        from_reply: impl Fn(control::Reply) -> Option<T>,
+        stopped: impl Fn(Option<Lease>) -> BoxFuture<'static, Result<T, StoreError>>,
+    ) -> Result<T, ControlError> {
         let deadline = tokio::time::Instant::now() + control::REPLY_TIMEOUT;
         loop {
             if let Some(handle) = self.running(name) {
-                match handle.replay_parked(stream).await {
-                    Some(Err(ControlError::Standby(_))) => {}
+                match local(handle).await {
+                    Some(Err(ControlError::Standby(_))) | None => {}
                     Some(result) => return result,
-                    None => {}
                 }
             }
             if let Some(holder) = control::holder_elsewhere(&*self.store, name).await? {
-                return match control::send(&*self.store, name, &holder, operation).await? {
-                    control::Reply::Replayed {
-                        handled,
-                        still_parked,
-                    } => Ok(ReplayOutcome {
-                        handled,
-                        still_parked,
-                        deferred: false,
-                    }),
+                let reply = control::send(&*self.store, name, &holder, operation.clone()).await?;
+                return match reply {
                     control::Reply::Failed(reason) => Err(ControlError::Failed(reason)),
-                    other => Err(ControlError::Failed(format!("unexpected reply {other:?}"))),
+                    other => from_reply(other.clone())
+                        .ok_or_else(|| ControlError::Failed(format!("unexpected reply {other:?}"))),
                 };
             }
             if let Some(_stopped) = self.lock_stopped(name).await {
@@ -407,56 +474,11 @@ impl Subscriptions {
                     Err(ControlError::RunningElsewhere { .. }) => continue,
                     Err(e) => return Err(e),
                 };
-                let recorded =
-                    request_replay_in_store(&*self.store, name, lease.as_ref(), stream).await;
+                let done = stopped(lease.clone()).await;
                 control::release(&*self.store, lease).await;
-                let waiting = recorded?;
-                return Ok(ReplayOutcome {
-                    handled: 0,
-                    still_parked: waiting,
-                    deferred: waiting > 0,
-                });
+                return Ok(done?);
             }
             // Running here as a standby while the lease changes hands: look again shortly.
-            if tokio::time::Instant::now() >= deadline {
-                return Err(handover_too_long(name));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    }
-
-    /// Drops the parked event at `position` (it is never handled). If later events of its stream
-    /// are parked they stay parked until replayed. Returns false if none is parked there. When
-    /// another process runs the subscription, the request goes to it as for
-    /// [`replay_parked`](Self::replay_parked).
-    pub async fn skip_parked(&self, name: &str, position: u64) -> Result<bool, ControlError> {
-        let deadline = tokio::time::Instant::now() + control::REPLY_TIMEOUT;
-        loop {
-            if let Some(handle) = self.running(name) {
-                match handle.skip_parked(position).await {
-                    Some(Err(ControlError::Standby(_))) => {}
-                    Some(result) => return result,
-                    None => {}
-                }
-            }
-            if let Some(holder) = control::holder_elsewhere(&*self.store, name).await? {
-                let operation = control::Operation::Skip { position };
-                return match control::send(&*self.store, name, &holder, operation).await? {
-                    control::Reply::Skipped(skipped) => Ok(skipped),
-                    control::Reply::Failed(reason) => Err(ControlError::Failed(reason)),
-                    other => Err(ControlError::Failed(format!("unexpected reply {other:?}"))),
-                };
-            }
-            if let Some(_stopped) = self.lock_stopped(name).await {
-                let lease = match control::lease_for_operation(&*self.store, name).await {
-                    Ok(lease) => lease,
-                    Err(ControlError::RunningElsewhere { .. }) => continue,
-                    Err(e) => return Err(e),
-                };
-                let skipped = skip_in_store(&*self.store, name, lease.as_ref(), position).await;
-                control::release(&*self.store, lease).await;
-                return Ok(skipped?);
-            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(handover_too_long(name));
             }

@@ -341,27 +341,13 @@ impl Shared {
         let Some(head) = self.head.upgrade() else {
             return;
         };
-        head.send_if_modified(|h| {
-            if position > *h {
-                *h = position;
-                true
-            } else {
-                false
-            }
-        });
+        raise(&head, position);
     }
 
     /// Tells other processes (through one coalesced `NOTIFY`, sent outside the append's
     /// transaction) that positions up to `position` are committed.
     fn announce(&self, position: u64) {
-        self.appended.send_if_modified(|p| {
-            if position > *p {
-                *p = position;
-                true
-            } else {
-                false
-            }
-        });
+        raise(&self.appended, position);
     }
 
     /// A watch on the head (closed from the start if the store is gone).
@@ -375,6 +361,19 @@ impl Shared {
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(pool_error)
     }
+}
+
+/// Moves the position `watch` holds forward to `position` (never back), waking its watchers
+/// only when it moved.
+fn raise(watch: &watch::Sender<u64>, position: u64) {
+    watch.send_if_modified(|p| {
+        if position > *p {
+            *p = position;
+            true
+        } else {
+            false
+        }
+    });
 }
 
 /// The runtime that runs the store's connections, shut down when the last handle goes.
