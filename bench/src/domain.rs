@@ -44,7 +44,7 @@ pub enum CounterEvent {
 }
 
 /// Refuses to add zero.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct ZeroAdd;
 
 impl fmt::Display for ZeroAdd {

@@ -63,8 +63,13 @@ impl Registry {
     }
 
     /// Decodes `event` with its registered type: `None` if its type is not registered, else the
-    /// decoded value or why it does not decode.
+    /// decoded value or why it does not decode. The framework's own records (a remembered
+    /// refusal, `$tidings.CommandRefused`, and a remembered empty acceptance) are JSON and always
+    /// decode.
     pub fn decode(&self, event: &RecordedEvent) -> Option<Result<serde_json::Value, String>> {
+        if tidings::aggregate::is_framework_record(&event.event_type) {
+            return Some(serde_json::from_slice(&event.payload).map_err(|e| e.to_string()));
+        }
         self.decoders.get(&event.event_type).map(|d| d(event))
     }
 }

@@ -11,7 +11,8 @@ use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use tidings::aggregate::testing::{AggregateTest, TempStore};
 use tidings::aggregate::{
-    load, replay, Aggregate, AggregateConfig, AggregateError, AggregateRegistry, CommandEnvelope,
+    is_framework_record, load, replay, Aggregate, AggregateConfig, AggregateError,
+    AggregateRegistry, CommandEnvelope, REFUSED_TYPE, UNCHANGED_TYPE,
 };
 use tidings::store::{
     AppendResult, EventData, EventStore, ExpectedVersion, Filter, HeadWatch, ReadBatch,
@@ -57,7 +58,7 @@ enum AccountCommand {
     Poison,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum AccountError {
     NotOpen,
     AlreadyOpen,
@@ -299,34 +300,188 @@ async fn a_command_is_forgotten_once_its_first_event_leaves_the_window() {
     }
 }
 
+/// The issue's reproduction: a declined transfer must stay declined. A reaction refuses a
+/// `caused_by` command, the aggregate's state changes (a deposit arrives), and the event is
+/// redelivered: the same envelope must get the same refusal, not be decided again.
 #[actix::test]
-async fn rejected_and_empty_commands_are_not_remembered() {
+async fn a_refused_command_is_refused_again_after_the_state_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cause = RecordedEvent {
+        position: 7,
+        stream_id: "transfer-t1".into(),
+        stream_version: 1,
+        category: "transfer".into(),
+        event_type: "TransferRequested".into(),
+        schema_version: 1,
+        event_id: Uuid::now_v7(),
+        correlation_id: None,
+        causation_id: None,
+        timestamp_micros: 0,
+        payload: b"{}".to_vec(),
+    };
+    let debit = CommandEnvelope::caused_by(&cause, "debit", withdraw(50));
+    let refusal = AccountError::InsufficientFunds {
+        balance: 0,
+        requested: 50,
+    };
+    {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let accounts =
+            AggregateRegistry::<Account>::start(store.clone(), AggregateConfig::default());
+        accounts.execute_command("a1", open("ada")).await.unwrap();
+        let first = accounts.execute("a1", debit.clone()).await.unwrap_err();
+        assert_eq!(first.rejection(), Some(&refusal));
+        accounts.execute_command("a1", deposit(80)).await.unwrap();
+
+        let again = accounts.execute("a1", debit.clone()).await.unwrap_err();
+        assert_eq!(
+            again.rejection(),
+            Some(&refusal),
+            "the same refusal, not a debit"
+        );
+        accounts.passivate("a1").await;
+        let reloaded = accounts.execute("a1", debit.clone()).await.unwrap_err();
+        assert_eq!(reloaded.rejection(), Some(&refusal), "after passivation");
+        assert_eq!(accounts.query("a1", |a| a.balance).await.unwrap(), 80);
+        accounts.shutdown().await;
+        store.close().await;
+    }
+    // A new process, in effect.
+    let store = SledEventStore::open(dir.path()).unwrap();
+    let accounts = AggregateRegistry::<Account>::start(store.clone(), AggregateConfig::default());
+    let restarted = accounts.execute("a1", debit.clone()).await.unwrap_err();
+    assert_eq!(restarted.rejection(), Some(&refusal), "after a restart");
+    assert_eq!(accounts.query("a1", |a| a.balance).await.unwrap(), 80);
+
+    // The refusal is one framework record, caused by the command, between the domain events.
+    let events = stream(&store, "a1").await;
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["Opened", REFUSED_TYPE, "Deposited"]);
+    assert_eq!(events[1].causation_id, Some(debit.command_id));
+    assert_eq!(events[1].correlation_id, debit.correlation_id);
+    let payload: serde_json::Value = serde_json::from_slice(&events[1].payload).unwrap();
+    assert_eq!(payload["message"], refusal.to_string());
+
+    // A caller that means "decide again" sends a new id: now the money is there.
+    let decided_again = accounts
+        .execute("a1", CommandEnvelope::new(withdraw(50)))
+        .await
+        .unwrap();
+    assert!(!decided_again.duplicate);
+    assert_eq!(accounts.query("a1", |a| a.balance).await.unwrap(), 30);
+    accounts.shutdown().await;
+}
+
+#[actix::test]
+async fn an_acceptance_that_changed_nothing_is_remembered_too() {
     let temp = TempStore::new().unwrap();
     let accounts = temp.registry::<Account>(AggregateConfig::default());
     accounts.execute_command("a1", open("ada")).await.unwrap();
-    let big = CommandEnvelope::new(withdraw(50));
-    let err = accounts.execute("a1", big.clone()).await.unwrap_err();
-    assert_eq!(
-        err.rejection(),
-        Some(&AccountError::InsufficientFunds {
-            balance: 0,
-            requested: 50
-        })
-    );
-    accounts.execute_command("a1", deposit(80)).await.unwrap();
-    // The same id again is decided again, now with the money there.
-    let retried = accounts.execute("a1", big).await.unwrap();
-    assert!(!retried.duplicate);
+    let touch = CommandEnvelope::new(AccountCommand::Touch);
+    let first = accounts.execute("a1", touch.clone()).await.unwrap();
+    assert_eq!((first.recorded, first.duplicate), (None, false));
+    accounts.passivate("a1").await;
+    let second = accounts.execute("a1", touch.clone()).await.unwrap();
+    assert_eq!((second.recorded, second.duplicate), (None, true));
+    let events = stream(temp.store(), "a1").await;
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["Opened", UNCHANGED_TYPE]);
+    assert!(is_framework_record(&events[1].event_type));
+    accounts.shutdown().await;
+}
+
+/// `execute_command` gives each call a fresh id that nobody can send again: its refusals and
+/// empty acceptances are not recorded. With the window off, nothing is remembered either.
+#[actix::test]
+async fn fresh_ids_and_a_closed_window_record_no_decisions() {
+    let temp = TempStore::new().unwrap();
+    let accounts = temp.registry::<Account>(AggregateConfig::default());
+    accounts.execute_command("a1", open("ada")).await.unwrap();
+    let err = accounts
+        .execute_command("a1", withdraw(50))
+        .await
+        .unwrap_err();
+    assert!(err.rejection().is_some());
     let touch = accounts
-        .execute("a1", CommandEnvelope::new(AccountCommand::Touch))
+        .execute_command("a1", AccountCommand::Touch)
         .await
         .unwrap();
     assert_eq!((touch.recorded, touch.duplicate), (None, false));
-    assert_eq!(accounts.query("a1", |a| a.balance).await.unwrap(), 30);
+    assert_eq!(stream(temp.store(), "a1").await.len(), 1);
     assert!(matches!(
         accounts.execute_command("", deposit(1)).await,
         Err(AggregateError::InvalidId(_))
     ));
+    accounts.shutdown().await;
+
+    let forgetful = temp.registry::<Account>(AggregateConfig::default().dedup_window(0));
+    let big = CommandEnvelope::new(withdraw(50));
+    assert!(forgetful.execute("a1", big.clone()).await.is_err());
+    forgetful.execute_command("a1", deposit(80)).await.unwrap();
+    let retried = forgetful.execute("a1", big).await.unwrap();
+    assert!(!retried.duplicate, "window 0: decided again");
+    assert_eq!(stream(temp.store(), "a1").await.len(), 3);
+    forgetful.shutdown().await;
+}
+
+/// A refusal leaves the window like an event does: after `dedup_window` later records the id is
+/// decided again (the window rule, documented in docs/aggregates.md).
+#[actix::test]
+async fn a_refusal_is_forgotten_once_it_leaves_the_window() {
+    let temp = TempStore::new().unwrap();
+    let accounts = temp.registry::<Account>(AggregateConfig::default().dedup_window(3));
+    accounts.execute_command("a1", open("ada")).await.unwrap(); // 1
+    let big = CommandEnvelope::new(withdraw(50));
+    assert!(accounts.execute("a1", big.clone()).await.is_err()); // 2: refused
+    accounts.execute_command("a1", deposit(40)).await.unwrap(); // 3
+    accounts.execute_command("a1", deposit(40)).await.unwrap(); // 4: window 2..=4
+    assert!(
+        accounts.execute("a1", big.clone()).await.is_err(),
+        "in the window"
+    );
+    accounts.execute_command("a1", deposit(1)).await.unwrap(); // 5: window 3..=5
+    accounts.passivate("a1").await;
+    let late = accounts.execute("a1", big).await.unwrap();
+    assert!(
+        !late.duplicate,
+        "outside the window the command is decided again"
+    );
+    assert_eq!(accounts.query("a1", |a| a.balance).await.unwrap(), 31);
+    accounts.shutdown().await;
+}
+
+/// A remembered refusal whose error type changed shape since is not decided again: the answer
+/// is `RejectedBefore` with the refusal's recorded text.
+#[actix::test]
+async fn a_refusal_that_no_longer_decodes_is_still_a_refusal() {
+    let temp = TempStore::new().unwrap();
+    let accounts = temp.registry::<Account>(AggregateConfig::default());
+    accounts.execute_command("a1", open("ada")).await.unwrap();
+    let command = CommandEnvelope::new(deposit(5));
+    // What an older version of the aggregate recorded, with an error variant since removed.
+    let old = EventData::new(
+        REFUSED_TYPE,
+        br#"{"error":"Frozen","message":"the account is frozen"}"#.to_vec(),
+    )
+    .with_causation_id(command.command_id);
+    temp.store()
+        .append("account-a1", ExpectedVersion::Exact(1), vec![old])
+        .await
+        .unwrap();
+    accounts.passivate("a1").await;
+    let sent = command.command_id;
+    match accounts.execute("a1", command).await {
+        Err(AggregateError::RejectedBefore {
+            command_id,
+            message,
+            ..
+        }) => {
+            assert_eq!(message, "the account is frozen");
+            assert_eq!(command_id, sent);
+        }
+        other => panic!("expected RejectedBefore, got {other:?}"),
+    }
+    assert_eq!(accounts.query("a1", |a| a.balance).await.unwrap(), 0);
     accounts.shutdown().await;
 }
 
@@ -671,6 +826,79 @@ proptest! {
             assert_eq!(snap.version, full.version);
             assert_eq!(&snap.processed, &full.processed);
             assert_eq!((live.0, live.1), (full.state, full.version));
+        });
+    }
+}
+
+/// One step of [`every_command_id_gets_its_first_answer_again`].
+#[derive(Clone, Debug)]
+enum Step {
+    /// A new command with a new id.
+    New(AccountCommand),
+    /// The command sent `n` steps before (modulo the history) again, with its id.
+    Resend(usize),
+    /// Passivate the aggregate: the next command reloads it (from a snapshot and the tail).
+    Passivate,
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => command_strategy().prop_map(|(command, _)| Step::New(command)),
+        3 => (0usize..64).prop_map(Step::Resend),
+        1 => Just(Step::Passivate),
+    ]
+}
+
+/// The answer to compare: the recorded range, or the refusal.
+type Answer = Result<Option<(u64, u64)>, String>;
+
+fn answer(
+    result: Result<tidings::aggregate::CommandOutcome, AggregateError<AccountError>>,
+) -> Answer {
+    match result {
+        Ok(outcome) => Ok(outcome.recorded.map(|r| (r.first_version, r.last_version))),
+        Err(AggregateError::Rejected(e)) => Err(e.to_string()),
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Remembered decisions, as a property: with the window holding the whole stream, every id
+    /// sent again gets its first answer, accepted or refused, whatever happened in between
+    /// (other commands, passivation, reloading from snapshots).
+    #[test]
+    fn every_command_id_gets_its_first_answer_again(
+        steps in prop::collection::vec(step_strategy(), 1..48),
+        every in 1u64..6,
+    ) {
+        actix::System::new().block_on(async move {
+            let temp = TempStore::new().unwrap();
+            let config = AggregateConfig::default()
+                .snapshot_every(Some(every))
+                .dedup_window(1_000);
+            let accounts = temp.registry::<Account>(config);
+            let mut sent: Vec<(CommandEnvelope<AccountCommand>, Answer)> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::New(command) => {
+                        let envelope = CommandEnvelope::new(command);
+                        let first = answer(accounts.execute("p", envelope.clone()).await);
+                        sent.push((envelope, first));
+                    }
+                    Step::Resend(_) if sent.is_empty() => {}
+                    Step::Resend(n) => {
+                        let (envelope, first) = &sent[sent.len() - 1 - n % sent.len()];
+                        let again = answer(accounts.execute("p", envelope.clone()).await);
+                        assert_eq!(&again, first, "{:?} answered differently", envelope.command);
+                    }
+                    Step::Passivate => {
+                        accounts.passivate("p").await;
+                    }
+                }
+            }
+            accounts.shutdown().await;
         });
     }
 }

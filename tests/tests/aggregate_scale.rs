@@ -24,7 +24,7 @@ impl Aggregate for Tally {
     const TYPE: &'static str = "tally";
     type Command = u64;
     type Event = TallyEvent;
-    type Error = std::convert::Infallible;
+    type Error = tidings::aggregate::NeverRejected;
 
     fn handle(&self, n: u64) -> Result<Vec<TallyEvent>, Self::Error> {
         Ok(vec![TallyEvent::Counted { n }])

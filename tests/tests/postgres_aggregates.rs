@@ -27,12 +27,12 @@
 //! the kill test; run with `--nocapture` to see the figures.
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::io::Write;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tidings::aggregate::NeverRejected as Infallible;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};

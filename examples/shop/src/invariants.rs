@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use tidings::aggregate::is_framework_record;
 use tidings::store::{EventStore, Filter, StoreError};
 use tidings::subscription::EventHandler as _;
 use tidings::DomainEvent;
@@ -76,6 +77,8 @@ impl Facts {
 struct Log {
     head: u64,
     events: u64,
+    /// Remembered refusals and empty acceptances (framework records, not shop facts).
+    decisions: u64,
     orders: BTreeMap<String, Facts>,
     undecodable: Vec<String>,
     /// Levels per SKU after each stock event; the lowest ever seen and where.
@@ -96,6 +99,11 @@ impl Log {
             for e in &page.events {
                 if e.position > log.head {
                     break;
+                }
+                if is_framework_record(&e.event_type) {
+                    // A remembered refusal or empty acceptance: not a fact of the shop.
+                    log.decisions += 1;
+                    continue;
                 }
                 log.events += 1;
                 let decoded = match e.category.as_str() {
@@ -199,7 +207,10 @@ pub async fn check(store: &dyn EventStore) -> Result<Vec<Check>, StoreError> {
     checks.push(verdict(
         INVARIANTS[0],
         offenders(log.undecodable.iter()),
-        format!("{} shop events up to position {}", log.events, log.head),
+        format!(
+            "{} shop events ({} remembered decisions) up to position {}",
+            log.events, log.decisions, log.head
+        ),
         "undecodable",
     ));
 

@@ -95,7 +95,7 @@ impl OrderEvent {
 }
 
 /// Why an order refuses a command.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum OrderError {
     /// `Place` on an order that exists.
     #[error("order already placed")]

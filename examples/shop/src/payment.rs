@@ -85,7 +85,7 @@ impl PaymentEvent {
 }
 
 /// Why a payment refuses a command.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum PaymentError {
     /// The order's charge was already recorded: an order is charged at most once.
     #[error("the charge of this order is already recorded")]

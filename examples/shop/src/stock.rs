@@ -63,7 +63,7 @@ pub enum StockEvent {
 }
 
 /// Why the warehouse refuses a command.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum StockError {
     /// No lines, or a line of quantity 0.
     #[error("nothing to restock or reserve: give lines of quantity 1 or more")]

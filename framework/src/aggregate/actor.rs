@@ -126,7 +126,8 @@ impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
         let config = self.config.clone();
         let id = self.id.clone();
         let work = async move {
-            let result = execute(&mut slot, &*store, &config, &id, msg.envelope).await;
+            let result =
+                execute(&mut slot, &*store, &config, &id, msg.envelope, msg.remember).await;
             (slot, result)
         }
         .instrument(span);

@@ -17,10 +17,11 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AggregateConfig {
-    /// The idempotence window, in events: a command id is remembered while the **first** event
-    /// it recorded is among the last `dedup_window` events of the aggregate's stream. Default
-    /// 1 000. 0 turns idempotence off. Loading reads up to this many events before a snapshot
-    /// to rebuild the window.
+    /// The idempotence window, in records: a command id is remembered while the **first**
+    /// record it wrote (its first event, or its one refusal or empty-acceptance record) is among
+    /// the last `dedup_window` records of the aggregate's stream. Default 1 000. 0 turns
+    /// idempotence off (and refusals are then not recorded). Loading reads up to this many
+    /// records before a snapshot to rebuild the window.
     pub dedup_window: u64,
     /// Save a snapshot once this many events were recorded since the last one (`None`: never).
     /// Default `Some(100)`. Existing snapshots are used for loading either way.

@@ -58,7 +58,8 @@ impl<C> CommandEnvelope<C> {
 
     /// A command sent in reaction to `event`, with an id derived from the event's id and `name`
     /// (a UUIDv5), so that reacting to the same event again, after a redelivery, sends the same
-    /// command id and is answered from history instead of being executed twice.
+    /// command id and is answered from history (with the first answer, an acceptance or a
+    /// refusal) instead of being decided twice.
     ///
     /// `name` tells apart the different commands one event causes (for example
     /// `"charge-payment"` and `"reserve-stock"`). The correlation id is the event's (or the

@@ -15,12 +15,30 @@ pub type CommandResult<T, E> = std::result::Result<T, AggregateError<E>>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AggregateError<E> {
-    /// The aggregate's business rules refused the command (`handle` returned an error).
+    /// The aggregate's business rules refused the command (`handle` returned an error), now or
+    /// when a command with the same id was sent before.
     ///
-    /// Nothing was recorded and nothing is remembered: sending the same command (even with the
-    /// same id) decides again. Report it to whoever sent the command; do not retry blindly.
+    /// A command sent with [`execute`](super::AggregateRegistry::execute) (an id the caller
+    /// chose) is remembered as refused: sending the same id again, while the refusal is in the
+    /// idempotence window, answers with this same refusal without deciding again, whatever
+    /// changed since. To decide again, send a new command id. No domain event was recorded.
     #[error("command rejected: {0}")]
     Rejected(E),
+
+    /// The command id was refused before, but the remembered refusal no longer decodes as the
+    /// aggregate's `Error` type (its shape changed since). The command is **not** decided again.
+    ///
+    /// `message` is the refusal as it was displayed when it was recorded. Send a new command id
+    /// to decide again.
+    #[error("command {command_id} was rejected before ({message}); the recorded refusal does not decode: {reason}")]
+    RejectedBefore {
+        /// The command's id.
+        command_id: Uuid,
+        /// The refusal's text when it was recorded.
+        message: String,
+        /// Why the recorded refusal does not decode.
+        reason: String,
+    },
 
     /// The stream kept moving under the aggregate: every attempt to append met a newer version
     /// (writes from outside this registry, or from another process).
@@ -99,6 +117,21 @@ impl<E> AggregateError<E> {
     }
 }
 
+/// The `Error` of an aggregate that never refuses a command: it has no values.
+///
+/// `std::convert::Infallible` cannot be used there, since refusals are remembered as JSON and
+/// serde does not implement its traits for it; this type is the same, with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum NeverRejected {}
+
+impl std::fmt::Display for NeverRejected {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {}
+    }
+}
+
+impl std::error::Error for NeverRejected {}
+
 /// The events a command recorded: a contiguous range of its stream and of the global log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Recorded {
@@ -126,7 +159,8 @@ pub struct CommandOutcome {
     /// The command's id.
     pub command_id: Uuid,
     /// The events the command recorded, or `None` when it was accepted but decided that nothing
-    /// happens (`handle` returned no events). Such a command is not remembered for idempotence.
+    /// happens (`handle` returned no events). A command sent with an id the caller chose is
+    /// remembered either way: sending it again answers with this outcome.
     pub recorded: Option<Recorded>,
     /// `true` when the command id had been handled before and this is the original outcome,
     /// answered from history: nothing was decided or recorded this time.

@@ -5,12 +5,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use tracing::{debug, warn};
 
+use super::window::{is_framework_record, Decision, REFUSED_TYPE, UNCHANGED_TYPE};
 use super::{
     Aggregate, AggregateConfig, AggregateError, CommandEnvelope, CommandOutcome, ProcessedCommands,
     Recorded,
 };
 use crate::event::DomainEvent;
-use crate::store::{EventStore, ExpectedVersion, Snapshot, StoreError, MAX_STREAM_ID_LEN};
+use crate::store::{
+    EventData, EventStore, ExpectedVersion, Snapshot, StoreError, MAX_STREAM_ID_LEN,
+};
 
 /// The stream id of aggregate `id` of type `A`: `"{A::TYPE}-{id}"`.
 pub fn stream_id<A: Aggregate>(id: &str) -> Result<String, AggregateError<A::Error>> {
@@ -157,7 +160,10 @@ async fn catch_up<A: Aggregate>(
             .await?;
         let full = page.len() >= config.read_page;
         for event in &page {
-            if event.stream_version > known {
+            if event.stream_version > known && is_framework_record(&event.event_type) {
+                // A remembered decision: part of the stream's versions, not of the state.
+                loaded.version = event.stream_version;
+            } else if event.stream_version > known {
                 let decoded = A::Event::from_recorded(event)?;
                 let stream = &loaded.stream;
                 let state = &mut loaded.state;
@@ -191,34 +197,52 @@ pub(crate) fn guard<T, E>(stream: &str, f: impl FnOnce() -> T) -> Result<T, Aggr
     })
 }
 
+/// What a decision records in the stream.
+enum Outcome<E> {
+    /// Accepted with events (already applied to the state).
+    Events,
+    /// Accepted with no events: an [`UNCHANGED_TYPE`] record.
+    Unchanged,
+    /// Refused: a [`REFUSED_TYPE`] record.
+    Refused(E),
+}
+
+/// The payload of a [`REFUSED_TYPE`] record.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RefusalRecord<E> {
+    error: E,
+    message: String,
+}
+
 /// Decides `envelope` on the aggregate in `slot`, loading it first when the slot is empty, and
 /// records the events. Leaves the slot empty when the state can no longer be trusted (after a
 /// panic, a conflict or a failed append), so that the next command reloads it.
+///
+/// With `remember`, a refusal or an acceptance with no events is recorded too (one framework
+/// record), so that the same command id gets the same answer when it is sent again.
 pub(crate) async fn execute<A: Aggregate>(
     slot: &mut Option<Box<Loaded<A>>>,
     store: &dyn EventStore,
     config: &AggregateConfig,
     id: &str,
     envelope: CommandEnvelope<A::Command>,
+    remember: bool,
 ) -> Result<CommandOutcome, AggregateError<A::Error>> {
     let command_id = envelope.command_id;
     let correlation_id = envelope.effective_correlation_id();
+    let remember = remember && config.dedup_window > 0;
     let mut attempts = 0u32;
     loop {
         if slot.is_none() {
             *slot = Some(Box::new(load::<A>(store, id, config).await?));
         }
         let loaded = slot.as_mut().expect("loaded just above");
-        if let Some(recorded) = loaded.processed.get(&command_id) {
+        if let Some(decision) = loaded.processed.get(&command_id) {
             debug!(
-                first_version = recorded.first_version,
+                first_version = decision.first_version(),
                 "duplicate command answered from history"
             );
-            return Ok(CommandOutcome {
-                command_id,
-                recorded: Some(recorded),
-                duplicate: true,
-            });
+            return answer_from_history::<A>(store, &loaded.stream, command_id, decision).await;
         }
         attempts += 1;
         let command = envelope.command.clone();
@@ -226,69 +250,106 @@ pub(crate) async fn execute<A: Aggregate>(
             let state = &loaded.state;
             guard(&loaded.stream, || state.handle(command))
         };
-        let events = match decided {
-            Ok(Ok(events)) => events,
-            Ok(Err(rejection)) => return Err(AggregateError::Rejected(rejection)),
+        let (outcome, records) = match decided {
+            Ok(Ok(events)) if events.is_empty() => {
+                if !remember {
+                    return Ok(CommandOutcome {
+                        command_id,
+                        recorded: None,
+                        duplicate: false,
+                    });
+                }
+                let record = EventData::new(UNCHANGED_TYPE, b"{}".to_vec());
+                (Outcome::Unchanged, vec![record])
+            }
+            Ok(Ok(events)) => {
+                let data = encode_events::<A>(&events)?;
+                // Apply before appending: a panic in `apply` then records nothing. The state is
+                // ahead of the store until the append succeeds; on any failure it is thrown away
+                // and reloaded.
+                let applied = {
+                    let state = &mut loaded.state;
+                    guard(&loaded.stream, || {
+                        for event in &events {
+                            state.apply(event);
+                        }
+                    })
+                };
+                if let Err(panicked) = applied {
+                    *slot = None;
+                    return Err(panicked);
+                }
+                (Outcome::Events, data)
+            }
+            Ok(Err(rejection)) => {
+                if !remember {
+                    return Err(AggregateError::Rejected(rejection));
+                }
+                let record = RefusalRecord {
+                    message: rejection.to_string(),
+                    error: rejection,
+                };
+                let payload = serde_json::to_vec(&record).map_err(|e| AggregateError::Encode {
+                    event_type: REFUSED_TYPE.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                let record_data = EventData::new(REFUSED_TYPE, payload);
+                (Outcome::Refused(record.error), vec![record_data])
+            }
             Err(panicked) => {
                 *slot = None;
                 return Err(panicked);
             }
         };
-        if events.is_empty() {
-            return Ok(CommandOutcome {
-                command_id,
-                recorded: None,
-                duplicate: false,
-            });
-        }
-        let mut data = Vec::with_capacity(events.len());
-        for event in &events {
-            let encoded = event.to_event_data().map_err(|e| AggregateError::Encode {
-                event_type: event.event_type().to_owned(),
-                reason: e.to_string(),
-            })?;
-            data.push(
-                encoded
-                    .with_causation_id(command_id)
-                    .with_correlation_id(correlation_id),
-            );
-        }
-        // Apply before appending: a panic in `apply` then records nothing. The state is ahead of
-        // the store until the append succeeds; on any failure it is thrown away and reloaded.
-        let before = loaded.version;
-        let applied = {
-            let state = &mut loaded.state;
-            guard(&loaded.stream, || {
-                for event in &events {
-                    state.apply(event);
-                }
+        let records = records
+            .into_iter()
+            .map(|d| {
+                d.with_causation_id(command_id)
+                    .with_correlation_id(correlation_id)
             })
-        };
-        if let Err(panicked) = applied {
-            *slot = None;
-            return Err(panicked);
-        }
+            .collect();
+        let before = loaded.version;
         let stream = loaded.stream.clone();
         match store
-            .append(&stream, ExpectedVersion::Exact(before), data)
+            .append(&stream, ExpectedVersion::Exact(before), records)
             .await
         {
             Ok(result) => {
-                let recorded = Recorded {
-                    first_version: before + 1,
-                    last_version: result.stream_version,
-                    first_position: result.first_position,
-                    last_position: result.last_position,
-                };
                 loaded.version = result.stream_version;
-                loaded.processed.record(command_id, recorded);
+                let (decision, answer) = match outcome {
+                    Outcome::Events => {
+                        let recorded = Recorded {
+                            first_version: before + 1,
+                            last_version: result.stream_version,
+                            first_position: result.first_position,
+                            last_position: result.last_position,
+                        };
+                        (Decision::Recorded(recorded), Ok(Some(recorded)))
+                    }
+                    Outcome::Unchanged => (
+                        Decision::Unchanged {
+                            version: result.stream_version,
+                        },
+                        Ok(None),
+                    ),
+                    Outcome::Refused(e) => (
+                        Decision::Refused {
+                            version: result.stream_version,
+                        },
+                        Err(e),
+                    ),
+                };
+                loaded.processed.record(command_id, decision);
                 loaded.processed.evict(loaded.version);
                 maybe_snapshot(store, loaded, config).await;
-                return Ok(CommandOutcome {
-                    command_id,
-                    recorded: Some(recorded),
-                    duplicate: false,
-                });
+                return match answer {
+                    Ok(recorded) => Ok(CommandOutcome {
+                        command_id,
+                        recorded,
+                        duplicate: false,
+                    }),
+                    Err(e) => Err(AggregateError::Rejected(e)),
+                };
             }
             Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                 *slot = None;
@@ -304,6 +365,72 @@ pub(crate) async fn execute<A: Aggregate>(
                 *slot = None;
                 return Err(e.into());
             }
+        }
+    }
+}
+
+fn encode_events<A: Aggregate>(
+    events: &[A::Event],
+) -> Result<Vec<EventData>, AggregateError<A::Error>> {
+    events
+        .iter()
+        .map(|event| {
+            event.to_event_data().map_err(|e| AggregateError::Encode {
+                event_type: event.event_type().to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The answer to a command id the window remembers: its outcome, or its refusal read back from
+/// its record.
+async fn answer_from_history<A: Aggregate>(
+    store: &dyn EventStore,
+    stream: &str,
+    command_id: uuid::Uuid,
+    decision: Decision,
+) -> Result<CommandOutcome, AggregateError<A::Error>> {
+    let version = match decision {
+        Decision::Recorded(recorded) => {
+            return Ok(CommandOutcome {
+                command_id,
+                recorded: Some(recorded),
+                duplicate: true,
+            })
+        }
+        Decision::Unchanged { .. } => {
+            return Ok(CommandOutcome {
+                command_id,
+                recorded: None,
+                duplicate: true,
+            })
+        }
+        Decision::Refused { version } => version,
+    };
+    let read = store.read_stream(stream, version, 1).await?;
+    let record = read
+        .first()
+        .filter(|e| e.stream_version == version && e.event_type == REFUSED_TYPE)
+        .ok_or_else(|| StoreError::DamagedMetadata {
+            what: format!("the refusal of command {command_id} in {stream:?}"),
+            reason: format!("no {REFUSED_TYPE} record at version {version}"),
+        })?;
+    match serde_json::from_slice::<RefusalRecord<A::Error>>(&record.payload) {
+        Ok(refusal) => Err(AggregateError::Rejected(refusal.error)),
+        Err(e) => {
+            #[derive(serde::Deserialize)]
+            struct Message {
+                message: String,
+            }
+            let message = serde_json::from_slice::<Message>(&record.payload)
+                .map(|m| m.message)
+                .unwrap_or_else(|_| "(unreadable)".to_owned());
+            Err(AggregateError::RejectedBefore {
+                command_id,
+                message,
+                reason: e.to_string(),
+            })
         }
     }
 }

@@ -8,6 +8,9 @@ use super::{Aggregate, AggregateError, CommandEnvelope, CommandOutcome};
 /// Decide a command (to an aggregate actor).
 pub(crate) struct Execute<A: Aggregate> {
     pub envelope: CommandEnvelope<A::Command>,
+    /// Record a refusal or an acceptance with no events, so that the id gets the same answer
+    /// again (false for a fresh id nobody can send again).
+    pub remember: bool,
 }
 
 impl<A: Aggregate> Message for Execute<A> {

@@ -20,10 +20,12 @@ mod window;
 
 pub use self::config::AggregateConfig;
 pub use self::envelope::CommandEnvelope;
-pub use self::error::{AggregateError, CommandOutcome, CommandResult, Recorded};
+pub use self::error::{AggregateError, CommandOutcome, CommandResult, NeverRejected, Recorded};
 pub use self::load::{load, replay, stream_id, Loaded};
 pub use self::registry::{AggregateRegistry, RegistryStats};
-pub use self::window::ProcessedCommands;
+pub use self::window::{
+    is_framework_record, Decision, ProcessedCommands, REFUSED_TYPE, UNCHANGED_TYPE,
+};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -57,7 +59,7 @@ use crate::event::DomainEvent;
 ///     Increment { by: u64 },
 /// }
 ///
-/// #[derive(Debug, PartialEq, thiserror::Error)]
+/// #[derive(Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
 /// #[error("cannot increment by zero")]
 /// struct ZeroIncrement;
 ///
@@ -111,7 +113,12 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + 'static {
     type Event: DomainEvent;
 
     /// The aggregate's own rejection of a command.
-    type Error: std::error::Error + Send + Sync + 'static;
+    ///
+    /// Serializable because a refusal is remembered: a command refused once (with an id the
+    /// caller chose, see [`CommandEnvelope`]) is answered with the same refusal when it is sent
+    /// again, even after the state changed and after a restart. The refusal is kept as JSON in
+    /// the aggregate's stream.
+    type Error: std::error::Error + Serialize + DeserializeOwned + Send + Sync + 'static;
 
     /// Decides a command: the events that happen, or why the command is refused. Business
     /// rules only; no I/O.

@@ -204,7 +204,7 @@ impl<A: Aggregate> Handler<Shutdown> for RegistryActor<A> {
 ///     const TYPE: &'static str = "counter";
 ///     type Command = u64;
 ///     type Event = CounterEvent;
-///     type Error = std::convert::Infallible;
+///     type Error = tidings::aggregate::NeverRejected;
 ///
 ///     fn handle(&self, by: u64) -> Result<Vec<CounterEvent>, Self::Error> {
 ///         Ok(vec![CounterEvent::Incremented { by }])
@@ -299,27 +299,42 @@ impl<A: Aggregate> AggregateRegistry<A> {
     /// Sends a command to aggregate `id` and waits for its outcome.
     ///
     /// Commands to one aggregate are decided one at a time, in the order they reach its actor.
-    /// A command whose id the aggregate has already recorded events for (within the
-    /// [`dedup_window`](AggregateConfig::dedup_window)) is answered with the original outcome
-    /// and `duplicate: true`, recording nothing.
+    /// Every decision is remembered under the command id, while it is in the
+    /// [`dedup_window`](AggregateConfig::dedup_window): the same id sent again is answered as
+    /// the first time, without deciding again — the original outcome with `duplicate: true`, or
+    /// the same [`AggregateError::Rejected`] refusal — whatever changed in the aggregate since.
+    /// A refusal or an acceptance with no events costs one record in the stream for that.
     pub async fn execute(
         &self,
         id: &str,
         envelope: CommandEnvelope<A::Command>,
     ) -> Result<CommandOutcome, AggregateError<A::Error>> {
-        let addr = self.instance(id).await?;
-        addr.send(Execute { envelope })
-            .await
-            .map_err(|_| AggregateError::Unavailable)?
+        self.send(id, envelope, true).await
     }
 
     /// Sends a new command (a fresh command id, no metadata) to aggregate `id`.
+    ///
+    /// Nobody can send this id again, so a refusal or an acceptance with no events is not
+    /// recorded (unlike [`execute`](Self::execute)); a retry of the same request is a new
+    /// command. Use `execute` with an id carried by the request when retries must be safe.
     pub async fn execute_command(
         &self,
         id: &str,
         command: A::Command,
     ) -> Result<CommandOutcome, AggregateError<A::Error>> {
-        self.execute(id, CommandEnvelope::new(command)).await
+        self.send(id, CommandEnvelope::new(command), false).await
+    }
+
+    async fn send(
+        &self,
+        id: &str,
+        envelope: CommandEnvelope<A::Command>,
+        remember: bool,
+    ) -> Result<CommandOutcome, AggregateError<A::Error>> {
+        let addr = self.instance(id).await?;
+        addr.send(Execute { envelope, remember })
+            .await
+            .map_err(|_| AggregateError::Unavailable)?
     }
 
     /// Runs `f` on the current state of aggregate `id` (loading it if needed), between its

@@ -24,9 +24,9 @@ use crate::store::{category_of, RecordedEvent, SledEventStore, StoreError};
 ///     Closed,
 /// }
 ///
-/// #[derive(Debug, PartialEq, thiserror::Error)]
+/// #[derive(Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
 /// #[error("the door is already {0}")]
-/// struct Already(&'static str);
+/// struct Already(String);
 ///
 /// #[derive(Default, Serialize, Deserialize)]
 /// struct Door {
@@ -42,8 +42,8 @@ use crate::store::{category_of, RecordedEvent, SledEventStore, StoreError};
 ///         match (self.open, open) {
 ///             (false, true) => Ok(vec![DoorEvent::Opened]),
 ///             (true, false) => Ok(vec![DoorEvent::Closed]),
-///             (true, true) => Err(Already("open")),
-///             (false, false) => Err(Already("closed")),
+///             (true, true) => Err(Already("open".into())),
+///             (false, false) => Err(Already("closed".into())),
 ///         }
 ///     }
 ///     fn apply(&mut self, event: &DoorEvent) {
@@ -56,7 +56,7 @@ use crate::store::{category_of, RecordedEvent, SledEventStore, StoreError};
 ///     .then_expect_events(vec![DoorEvent::Opened]);
 /// AggregateTest::<Door>::given([DoorEvent::Opened])
 ///     .when(true)
-///     .then_expect_error(Already("open"));
+///     .then_expect_error(Already("open".into()));
 /// let door = AggregateTest::<Door>::given([DoorEvent::Opened])
 ///     .when(false)
 ///     .then_expect_events(vec![DoorEvent::Closed]);

@@ -1,8 +1,10 @@
-//! The idempotence window: which command ids an aggregate has recorded events for, lately.
+//! The idempotence window: which command ids an aggregate has decided lately, and how.
 //!
 //! Derived from the stream alone: every recorded event carries its command's id as causation
-//! id, so the window is rebuilt by reading the stream's last events, needs no storage of its own
-//! and survives restarts of the actor and of the store.
+//! id, and a decision that recorded no domain event (a refusal, or an acceptance that changed
+//! nothing) is kept as a framework record of its own ([`REFUSED_TYPE`], [`UNCHANGED_TYPE`]) with
+//! the command's id as causation id. So the window is rebuilt by reading the stream's last
+//! events, and survives restarts of the actor and of the store.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -11,8 +13,55 @@ use uuid::Uuid;
 use super::Recorded;
 use crate::store::RecordedEvent;
 
-/// The command ids whose first event is among the last `size` events of a stream, each with
-/// the events it recorded.
+/// The event type of the record that remembers a refused command in its aggregate's stream.
+///
+/// Its payload is JSON: `{"error": <the aggregate's Error as JSON>, "message": "<its Display>"}`;
+/// its causation id is the command's id. Aggregates do not apply it and the derived
+/// `EventHandler`s never receive it (they read only the types they list).
+pub const REFUSED_TYPE: &str = "$tidings.CommandRefused";
+
+/// The event type of the record that remembers a command accepted with no events (its `handle`
+/// returned an empty list), so that sending it again does not decide again. Its payload is `{}`.
+pub const UNCHANGED_TYPE: &str = "$tidings.CommandChangedNothing";
+
+/// Whether `event_type` is one of the framework's own records ([`REFUSED_TYPE`],
+/// [`UNCHANGED_TYPE`]): event types starting with `$tidings.` belong to the framework.
+pub fn is_framework_record(event_type: &str) -> bool {
+    event_type.starts_with("$tidings.")
+}
+
+/// How an aggregate decided a command it remembers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Decision {
+    /// Accepted: the command recorded these events.
+    Recorded(Recorded),
+    /// Accepted with no events; remembered by an [`UNCHANGED_TYPE`] record at this stream
+    /// version.
+    Unchanged {
+        /// The stream version of the record.
+        version: u64,
+    },
+    /// Refused; remembered (with the refusal) by a [`REFUSED_TYPE`] record at this stream
+    /// version.
+    Refused {
+        /// The stream version of the record.
+        version: u64,
+    },
+}
+
+impl Decision {
+    /// The stream version the decision's first record has: its place in the window.
+    pub fn first_version(&self) -> u64 {
+        match self {
+            Decision::Recorded(r) => r.first_version,
+            Decision::Unchanged { version } | Decision::Refused { version } => *version,
+        }
+    }
+}
+
+/// The command ids whose first record is among the last `size` events of a stream, each with
+/// how it was decided.
 ///
 /// A causation id that appears again later in the stream, apart from its first run of events,
 /// keeps its first outcome (only the actor's own appends count as a command's outcome, and the
@@ -20,7 +69,7 @@ use crate::store::RecordedEvent;
 #[derive(Clone, Debug, Default)]
 pub struct ProcessedCommands {
     size: u64,
-    by_id: HashMap<Uuid, Recorded>,
+    by_id: HashMap<Uuid, Decision>,
     /// Ids in the order of their first event (the order they leave the window in).
     order: VecDeque<Uuid>,
     /// The causation id of the last observed event, while its run of events may continue.
@@ -42,8 +91,8 @@ impl ProcessedCommands {
         }
     }
 
-    /// The outcome of `command_id`, if it is in the window.
-    pub fn get(&self, command_id: &Uuid) -> Option<Recorded> {
+    /// How `command_id` was decided, if it is in the window.
+    pub fn get(&self, command_id: &Uuid) -> Option<Decision> {
         self.by_id.get(command_id).copied()
     }
 
@@ -57,8 +106,8 @@ impl ProcessedCommands {
         self.order.is_empty()
     }
 
-    /// The remembered command ids with their outcomes, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = (Uuid, Recorded)> + '_ {
+    /// The remembered command ids with their decisions, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (Uuid, Decision)> + '_ {
         self.order.iter().map(|id| (*id, self.by_id[id]))
     }
 
@@ -76,8 +125,25 @@ impl ProcessedCommands {
             self.open = None;
             return;
         };
+        if is_framework_record(&event.event_type) {
+            // A decision that recorded no domain event: one record, never a run.
+            self.open = None;
+            let decision = match event.event_type.as_str() {
+                REFUSED_TYPE => Decision::Refused {
+                    version: event.stream_version,
+                },
+                UNCHANGED_TYPE => Decision::Unchanged {
+                    version: event.stream_version,
+                },
+                _ => return,
+            };
+            if !self.by_id.contains_key(&id) {
+                self.insert(id, decision);
+            }
+            return;
+        }
         if self.open == Some(id) {
-            if let Some(r) = self.by_id.get_mut(&id) {
+            if let Some(Decision::Recorded(r)) = self.by_id.get_mut(&id) {
                 if r.last_version + 1 == event.stream_version {
                     r.last_version = event.stream_version;
                     r.last_position = event.position;
@@ -92,29 +158,29 @@ impl ProcessedCommands {
         }
         self.insert(
             id,
-            Recorded {
+            Decision::Recorded(Recorded {
                 first_version: event.stream_version,
                 last_version: event.stream_version,
                 first_position: event.position,
                 last_position: event.position,
-            },
+            }),
         );
         self.open = Some(id);
     }
 
-    /// Remembers the outcome of a command the actor just recorded.
-    pub(crate) fn record(&mut self, command_id: Uuid, recorded: Recorded) {
+    /// Remembers the decision of a command the actor just recorded.
+    pub(crate) fn record(&mut self, command_id: Uuid, decision: Decision) {
         if self.size == 0 {
             return;
         }
         self.open = None;
         if !self.by_id.contains_key(&command_id) {
-            self.insert(command_id, recorded);
+            self.insert(command_id, decision);
         }
     }
 
-    fn insert(&mut self, id: Uuid, recorded: Recorded) {
-        self.by_id.insert(id, recorded);
+    fn insert(&mut self, id: Uuid, decision: Decision) {
+        self.by_id.insert(id, decision);
         self.order.push_back(id);
     }
 
@@ -123,7 +189,7 @@ impl ProcessedCommands {
     pub(crate) fn evict(&mut self, version: u64) {
         let oldest_kept = (version + 1).saturating_sub(self.size);
         while let Some(id) = self.order.front() {
-            if self.by_id[id].first_version >= oldest_kept {
+            if self.by_id[id].first_version() >= oldest_kept {
                 break;
             }
             let id = self.order.pop_front().expect("front exists");
@@ -179,10 +245,13 @@ mod tests {
         ] {
             w.observe(&e);
         }
-        assert_eq!(w.get(&a).unwrap().first_version, 1);
-        assert_eq!(w.get(&a).unwrap().last_version, 2);
-        assert_eq!(w.get(&a).unwrap().last_position, 20);
-        assert_eq!(w.get(&b).unwrap().event_count(), 1);
+        let Some(Decision::Recorded(ra)) = w.get(&a) else {
+            panic!("{:?}", w.get(&a))
+        };
+        assert_eq!(ra.first_version, 1);
+        assert_eq!(ra.last_version, 2);
+        assert_eq!(ra.last_position, 20);
+        assert!(matches!(w.get(&b), Some(Decision::Recorded(r)) if r.event_count() == 1));
         assert_eq!(w.len(), 2);
     }
 
@@ -216,17 +285,40 @@ mod tests {
     }
 
     #[test]
+    fn refusals_and_unchanged_decisions_are_one_record_each_and_leave_the_window_like_events() {
+        let (a, refused, unchanged) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut refusal = ev(2, Some(refused));
+        refusal.event_type = REFUSED_TYPE.into();
+        let mut nothing = ev(3, Some(unchanged));
+        nothing.event_type = UNCHANGED_TYPE.into();
+        let mut w = ProcessedCommands::new(3);
+        for e in [ev(1, Some(a)), refusal, nothing, ev(4, Some(a))] {
+            w.observe(&e);
+        }
+        assert_eq!(w.get(&refused), Some(Decision::Refused { version: 2 }));
+        assert_eq!(w.get(&unchanged), Some(Decision::Unchanged { version: 3 }));
+        // The event at 4 is a later run of `a`, not part of its outcome.
+        assert!(matches!(w.get(&a), Some(Decision::Recorded(r)) if r.last_version == 1));
+        w.evict(4);
+        assert_eq!(w.get(&a), None);
+        assert_eq!(w.len(), 2);
+        w.evict(5);
+        assert_eq!(w.get(&refused), None);
+        assert!(is_framework_record(REFUSED_TYPE) && !is_framework_record("Deposited"));
+    }
+
+    #[test]
     fn size_zero_remembers_nothing() {
         let mut w = ProcessedCommands::new(0);
         w.observe(&ev(1, Some(Uuid::now_v7())));
         w.record(
             Uuid::now_v7(),
-            Recorded {
+            Decision::Recorded(Recorded {
                 first_version: 2,
                 last_version: 2,
                 first_position: 2,
                 last_position: 2,
-            },
+            }),
         );
         assert!(w.is_empty());
         assert_eq!(ProcessedCommands::lookback_start(0, 5), 6);
