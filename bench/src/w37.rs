@@ -193,7 +193,10 @@ pub fn w3(s: &Settings, d: &Dataset, rows: &mut Vec<Row>) -> Result<(), String> 
     let subs = actix::System::new().block_on(async move {
         let subscriptions = Subscriptions::new(shared);
         let catch_up = |handle: tidings::subscription::SubscriptionHandle, start: Instant| async move {
-            let status = handle.caught_up_to(n).await;
+            let status = match handle.wait_until_handled(n, std::time::Duration::from_secs(3600)).await {
+                Ok(status) => status,
+                Err(e) => return Err(format!("W3: subscription {}: {e}", handle.name())),
+            };
             let secs = start.elapsed().as_secs_f64();
             let stopped = handle.stop().await;
             if status.handled_up_to < n {

@@ -11,7 +11,7 @@
 //! the ratio to the no-op handler.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tidings::store::{EventStore, ExpectedVersion, SledEventStore};
@@ -111,17 +111,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let subs = Subscriptions::new(store.clone() as Arc<dyn EventStore>);
         let started = Instant::now();
         let h = subs.start(Noop)?;
-        h.caught_up_to(head).await;
+        h.wait_until_handled(head, Duration::from_secs(3600))
+            .await?;
         h.stop().await;
         let noop = events as f64 / started.elapsed().as_secs_f64();
         let started = Instant::now();
         let h = subs.start(Projection)?;
-        h.caught_up_to(head).await;
+        h.wait_until_handled(head, Duration::from_secs(3600))
+            .await?;
         h.stop().await;
         let projection = events as f64 / started.elapsed().as_secs_f64();
         let started = Instant::now();
         let h = subs.start_partitioned(Partitioned, 4, Default::default())?;
-        h.caught_up_to(head).await;
+        h.wait_until_handled(head, Duration::from_secs(3600))
+            .await?;
         h.stop().await;
         let partitioned = events as f64 / started.elapsed().as_secs_f64();
         println!("{:<40} {:>12} {:>8}", "handler", "events/s", "ratio");

@@ -171,3 +171,40 @@ impl LineChild {
         }
     }
 }
+
+/// How long a test waits for a subscription before it fails: far above what any wait takes on a
+/// fully loaded machine, so that only a real hang fails it.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Waits until `handle` has handled `position`, or has stopped or failed first; returns its
+/// status then, for the test to inspect. Panics after [`PATIENCE`].
+pub async fn reached(
+    handle: &tidings::subscription::SubscriptionHandle,
+    position: u64,
+) -> tidings::subscription::SubscriptionStatus {
+    use tidings::subscription::WaitError;
+    match handle.wait_until_handled(position, PATIENCE).await {
+        Ok(status) => status,
+        Err(WaitError::Failed { .. } | WaitError::Stopped { .. }) => handle.status(),
+        Err(other) => panic!("waiting for position {position}: {other}"),
+    }
+}
+
+/// Waits until `handle` says it is live at the head (it reaches that state just after handling
+/// the last event: [`reached`] can return a moment before). Panics after [`PATIENCE`].
+pub async fn live(
+    handle: &tidings::subscription::SubscriptionHandle,
+) -> tidings::subscription::SubscriptionStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = handle.status();
+        if status.state == tidings::subscription::SubscriptionState::Live {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not live after {PATIENCE:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tidings_tests::support::reached;
 
 use tidings::store::{EventStore, ExpectedVersion, SledEventStore};
 use tidings::subscription::{
@@ -72,7 +73,7 @@ async fn reset_of_a_running_subscription_is_refused_not_hung() {
     fill(&store, 2, 5).await;
     let subs = Subscriptions::new(store.clone());
     let handle = subs.start(Scratch(Probe::default())).unwrap();
-    handle.caught_up_to(store.head()).await; // the loop holds the lock now
+    reached(&handle, store.head()).await; // the loop holds the lock now
     let reset = tokio::time::timeout(
         Duration::from_secs(3),
         subs.reset("scratch", ResetTo::Beginning, false),
@@ -94,7 +95,7 @@ async fn a_refused_reset_does_not_apply_itself_when_the_subscription_stops_later
     fill(&store, 2, 5).await;
     let subs = Subscriptions::new(store.clone());
     let handle = subs.start(Scratch(Probe::default())).unwrap();
-    handle.caught_up_to(store.head()).await;
+    reached(&handle, store.head()).await;
     let s2 = subs.clone();
     let reset = tokio::spawn(async move { s2.reset("scratch", ResetTo::Beginning, false).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -165,7 +166,7 @@ async fn deferred_replay_in_a_partitioned_subscription_leaves_parked() {
     let handle = subs
         .start_partitioned(Scratch(probe.clone()), 3, config.clone())
         .unwrap();
-    let status = handle.caught_up_to(store.head()).await;
+    let status = reached(&handle, store.head()).await;
     assert_eq!((status.parked, status.parked_streams), (12, 4));
     handle.stop().await;
     for s in 0..4 {
@@ -179,7 +180,7 @@ async fn deferred_replay_in_a_partitioned_subscription_leaves_parked() {
     let handle = subs
         .start_partitioned(Scratch(probe.clone()), 3, config)
         .unwrap();
-    let status = handle.caught_up_to(store.head()).await;
+    let status = reached(&handle, store.head()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status2 = handle.status();
     handle.stop().await;
@@ -230,7 +231,7 @@ async fn a_shared_key_keeps_the_state_exact_and_redelivers_only_a_few_events() {
     let handle = subs
         .start_partitioned(Totals(deliveries.clone()), 3, SubscriptionConfig::default())
         .unwrap();
-    handle.caught_up_to(store.head()).await;
+    reached(&handle, store.head()).await;
     handle.stop().await;
     let total: u64 =
         serde_json::from_slice(&store.load_state("totals", b"total").await.unwrap().unwrap())
@@ -324,7 +325,7 @@ async fn a_stale_read_that_makes_an_event_fail_is_handled_again_not_parked() {
         Duration::from_millis(2),
     ));
     let handle = subs.start_partitioned(Links, 2, config).unwrap();
-    let status = handle.caught_up_to(store.head()).await;
+    let status = reached(&handle, store.head()).await;
     handle.stop().await;
     let closed = store.load_state("links", b"closed").await.unwrap();
     assert_eq!(status.parked, 0, "{status:?}");
@@ -341,7 +342,7 @@ async fn a_stale_read_that_makes_an_event_fail_does_not_stop_the_subscription() 
     let handle = subs
         .start_partitioned(Links, 2, SubscriptionConfig::default())
         .unwrap();
-    let status = handle.caught_up_to(store.head()).await;
+    let status = reached(&handle, store.head()).await;
     handle.stop().await;
     assert!(
         !matches!(status.state, SubscriptionState::Failed(_)),
@@ -357,7 +358,7 @@ async fn one_worker_handles_both_events_of_the_cross_stream_projection() {
     two_streams_in_two_partitions(&store).await;
     let subs = Subscriptions::new(store.clone());
     let handle = subs.start(Links).unwrap();
-    let status = handle.caught_up_to(store.head()).await;
+    let status = reached(&handle, store.head()).await;
     handle.stop().await;
     assert!(
         !matches!(status.state, SubscriptionState::Failed(_)),

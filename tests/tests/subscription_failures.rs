@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use tidings_tests::support::reached;
 
 use tidings::store::{EventStore, ExpectedVersion, SledEventStore};
 use tidings::subscription::{
@@ -129,7 +130,7 @@ async fn a_poison_event_is_retried_then_parked_with_the_rest_of_its_stream_and_r
     let probe = Probe::broken();
     let subs = Subscriptions::new(store.clone());
     let handle = subs.start_with(Orders(probe.clone()), config()).unwrap();
-    let status = handle.caught_up_to(store.head()).await;
+    let status = reached(&handle, store.head()).await;
 
     // Retried max_retries times after the first attempt, then parked.
     assert_eq!(probe.poison_attempts.load(Ordering::SeqCst), 4);
@@ -152,7 +153,7 @@ async fn a_poison_event_is_retried_then_parked_with_the_rest_of_its_stream_and_r
     // Later events of the parked stream are parked too; other streams are handled live.
     let a4 = order(&store, "order-a", 6).await;
     let b3 = order(&store, "order-b", 7).await;
-    let status = handle.caught_up_to(b3).await;
+    let status = reached(&handle, b3).await;
     assert_eq!(probe.seen(), vec![a1, b1, b2, b3]);
     assert_eq!((status.parked, status.parked_streams), (4, 1));
     assert_eq!(status.state, SubscriptionState::Parked);
@@ -179,7 +180,7 @@ async fn a_poison_event_is_retried_then_parked_with_the_rest_of_its_stream_and_r
     assert_eq!(probe.seen(), vec![a1, b1, b2, b3, poison, a2, a3, a4]);
     assert!(subs.parked("orders").await.unwrap().is_empty());
     let a5 = order(&store, "order-a", 8).await;
-    let status = handle.caught_up_to(a5).await;
+    let status = reached(&handle, a5).await;
     assert_eq!(probe.seen().last(), Some(&a5));
     assert_eq!((status.parked, status.parked_streams), (0, 0));
 
@@ -215,7 +216,7 @@ async fn a_transient_failure_is_retried_with_backoff_and_handled_in_place_withou
     ));
     let started = std::time::Instant::now();
     let handle = subs.start_with(Orders(probe.clone()), config).unwrap();
-    let status = handle.caught_up_to(a2).await;
+    let status = reached(&handle, a2).await;
     // Pauses of at least half of 20 ms, then half of min(40, 30) ms (the jitter is the rest).
     assert!(started.elapsed() >= Duration::from_millis(25));
     assert_eq!(probe.poison_attempts.load(Ordering::SeqCst), 3);
@@ -237,7 +238,7 @@ async fn a_replay_that_fails_again_keeps_the_stream_parked_and_skip_drops_one_ev
     let probe = Probe::broken();
     let subs = Subscriptions::new(store.clone());
     let handle = subs.start_with(Orders(probe.clone()), config()).unwrap();
-    handle.caught_up_to(b1).await;
+    reached(&handle, b1).await;
     assert_eq!(probe.seen(), vec![b1]);
 
     // Still broken: the replay fails on the first event, which stays parked with the rest.
@@ -257,7 +258,7 @@ async fn a_replay_that_fails_again_keeps_the_stream_parked_and_skip_drops_one_ev
     assert!(subs.skip_parked("orders", poison).await.unwrap());
     assert!(!subs.skip_parked("orders", poison).await.unwrap());
     let a3 = order(&store, "order-a", 4).await;
-    handle.caught_up_to(a3).await;
+    reached(&handle, a3).await;
     let positions: Vec<u64> = subs
         .parked("orders")
         .await
@@ -286,7 +287,7 @@ async fn parked_events_survive_stop_start_and_a_reopen_of_the_store() {
         let a2 = order(&store, "order-a", 2).await;
         let subs = Subscriptions::new(store.clone());
         let handle = subs.start_with(Orders(probe.clone()), config()).unwrap();
-        handle.caught_up_to(a2).await;
+        reached(&handle, a2).await;
         handle.stop().await;
         // While stopped, parked events are read from the store.
         let before = subs.parked("orders").await.unwrap();
@@ -316,7 +317,7 @@ async fn parked_events_survive_stop_start_and_a_reopen_of_the_store() {
     let a3 = order(&store, "order-a", 3).await;
     let b1 = order(&store, "order-b", 4).await;
     let handle = subs.start_with(Orders(probe.clone()), config()).unwrap();
-    let status = handle.caught_up_to(b1).await;
+    let status = reached(&handle, b1).await;
     assert_eq!(probe.seen(), vec![b1]);
     assert_eq!((status.parked, status.parked_streams), (3, 1));
     handle.stop().await;
@@ -328,7 +329,7 @@ async fn parked_events_survive_stop_start_and_a_reopen_of_the_store() {
     assert_eq!(outcome.still_parked, 3);
     let handle = subs.start_with(Orders(probe.clone()), config()).unwrap();
     let a4 = order(&store, "order-a", 5).await;
-    handle.caught_up_to(a4).await;
+    reached(&handle, a4).await;
     assert_eq!(probe.seen(), vec![b1, poison, a2, a3, a4]);
     assert!(subs.parked("orders").await.unwrap().is_empty());
     handle.stop().await;
@@ -337,7 +338,7 @@ async fn parked_events_survive_stop_start_and_a_reopen_of_the_store() {
     probe.broken.store(true, Ordering::SeqCst);
     let p2 = order(&store, "order-c", POISON).await;
     let handle = subs.start_with(Orders(probe.clone()), config()).unwrap();
-    handle.caught_up_to(p2).await;
+    reached(&handle, p2).await;
     handle.stop().await;
     assert_eq!(subs.parked("orders").await.unwrap().len(), 1);
     assert!(subs.skip_parked("orders", p2).await.unwrap());
@@ -375,7 +376,7 @@ async fn reset_to_beginning_position_time_and_end_replays_exactly_what_it_should
         async move {
             probe.clear();
             let handle = subs.start_with(Orders(probe.clone()), config()).unwrap();
-            handle.caught_up_to(store.head()).await;
+            reached(&handle, store.head()).await;
             handle.stop().await;
             probe.seen()
         }
@@ -631,7 +632,7 @@ async fn a_panic_during_a_replay_is_not_parked_it_restarts_and_the_replay_goes_o
             config().restart_backoff(Duration::from_millis(1)),
         )
         .unwrap();
-    handle.caught_up_to(store.head()).await;
+    reached(&handle, store.head()).await;
     assert_eq!(probe.seen(), vec![b1]);
     assert_eq!(subs.parked("orders").await.unwrap().len(), 2);
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tidings_tests::support::reached;
 
 use tidings::store::{EventStore, ExpectedVersion, SledEventStore};
 use tidings::subscription::{
@@ -138,7 +139,7 @@ async fn partitions_work_concurrently_keep_each_stream_in_order_and_count_exactl
     let handle = subs
         .start_partitioned(Orders(probe.clone()), 4, SubscriptionConfig::default())
         .unwrap();
-    let status = handle.caught_up_to(store.head()).await;
+    let status = reached(&handle, store.head()).await;
     assert_eq!(status.partitions, 4);
     assert_eq!(status.events_handled, events.len() as u64);
     assert_eq!(probe.by_stream(), expected(&events), "per-stream order");
@@ -160,7 +161,7 @@ async fn partitions_work_concurrently_keep_each_stream_in_order_and_count_exactl
     let handle = subs
         .start_partitioned(Orders(probe.clone()), 4, SubscriptionConfig::default())
         .unwrap();
-    let status = handle.caught_up_to(store.head()).await;
+    let status = reached(&handle, store.head()).await;
     assert_eq!(probe.by_stream(), expected(&more));
     assert_eq!(
         status.events_handled,
@@ -190,12 +191,12 @@ async fn a_state_key_shared_by_partitions_still_counts_every_event_once() {
     let handle = subs
         .start_partitioned(Orders(probe.clone()), 3, config.clone())
         .unwrap();
-    handle.caught_up_to(events.len() as u64 / 2).await;
+    reached(&handle, events.len() as u64 / 2).await;
     handle.stop().await;
     let handle = subs
         .start_partitioned(Orders(probe.clone()), 3, config)
         .unwrap();
-    handle.caught_up_to(store.head()).await;
+    reached(&handle, store.head()).await;
     handle.stop().await;
     assert_eq!(value(&store, b"total").await, events.len() as u64);
     for s in 0..6 {
@@ -231,7 +232,7 @@ async fn a_poison_event_parks_its_stream_while_the_other_partitions_go_on() {
     let handle = subs
         .start_partitioned(Orders(probe.clone()), 4, config)
         .unwrap();
-    let status = handle.caught_up_to(store.head()).await;
+    let status = reached(&handle, store.head()).await;
     assert_eq!(status.state, SubscriptionState::Parked);
     assert_eq!((status.parked, status.parked_streams), (6, 1));
     let parked: Vec<u64> = subs

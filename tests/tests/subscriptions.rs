@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tidings_tests::support::{live, reached};
 
 use tidings::store::{EventData, EventStore, ExpectedVersion, Filter, SledEventStore};
 use tidings::subscription::{
@@ -157,10 +158,9 @@ async fn catch_up_then_live_with_appends_racing_the_switch_skips_and_repeats_not
         })
     };
     writer.await.unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), handle.caught_up_to(store.head()))
-        .await
-        .expect("caught up in time");
-    assert_eq!(status.state, SubscriptionState::Live, "{status:?}");
+    reached(&handle, store.head()).await;
+    let status = live(&handle).await;
+    assert_eq!(status.handled_up_to, store.head(), "{status:?}");
     assert_eq!(taken(&seen), expected_positions(&store, 1).await);
     let stopped = handle.stop().await;
     assert_eq!(stopped.state, SubscriptionState::Stopped);
@@ -182,7 +182,7 @@ async fn a_subscription_stopped_while_10_000_events_are_appended_gets_exactly_th
             delay: Duration::ZERO,
         })
         .unwrap();
-    handle.caught_up_to(store.head()).await;
+    reached(&handle, store.head()).await;
     // The stock service goes down...
     subs.stop("recorder").await.unwrap();
     let down_at = store.head();
@@ -203,7 +203,7 @@ async fn a_subscription_stopped_while_10_000_events_are_appended_gets_exactly_th
             delay: Duration::ZERO,
         })
         .unwrap();
-    handle.caught_up_to(store.head()).await;
+    reached(&handle, store.head()).await;
     let first = first.lock().unwrap().clone();
     let all = expected_positions(&store, 1).await;
     assert_eq!(first, all[..first.len()]);
@@ -236,7 +236,7 @@ async fn subscriptions_run_side_by_side_each_at_its_own_pace_and_by_name() {
             seen: fast_seen.clone(),
         })
         .unwrap();
-    fast.caught_up_to(store.head()).await;
+    reached(&fast, store.head()).await;
     let slow_progress = slow.status().handled_up_to;
     assert!(
         slow_progress < store.head(),
@@ -251,7 +251,7 @@ async fn subscriptions_run_side_by_side_each_at_its_own_pace_and_by_name() {
     );
     let names: Vec<String> = subs.statuses().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["payments-only", "recorder"]);
-    slow.caught_up_to(store.head()).await;
+    reached(&slow, store.head()).await;
     assert_eq!(taken(&slow_seen), expected_positions(&store, 1).await);
     let payments: Vec<u64> = {
         let mut v = Vec::new();
@@ -341,16 +341,16 @@ async fn a_handler_panic_restarts_from_the_checkpoint_and_leaves_others_running(
             seen: other.clone(),
         })
         .unwrap();
-    let status = panicky.caught_up_to(store.head()).await;
+    reached(&panicky, store.head()).await;
+    let status = live(&panicky).await;
     assert_eq!(status.restarts, 1, "{status:?}");
-    assert_eq!(status.state, SubscriptionState::Live);
     // Nothing skipped: after the restart it went on from its checkpoint, in order, and the
     // panicking event was handled (once it no longer panics).
     let mut deduped = seen.lock().unwrap().clone();
     deduped.dedup();
     assert_eq!(deduped, expected);
     assert!(seen.lock().unwrap().contains(&panic_at));
-    bystander.caught_up_to(store.head()).await;
+    reached(&bystander, store.head()).await;
     assert_eq!(bystander.status().restarts, 0);
     assert!(!other.lock().unwrap().is_empty());
     subs.stop_all().await;
@@ -490,7 +490,7 @@ async fn projection_state_is_committed_with_the_checkpoint_and_never_counted_twi
         let handle = subs
             .start_with(Totals, SubscriptionConfig::default().commit_every(7))
             .unwrap();
-        handle.caught_up_to(store.head()).await;
+        reached(&handle, store.head()).await;
         handle.stop().await;
         assert_eq!(
             store.load_checkpoint("totals").await.unwrap(),
@@ -566,7 +566,7 @@ async fn start_from_end_skips_history_and_is_remembered_before_the_first_event()
             count: Arc::default(),
         })
         .unwrap();
-    handle.caught_up_to(store.head()).await;
+    reached(&handle, store.head()).await;
     assert_eq!(taken(&seen), expected_positions(&store, 91).await);
     handle.stop().await;
 }
@@ -608,7 +608,7 @@ async fn a_start_position_beyond_the_head_waits_for_it() {
     let subs = Subscriptions::new(store.clone());
     let seen = Seen::default();
     let handle = subs.start(From42 { seen: seen.clone() }).unwrap();
-    let status = handle.caught_up_to(10).await;
+    let status = reached(&handle, 10).await;
     assert!(
         !matches!(status.state, SubscriptionState::Failed(_)),
         "{status:?}"
@@ -618,7 +618,7 @@ async fn a_start_position_beyond_the_head_waits_for_it() {
     assert_eq!(store.load_checkpoint("from-42").await.unwrap(), None);
     append_many(&store, 10, 60).await;
     let handle = subs.start(From42 { seen: seen.clone() }).unwrap();
-    let status = handle.caught_up_to(store.head()).await;
+    let status = reached(&handle, store.head()).await;
     assert!(
         !matches!(status.state, SubscriptionState::Failed(_)),
         "{status:?}"
@@ -792,7 +792,7 @@ async fn a_slow_handler_holds_at_most_one_page_however_far_behind_it_is() {
         .unwrap();
     // Appends keep coming while it is far behind.
     append_many(&store.inner, 3_000, 1_000).await;
-    handle.caught_up_to(store.head()).await;
+    reached(&handle, store.head()).await;
     handle.stop().await;
     assert_eq!(largest_page.load(Ordering::SeqCst), 50);
     assert_eq!(

@@ -117,7 +117,10 @@ pub fn prepare(dir: &Path) {
         let handle = subscriptions
             .start_with(Orders(Arc::new(AtomicBool::new(true))), config())
             .unwrap();
-        handle.caught_up_to(6).await;
+        handle
+            .wait_until_handled(6, std::time::Duration::from_secs(120))
+            .await
+            .unwrap();
         let status = handle.stop().await;
         assert_eq!(status.parked, 2, "the fixture parks two events: {status:?}");
         store.save_checkpoint("reporting", 2).await.unwrap();

@@ -13,7 +13,7 @@ use tidings::aggregate::{
 use tidings::store::{EventStore, Filter, SledEventStore, StoreError};
 use tidings::subscription::{
     ControlError, EventHandler, FailurePolicy, StartError, SubscriptionConfig, SubscriptionHandle,
-    SubscriptionState, SubscriptionStatus, Subscriptions,
+    SubscriptionState, SubscriptionStatus, Subscriptions, WaitError,
 };
 use tidings::DomainEvent;
 
@@ -142,7 +142,11 @@ pub enum ShopError {
         /// Why.
         reason: String,
     },
-    /// The running services did not catch up with the log in time.
+    /// The services running here did not settle: one failed or stopped, or the deadline came
+    /// first (the error names who is behind).
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+    /// The services (in other processes) did not catch up with the log in time.
     #[error("not settled after {waited:?}: head {head}, behind: {behind:?}")]
     NotSettled {
         /// How long it waited.
@@ -459,38 +463,7 @@ impl<S: EventStore + ?Sized> Shop<S> {
     /// growing (every reaction has run), at most `timeout`. Returns the head. A service that
     /// failed is an error.
     pub async fn settle(&self, timeout: Duration) -> Result<u64, ShopError> {
-        let started = Instant::now();
-        loop {
-            let head = self.shared.head();
-            let mut behind = Vec::new();
-            for service in Service::ALL {
-                let Some(status) = self.status(service) else {
-                    continue;
-                };
-                match status.state {
-                    SubscriptionState::Failed(reason) => {
-                        return Err(ShopError::ServiceFailed {
-                            name: service.name(),
-                            reason,
-                        })
-                    }
-                    SubscriptionState::Stopped => {}
-                    _ if status.handled_up_to < head => behind.push(service.name()),
-                    _ => {}
-                }
-            }
-            if behind.is_empty() && self.shared.head() == head {
-                return Ok(head);
-            }
-            if started.elapsed() >= timeout {
-                return Err(ShopError::NotSettled {
-                    waited: started.elapsed(),
-                    head,
-                    behind,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        Ok(self.subscriptions.settle(timeout).await?)
     }
 
     /// Commits what the read model's projection has pending (if it runs here), so that the

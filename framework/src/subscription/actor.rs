@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -14,7 +15,9 @@ use super::failure::{
 use super::handler::EventHandler;
 use super::runner::{Command, Runner};
 use super::status::{StatusCell, SubscriptionState, SubscriptionStatus};
+use super::wait::{position_of, wait_all, wait_one, Among, WaitError};
 use super::SubscriptionConfig;
+use crate::aggregate::CommandOutcome;
 use crate::store::{EventStore, Lease, StoreError};
 use futures_util::future::BoxFuture;
 
@@ -161,22 +164,47 @@ impl SubscriptionHandle {
 
     /// Waits until it has stopped or failed.
     pub async fn finished(&self) -> SubscriptionStatus {
+        let mut updates = self.status.watch();
         loop {
-            if self.is_finished() {
+            let status = updates.borrow_and_update().clone();
+            if matches!(
+                status.state,
+                SubscriptionState::Stopped | SubscriptionState::Failed(_)
+            ) {
+                return status;
+            }
+            if updates.changed().await.is_err() {
                 return self.status.get();
             }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
-    /// Waits until it has handled every event up to `position` (or stopped or failed).
-    pub async fn caught_up_to(&self, position: u64) -> SubscriptionStatus {
-        loop {
-            let status = self.status.get();
-            if status.handled_up_to >= position || self.is_finished() {
-                return status;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    /// A receiver told of every status update.
+    pub(crate) fn watch(&self) -> watch::Receiver<SubscriptionStatus> {
+        self.status.watch()
+    }
+
+    /// Waits until it has handled every event up to `position` (handled, filtered out, or
+    /// parked), at most `timeout`; returns its status then.
+    ///
+    /// A subscription that stops or fails before getting there is an error at once
+    /// ([`WaitError::Stopped`], [`WaitError::Failed`]), and the deadline is
+    /// [`WaitError::Timeout`] with its status. Woken by its progress: no polling. One that stands
+    /// by here while another process runs it is never reached this way: use
+    /// [`Subscriptions::wait_until_handled`], which reads its stored checkpoint.
+    pub async fn wait_until_handled(
+        &self,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<SubscriptionStatus, WaitError> {
+        let started = tokio::time::Instant::now();
+        match wait_one(self, None, position, started + timeout).await? {
+            Ok(status) => Ok(status),
+            Err(status) => Err(WaitError::Timeout {
+                position,
+                waited: started.elapsed(),
+                behind: vec![status],
+            }),
         }
     }
 }
@@ -503,6 +531,98 @@ impl Subscriptions {
         let reset = reset_in_store(&*self.store, name, lease.as_ref(), to, clear_state).await;
         control::release(&*self.store, lease).await;
         Ok(reset?)
+    }
+
+    /// The subscriptions a wait among `among` is for: every one started here and not stopped
+    /// on purpose, or the named ones (each must have been started here).
+    fn among(&self, among: &Among) -> Result<Vec<SubscriptionHandle>, WaitError> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match among {
+            Among::All => Ok(running
+                .values()
+                .filter(|h| h.status().state != SubscriptionState::Stopped)
+                .cloned()
+                .collect()),
+            Among::Named(names) => names
+                .iter()
+                .map(|name| {
+                    running
+                        .get(name.as_str())
+                        .cloned()
+                        .ok_or_else(|| WaitError::NotStarted(name.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    /// Waits until the subscriptions `among` have handled every event up to `position`, at most
+    /// `timeout` (Commanded's strong consistency, for a position).
+    ///
+    /// Returns as soon as the last of them gets there (woken by their progress, not polling).
+    /// A subscription that stops or fails first is an error at once; at the deadline the error
+    /// names each one still behind, with its status. A subscription that stands by here while
+    /// another process runs it is done when its stored checkpoint reaches `position` (the holder
+    /// commits it within its `commit_interval`).
+    pub async fn wait_until_handled(
+        &self,
+        position: u64,
+        among: Among,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let handles = self.among(&among)?;
+        wait_all(&handles, Some(&*self.store), position, timeout).await
+    }
+
+    /// Read-your-writes after a command: waits until the subscriptions `among` have handled the
+    /// events `outcome` recorded (also when it was answered from history), at most `timeout`.
+    /// A command that recorded no events returns at once.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use tidings::aggregate::{Aggregate, AggregateRegistry, CommandEnvelope};
+    /// # use tidings::subscription::{Among, Subscriptions};
+    /// # async fn example<A: Aggregate>(
+    /// #     registry: AggregateRegistry<A>,
+    /// #     subscriptions: Subscriptions,
+    /// #     command: A::Command,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// let outcome = registry.execute("o-1", CommandEnvelope::new(command)).await?;
+    /// subscriptions
+    ///     .wait_for_command(&outcome, Among::named(["order-view"]), Duration::from_secs(5))
+    ///     .await?;
+    /// // The order view now shows what the command did.
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_for_command(
+        &self,
+        outcome: &CommandOutcome,
+        among: Among,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        self.wait_until_handled(position_of(outcome), among, timeout)
+            .await
+    }
+
+    /// Waits until every subscription started here (and not stopped on purpose) is idle at the
+    /// head: each has handled every event up to the head, and the head did not move meanwhile
+    /// (a reaction's commands append events that other subscriptions then handle). Returns that
+    /// head. For tests, and to shut down with nothing in flight. A subscription that fails is
+    /// an error at once; at the deadline the error names each one still behind.
+    pub async fn settle(&self, timeout: Duration) -> Result<u64, WaitError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let handles = self.among(&Among::All)?;
+            let head = handles
+                .iter()
+                .map(|h| h.status().head)
+                .fold(self.store.head(), u64::max);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            wait_all(&handles, Some(&*self.store), head, left).await?;
+            if self.store.head() <= head {
+                return Ok(head);
+            }
+        }
     }
 
     /// Stops every subscription and waits for each.

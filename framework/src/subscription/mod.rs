@@ -15,6 +15,7 @@ mod failure;
 mod handler;
 mod runner;
 mod status;
+mod wait;
 
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ pub use self::handler::{
     EventContext, EventHandler, Handle, HandlerError, HandlerFailure, StartFrom,
 };
 pub use self::status::{SubscriptionState, SubscriptionStatus};
+pub use self::wait::{position_of, Among, WaitError};
 
 /// Settings of one subscription.
 #[derive(Clone, Debug)]

@@ -1,6 +1,8 @@
 //! What a subscription reports about itself.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use serde::{Deserialize, Serialize};
 
@@ -82,13 +84,14 @@ impl SubscriptionStatus {
     }
 }
 
-/// A status shared between the running subscription and whoever watches it.
+/// A status shared between the running subscription and whoever watches it: every update
+/// wakes the watchers (see [`watch`](Self::watch)), so waiting for progress never polls.
 #[derive(Clone, Debug)]
-pub(crate) struct StatusCell(Arc<Mutex<SubscriptionStatus>>);
+pub(crate) struct StatusCell(Arc<watch::Sender<SubscriptionStatus>>);
 
 impl StatusCell {
     pub fn new(name: &str) -> Self {
-        StatusCell(Arc::new(Mutex::new(SubscriptionStatus {
+        let (sender, _) = watch::channel(SubscriptionStatus {
             name: name.to_owned(),
             state: SubscriptionState::Starting,
             checkpoint: 0,
@@ -101,14 +104,20 @@ impl StatusCell {
             parked_streams: 0,
             partitions: 1,
             holder: None,
-        })))
+        });
+        StatusCell(Arc::new(sender))
     }
 
     pub fn get(&self) -> SubscriptionStatus {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.borrow().clone()
     }
 
     pub fn update(&self, f: impl FnOnce(&mut SubscriptionStatus)) {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        self.0.send_modify(f);
+    }
+
+    /// A receiver that is told of every later update.
+    pub fn watch(&self) -> watch::Receiver<SubscriptionStatus> {
+        self.0.subscribe()
     }
 }

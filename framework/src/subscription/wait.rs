@@ -1,0 +1,208 @@
+//! Waiting for subscriptions: read-your-writes after a command, and settling before a check or a
+//! shutdown. Every wait is woken by the subscription's own status updates (no polling), ends at
+//! a deadline with an error naming who is behind, and treats a subscription that stopped or
+//! failed before getting there as an error.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::status::{SubscriptionState, SubscriptionStatus};
+use super::SubscriptionHandle;
+use crate::aggregate::CommandOutcome;
+use crate::store::{EventStore, StoreError};
+
+/// How often the stored checkpoint of a subscription that stands by here (another process holds
+/// it) is read while waiting for it.
+const STANDBY_POLL: Duration = Duration::from_millis(20);
+
+/// Which subscriptions a wait is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Among {
+    /// Every subscription started in this registry that has not been stopped on purpose.
+    All,
+    /// These subscriptions, by name: each must have been started in this registry.
+    Named(Vec<String>),
+}
+
+impl Among {
+    /// The subscriptions named `names`.
+    ///
+    /// ```
+    /// use tidings::subscription::Among;
+    /// assert_eq!(Among::named(["stock"]), Among::Named(vec!["stock".to_owned()]));
+    /// ```
+    pub fn named<I, S>(names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Among::Named(names.into_iter().map(Into::into).collect())
+    }
+}
+
+/// Why a wait for subscriptions ended without them having handled the position.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The deadline passed first. `behind` holds the status of each subscription that had not
+    /// handled `position` yet (name, state, how far it got).
+    #[error("waited {waited:?} for position {position}; still behind: {}", names(.behind))]
+    Timeout {
+        /// The position waited for.
+        position: u64,
+        /// How long the wait lasted.
+        waited: Duration,
+        /// The subscriptions that had not got there, with their status at the deadline.
+        behind: Vec<SubscriptionStatus>,
+    },
+    /// The subscription failed (it stopped at an event it cannot get past) before handling
+    /// `position`: it will not get there without an operator.
+    #[error("subscription {name:?} failed before position {position}: {reason}")]
+    Failed {
+        /// The subscription.
+        name: String,
+        /// The position waited for.
+        position: u64,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The subscription was stopped before handling `position`.
+    #[error("subscription {name:?} is stopped at position {handled_up_to}, before {position}")]
+    Stopped {
+        /// The subscription.
+        name: String,
+        /// The position waited for.
+        position: u64,
+        /// How far it got.
+        handled_up_to: u64,
+    },
+    /// No subscription of that name was started in this registry.
+    #[error("no subscription named {0:?} was started here")]
+    NotStarted(String),
+    /// Reading the stored checkpoint of a subscription that another process runs failed.
+    #[error("reading the checkpoint of {name:?}: {source}")]
+    Store {
+        /// The subscription.
+        name: String,
+        /// What the store said.
+        #[source]
+        source: StoreError,
+    },
+}
+
+fn names(behind: &[SubscriptionStatus]) -> String {
+    let list: Vec<String> = behind
+        .iter()
+        .map(|s| format!("{} ({:?}, at {})", s.name, s.state, s.handled_up_to))
+        .collect();
+    list.join(", ")
+}
+
+/// The position to wait for after `outcome`: its last event (also when it was answered from
+/// history), or 0 when it recorded none (nothing to wait for).
+pub fn position_of(outcome: &CommandOutcome) -> u64 {
+    outcome.recorded.map_or(0, |r| r.last_position)
+}
+
+/// Where one subscription stands against `position`.
+enum Standing {
+    Done(SubscriptionStatus),
+    /// Not there yet; worth waiting.
+    Behind(SubscriptionStatus),
+    /// Another process runs it: its stored checkpoint tells.
+    Standby(SubscriptionStatus),
+}
+
+fn standing(status: SubscriptionStatus, position: u64) -> Result<Standing, WaitError> {
+    match &status.state {
+        _ if status.handled_up_to >= position => Ok(Standing::Done(status)),
+        SubscriptionState::Failed(reason) => Err(WaitError::Failed {
+            name: status.name.clone(),
+            position,
+            reason: reason.clone(),
+        }),
+        SubscriptionState::Stopped => Err(WaitError::Stopped {
+            name: status.name.clone(),
+            position,
+            handled_up_to: status.handled_up_to,
+        }),
+        SubscriptionState::Standby => Ok(Standing::Standby(status)),
+        _ => Ok(Standing::Behind(status)),
+    }
+}
+
+/// Waits until `handle` has handled every event up to `position`, or `deadline`.
+///
+/// `Err(behind)` at the deadline carries its last status; other errors are final.
+pub(crate) async fn wait_one(
+    handle: &SubscriptionHandle,
+    store: Option<&dyn EventStore>,
+    position: u64,
+    deadline: Instant,
+) -> Result<Result<SubscriptionStatus, SubscriptionStatus>, WaitError> {
+    let mut updates = handle.watch();
+    loop {
+        let status = updates.borrow_and_update().clone();
+        let wake = match standing(status, position)? {
+            Standing::Done(status) => return Ok(Ok(status)),
+            Standing::Behind(status) => {
+                if Instant::now() >= deadline {
+                    return Ok(Err(status));
+                }
+                None
+            }
+            Standing::Standby(status) => {
+                if let Some(store) = store {
+                    let stored = store
+                        .load_checkpoint(&status.name)
+                        .await
+                        .map_err(|source| WaitError::Store {
+                            name: status.name.clone(),
+                            source,
+                        })?;
+                    if stored.unwrap_or(0) >= position {
+                        return Ok(Ok(status));
+                    }
+                }
+                if Instant::now() >= deadline {
+                    return Ok(Err(status));
+                }
+                Some(Instant::now() + STANDBY_POLL)
+            }
+        };
+        let until = wake.map_or(deadline, |w| w.min(deadline));
+        // Woken by the next status update, or by the deadline (or the standby's next look).
+        // A closed channel means the subscription is gone: its last status decides.
+        let _ = tokio::time::timeout_at(until, updates.changed()).await;
+    }
+}
+
+/// Waits until each of `handles` has handled `position`; at the deadline, the error names every
+/// one still behind.
+pub(crate) async fn wait_all(
+    handles: &[SubscriptionHandle],
+    store: Option<&dyn EventStore>,
+    position: u64,
+    timeout: Duration,
+) -> Result<(), WaitError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let waits = handles
+        .iter()
+        .map(|h| wait_one(h, store, position, deadline));
+    // The first final error (failed, stopped) ends the wait at once.
+    let results = futures_util::future::try_join_all(waits).await?;
+    let mut behind: Vec<SubscriptionStatus> = results.into_iter().filter_map(Result::err).collect();
+    if behind.is_empty() {
+        Ok(())
+    } else {
+        behind.sort_by(|a, b| a.name.cmp(&b.name));
+        Err(WaitError::Timeout {
+            position,
+            waited: started.elapsed(),
+            behind,
+        })
+    }
+}
