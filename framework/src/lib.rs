@@ -8,12 +8,13 @@ extern crate self as tidings;
 pub mod aggregate;
 mod event;
 mod panic;
+pub mod process;
 pub mod store;
 pub mod subscription;
 
 pub use async_trait::async_trait;
 pub use event::{DomainEvent, EventDecodeError};
-pub use tidings_macros::{DomainEvent, EventHandler};
+pub use tidings_macros::{DomainEvent, EventHandler, ProcessManager};
 
 /// The names most programs need.
 pub mod prelude {
@@ -30,6 +31,9 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::event::DomainEvent;
+    pub use crate::process::{
+        handle_deadline as process_deadline, handle_event as process_event, DEADLINE_DUE_TYPE,
+    };
     pub use crate::store::RecordedEvent;
     pub use crate::subscription::{EventContext, EventHandler, Handle, HandlerFailure, StartFrom};
     pub use async_trait::async_trait;

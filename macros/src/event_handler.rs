@@ -1,4 +1,5 @@
-//! `#[derive(EventHandler)]`.
+//! `#[derive(EventHandler)]`, and `#[derive(ProcessManager)]`, which is an event handler whose
+//! events go to the framework's process-manager routing instead of `Handle<E>` impls.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
@@ -9,10 +10,30 @@ use crate::attr::{entries, Errors};
 
 const KEYS: &[&str] = &["name", "events", "start_from"];
 
-pub fn expand(input: &DeriveInput) -> TokenStream {
+/// What is derived.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `#[derive(EventHandler)]`: each event goes to its `Handle<E>` impl.
+    Handler,
+    /// `#[derive(ProcessManager)]`: each event goes to `Reacts<E>` through the framework, and
+    /// the framework's deadline records are read too.
+    Process,
+}
+
+impl Kind {
+    fn attr(self) -> &'static str {
+        match self {
+            Kind::Handler => "event_handler",
+            Kind::Process => "process_manager",
+        }
+    }
+}
+
+pub fn expand(input: &DeriveInput, kind: Kind) -> TokenStream {
     let mut errors = Errors::default();
     let ident = &input.ident;
-    let found = entries(&input.attrs, "event_handler", KEYS, &mut errors);
+    let attr = kind.attr();
+    let found = entries(&input.attrs, attr, KEYS, &mut errors);
     let mut name: Option<LitStr> = None;
     let mut events: Vec<syn::Path> = Vec::new();
     let mut start_from = quote!(::tidings::__private::StartFrom::Beginning);
@@ -87,23 +108,33 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
         if !found.iter().any(|e| e.key == "name") {
             missing(
                 input,
+                attr,
                 &mut errors,
-                "missing subscription name: #[event_handler(name = \"...\", events(...))]",
+                &format!("missing subscription name: #[{attr}(name = \"...\", events(...))]"),
             );
         }
         if !saw_events {
             missing(
                 input,
+                attr,
                 &mut errors,
-                "missing the event types handled: #[event_handler(name = \"...\", events(SomeEvent))]",
+                &format!(
+                    "missing the event types handled: #[{attr}(name = \"...\", events(SomeEvent))]"
+                ),
             );
         }
     }
     if !input.generics.params.is_empty() {
         errors.push_spanned(
             &input.generics,
-            "EventHandler cannot be derived for a generic type: its subscription name is one \
-             constant, which every instantiation would share",
+            format!(
+                "{} cannot be derived for a generic type: its subscription name is one \
+                 constant, which every instantiation would share",
+                match kind {
+                    Kind::Handler => "EventHandler",
+                    Kind::Process => "ProcessManager",
+                }
+            ),
         );
     }
 
@@ -121,15 +152,34 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
     let name = name.map_or_else(|| quote!("invalid"), |n| n.to_token_stream());
     let arms = events.iter().map(|ty| {
         // Spanned at the listed type: a missing `Handle<T>` impl is reported there.
+        let call = match kind {
+            Kind::Handler => quote_spanned! {ty.span()=>
+                <Self as ::tidings::__private::Handle<#ty>>::handle(self, decoded, ctx)
+                    .await
+                    .map_err(::tidings::__private::HandlerFailure::Handler)
+            },
+            Kind::Process => quote_spanned! {ty.span()=>
+                ::tidings::__private::process_event::<Self, #ty>(self, decoded, ctx).await
+            },
+        };
         quote_spanned! {ty.span()=>
             if <#ty as ::tidings::__private::DomainEvent>::EVENT_TYPES.contains(&event_type) {
                 let decoded = <#ty as ::tidings::__private::DomainEvent>::from_recorded(event)?;
-                return <Self as ::tidings::__private::Handle<#ty>>::handle(self, decoded, ctx)
-                    .await
-                    .map_err(::tidings::__private::HandlerFailure::Handler);
+                return #call;
             }
         }
     });
+    let (deadline_type, deadline_arm) = match kind {
+        Kind::Handler => (quote!(), quote!()),
+        Kind::Process => (
+            quote!(types.push(::tidings::__private::DEADLINE_DUE_TYPE);),
+            quote! {
+                if event_type == ::tidings::__private::DEADLINE_DUE_TYPE {
+                    return ::tidings::__private::process_deadline::<Self>(self, ctx).await;
+                }
+            },
+        ),
+    };
     let type_lists = events.iter().map(|ty| {
         quote_spanned! {ty.span()=>
             types.extend_from_slice(<#ty as ::tidings::__private::DomainEvent>::EVENT_TYPES);
@@ -140,6 +190,7 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
     } else {
         quote! {
             let event_type = event.event_type.as_str();
+            #deadline_arm
             #(#arms)*
             ::core::result::Result::Ok(())
         }
@@ -156,6 +207,7 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
                 fn event_types() -> ::tidings::__private::Vec<&'static str> {
                     let mut types = ::tidings::__private::Vec::new();
                     #(#type_lists)*
+                    #deadline_type
                     types
                 }
 
@@ -176,12 +228,8 @@ pub fn expand(input: &DeriveInput) -> TokenStream {
 }
 
 /// Reports a missing key at the whole `#[event_handler]` attribute if present, else the type.
-fn missing(input: &DeriveInput, errors: &mut Errors, message: &str) {
-    match input
-        .attrs
-        .iter()
-        .find(|a| a.path().is_ident("event_handler"))
-    {
+fn missing(input: &DeriveInput, attr: &str, errors: &mut Errors, message: &str) {
+    match input.attrs.iter().find(|a| a.path().is_ident(attr)) {
         Some(attr) => errors.push_spanned(attr, message),
         None => errors.push(input.ident.span(), message),
     }

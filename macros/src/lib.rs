@@ -39,5 +39,24 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 #[proc_macro_derive(EventHandler, attributes(event_handler))]
 pub fn derive_event_handler(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
-    event_handler::expand(&input).into()
+    event_handler::expand(&input, event_handler::Kind::Handler).into()
+}
+
+/// Derives `tidings::subscription::EventHandler` for a process manager: each event of the listed
+/// types goes to the type's `tidings::process::Reacts<T>` impl, through the framework's routing
+/// by correlation key, per-instance state and deadlines (see `tidings::process`).
+///
+/// ```ignore
+/// #[derive(ProcessManager)]
+/// #[process_manager(name = "transfers", events(TransferEvent, AccountEvent))]
+/// struct Transfers { /* what `dispatch` needs: the aggregate registries */ }
+/// ```
+///
+/// The attribute takes the same keys as `#[event_handler]`: `name` (required, the subscription's
+/// name, under which the instances' state is stored), `events(...)` (required, each with an
+/// `impl Reacts<T>`), `start_from`. The type also implements `tidings::process::ProcessManager`.
+#[proc_macro_derive(ProcessManager, attributes(process_manager))]
+pub fn derive_process_manager(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    event_handler::expand(&input, event_handler::Kind::Process).into()
 }

@@ -8,3 +8,4 @@ pub mod conformance;
 pub mod domain;
 pub mod pg;
 pub mod support;
+pub mod transfer;

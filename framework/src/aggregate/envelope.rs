@@ -85,6 +85,25 @@ impl<C> CommandEnvelope<C> {
         self
     }
 
+    /// The same envelope (id, correlation, causation) around another command: for a router
+    /// that turns one command type into the command of the aggregate that takes it (a process
+    /// manager's commands, see `tidings::process`).
+    ///
+    /// ```
+    /// use tidings::aggregate::CommandEnvelope;
+    /// let routed = CommandEnvelope::new(("account-1", 10u64));
+    /// let deposit = routed.clone().map(|(_, cents)| cents);
+    /// assert_eq!((deposit.command_id, deposit.command), (routed.command_id, 10));
+    /// ```
+    pub fn map<D>(self, f: impl FnOnce(C) -> D) -> CommandEnvelope<D> {
+        CommandEnvelope {
+            command_id: self.command_id,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            command: f(self.command),
+        }
+    }
+
     /// The correlation id the recorded events get: the envelope's, or the command id.
     pub fn effective_correlation_id(&self) -> Uuid {
         self.correlation_id.unwrap_or(self.command_id)
