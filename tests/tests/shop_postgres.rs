@@ -95,7 +95,12 @@ fn the_story_on_postgres_runs_each_service_as_a_process_and_its_invariants_pass(
             assert_eq!(status.checkpoint, store.head(), "{status:?}");
         }
         let lease = store.load_lease("stock").await.unwrap().expect("a lease");
-        assert_eq!(lease.generation, 3, "three stock processes held it in turn");
+        // Three stock processes held it in turn; on a loaded machine a holder may also miss a
+        // renewal and hand over once more (fenced, so harmless): at least three generations.
+        assert!(
+            lease.generation >= 3,
+            "three stock processes held it in turn: {lease:?}"
+        );
     });
 }
 

@@ -84,9 +84,14 @@ pub async fn track(shared: Arc<Shared>) {
         if shared.head.strong_count() == 0 {
             return;
         }
+        let began = Instant::now();
         match follow(&shared).await {
             Ok(()) => return,
             Err(e) => {
+                if began.elapsed() >= RECONNECT_MAX {
+                    // It listened for a while: a new outage, not the same one going on.
+                    failures = 0;
+                }
                 failures = failures.saturating_add(1);
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::warn!(
@@ -102,10 +107,24 @@ pub async fn track(shared: Arc<Shared>) {
                         shared.bump_head(head);
                     }
                 }
-                tokio::time::sleep(shared.config.poll_interval).await;
+                // Reconnect soon: notifications sent while no connection listens are lost, so
+                // waiting a whole poll interval (an hour, for some) would leave this process
+                // deaf that long after every blip of the server.
+                tokio::time::sleep(reconnect_pause(failures, shared.config.poll_interval)).await;
             }
         }
     }
+}
+
+/// The longest pause between two attempts to listen again.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// The pause before attempt `failures` (1, 2, ...) to listen again: 50 ms doubling, at most
+/// [`RECONNECT_MAX`] and at most the poll interval.
+fn reconnect_pause(failures: u32, poll_interval: Duration) -> Duration {
+    let doubled =
+        Duration::from_millis(50).saturating_mul(1u32 << failures.saturating_sub(1).min(10));
+    doubled.min(RECONNECT_MAX).min(poll_interval)
 }
 
 /// One listening connection's life: returns `Ok` when the store is gone, an error when the
@@ -208,7 +227,20 @@ async fn listen(
 
 #[cfg(test)]
 mod tests {
-    use super::notified_position;
+    use super::{notified_position, reconnect_pause, RECONNECT_MAX};
+    use std::time::Duration;
+
+    #[test]
+    fn the_listener_reconnects_soon_whatever_the_poll_interval() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(reconnect_pause(1, hour), Duration::from_millis(50));
+        assert_eq!(reconnect_pause(2, hour), Duration::from_millis(100));
+        assert_eq!(reconnect_pause(40, hour), RECONNECT_MAX);
+        assert_eq!(
+            reconnect_pause(40, Duration::from_millis(200)),
+            Duration::from_millis(200)
+        );
+    }
 
     #[test]
     fn own_notifications_are_skipped_and_others_read() {
