@@ -376,3 +376,45 @@ async fn a_deadline_set_before_a_restart_fires_after_it() {
     timer.stop().await;
     subscriptions.stop_all().await;
 }
+
+#[actix::test]
+async fn a_correlation_key_beyond_the_limit_fails_the_event_and_writes_nothing() {
+    use tidings::store::{EventData, ExpectedVersion};
+    use tidings::subscription::{FailurePolicy, SubscriptionConfig, WaitError};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledEventStore::open(dir.path()).unwrap();
+    let invoices = AggregateRegistry::<Invoice>::start(store.clone(), AggregateConfig::default());
+    let issued = InvoiceEvent::Issued {
+        id: "x".repeat(tidings::process::MAX_INSTANCE_LEN + 1),
+        remind_after_ms: 0,
+    };
+    let data: EventData = issued.to_event_data().unwrap();
+    let appended = store
+        .append("invoice-long", ExpectedVersion::Any, vec![data])
+        .await
+        .unwrap();
+    let subscriptions = Subscriptions::new(Arc::new(store.clone()));
+    let handle = subscriptions
+        .start_with(
+            Dunning { invoices },
+            SubscriptionConfig::default().failure_policy(FailurePolicy::Stop),
+        )
+        .unwrap();
+    match handle
+        .wait_until_handled(appended.last_position, PATIENCE)
+        .await
+    {
+        Err(WaitError::Failed { reason, .. }) => {
+            assert!(reason.contains("correlation key"), "{reason}")
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(store.load_checkpoint("dunning").await.unwrap(), Some(0));
+    let state = store.scan_state("dunning", b"", b"", 10).await.unwrap();
+    assert!(
+        state
+            .iter()
+            .all(|(k, _)| !k.starts_with(b"i/") && !k.starts_with(b"d/")),
+        "nothing written: {state:?}"
+    );
+}

@@ -49,6 +49,13 @@ pub const DEADLINE_DUE_TYPE: &str = "$tidings.DeadlineDue";
 /// compensation is refused, and so on) before the event fails.
 pub const MAX_REFUSAL_DEPTH: usize = 8;
 
+/// The longest correlation key (instance id), in bytes: it is part of state keys, which are
+/// bounded by [`MAX_STATE_KEY_LEN`](crate::store::MAX_STATE_KEY_LEN). A longer one fails the event.
+pub const MAX_INSTANCE_LEN: usize = 512;
+
+/// The longest deadline name, in bytes. A longer one fails the event.
+pub const MAX_DEADLINE_NAME_LEN: usize = 256;
+
 /// The answer of the aggregate a process manager sent a command to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -233,6 +240,16 @@ pub async fn handle_event<P: Reacts<E>, E: DomainEvent>(
     let Some(instance) = P::correlate(&event) else {
         return Ok(());
     };
+    if instance.is_empty() || instance.len() > MAX_INSTANCE_LEN {
+        return Err(HandlerFailure::Handler(
+            format!(
+                "process {:?}: a correlation key must be 1 to {MAX_INSTANCE_LEN} bytes, got {}",
+                P::NAME,
+                instance.len()
+            )
+            .into(),
+        ));
+    }
     let mut stored = load::<P>(ctx, &instance).await?;
     let mut steps = Steps::new(&instance, ctx.event().timestamp());
     // A panic here is a handler panic: the subscription restarts from its checkpoint.
@@ -307,6 +324,17 @@ async fn run<P: ProcessManager>(
             ));
         }
         for (name, at, command) in steps.schedules.drain(..) {
+            if name.len() > MAX_DEADLINE_NAME_LEN {
+                return Err(HandlerFailure::Handler(
+                    format!(
+                        "process {:?}: a deadline name must be at most {MAX_DEADLINE_NAME_LEN} \
+                         bytes, got {}",
+                        P::NAME,
+                        name.len()
+                    )
+                    .into(),
+                ));
+            }
             if let Some((old, _)) = stored.deadlines.insert(name.clone(), (at, command)) {
                 ctx.delete(&deadline_key(old, instance, &name));
             }
@@ -372,3 +400,8 @@ pub async fn instance_state<P: ProcessManager>(
         })?;
     Ok(Some(stored.state))
 }
+
+/// The guide's examples are compiled (and the transfer run) as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/process-managers.md")]
+pub struct ProcessManagersGuide;
