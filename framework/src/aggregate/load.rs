@@ -253,6 +253,18 @@ pub(crate) async fn execute<A: Aggregate>(
         let (outcome, records) = match decided {
             Ok(Ok(events)) if events.is_empty() => {
                 if !remember {
+                    // Nothing is written, so no append can tell that this copy is stale (another
+                    // process wrote since): check the stream's version before answering.
+                    if !current(store, loaded).await? {
+                        *slot = None;
+                        if attempts > config.conflict_retries {
+                            return Err(AggregateError::Conflict {
+                                stream: stream_id::<A>(id)?,
+                                attempts,
+                            });
+                        }
+                        continue;
+                    }
                     return Ok(CommandOutcome {
                         command_id,
                         recorded: None,
@@ -283,16 +295,30 @@ pub(crate) async fn execute<A: Aggregate>(
             }
             Ok(Err(rejection)) => {
                 if !remember {
+                    // As above: a refusal decided on a stale copy would be wrong.
+                    if !current(store, loaded).await? {
+                        *slot = None;
+                        if attempts > config.conflict_retries {
+                            return Err(AggregateError::Conflict {
+                                stream: stream_id::<A>(id)?,
+                                attempts,
+                            });
+                        }
+                        continue;
+                    }
                     return Err(AggregateError::Rejected(rejection));
                 }
                 let record = RefusalRecord {
                     message: rejection.to_string(),
                     error: rejection,
                 };
-                let payload = serde_json::to_vec(&record).map_err(|e| AggregateError::Encode {
-                    event_type: REFUSED_TYPE.to_owned(),
-                    reason: e.to_string(),
-                })?;
+                // An error value serde cannot encode is remembered by its text alone: sending
+                // the id again then answers `RejectedBefore` with that text, never a new decision.
+                let payload = serde_json::to_vec(&record).unwrap_or_else(|_| {
+                    serde_json::json!({ "message": record.message })
+                        .to_string()
+                        .into_bytes()
+                });
                 let record_data = EventData::new(REFUSED_TYPE, payload);
                 (Outcome::Refused(record.error), vec![record_data])
             }
@@ -367,6 +393,14 @@ pub(crate) async fn execute<A: Aggregate>(
             }
         }
     }
+}
+
+/// Whether the loaded copy is at the stream's durable version (no other writer moved it).
+async fn current<A: Aggregate>(
+    store: &dyn EventStore,
+    loaded: &Loaded<A>,
+) -> Result<bool, AggregateError<A::Error>> {
+    Ok(store.stream_version(&loaded.stream).await? == loaded.version)
 }
 
 fn encode_events<A: Aggregate>(
