@@ -11,6 +11,7 @@ use tidings::aggregate::testing::TempStore;
 use tidings::aggregate::{
     Aggregate, AggregateConfig, AggregateRegistry, CommandEnvelope, NeverRejected,
 };
+use tidings::store::EventStore as _;
 use tidings::subscription::{
     position_of, Among, EventContext, FailurePolicy, Handle, HandlerError, SubscriptionConfig,
     SubscriptionState, Subscriptions, WaitError,
@@ -338,4 +339,50 @@ async fn settle_waits_for_reactions_to_reactions() {
         assert_eq!(status.handled_up_to, head, "{status:?}");
     }
     f.subscriptions.stop_all().await;
+}
+
+/// Keeps its total in its subscription state (exactly-once), committing rarely on its own.
+#[derive(EventHandler)]
+#[event_handler(name = "stored-totals", events(LedgerEvent))]
+struct StoredTotals;
+
+#[async_trait]
+impl Handle<LedgerEvent> for StoredTotals {
+    async fn handle(
+        &mut self,
+        event: LedgerEvent,
+        ctx: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        let LedgerEvent::Posted { cents } = event;
+        let total: u64 = ctx.get_json(b"total").await?.unwrap_or(0);
+        ctx.put_json(b"total", &(total + cents))?;
+        Ok(())
+    }
+}
+
+/// Read-your-writes for state kept in the store: when the wait returns, the projection's
+/// committed state shows the command, although it would commit on its own only in an hour.
+#[actix::test]
+async fn after_the_wait_the_projections_stored_state_shows_the_command() {
+    let temp = TempStore::new().unwrap();
+    let ledgers = temp.registry::<Ledger>(AggregateConfig::default());
+    let subscriptions = Subscriptions::new(Arc::new(temp.store().clone()));
+    let lazy = SubscriptionConfig::default()
+        .commit_every(1_000_000)
+        .commit_interval(Duration::from_secs(3600));
+    subscriptions.start_with(StoredTotals, lazy).unwrap();
+    for cents in [5, 7] {
+        let outcome = ledgers.execute_command("a", cents).await.unwrap();
+        subscriptions
+            .wait_for_command(&outcome, Among::named(["stored-totals"]), PATIENCE)
+            .await
+            .unwrap();
+    }
+    let stored = temp
+        .store()
+        .load_state("stored-totals", b"total")
+        .await
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some(&b"12"[..]));
+    subscriptions.stop_all().await;
 }

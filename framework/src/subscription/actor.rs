@@ -185,7 +185,9 @@ impl SubscriptionHandle {
     }
 
     /// Waits until it has handled every event up to `position` (handled, filtered out, or
-    /// parked), at most `timeout`; returns its status then.
+    /// parked) **and committed** its checkpoint there (asking it to commit at once rather than
+    /// at its next `commit_interval`), at most `timeout`; returns its status then. State it
+    /// keeps through the context is then in the store.
     ///
     /// A subscription that stops or fails before getting there is an error at once
     /// ([`WaitError::Stopped`], [`WaitError::Failed`]), and the deadline is
@@ -555,8 +557,10 @@ impl Subscriptions {
         }
     }
 
-    /// Waits until the subscriptions `among` have handled every event up to `position`, at most
-    /// `timeout` (Commanded's strong consistency, for a position).
+    /// Waits until the subscriptions `among` have handled every event up to `position` and
+    /// committed their checkpoint there (asked to commit at once), at most `timeout`
+    /// (Commanded's strong consistency, for a position): a projection's state in the store
+    /// shows the events when it returns.
     ///
     /// Returns as soon as the last of them gets there (woken by their progress, not polling).
     /// A subscription that stops or fails first is an error at once; at the deadline the error
@@ -621,6 +625,19 @@ impl Subscriptions {
             wait_all(&handles, Some(&*self.store), head, left).await?;
             if self.store.head() <= head {
                 return Ok(head);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Every one got to `head`, but reactions keep the head moving.
+                let moved = self.store.head();
+                return Err(WaitError::Timeout {
+                    position: moved,
+                    waited: timeout,
+                    behind: handles
+                        .iter()
+                        .map(SubscriptionHandle::status)
+                        .filter(|s| s.checkpoint < moved)
+                        .collect(),
+                });
             }
         }
     }

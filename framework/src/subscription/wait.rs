@@ -108,7 +108,10 @@ pub fn position_of(outcome: &CommandOutcome) -> u64 {
 
 /// Where one subscription stands against `position`.
 enum Standing {
+    /// Handled and committed: its state in the store shows the event.
     Done(SubscriptionStatus),
+    /// Handled, not committed yet: ask it to commit.
+    Uncommitted(SubscriptionStatus),
     /// Not there yet; worth waiting.
     Behind(SubscriptionStatus),
     /// Another process runs it: its stored checkpoint tells.
@@ -117,7 +120,17 @@ enum Standing {
 
 fn standing(status: SubscriptionStatus, position: u64) -> Result<Standing, WaitError> {
     match &status.state {
-        _ if status.handled_up_to >= position => Ok(Standing::Done(status)),
+        _ if status.checkpoint >= position => Ok(Standing::Done(status)),
+        SubscriptionState::Standby => Ok(Standing::Standby(status)),
+        SubscriptionState::Starting
+        | SubscriptionState::CatchingUp
+        | SubscriptionState::Live
+        | SubscriptionState::Parked
+        | SubscriptionState::Unavailable(_)
+            if status.handled_up_to >= position =>
+        {
+            Ok(Standing::Uncommitted(status))
+        }
         SubscriptionState::Failed(reason) => Err(WaitError::Failed {
             name: status.name.clone(),
             position,
@@ -128,7 +141,6 @@ fn standing(status: SubscriptionStatus, position: u64) -> Result<Standing, WaitE
             position,
             handled_up_to: status.handled_up_to,
         }),
-        SubscriptionState::Standby => Ok(Standing::Standby(status)),
         _ => Ok(Standing::Behind(status)),
     }
 }
@@ -147,6 +159,17 @@ pub(crate) async fn wait_one(
         let status = updates.borrow_and_update().clone();
         let wake = match standing(status, position)? {
             Standing::Done(status) => return Ok(Ok(status)),
+            Standing::Uncommitted(status) => {
+                // Handled: commit it now rather than wait up to `commit_interval`, so that
+                // state kept through the context shows it when the wait returns.
+                match tokio::time::timeout_at(deadline, handle.flush()).await {
+                    Err(_) => return Ok(Err(status)),
+                    Ok(Some(Ok(()))) => continue,
+                    // The loop ended, changed hands or could not commit: look again once its
+                    // status changes (or shortly), not in a tight loop.
+                    Ok(_) => Some(Instant::now() + STANDBY_POLL),
+                }
+            }
             Standing::Behind(status) => {
                 if Instant::now() >= deadline {
                     return Ok(Err(status));
@@ -155,13 +178,14 @@ pub(crate) async fn wait_one(
             }
             Standing::Standby(status) => {
                 if let Some(store) = store {
-                    let stored = store
-                        .load_checkpoint(&status.name)
-                        .await
-                        .map_err(|source| WaitError::Store {
-                            name: status.name.clone(),
-                            source,
-                        })?;
+                    let read = store.load_checkpoint(&status.name);
+                    let Ok(stored) = tokio::time::timeout_at(deadline, read).await else {
+                        return Ok(Err(status));
+                    };
+                    let stored = stored.map_err(|source| WaitError::Store {
+                        name: status.name.clone(),
+                        source,
+                    })?;
                     if stored.unwrap_or(0) >= position {
                         return Ok(Ok(status));
                     }
