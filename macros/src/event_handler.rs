@@ -169,6 +169,14 @@ pub fn expand(input: &DeriveInput, kind: Kind) -> TokenStream {
             }
         }
     });
+    let partitionable = match kind {
+        Kind::Handler => quote!(),
+        Kind::Process => quote! {
+            fn partitionable() -> bool {
+                false
+            }
+        },
+    };
     let (deadline_type, deadline_arm) = match kind {
         Kind::Handler => (quote!(), quote!()),
         Kind::Process => (
@@ -214,6 +222,8 @@ pub fn expand(input: &DeriveInput, kind: Kind) -> TokenStream {
                 fn start_from() -> ::tidings::__private::StartFrom {
                     #start_from
                 }
+
+                #partitionable
 
                 async fn dispatch(
                     &mut self,

@@ -49,7 +49,7 @@ pub fn derive_event_handler(input: TokenStream) -> TokenStream {
 /// ```ignore
 /// #[derive(ProcessManager)]
 /// #[process_manager(name = "transfers", events(TransferEvent, AccountEvent))]
-/// struct Transfers { /* what `dispatch` needs: the aggregate registries */ }
+/// struct Transfers { /* what `send` needs: the aggregate registries */ }
 /// ```
 ///
 /// The attribute takes the same keys as `#[event_handler]`: `name` (required, the subscription's

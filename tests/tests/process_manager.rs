@@ -286,6 +286,16 @@ fn issue(after: Duration) -> InvoiceCommand {
     }
 }
 
+fn dunning(invoices: &AggregateRegistry<Invoice>) -> Dunning {
+    Dunning {
+        invoices: invoices.clone(),
+    }
+}
+
+/// Two timers (as two processes would run) each append a due record for the same deadline
+/// while the process manager is down; it then handles both and reminds once. Its events
+/// delivered again from the beginning (checkpoint and state reset) remind nobody twice either.
+/// A paid invoice's deadline was cancelled and never fires.
 #[actix::test]
 async fn a_deadline_fires_once_unless_cancelled_even_with_two_timers() {
     let dir = tempfile::tempdir().unwrap();
@@ -293,11 +303,7 @@ async fn a_deadline_fires_once_unless_cancelled_even_with_two_timers() {
     let invoices = AggregateRegistry::<Invoice>::start(store.clone(), AggregateConfig::default());
     let shared: Arc<dyn EventStore> = Arc::new(store.clone());
     let subscriptions = Subscriptions::new(shared.clone());
-    subscriptions
-        .start(Dunning {
-            invoices: invoices.clone(),
-        })
-        .unwrap();
+    subscriptions.start(dunning(&invoices)).unwrap();
     let send = |id: &'static str, command: InvoiceCommand| {
         let invoices = invoices.clone();
         async move {
@@ -311,23 +317,32 @@ async fn a_deadline_fires_once_unless_cancelled_even_with_two_timers() {
     send("late", issue(Duration::from_millis(200))).await;
     send("paid", issue(Duration::from_millis(200))).await;
     send("paid", InvoiceCommand::Pay).await;
-    // Two timers, as two processes would run: each may append a due record.
+    // Committed (settle commits), then down: the deadlines wait in the store.
+    subscriptions.settle(PATIENCE).await.unwrap();
+    subscriptions.stop("dunning").await;
+
     let timers = [
         DeadlineTimer::start::<Dunning>(shared.clone(), Duration::from_millis(20)),
         DeadlineTimer::start::<Dunning>(shared.clone(), Duration::from_millis(20)),
     ];
-    until_reminded(&store, "late").await;
+    let deadline = Instant::now() + PATIENCE;
+    while timers.iter().any(|t| t.fired() == 0) {
+        assert!(Instant::now() < deadline, "the timers did not fire");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         SystemTime::now() >= issued_at + Duration::from_millis(200),
         "never early"
     );
+    subscriptions.start(dunning(&invoices)).unwrap();
+    until_reminded(&store, "late").await;
     subscriptions.settle(PATIENCE).await.unwrap();
     let fired: u64 = timers.iter().map(|t| t.fired()).sum();
-    assert!(fired >= 1);
+    assert_eq!(fired, 2, "one due record from each timer");
     assert_eq!(
         reminders(&store, "late").await,
         1,
-        "once, with {fired} due records"
+        "once, from two due records"
     );
     assert_eq!(
         reminders(&store, "paid").await,
@@ -337,6 +352,31 @@ async fn a_deadline_fires_once_unless_cancelled_even_with_two_timers() {
     for timer in timers {
         timer.stop().await;
     }
+
+    // Everything delivered again: the deadline is set again from the same event (same due
+    // time), the first due record fires it with the same command id, answered from history.
+    subscriptions.stop("dunning").await;
+    subscriptions
+        .reset("dunning", ResetTo::Beginning, true)
+        .await
+        .unwrap();
+    subscriptions.start(dunning(&invoices)).unwrap();
+    subscriptions.settle(PATIENCE).await.unwrap();
+    assert_eq!(
+        reminders(&store, "late").await,
+        1,
+        "redelivered, still once"
+    );
+    assert_eq!(reminders(&store, "paid").await, 0);
+
+    // Instances take events from several streams: partitions (chosen by stream) are refused.
+    subscriptions.stop("dunning").await;
+    assert!(matches!(
+        subscriptions.start_partitioned(dunning(&invoices), 2, Default::default()),
+        Err(tidings::subscription::StartError::NotPartitionable(
+            "dunning"
+        ))
+    ));
     subscriptions.stop_all().await;
 }
 

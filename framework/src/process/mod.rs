@@ -50,7 +50,8 @@ pub const DEADLINE_DUE_TYPE: &str = "$tidings.DeadlineDue";
 pub const MAX_REFUSAL_DEPTH: usize = 8;
 
 /// The longest correlation key (instance id), in bytes: it is part of state keys, which are
-/// bounded by [`MAX_STATE_KEY_LEN`](crate::store::MAX_STATE_KEY_LEN). A longer one fails the event.
+/// bounded by [`MAX_STATE_KEY_LEN`](crate::store::MAX_STATE_KEY_LEN). A longer one, or one with a
+/// NUL byte (the separator in deadline keys), fails the event.
 pub const MAX_INSTANCE_LEN: usize = 512;
 
 /// The longest deadline name, in bytes. A longer one fails the event.
@@ -135,9 +136,16 @@ pub struct Steps<C> {
     instance: String,
     at: SystemTime,
     sends: Vec<(String, C)>,
-    schedules: Vec<(String, u64, C)>,
-    cancels: Vec<String>,
+    /// Deadlines set and cancelled, in the order asked for.
+    deadlines: Vec<DeadlineOp<C>>,
     finished: bool,
+}
+
+/// A change to an instance's deadlines.
+#[derive(Debug)]
+enum DeadlineOp<C> {
+    Schedule(String, u64, C),
+    Cancel(String),
 }
 
 impl<C> Steps<C> {
@@ -146,8 +154,7 @@ impl<C> Steps<C> {
             instance: instance.to_owned(),
             at,
             sends: Vec::new(),
-            schedules: Vec::new(),
-            cancels: Vec::new(),
+            deadlines: Vec::new(),
             finished: false,
         }
     }
@@ -164,8 +171,10 @@ impl<C> Steps<C> {
         self.at
     }
 
-    /// Sends `command` as the step named `step`. The command id is a UUIDv5 of the event's id
-    /// and `step`: give each command of one reaction its own step name.
+    /// Sends `command` as the step named `step`. The command id derives from the event's id,
+    /// the process manager's name and `step` ([`command_id`]): give each command of one
+    /// reaction its own step name. A deadline's command is sent as step
+    /// `"deadline:{name}:{due in microseconds}"` (the name [`ProcessManager::refused`] sees).
     pub fn send(&mut self, step: &str, command: C) {
         self.sends.push((step.to_owned(), command));
     }
@@ -177,12 +186,13 @@ impl<C> Steps<C> {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_micros() as u64;
-        self.schedules.push((name.to_owned(), micros, command));
+        self.deadlines
+            .push(DeadlineOp::Schedule(name.to_owned(), micros, command));
     }
 
     /// Cancels the deadline `name` of this instance, if set.
     pub fn cancel(&mut self, name: &str) {
-        self.cancels.push(name.to_owned());
+        self.deadlines.push(DeadlineOp::Cancel(name.to_owned()));
     }
 
     /// Ends the instance: its state and deadlines are deleted (after this reaction's commands
@@ -229,6 +239,13 @@ fn deadline_key(at: u64, instance: &str, name: &str) -> Vec<u8> {
     format!("d/{at:020}/{instance}\0{name}").into_bytes()
 }
 
+/// The id of the command that process manager `process` sends as step `step` of its reaction
+/// to `event`: a UUIDv5 of the event's id and `"{process}/{step}"`, so that two process managers
+/// reacting to one event with the same step name send different commands.
+pub fn command_id(process: &str, event: &RecordedEvent, step: &str) -> Uuid {
+    Uuid::new_v5(&event.event_id, format!("{process}/{step}").as_bytes())
+}
+
 /// Handles one event of type `E` for process manager `P`: what `#[derive(ProcessManager)]`
 /// calls. Not meant to be called directly.
 #[doc(hidden)]
@@ -240,10 +257,11 @@ pub async fn handle_event<P: Reacts<E>, E: DomainEvent>(
     let Some(instance) = P::correlate(&event) else {
         return Ok(());
     };
-    if instance.is_empty() || instance.len() > MAX_INSTANCE_LEN {
+    if instance.is_empty() || instance.len() > MAX_INSTANCE_LEN || instance.contains('\0') {
         return Err(HandlerFailure::Handler(
             format!(
-                "process {:?}: a correlation key must be 1 to {MAX_INSTANCE_LEN} bytes, got {}",
+                "process {:?}: a correlation key must be 1 to {MAX_INSTANCE_LEN} bytes without \
+                 NUL, got {} bytes",
                 P::NAME,
                 instance.len()
             )
@@ -323,32 +341,36 @@ async fn run<P: ProcessManager>(
                 .into(),
             ));
         }
-        for (name, at, command) in steps.schedules.drain(..) {
-            if name.len() > MAX_DEADLINE_NAME_LEN {
-                return Err(HandlerFailure::Handler(
-                    format!(
-                        "process {:?}: a deadline name must be at most {MAX_DEADLINE_NAME_LEN} \
-                         bytes, got {}",
-                        P::NAME,
-                        name.len()
-                    )
-                    .into(),
-                ));
-            }
-            if let Some((old, _)) = stored.deadlines.insert(name.clone(), (at, command)) {
-                ctx.delete(&deadline_key(old, instance, &name));
-            }
-            ctx.put(&deadline_key(at, instance, &name), Vec::new());
-        }
-        for name in steps.cancels.drain(..) {
-            if let Some((old, _)) = stored.deadlines.remove(&name) {
-                ctx.delete(&deadline_key(old, instance, &name));
+        for op in steps.deadlines.drain(..) {
+            match op {
+                DeadlineOp::Schedule(name, at, command) => {
+                    if name.len() > MAX_DEADLINE_NAME_LEN {
+                        return Err(HandlerFailure::Handler(
+                            format!(
+                                "process {:?}: a deadline name must be at most \
+                                 {MAX_DEADLINE_NAME_LEN} bytes, got {}",
+                                P::NAME,
+                                name.len()
+                            )
+                            .into(),
+                        ));
+                    }
+                    if let Some((old, _)) = stored.deadlines.insert(name.clone(), (at, command)) {
+                        ctx.delete(&deadline_key(old, instance, &name));
+                    }
+                    ctx.put(&deadline_key(at, instance, &name), Vec::new());
+                }
+                DeadlineOp::Cancel(name) => {
+                    if let Some((old, _)) = stored.deadlines.remove(&name) {
+                        ctx.delete(&deadline_key(old, instance, &name));
+                    }
+                }
             }
         }
         finished |= steps.finished;
         let mut next = Steps::new(instance, source.timestamp());
         for (step, command) in steps.sends.drain(..) {
-            let id = Uuid::new_v5(&source.event_id, step.as_bytes());
+            let id = command_id(P::NAME, source, &step);
             let envelope = CommandEnvelope::with_id(id, command)
                 .correlated_with(correlation)
                 .caused_by_id(source.event_id);
@@ -363,11 +385,7 @@ async fn run<P: ProcessManager>(
                 }
             }
         }
-        if next.sends.is_empty()
-            && next.schedules.is_empty()
-            && next.cancels.is_empty()
-            && !next.finished
-        {
+        if next.sends.is_empty() && next.deadlines.is_empty() && !next.finished {
             break;
         }
         steps = next;

@@ -19,7 +19,8 @@ const SCAN_PAGE: usize = 256;
 ///
 /// It reads the deadlines the process manager's subscription has **committed** (a deadline set
 /// by an event is seen after the checkpoint commit that holds it), and appends one
-/// `$tidings.DeadlineDue` record to the stream `$deadlines-{NAME}` for each that is due. The
+/// `$tidings.DeadlineDue` record for each that is due, to a stream of the instance's own
+/// (`$deadlines-{uuid}`, so that a parked record holds back only that instance). The
 /// subscription sends the deadline's command when it handles that record, and removes the
 /// deadline in the same commit: so a deadline fires once, also when a record is appended twice
 /// (a timer restarted before the subscription handled the first, or timers in two processes).
@@ -60,11 +61,10 @@ impl DeadlineTimer {
         let fired = Arc::new(AtomicU64::new(0));
         let count = fired.clone();
         let task = tokio::spawn(async move {
-            let stream = format!("$deadlines-{}", P::NAME);
             // Keys appended by this run and still in the index (handled ones leave it).
             let mut sent: HashSet<Vec<u8>> = HashSet::new();
             loop {
-                let next = match fire_due(&*store, P::NAME, &stream, &mut sent, &count).await {
+                let next = match fire_due(&*store, P::NAME, &mut sent, &count).await {
                     Ok(next) => next,
                     Err(e) => {
                         warn!(process = P::NAME, error = %e, "deadline timer: the store failed; trying again");
@@ -87,6 +87,16 @@ impl DeadlineTimer {
     }
 }
 
+/// The stream of instance `instance`'s due records: one per instance, so that a due record
+/// parked after its command kept failing holds back only that instance's deadlines.
+pub(crate) fn deadline_stream(process: &str, instance: &str) -> String {
+    let key = format!("{process}\0{instance}");
+    format!(
+        "$deadlines-{}",
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes())
+    )
+}
+
 fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -107,7 +117,6 @@ fn parse_key(key: &[u8]) -> Option<(u64, String, String)> {
 async fn fire_due(
     store: &dyn EventStore,
     process: &str,
-    stream: &str,
     sent: &mut HashSet<Vec<u8>>,
     fired: &AtomicU64,
 ) -> Result<Option<u64>, crate::store::StoreError> {
@@ -140,7 +149,7 @@ async fn fire_due(
             let payload = serde_json::to_vec(&due).expect("a deadline record encodes");
             store
                 .append(
-                    stream,
+                    &deadline_stream(process, &due.instance),
                     ExpectedVersion::Any,
                     vec![EventData::new(DEADLINE_DUE_TYPE, payload)],
                 )

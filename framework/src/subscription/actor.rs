@@ -230,6 +230,10 @@ pub enum StartError {
     /// A subscription of that name is already running in this registry: stop it first.
     #[error("subscription {0:?} is already running")]
     AlreadyRunning(&'static str),
+    /// The handler cannot run with several partitions (a process manager: one instance's
+    /// events come from several streams, and partitions are chosen by stream).
+    #[error("subscription {0:?} cannot run partitioned; start it with one partition")]
+    NotPartitionable(&'static str),
 }
 
 impl Subscriptions {
@@ -282,6 +286,9 @@ impl Subscriptions {
         partitions: usize,
         config: SubscriptionConfig,
     ) -> Result<SubscriptionHandle, StartError> {
+        if partitions > 1 && !H::partitionable() {
+            return Err(StartError::NotPartitionable(H::NAME));
+        }
         let handlers = vec![handler; partitions.max(1)];
         self.launch(handlers, config)
     }

@@ -102,6 +102,13 @@ pub trait EventHandler: Send + 'static {
         StartFrom::Beginning
     }
 
+    /// Whether [`Subscriptions::start_partitioned`](super::Subscriptions::start_partitioned)
+    /// may run it with several partitions. `false` for a process manager, whose instances take
+    /// events from several streams while partitions are chosen by stream. Default `true`.
+    fn partitionable() -> bool {
+        true
+    }
+
     /// The store filter: only these events are read, and no other payload is copied.
     fn filter() -> Filter {
         Filter::all().event_types(Self::event_types())
