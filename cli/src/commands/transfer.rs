@@ -30,7 +30,7 @@ const IMPORT_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// a longer one (a file that is not an export, a line without an end) is refused without being
 /// held. The longest line `export` writes is an event or state entry of
 /// [`MAX_PAYLOAD_LEN`] bytes in base64, 11.2 MB.
-pub(crate) const MAX_IMPORT_LINE_LEN: usize = 16 * 1024 * 1024;
+pub const MAX_IMPORT_LINE_LEN: usize = 16 * 1024 * 1024;
 
 const _: () = assert!(MAX_PAYLOAD_LEN.div_ceil(3) * 4 + 64 * 1024 < MAX_IMPORT_LINE_LEN);
 const _: () = assert!(IMPORT_BATCH_BYTES + MAX_PAYLOAD_LEN + 64 * 1024 < MAX_APPEND_BYTES);
