@@ -53,6 +53,7 @@ use clap::{Parser, Subcommand};
 use tidings::store::EventStore;
 use tidings::subscription::Subscriptions;
 
+pub use self::commands::MAX_IMPORT_LINE_LEN;
 pub use self::error::{
     CliError, EXIT_DAMAGED, EXIT_ERROR, EXIT_IN_USE, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE,
 };

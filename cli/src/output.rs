@@ -13,16 +13,20 @@ use time::OffsetDateTime;
 
 use crate::registry::Registry;
 
-/// How many rows a table holds before it fixes its column widths and starts printing.
+/// How many rows a table holds before it fixes its column widths and starts printing...
 const TABLE_BUFFER_ROWS: usize = 1000;
+/// ...or how many bytes of cells (payloads shown with `--payload` are cells).
+const TABLE_BUFFER_BYTES: usize = 1024 * 1024;
 
-/// An aligned table printed as rows come. The first [`TABLE_BUFFER_ROWS`] rows set the column
-/// widths, so that a listing of any length is printed without holding it all in memory.
+/// An aligned table printed as rows come. The first [`TABLE_BUFFER_ROWS`] rows (at most
+/// [`TABLE_BUFFER_BYTES`] of cells, and always one row) set the column widths, so that a listing
+/// of any length is printed without holding it all in memory.
 pub struct Table<'a> {
     out: &'a mut dyn Write,
     headers: Vec<&'static str>,
     widths: Vec<usize>,
     buffered: Vec<Vec<String>>,
+    buffered_bytes: usize,
     started: bool,
     rows: u64,
 }
@@ -35,6 +39,7 @@ impl<'a> Table<'a> {
             headers: headers.to_vec(),
             widths: headers.iter().map(|h| h.chars().count()).collect(),
             buffered: Vec::new(),
+            buffered_bytes: 0,
             started: false,
             rows: 0,
         }
@@ -56,8 +61,9 @@ impl<'a> Table<'a> {
         for (w, c) in self.widths.iter_mut().zip(&cells) {
             *w = (*w).max(c.chars().count());
         }
+        self.buffered_bytes += cells.iter().map(String::len).sum::<usize>();
         self.buffered.push(cells);
-        if self.buffered.len() >= TABLE_BUFFER_ROWS {
+        if self.buffered.len() >= TABLE_BUFFER_ROWS || self.buffered_bytes >= TABLE_BUFFER_BYTES {
             self.start()?;
         }
         Ok(())
@@ -90,6 +96,7 @@ impl<'a> Table<'a> {
         self.started = true;
         let headers: Vec<String> = self.headers.iter().map(|h| (*h).to_owned()).collect();
         self.print(&headers)?;
+        self.buffered_bytes = 0;
         for row in std::mem::take(&mut self.buffered) {
             self.print(&row)?;
         }

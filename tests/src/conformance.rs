@@ -32,9 +32,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tidings::store::{
-    category_of, AppendResult, CheckpointInfo, EventData, EventStore, ExpectedVersion, Filter,
-    ReadBatch, RecordedEvent, Result, Snapshot, StateWrite, StoreError, StreamInfo,
-    MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN, MAX_STREAM_ID_LEN,
+    category_of, state_page_is_full, stream_page_is_full, AppendResult, CheckpointInfo, EventData,
+    EventStore, ExpectedVersion, Filter, ReadBatch, RecordedEvent, Result, Snapshot, StateWrite,
+    StoreError, StreamInfo, MAX_APPEND_BYTES, MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN,
+    MAX_STREAM_ID_LEN, READ_PAGE_BYTES,
 };
 use uuid::Uuid;
 
@@ -118,6 +119,8 @@ macro_rules! conformance_suite {
             invalid_stream_ids_are_rejected,
             invalid_event_types_and_payloads_are_rejected,
             largest_payloads_round_trip,
+            an_append_beyond_the_byte_limit_is_refused,
+            reads_are_paged_by_bytes,
             append_result_positions_and_versions,
             global_positions_are_gap_free_across_streams,
             concurrent_appends_in_one_commit_get_distinct_versions,
@@ -577,7 +580,7 @@ pub async fn largest_payloads_round_trip<S: EventStore>(store: S) {
         vec![ev("Big", big(3))],
     )
     .await;
-    let read = store.read_stream("big-1", 1, 10).await.unwrap();
+    let read = whole_stream(&store, "big-1", 10).await;
     assert_eq!(read.len(), 4);
     for (e, d) in read.iter().zip(&events) {
         assert!(
@@ -588,10 +591,175 @@ pub async fn largest_payloads_round_trip<S: EventStore>(store: S) {
             e.payload.len()
         );
     }
+    // Each page holds one event of the largest size: it is beyond the page's byte budget.
     let page = store.read_all(3, 10, &Filter::all()).await.unwrap();
     let sizes: Vec<usize> = page.events.iter().map(|e| e.payload.len()).collect();
-    assert_eq!(sizes, [MAX_PAYLOAD_LEN, 1, MAX_PAYLOAD_LEN]);
-    assert!(page.events[2].payload == big(3), "payload of big-2");
+    assert_eq!(sizes, [MAX_PAYLOAD_LEN]);
+    assert_eq!(page.next_position, 4);
+    let page = store.read_all(4, 10, &Filter::all()).await.unwrap();
+    let sizes: Vec<usize> = page.events.iter().map(|e| e.payload.len()).collect();
+    assert_eq!(sizes, [1, MAX_PAYLOAD_LEN]);
+    assert!(page.events[1].payload == big(3), "payload of big-2");
+}
+
+/// Every event of `stream`, read in pages of `max_count` until a page that is not full.
+async fn whole_stream<S: EventStore>(
+    store: &S,
+    stream: &str,
+    max_count: usize,
+) -> Vec<RecordedEvent> {
+    let mut out: Vec<RecordedEvent> = Vec::new();
+    loop {
+        let from = out.last().map_or(1, |e| e.stream_version + 1);
+        let page = store.read_stream(stream, from, max_count).await.unwrap();
+        assert!(
+            page.len() <= max_count,
+            "read_stream returned more than max_count"
+        );
+        let full = stream_page_is_full(&page, max_count);
+        out.extend(page);
+        if !full {
+            return out;
+        }
+    }
+}
+
+/// One append (or one import call) carries at most `MAX_APPEND_BYTES` of payloads and type
+/// names: beyond it the request is `InvalidInput` and writes nothing, however small each event.
+pub async fn an_append_beyond_the_byte_limit_is_refused<S: EventStore>(store: S) {
+    let largest = || ev("Big", vec![5u8; MAX_PAYLOAD_LEN]);
+    // Four events of the largest size are the limit's payloads, and their type names go beyond.
+    let four: Vec<EventData> = (0..4).map(|_| largest()).collect();
+    match store
+        .append("huge-1", ExpectedVersion::NoStream, four)
+        .await
+    {
+        Err(StoreError::InvalidInput(reason)) => {
+            assert!(reason.contains(&MAX_APPEND_BYTES.to_string()), "{reason}")
+        }
+        other => panic!("an append beyond MAX_APPEND_BYTES: {other:?}"),
+    }
+    // Many small events that add up beyond the limit.
+    let many: Vec<EventData> = (0..(MAX_APPEND_BYTES / (64 * 1024) + 1))
+        .map(|_| ev("Part", vec![1u8; 64 * 1024]))
+        .collect();
+    assert_invalid(
+        store.append("huge-2", ExpectedVersion::Any, many).await,
+        "an append of many events beyond MAX_APPEND_BYTES",
+    );
+    assert_eq!(store.head(), 0, "a refused append writes nothing");
+    assert_eq!(store.stream_version("huge-1").await.unwrap(), 0);
+    // An import call is bounded the same way.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let imported: Vec<RecordedEvent> = (1..=4)
+        .map(|p| RecordedEvent {
+            payload: vec![5u8; MAX_PAYLOAD_LEN],
+            ..recorded(p, "huge-3", p, now)
+        })
+        .collect();
+    assert_invalid(
+        store.import(imported).await,
+        "an import beyond MAX_APPEND_BYTES",
+    );
+    assert_eq!(store.head(), 0, "a refused import writes nothing");
+    // Three of the largest with small ones fit.
+    let mut three: Vec<EventData> = (0..3).map(|_| largest()).collect();
+    three.push(ev("Small", "x"));
+    let r = ok_append(&store, "huge-1", ExpectedVersion::NoStream, three).await;
+    assert_eq!((r.first_position, r.last_position), (1, 4));
+}
+
+/// A page of `read_all`, `read_stream` and `scan_state` ends at the event (or entry) that brings
+/// its bytes to `READ_PAGE_BYTES`, whatever `max_count` asks, and always holds one; paging on
+/// (by `next_position`, or while the page is full) reads everything once, in order.
+pub async fn reads_are_paged_by_bytes<S: EventStore>(store: S) {
+    let third = READ_PAGE_BYTES * 3 / 4; // two of them go past the budget
+    let wide = |i: u8| ev("Wide", vec![i; third]);
+    for i in 0..5u8 {
+        ok_append(&store, "wide-1", ExpectedVersion::Any, vec![wide(i)]).await;
+        ok_append(&store, "thin-1", ExpectedVersion::Any, evs("t", 3)).await;
+    }
+    // Positions: wide-1 at 1, 5, 9, 13, 17; thin-1 around them.
+    let page = store.read_stream("wide-1", 1, 100).await.unwrap();
+    assert_eq!(page.len(), 2, "a stream page ends at the byte budget");
+    assert!(stream_page_is_full(&page, 100));
+    let whole = whole_stream(&store, "wide-1", 100).await;
+    let versions: Vec<u64> = whole.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    for (i, e) in whole.iter().enumerate() {
+        assert!(
+            e.payload == vec![i as u8; third],
+            "payload of version {}",
+            i + 1
+        );
+    }
+    let page = store.read_all(1, 100, &Filter::all()).await.unwrap();
+    let positions: Vec<u64> = page.events.iter().map(|e| e.position).collect();
+    assert_eq!(
+        positions,
+        [1, 2, 3, 4, 5],
+        "a global page ends at the byte budget"
+    );
+    assert_eq!(page.next_position, 6);
+    assert!(!page.is_end());
+    let wide_only = Filter::all().categories(["wide"]);
+    let page = store.read_all(2, 100, &wide_only).await.unwrap();
+    let positions: Vec<u64> = page.events.iter().map(|e| e.position).collect();
+    assert_eq!(positions, [5, 9], "a filtered page ends at the byte budget");
+    assert_eq!(page.next_position, 10);
+    let all = read_everything(&store, &Filter::all(), 100).await;
+    assert_eq!(all.len(), 20);
+    let filtered = read_everything(&store, &wide_only, 100).await;
+    assert_eq!(filtered.len(), 5);
+    // One event beyond the budget is a page by itself.
+    ok_append(
+        &store,
+        "wide-1",
+        ExpectedVersion::Any,
+        vec![ev("Wide", vec![9u8; MAX_PAYLOAD_LEN])],
+    )
+    .await;
+    let page = store.read_stream("wide-1", 6, 100).await.unwrap();
+    assert_eq!(page.len(), 1);
+    let page = store.read_all(21, 100, &Filter::all()).await.unwrap();
+    assert_eq!((page.events.len(), page.next_position), (1, 22));
+
+    // State entries.
+    let head = store.head();
+    let state: Vec<StateWrite> = (0..5u8)
+        .map(|i| StateWrite {
+            key: vec![b'k', i],
+            value: Some(vec![i; third]),
+        })
+        .collect();
+    store
+        .commit_checkpoint("wide", None, head, state)
+        .await
+        .unwrap();
+    let page = store.scan_state("wide", b"k", b"", 100).await.unwrap();
+    assert_eq!(page.len(), 2, "a state page ends at the byte budget");
+    assert!(state_page_is_full(&page, 100));
+    let mut keys = Vec::new();
+    let mut from = Vec::new();
+    loop {
+        let page = store.scan_state("wide", b"k", &from, 100).await.unwrap();
+        let full = state_page_is_full(&page, 100);
+        for (key, value) in &page {
+            assert!(value == &vec![key[1]; third], "value of {key:?}");
+            keys.push(key.clone());
+        }
+        match page.last() {
+            Some((key, _)) if full => {
+                from = key.clone();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(keys, (0..5u8).map(|i| vec![b'k', i]).collect::<Vec<_>>());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ mod read;
 mod subscriptions;
 mod transfer;
 
+pub use self::transfer::MAX_IMPORT_LINE_LEN;
+
 use std::io::Write;
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use serde::Serialize;
-use tidings::store::{Filter, RecordedEvent, StoreError};
+use tidings::store::{stream_page_is_full, Filter, RecordedEvent, StoreError};
 
 use super::{Ctx, PAGE};
 use crate::error::{CliError, EXIT_OK};
@@ -207,7 +207,8 @@ pub(crate) async fn read_stream(
             next = e.stream_version + 1;
         }
         printed += page.len() as u64;
-        if page.len() < want {
+        // A page also ends at the store's byte budget: only one that is not full is the end.
+        if !stream_page_is_full(&page, want) {
             break;
         }
     }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tidings::store::{Filter, RecordedEvent, StateWrite, StoreError};
+use tidings::store::{
+    state_entry_bytes, state_page_is_full, Filter, RecordedEvent, StateWrite, StoreError,
+    MAX_APPEND_BYTES, MAX_PAYLOAD_LEN,
+};
 use tidings::subscription::{ParkedEvent, SubscriptionStatus, RESERVED_PREFIX};
 
 use super::{Ctx, PAGE};
@@ -17,10 +20,66 @@ use crate::output::{
     decode_base64, encode_base64, exact_payload, json_line, EventLine, PayloadEncoding,
 };
 
-/// An import is sent to the store in batches of at most this many events...
+/// An import is sent to the store in batches of at most this many events (or state entries)...
 const IMPORT_BATCH_EVENTS: usize = 1000;
-/// ...or this many payload bytes.
+/// ...or about this many bytes of payloads (or of state keys and values): a batch is sent once
+/// it holds them, so it holds less than this plus one event (within [`MAX_APPEND_BYTES`]).
 const IMPORT_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// The longest line `import` reads, in bytes, newline excluded: checked as the line is read, so
+/// a longer one (a file that is not an export, a line without an end) is refused without being
+/// held. The longest line `export` writes is an event or state entry of
+/// [`MAX_PAYLOAD_LEN`] bytes in base64, 11.2 MB.
+pub const MAX_IMPORT_LINE_LEN: usize = 16 * 1024 * 1024;
+
+const _: () = assert!(MAX_PAYLOAD_LEN.div_ceil(3) * 4 + 64 * 1024 < MAX_IMPORT_LINE_LEN);
+const _: () = assert!(IMPORT_BATCH_BYTES + MAX_PAYLOAD_LEN + 64 * 1024 < MAX_APPEND_BYTES);
+
+/// How reading one line of the input ended.
+enum LineRead {
+    /// A line is in the buffer (without its newline).
+    Line,
+    /// The input is over.
+    End,
+    /// The line is longer than the limit; what was read of it is dropped.
+    TooLong,
+}
+
+/// Reads one line into `buf` (cleared first, newline dropped), refusing one longer than `max`
+/// bytes before holding more than `max` bytes of it.
+fn read_line_capped(
+    reader: &mut dyn BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<LineRead> {
+    buf.clear();
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(if buf.is_empty() {
+                LineRead::End
+            } else {
+                LineRead::Line
+            });
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (available.len(), false),
+        };
+        if buf.len() + take > max {
+            return Ok(LineRead::TooLong);
+        }
+        buf.extend_from_slice(&available[..take]);
+        reader.consume(take + usize::from(done));
+        if done {
+            return Ok(LineRead::Line);
+        }
+    }
+}
 
 #[derive(Serialize)]
 struct ExportSummary {
@@ -176,7 +235,7 @@ pub(crate) async fn export(
                         state_entries += 1;
                     }
                     match entries.last() {
-                        Some((key, _)) if entries.len() == PAGE => {
+                        Some((key, _)) if state_page_is_full(&entries, PAGE) => {
                             from = key.clone();
                             from.push(0);
                         }
@@ -328,6 +387,8 @@ struct Consumer {
     /// Whether its checkpoint is in the store already.
     committed: bool,
     writes: Vec<StateWrite>,
+    /// The keys' and values' bytes in `writes`.
+    bytes: usize,
 }
 
 /// Commits the consumer's checkpoint with the state entries read so far (fenced: the first
@@ -339,6 +400,7 @@ async fn commit_part(
 ) -> Result<(), CliError> {
     let expected = c.committed.then_some(c.position);
     let writes = std::mem::take(&mut c.writes);
+    c.bytes = 0;
     match ctx
         .store
         .commit_checkpoint(&c.name, expected, c.position, writes)
@@ -482,13 +544,30 @@ pub(crate) async fn import(
     let (mut checkpoints, mut state_entries) = (0u64, 0u64);
     let mut batch = Batch::default();
     let mut consumer: Option<Consumer> = None;
-    for (i, text) in reader.lines().enumerate() {
-        let number = i as u64 + 1;
-        let text = text?;
+    let mut reader = reader;
+    let mut buf = Vec::new();
+    let mut number = 0u64;
+    loop {
+        number += 1;
+        match read_line_capped(&mut *reader, &mut buf, MAX_IMPORT_LINE_LEN)? {
+            LineRead::Line => {}
+            LineRead::End => break,
+            LineRead::TooLong => {
+                return Err(bad(
+                    number,
+                    format!(
+                        "the line is longer than {MAX_IMPORT_LINE_LEN} bytes (the longest line \
+                         an export writes is about 11.2 MB): not a line of an export"
+                    ),
+                ))
+            }
+        }
+        let text = std::str::from_utf8(&buf)
+            .map_err(|e| bad(number, format!("the line is not UTF-8: {e}")))?;
         if text.trim().is_empty() {
             continue;
         }
-        let kind: Kind = serde_json::from_str(&text)
+        let kind: Kind = serde_json::from_str(text)
             .map_err(|e| bad(number, format!("not a line of an export: {e}")))?;
         match kind.kind.as_str() {
             "event" => {}
@@ -497,7 +576,7 @@ pub(crate) async fn import(
                 if let Some(c) = consumer.take() {
                     commit(ctx, c, &bad).await?;
                 }
-                let line: CheckpointLine = serde_json::from_str(&text)
+                let line: CheckpointLine = serde_json::from_str(text)
                     .map_err(|e| bad(number, format!("not a checkpoint: {e}")))?;
                 let head = ctx.store.head();
                 if line.position > head {
@@ -529,11 +608,12 @@ pub(crate) async fn import(
                     line: number,
                     committed,
                     writes: Vec::new(),
+                    bytes: 0,
                 });
                 continue;
             }
             "state" => {
-                let line: StateLine = serde_json::from_str(&text)
+                let line: StateLine = serde_json::from_str(text)
                     .map_err(|e| bad(number, format!("not a state entry: {e}")))?;
                 let Some(c) = consumer.as_mut().filter(|c| c.name == line.name) else {
                     return Err(bad(
@@ -557,19 +637,20 @@ pub(crate) async fn import(
                         ),
                     )
                 })?;
+                c.bytes += state_entry_bytes(&key, &value);
                 c.writes.push(StateWrite {
                     key,
                     value: Some(value),
                 });
                 state_entries += 1;
-                if c.writes.len() >= IMPORT_BATCH_EVENTS {
+                if c.writes.len() >= IMPORT_BATCH_EVENTS || c.bytes >= IMPORT_BATCH_BYTES {
                     commit_part(ctx, c, &bad).await?;
                 }
                 continue;
             }
             other => return Err(bad(number, format!("unknown kind of line {other:?}"))),
         }
-        let event = parse_line(&text).map_err(|r| bad(number, r))?;
+        let event = parse_line(text).map_err(|r| bad(number, r))?;
         if resume && event.position <= start_head {
             let stored = ctx
                 .store

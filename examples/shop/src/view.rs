@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tidings::store::{EventStore, StoreError};
+use tidings::store::{state_page_is_full, EventStore, StoreError};
 use tidings::subscription::{EventContext, EventHandler as _, Handle, HandlerError};
 use tidings::{async_trait, EventHandler};
 
@@ -276,13 +276,13 @@ async fn scan(
     let mut from = prefix.to_vec();
     loop {
         let page = store.scan_state(name, prefix, &from, PAGE).await?;
-        let n = page.len();
+        let full = state_page_is_full(&page, PAGE);
         if let Some((last, _)) = page.last() {
             from = last.clone();
             from.push(0);
         }
         out.extend(page);
-        if n < PAGE {
+        if !full {
             return Ok(out);
         }
     }

@@ -158,7 +158,8 @@ async fn catch_up<A: Aggregate>(
         let page = store
             .read_stream(&loaded.stream, next, config.read_page)
             .await?;
-        let full = page.len() >= config.read_page;
+        // A page also ends at the store's byte budget: shorter than asked is not the end then.
+        let full = crate::store::stream_page_is_full(&page, config.read_page);
         for event in &page {
             if event.stream_version > known && is_framework_record(&event.event_type) {
                 // A remembered decision: part of the stream's versions, not of the state.

@@ -127,7 +127,7 @@ async fn fire_due(
         let page = store
             .scan_state(process, DEADLINE_PREFIX, &from, SCAN_PAGE)
             .await?;
-        let full = page.len() >= SCAN_PAGE;
+        let full = crate::store::state_page_is_full(&page, SCAN_PAGE);
         for (key, _) in &page {
             let Some((at, instance, name)) = parse_key(key) else {
                 continue;

@@ -23,9 +23,10 @@ pub use self::postgres::{
 };
 pub use self::sled::{SledConfig, SledEventStore};
 pub use self::types::{
-    category_of, AppendResult, CheckpointInfo, EventData, ExpectedVersion, Filter, ReadBatch,
-    RecordedEvent, Snapshot, StateWrite, StreamInfo, VerifyReport, MAX_EVENT_TYPE_LEN,
-    MAX_PAYLOAD_LEN, MAX_SNAPSHOT_LEN, MAX_STATE_KEY_LEN, MAX_STREAM_ID_LEN,
+    category_of, state_entry_bytes, state_page_is_full, stream_page_is_full, AppendResult,
+    CheckpointInfo, EventData, ExpectedVersion, Filter, ReadBatch, RecordedEvent, Snapshot,
+    StateWrite, StreamInfo, VerifyReport, MAX_APPEND_BYTES, MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN,
+    MAX_SNAPSHOT_LEN, MAX_STATE_KEY_LEN, MAX_STREAM_ID_LEN, READ_PAGE_BYTES,
 };
 
 use std::time::Duration;
@@ -44,8 +45,10 @@ use async_trait::async_trait;
 /// long as no write fails midway. The embedded store keeps them gap-free always; a server
 /// backend may leave a gap where a transaction took positions and then failed (docs/guarantees.md).
 ///
-/// Reads are paged: a read returns at most `max_count` events, so that reading a log of any size
-/// never holds it all in memory.
+/// Reads are paged: a read returns at most `max_count` events and ends early once its events
+/// hold [`READ_PAGE_BYTES`] (always at least one event), so that reading a log of any size, or
+/// of the largest events, never holds more than a bounded amount in memory. Writes are bounded
+/// too: one append carries at most [`MAX_APPEND_BYTES`].
 ///
 /// ```
 /// use tidings::store::{EventData, EventStore, ExpectedVersion, Filter, SledEventStore};
@@ -76,7 +79,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// Appends `events` to `stream` if the stream is at the `expected` version, atomically: all
     /// of them or none. Returns once the events are durable.
     ///
-    /// Fails with [`StoreError::WrongExpectedVersion`] (nothing written) when the check fails.
+    /// Fails with [`StoreError::WrongExpectedVersion`] (nothing written) when the check fails,
+    /// and with [`StoreError::InvalidInput`] (nothing written) when a name or payload is beyond
+    /// its limit or the events carry more than [`MAX_APPEND_BYTES`] together.
     async fn append(
         &self,
         stream: &str,
@@ -86,6 +91,10 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Reads up to `max_count` events of `stream`, starting at version `from_version` (1 is the
     /// first event), in version order. An unknown stream reads as empty.
+    ///
+    /// The page also ends at the event that brings its bytes to [`READ_PAGE_BYTES`], so a page
+    /// shorter than `max_count` is the end of the stream only if it is not
+    /// [full](stream_page_is_full).
     async fn read_stream(
         &self,
         stream: &str,
@@ -97,9 +106,9 @@ pub trait EventStore: Send + Sync + 'static {
     async fn stream_version(&self, stream: &str) -> Result<u64>;
 
     /// Reads the global log from `from_position` (inclusive), returning at most `max_count`
-    /// events that pass `filter`. A page ends at `max_count` matches, at the durable head, or
-    /// after the backend has examined a bounded number of events; `next_position` says where to
-    /// go on.
+    /// events that pass `filter`. A page ends at `max_count` matches, at the match that brings
+    /// its bytes to [`READ_PAGE_BYTES`], at the durable head, or after the backend has examined
+    /// a bounded number of events; `next_position` says where to go on.
     async fn read_all(
         &self,
         from_position: u64,
@@ -150,7 +159,8 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Up to `max_count` entries of consumer `name`'s state whose keys start with `prefix` and
     /// are at or after `from_key`, in key order (a page: call again from the last key plus a
-    /// zero byte).
+    /// zero byte). The page also ends at the entry that brings its bytes to [`READ_PAGE_BYTES`]:
+    /// it is the last page when it is not [full](state_page_is_full).
     async fn scan_state(
         &self,
         name: &str,
@@ -261,7 +271,6 @@ pub trait EventStore: Send + Sync + 'static {
     }
 }
 
-/// Checks a stream id or consumer name: 1 to [`MAX_STREAM_ID_LEN`] bytes.
 /// Refuses a snapshot larger than [`MAX_SNAPSHOT_LEN`] with [`StoreError::InvalidInput`].
 pub(crate) fn validate_snapshot(snapshot: &Snapshot) -> Result<()> {
     if snapshot.payload.len() > MAX_SNAPSHOT_LEN {
@@ -273,6 +282,7 @@ pub(crate) fn validate_snapshot(snapshot: &Snapshot) -> Result<()> {
     Ok(())
 }
 
+/// Checks a stream id or consumer name: 1 to [`MAX_STREAM_ID_LEN`] bytes.
 pub(crate) fn validate_name(what: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_STREAM_ID_LEN {
         return Err(StoreError::InvalidInput(format!(
@@ -313,6 +323,17 @@ pub(crate) fn validate_import(events: &[RecordedEvent]) -> Result<()> {
     let Some(first) = events.first() else {
         return Err(StoreError::InvalidInput("import has no events".into()));
     };
+    let total: usize = events
+        .iter()
+        .map(|e| e.payload.len() + e.event_type.len())
+        .sum();
+    if total > MAX_APPEND_BYTES {
+        return Err(StoreError::InvalidInput(format!(
+            "import of {} events carries {total} bytes, beyond the limit of {MAX_APPEND_BYTES} \
+             for one call: import them in several batches",
+            events.len()
+        )));
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
@@ -383,6 +404,17 @@ pub(crate) fn validate_append(stream: &str, events: &[EventData]) -> Result<()> 
     if events.is_empty() {
         return Err(StoreError::InvalidInput(format!(
             "append to {stream:?} has no events"
+        )));
+    }
+    let total: usize = events
+        .iter()
+        .map(|e| e.payload.len() + e.event_type.len())
+        .sum();
+    if total > MAX_APPEND_BYTES {
+        return Err(StoreError::InvalidInput(format!(
+            "append to {stream:?} carries {total} bytes in {} events, beyond the limit of \
+             {MAX_APPEND_BYTES} for one append: split it into several appends",
+            events.len()
         )));
     }
     for e in events {

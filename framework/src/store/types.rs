@@ -14,6 +14,42 @@ pub const MAX_PAYLOAD_LEN: usize = 8 * 1024 * 1024;
 /// The largest snapshot payload accepted, in bytes: a snapshot is read whole when its aggregate
 /// loads, so its size bounds the memory of a load.
 pub const MAX_SNAPSHOT_LEN: usize = 16 * 1024 * 1024;
+/// The most bytes one append (or one [`import`](super::EventStore::import) call) may carry: its
+/// events' payloads and type names added up, checked before anything is written. Four events of
+/// the largest size; a bigger write is split into several appends (or import batches).
+pub const MAX_APPEND_BYTES: usize = 32 * 1024 * 1024;
+/// The byte budget of one page of a read ([`read_all`](super::EventStore::read_all),
+/// [`read_stream`](super::EventStore::read_stream),
+/// [`scan_state`](super::EventStore::scan_state)): a page ends at the first event (or state
+/// entry) that brings its bytes ([`RecordedEvent::page_bytes`], [`state_entry_bytes`]) to this
+/// budget or beyond, whatever `max_count` says. A page therefore holds less than
+/// `READ_PAGE_BYTES` plus one event, and always at least one, so that paging makes progress.
+pub const READ_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Whether a page returned by [`read_stream`](super::EventStore::read_stream) with `max_count`
+/// may be followed by more events: it is full in count, or its bytes reached
+/// [`READ_PAGE_BYTES`]. A page that is not full is the end of the stream.
+pub fn stream_page_is_full(page: &[RecordedEvent], max_count: usize) -> bool {
+    page.len() >= max_count
+        || page.iter().map(RecordedEvent::page_bytes).sum::<usize>() >= READ_PAGE_BYTES
+}
+
+/// What a state entry counts for in a page's byte budget: its key and its value.
+pub fn state_entry_bytes(key: &[u8], value: &[u8]) -> usize {
+    key.len() + value.len()
+}
+
+/// Whether a page returned by [`scan_state`](super::EventStore::scan_state) with `max_count`
+/// may be followed by more entries: it is full in count, or its bytes reached
+/// [`READ_PAGE_BYTES`]. A page that is not full is the end of the scan.
+pub fn state_page_is_full(page: &[(Vec<u8>, Vec<u8>)], max_count: usize) -> bool {
+    page.len() >= max_count
+        || page
+            .iter()
+            .map(|(k, v)| state_entry_bytes(k, v))
+            .sum::<usize>()
+            >= READ_PAGE_BYTES
+}
 
 /// What an append expects the stream's version to be (optimistic concurrency).
 ///
@@ -139,6 +175,12 @@ impl RecordedEvent {
     /// When the store committed the event.
     pub fn timestamp(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_micros(self.timestamp_micros)
+    }
+
+    /// What the event counts for in a page's byte budget ([`READ_PAGE_BYTES`]): its payload,
+    /// stream id, category and type name.
+    pub fn page_bytes(&self) -> usize {
+        self.payload.len() + self.stream_id.len() + self.category.len() + self.event_type.len()
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::status::SubscriptionStatus;
-use crate::store::{EventStore, Filter, Lease, StateWrite, StoreError};
+use crate::store::{state_page_is_full, EventStore, Filter, Lease, StateWrite, StoreError};
 
 /// What a subscription does when a handler fails on an event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -211,13 +211,13 @@ async fn scan_all(
     let mut from = prefix.to_vec();
     loop {
         let page = store.scan_state(name, prefix, &from, PAGE).await?;
-        let n = page.len();
+        let full = state_page_is_full(&page, PAGE);
         if let Some((last, _)) = page.last() {
             from = last.clone();
             from.push(0);
         }
         out.extend(page);
-        if n < PAGE {
+        if !full {
             return Ok(out);
         }
     }

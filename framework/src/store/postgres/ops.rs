@@ -26,6 +26,7 @@ use super::Shared;
 use crate::store::{
     AppendResult, CheckpointInfo, EventData, ExpectedVersion, Filter, Lease, ReadBatch,
     RecordedEvent, Result, Snapshot, StateWrite, StoreError, StreamInfo, VerifyReport,
+    READ_PAGE_BYTES,
 };
 
 /// The read horizon of the statement that uses it: transactions below it are finished.
@@ -35,6 +36,25 @@ const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())";
 const EVENT_COLUMNS: &str = "e.position, e.stream_id, e.stream_version, e.category, \
      e.event_type, e.schema_version, e.event_id, e.correlation_id, e.causation_id, \
      e.timestamp_micros, e.payload";
+
+/// The column `bytes_before`: the bytes of the page's rows before this one, in `order`, so
+/// that a page ends at the row that brings them to [`READ_PAGE_BYTES`]. `size` is a row's
+/// bytes, the same as [`RecordedEvent::page_bytes`] and
+/// [`state_entry_bytes`](crate::store::state_entry_bytes) (`octet_length` reads a stored value's
+/// length without fetching it).
+fn bytes_before(size: &str, order: &str) -> String {
+    format!(
+        "coalesce(sum({size}) OVER (ORDER BY {order} \
+         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS bytes_before"
+    )
+}
+
+/// An event's bytes in a page (see [`bytes_before`]).
+const EVENT_BYTES: &str = "octet_length(e.payload) + octet_length(e.stream_id) \
+     + octet_length(e.category) + octet_length(e.event_type)";
+
+/// A state entry's bytes in a page (see [`bytes_before`]).
+const ENTRY_BYTES: &str = "octet_length(key) + octet_length(value)";
 
 /// The statements of one schema, built once at open.
 pub struct Sql {
@@ -68,14 +88,19 @@ pub struct Sql {
 impl Sql {
     /// The statements for the schema `s` (already quoted).
     pub fn new(s: &str) -> Self {
+        let by_position = bytes_before(EVENT_BYTES, "e.position");
+        let by_version = bytes_before(EVENT_BYTES, "e.stream_version");
+        let by_key = bytes_before(ENTRY_BYTES, "key");
         let read_all = |filter: &str| {
             format!(
                 "WITH h AS MATERIALIZED (SELECT coalesce((SELECT max(position) FROM {s}.events \
                                             WHERE xid < {HORIZON}), 0) AS head) \
                  SELECT h.head, {EVENT_COLUMNS} FROM h LEFT JOIN LATERAL ( \
-                     SELECT * FROM {s}.events e \
-                     WHERE e.position >= $1 AND e.position <= least(h.head, $3) {filter} \
-                     ORDER BY e.position LIMIT $2) e ON true"
+                     SELECT * FROM (SELECT e.*, {by_position} \
+                         FROM {s}.events e \
+                         WHERE e.position >= $1 AND e.position <= least(h.head, $3) {filter} \
+                         ORDER BY e.position LIMIT $2) e \
+                     WHERE e.bytes_before < {READ_PAGE_BYTES} ORDER BY e.position) e ON true"
             )
         };
         Sql {
@@ -91,9 +116,12 @@ impl Sql {
                 "SELECT coalesce(max(position), 0) FROM {s}.events WHERE xid < {HORIZON}"
             ),
             read_stream: format!(
-                "SELECT {EVENT_COLUMNS} FROM {s}.events e \
-                 WHERE e.stream_id = $1 AND e.stream_version >= $2 AND e.xid < {HORIZON} \
-                 ORDER BY e.stream_version LIMIT $3"
+                "SELECT {EVENT_COLUMNS} FROM ( \
+                     SELECT e.*, {by_version} \
+                     FROM {s}.events e \
+                     WHERE e.stream_id = $1 AND e.stream_version >= $2 AND e.xid < {HORIZON} \
+                     ORDER BY e.stream_version LIMIT $3) e \
+                 WHERE e.bytes_before < {READ_PAGE_BYTES} ORDER BY e.stream_version"
             ),
             stream_version: format!(
                 "SELECT coalesce(max(stream_version), 0), coalesce(max(position), 0) \
@@ -130,12 +158,18 @@ impl Sql {
             ),
             load_state: format!("SELECT value FROM {s}.state WHERE consumer = $1 AND key = $2"),
             scan_state_bounded: format!(
-                "SELECT key, value FROM {s}.state \
-                 WHERE consumer = $1 AND key >= $2 AND key < $4 ORDER BY key LIMIT $3"
+                "SELECT key, value FROM ( \
+                     SELECT key, value, {by_key} \
+                     FROM {s}.state \
+                     WHERE consumer = $1 AND key >= $2 AND key < $4 ORDER BY key LIMIT $3) t \
+                 WHERE bytes_before < {READ_PAGE_BYTES} ORDER BY key"
             ),
             scan_state_open: format!(
-                "SELECT key, value FROM {s}.state \
-                 WHERE consumer = $1 AND key >= $2 ORDER BY key LIMIT $3"
+                "SELECT key, value FROM ( \
+                     SELECT key, value, {by_key} \
+                     FROM {s}.state \
+                     WHERE consumer = $1 AND key >= $2 ORDER BY key LIMIT $3) t \
+                 WHERE bytes_before < {READ_PAGE_BYTES} ORDER BY key"
             ),
             // Several processes may save snapshots of one stream: one of an older version that
             // arrives late does not replace a newer one of the same schema version.
@@ -873,8 +907,10 @@ pub async fn read_all(
         }
     }
     shared.bump_head(head);
+    let full = events.len() >= max_count
+        || events.iter().map(RecordedEvent::page_bytes).sum::<usize>() >= READ_PAGE_BYTES;
     let next_position = match events.last() {
-        Some(last) if max_count > 0 && events.len() >= max_count => last.position + 1,
+        Some(last) if max_count > 0 && full => last.position + 1,
         _ if max_count == 0 => from,
         // Fewer matches than asked: everything up to the window's end (or the head) was seen.
         _ => from.max(upper.min(head).saturating_add(1)),

@@ -9,8 +9,8 @@ use super::keys;
 use super::Shared;
 use crate::store::codec::{self, ChunkIter, DecodeError, IndexEntry};
 use crate::store::{
-    category_of, CheckpointInfo, Filter, ReadBatch, RecordedEvent, Result, Snapshot, StoreError,
-    StreamInfo, VerifyReport,
+    category_of, state_entry_bytes, CheckpointInfo, Filter, ReadBatch, RecordedEvent, Result,
+    Snapshot, StoreError, StreamInfo, VerifyReport, READ_PAGE_BYTES,
 };
 
 /// At most this many events are examined by one filtered `read_all` page.
@@ -162,6 +162,7 @@ impl Shared {
         let from = from_version.max(1);
         let prefix = keys::stream_prefix(stream);
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         if max_count == 0 {
             return Ok(out);
         }
@@ -207,8 +208,9 @@ impl Shared {
                         ),
                     });
                 }
+                bytes += event.page_bytes();
                 out.push(event);
-                if out.len() >= max_count {
+                if out.len() >= max_count || bytes >= READ_PAGE_BYTES {
                     return Ok(out);
                 }
             }
@@ -230,6 +232,7 @@ impl Shared {
         }
         let scan_limit = SCAN_LIMIT.max(max_count as u64);
         let mut examined = 0u64;
+        let mut bytes = 0usize;
         let start = self
             .db
             .range(keys::log_key(0)..=keys::log_key(next))
@@ -269,9 +272,11 @@ impl Shared {
                 next = position + 1;
                 examined += 1;
                 if filter.matches(header.category, header.event_type) {
-                    events.push(header.into_event(record.payload));
+                    let event = header.into_event(record.payload);
+                    bytes += event.page_bytes();
+                    events.push(event);
                 }
-                if events.len() >= max_count || examined >= scan_limit {
+                if events.len() >= max_count || examined >= scan_limit || bytes >= READ_PAGE_BYTES {
                     break 'chunks;
                 }
             }
@@ -403,8 +408,9 @@ impl Shared {
         let full_prefix = keys::state_key(name, prefix);
         let start = keys::state_key(name, from_key).max(full_prefix.clone());
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for item in self.db.range(start..) {
-            if out.len() >= max_count {
+            if out.len() >= max_count || bytes >= READ_PAGE_BYTES {
                 break;
             }
             let (key, value) = item?;
@@ -417,6 +423,7 @@ impl Shared {
                     what: format!("state {:?} of {name:?}", lossy(&user_key)),
                     reason,
                 })?;
+            bytes += state_entry_bytes(&user_key, &value);
             out.push((user_key, value));
         }
         Ok(out)
