@@ -251,21 +251,27 @@ pub(crate) async fn execute<A: Aggregate>(
             let state = &loaded.state;
             guard(&loaded.stream, || state.handle(command))
         };
+        let writes_nothing = !remember
+            && match &decided {
+                Ok(Ok(events)) => events.is_empty(),
+                Ok(Err(_)) => true,
+                Err(_) => false,
+            };
+        if writes_nothing && !current(store, loaded).await? {
+            // Nothing is written, so no append can tell that this copy is stale (another process
+            // wrote since): a refusal or a no-op decided on it would be wrong. Reload, decide again.
+            *slot = None;
+            if attempts > config.conflict_retries {
+                return Err(AggregateError::Conflict {
+                    stream: stream_id::<A>(id)?,
+                    attempts,
+                });
+            }
+            continue;
+        }
         let (outcome, records) = match decided {
             Ok(Ok(events)) if events.is_empty() => {
                 if !remember {
-                    // Nothing is written, so no append can tell that this copy is stale (another
-                    // process wrote since): check the stream's version before answering.
-                    if !current(store, loaded).await? {
-                        *slot = None;
-                        if attempts > config.conflict_retries {
-                            return Err(AggregateError::Conflict {
-                                stream: stream_id::<A>(id)?,
-                                attempts,
-                            });
-                        }
-                        continue;
-                    }
                     return Ok(CommandOutcome {
                         command_id,
                         recorded: None,
@@ -296,17 +302,6 @@ pub(crate) async fn execute<A: Aggregate>(
             }
             Ok(Err(rejection)) => {
                 if !remember {
-                    // As above: a refusal decided on a stale copy would be wrong.
-                    if !current(store, loaded).await? {
-                        *slot = None;
-                        if attempts > config.conflict_retries {
-                            return Err(AggregateError::Conflict {
-                                stream: stream_id::<A>(id)?,
-                                attempts,
-                            });
-                        }
-                        continue;
-                    }
                     return Err(AggregateError::Rejected(rejection));
                 }
                 let record = RefusalRecord {
