@@ -6,5 +6,6 @@
 pub mod conformance;
 
 pub mod domain;
+pub mod nats;
 pub mod pg;
 pub mod support;
