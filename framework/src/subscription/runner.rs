@@ -1305,6 +1305,9 @@ impl<H: EventHandler> Worker<'_, H> {
                 if unavailable == 1 || unavailable.is_power_of_two() {
                     warn!(position = event.position, attempts = unavailable, ?pause, error = %failure, "the store (or a service the handler needs) is unavailable; retrying the event");
                 }
+                // Meanwhile the log goes on: the status shows the lag growing.
+                let head = self.store.head();
+                self.status.update(|s| s.head = s.head.max(head));
                 if sleep_or_stop(&mut self.stop, pause).await {
                     return Attempt::Stopped;
                 }
