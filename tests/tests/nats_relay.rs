@@ -288,3 +288,132 @@ async fn a_message_the_broker_refuses_is_parked_with_the_rest_of_its_stream() {
     assert_eq!(positions, ["1", "5", "6"]);
     relay.stop().await;
 }
+
+/// A TCP proxy to the NATS server that the test can cut (every connection dropped, new ones
+/// refused) and restore: a broker outage without stopping the shared server.
+struct Proxy {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Proxy {
+    fn start() -> Self {
+        let upstream = nats::url().trim_start_matches("nats://").to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let mut cut_rx = cut_rx;
+                loop {
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        // The test is over (the sender is gone).
+                        r = cut_rx.changed() => if r.is_err() { return } else { continue },
+                    };
+                    let mut rx = cut_rx.clone();
+                    let Ok((mut client, _)) = accepted else {
+                        continue;
+                    };
+                    if *cut_rx.borrow() {
+                        continue; // refused while cut: dropped at once
+                    }
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = rx.wait_for(|cut| *cut) => {}
+                        }
+                    });
+                }
+            });
+        });
+        Proxy {
+            port,
+            cut,
+            _thread: thread,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+#[actix::test]
+async fn a_broker_outage_is_waited_out_and_then_everything_is_published_in_order() {
+    if !nats::available("relay broker outage") {
+        return;
+    }
+    let js = TestStream::create("relay_outage", |_| {});
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
+    let broker = NatsBroker::connect(&proxy.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let subs = Subscriptions::new(store.clone());
+    let relay =
+        NatsRelay::<AllEvents>::new(&broker, config(&js).ack_timeout(Duration::from_millis(300)))
+            .start(&subs)
+            .unwrap();
+    append_interleaved(&store, &["order-1", "order-2"], 10).await;
+    wait_checkpoint(&relay, store.head(), Duration::from_secs(30)).await;
+    let before = store.head();
+
+    proxy.set_cut(true);
+    append_interleaved(&store, &["order-1", "order-2", "payment-1"], 10).await;
+    // For three acknowledgement timeouts (and the reconnections they span) the relay waits:
+    // nothing parked, nothing skipped, not failed, and its lag stays.
+    let watch_until = Instant::now() + Duration::from_millis(900);
+    while Instant::now() < watch_until {
+        // (No flush here: the loop answers it between events, after the outage.)
+        let s = relay.status();
+        assert!(
+            s.checkpoint < store.head(),
+            "published through a cut broker: {s:?}"
+        );
+        assert_eq!((s.parked, s.parked_streams), (0, 0), "{s:?}");
+        assert!(
+            !matches!(
+                s.state,
+                SubscriptionState::Failed(_) | SubscriptionState::Stopped
+            ),
+            "{s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = relay.status();
+    assert!(
+        during.lag() >= store.head() - before - 2,
+        "the lag grows during the outage: {during:?}"
+    );
+
+    proxy.set_cut(false);
+    wait_checkpoint(&relay, store.head(), Duration::from_secs(60)).await;
+    let events = all_events(&store, &Filter::all()).await;
+    let direct = NatsBroker::connect(&nats::url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_published(
+        &js.messages(&direct, Duration::from_secs(10)).await,
+        &events,
+        &js.prefix,
+    );
+    let status = relay.stop().await;
+    assert_eq!(status.parked, 0, "{status:?}");
+}
