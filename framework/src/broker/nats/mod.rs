@@ -1,10 +1,15 @@
 //! NATS JetStream (feature `nats`): a connection ([`NatsBroker`]), the outbox relay
-//! ([`NatsRelay`]).
+//! ([`NatsRelay`]) and the inbox ([`NatsInbox`]).
 
 mod connection;
+mod inbox;
 mod relay;
 
 pub use self::connection::{BrokerError, NatsBroker};
+pub use self::inbox::{
+    InboxAction, InboxConfig, InboxError, InboxHandle, InboxHandler, InboxMessage, InboxStats,
+    NatsInbox,
+};
 pub use self::relay::{
     NatsPublisher, NatsRelay, PublishFailure, Published, RelayConfig, RelaySpec,
 };
