@@ -12,7 +12,7 @@
 //!
 //! - **bare**: async-nats alone, reading nothing, remembering nothing (`buffer_unordered(256)`
 //!   over the publishes);
-//! - **relay**: tidings' relay (256 lanes, pages of 1 024 events) from its first checkpoint to
+//! - **relay**: tidings' relay (256 lanes, pages of 4 096 events) from its first checkpoint to
 //!   the head: reading the log, one message in flight per stream, its checkpoint committed.
 //!
 //! It prints events per second of each, and the ratio relay / bare of each round (the two run
@@ -139,7 +139,7 @@ async fn run(events: u64, streams: u64, rounds: usize) {
             SubjectTemplate::parse(&format!("{relay_prefix}.{{category}}.{{event_type}}")).unwrap();
         let config = RelayConfig::new(subjects)
             .lanes(IN_FLIGHT)
-            .subscription(SubscriptionConfig::default().batch_size(1024));
+            .subscription(SubscriptionConfig::default().batch_size(4096));
         let started = Instant::now();
         let relay = NatsRelay::<BenchRelay>::new(&broker, config)
             .start(&subs)
