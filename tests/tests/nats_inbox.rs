@@ -14,7 +14,7 @@ use tidings::broker::nats::async_nats::HeaderMap;
 use tidings::broker::nats::{
     InboxAction, InboxConfig, InboxHandle, InboxHandler, InboxMessage, NatsInbox,
 };
-use tidings::store::{EventData, EventStore, SledEventStore};
+use tidings::store::{EventData, EventStore, SledEventStore, StateWrite};
 use tidings::subscription::HandlerError;
 use tidings_tests::nats::{self, TestStream};
 
@@ -142,4 +142,83 @@ async fn messages_become_events_once_and_a_redelivery_after_a_missing_ack_is_app
     );
     assert_eq!(b.len(), 1);
     assert_eq!(store.head(), 3, "three messages, three events");
+}
+
+#[actix::test]
+async fn a_crash_between_the_append_and_its_record_does_not_append_again() {
+    if !nats::available("inbox planned append") {
+        return;
+    }
+    let js = TestStream::create("inbox_plan", |_| {});
+    let broker = nats::connect().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
+    publish(&js, &broker, "a", "m0", "{\"i\":0}").await;
+    let config = InboxConfig::new("inbox", js.name.clone()).ack_wait(Duration::from_secs(1));
+    let consumer: tidings::broker::nats::async_nats::jetstream::consumer::PullConsumer = broker
+        .jetstream()
+        .get_stream(&js.name)
+        .await
+        .unwrap()
+        .get_or_create_consumer(
+            "inbox",
+            pull::Config {
+                durable_name: Some("inbox".into()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut first = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let first = first.next().await.unwrap().unwrap();
+    let mut inbox = NatsInbox::new(store.clone(), &broker, config.clone(), ToEvents);
+    assert!(!inbox.apply(&first).await.unwrap());
+    drop(first);
+    // The state a kill leaves after the append and before the record that it was made: the
+    // plan (stream, expected version, first event id) without the message id's record (the
+    // inbox's state keys, docs/brokers.md and decision 40).
+    let appended = store.read_stream("inbound-a", 1, 1).await.unwrap()[0].event_id;
+    let plan =
+        format!("{{\"stream\":\"inbound-a\",\"expected\":0,\"first_event\":\"{appended}\"}}");
+    store
+        .commit_checkpoint(
+            "inbox",
+            Some(0),
+            0,
+            vec![
+                StateWrite {
+                    key: b"seen/m0".to_vec(),
+                    value: None,
+                },
+                StateWrite {
+                    key: b"intent/m0".to_vec(),
+                    value: Some(plan.into_bytes()),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+
+    let running = NatsInbox::new(store.clone(), &broker, config, ToEvents)
+        .start()
+        .await
+        .unwrap();
+    wait_stats(&running, |s| s.duplicates == 1).await;
+    let stats = running.stop().await;
+    assert_eq!((stats.applied, stats.duplicates), (0, 1), "{stats:?}");
+    assert_eq!(
+        store.read_stream("inbound-a", 1, 10).await.unwrap().len(),
+        1,
+        "appended once"
+    );
+    assert!(
+        store
+            .load_state("inbox", b"seen/m0")
+            .await
+            .unwrap()
+            .is_some(),
+        "recorded now"
+    );
 }
