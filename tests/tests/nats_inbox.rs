@@ -182,11 +182,12 @@ async fn a_crash_between_the_append_and_its_record_does_not_append_again() {
     let appended = store.read_stream("inbound-a", 1, 1).await.unwrap()[0].event_id;
     let plan =
         format!("{{\"stream\":\"inbound-a\",\"expected\":0,\"first_event\":\"{appended}\"}}");
+    let at = store.load_checkpoint("inbox").await.unwrap();
     store
         .commit_checkpoint(
             "inbox",
-            Some(0),
-            0,
+            at,
+            at.unwrap(),
             vec![
                 StateWrite {
                     key: b"seen/m0".to_vec(),

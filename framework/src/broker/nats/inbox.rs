@@ -165,8 +165,10 @@ pub struct NatsInbox<H: InboxHandler> {
     config: InboxConfig,
     handler: H,
     stats: Arc<Mutex<InboxStats>>,
-    /// Whether the inbox's checkpoint exists in the store (its state is committed with it).
-    registered: bool,
+    /// The inbox's stored checkpoint, once loaded (its state is committed with it). The inbox
+    /// reads no log: each commit moves it to the store's head, so that tools that show a
+    /// consumer's lag as head minus checkpoint show none.
+    checkpoint: Option<u64>,
 }
 
 /// A running inbox: its figures, and a stop.
@@ -231,7 +233,7 @@ impl<H: InboxHandler> NatsInbox<H> {
             config,
             handler,
             stats: Default::default(),
-            registered: false,
+            checkpoint: None,
         }
     }
 
@@ -448,23 +450,24 @@ impl<H: InboxHandler> NatsInbox<H> {
     }
 
     async fn commit(&mut self, writes: Vec<StateWrite>) -> Result<(), InboxError> {
-        // The inbox's state is committed at checkpoint 0 (it reads no log).
-        if !self.registered {
-            if self
-                .store
-                .load_checkpoint(&self.config.name)
-                .await?
-                .is_none()
-            {
-                self.store
-                    .commit_checkpoint(&self.config.name, None, 0, Vec::new())
-                    .await?;
-            }
-            self.registered = true;
-        }
+        let name = &self.config.name;
+        let expected = match self.checkpoint {
+            Some(c) => c,
+            None => match self.store.load_checkpoint(name).await? {
+                Some(c) => c,
+                None => {
+                    self.store
+                        .commit_checkpoint(name, None, 0, Vec::new())
+                        .await?;
+                    0
+                }
+            },
+        };
+        let to = self.store.head().max(expected);
         self.store
-            .commit_checkpoint(&self.config.name, Some(0), 0, writes)
-            .await
-            .map_err(Into::into)
+            .commit_checkpoint(name, Some(expected), to, writes)
+            .await?;
+        self.checkpoint = Some(to);
+        Ok(())
     }
 }
