@@ -81,13 +81,13 @@ impl RelayConfig {
             subjects,
             lanes: 256,
             ack_timeout: Duration::from_secs(5),
-            subscription: SubscriptionConfig::default().batch_size(4096).failure_policy(
-                FailurePolicy::retry_then_park(
+            subscription: SubscriptionConfig::default()
+                .batch_size(4096)
+                .failure_policy(FailurePolicy::retry_then_park(
                     3,
                     Duration::from_millis(100),
                     Duration::from_secs(2),
-                ),
-            ),
+                )),
         }
     }
 
