@@ -6,6 +6,8 @@
 extern crate self as tidings;
 
 pub mod aggregate;
+#[cfg(feature = "nats")]
+pub mod broker;
 mod event;
 mod panic;
 pub mod process;

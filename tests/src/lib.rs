@@ -6,6 +6,7 @@
 pub mod conformance;
 
 pub mod domain;
+pub mod nats;
 pub mod pg;
 pub mod support;
 pub mod transfer;

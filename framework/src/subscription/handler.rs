@@ -36,6 +36,29 @@ pub trait Handle<E: DomainEvent>: Send {
     async fn handle(&mut self, event: E, ctx: &mut EventContext<'_>) -> Result<(), HandlerError>;
 }
 
+/// A handler error that says the event is not at fault: something the handler needs (a message
+/// broker, another service) is unreachable for now.
+///
+/// The event is tried again after a growing pause until it succeeds or the subscription is
+/// stopped, whatever the [`FailurePolicy`](super::FailurePolicy): it is never parked, skipped or
+/// failed for this, and later events wait behind it (as for a store that is unavailable).
+///
+/// ```
+/// use tidings::subscription::{HandlerError, Unavailable};
+/// let e: HandlerError = Unavailable("the broker did not answer".into()).into();
+/// assert!(e.is::<Unavailable>());
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("unavailable for now: {0}")]
+pub struct Unavailable(pub HandlerError);
+
+/// A handler error that says trying again cannot help (for example a message that the broker
+/// refuses as too large): the event fails at once, without the policy's retries, and is parked
+/// with its stream under `RetryThenPark` (or stops the subscription under `Stop`).
+#[derive(Debug, thiserror::Error)]
+#[error("refused: {0}")]
+pub struct Refused(pub HandlerError);
+
 /// Why a handler could not handle an event.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -27,7 +27,8 @@ pub use self::failure::{
     ReplayOutcome, ResetTo, RESERVED_PREFIX,
 };
 pub use self::handler::{
-    EventContext, EventHandler, Handle, HandlerError, HandlerFailure, StartFrom,
+    EventContext, EventHandler, Handle, HandlerError, HandlerFailure, Refused, StartFrom,
+    Unavailable,
 };
 pub use self::status::{SubscriptionState, SubscriptionStatus};
 pub use self::wait::{position_of, Among, WaitError};

@@ -98,13 +98,26 @@ const MAX_UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(5);
 const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(100);
 
 /// Whether a handler failed only because the store was unreachable for now: a transient
-/// [`StoreError`] from its state, or returned by the handler itself (from a store read).
+/// [`StoreError`] from its state, or returned by the handler itself (from a store read); or
+/// because something else it needs is, as it says with [`Unavailable`](super::Unavailable).
 fn is_transient(failure: &HandlerFailure) -> bool {
     match failure {
         HandlerFailure::Store(e) => e.is_transient(),
-        HandlerFailure::Handler(e) => e
-            .downcast_ref::<StoreError>()
-            .is_some_and(StoreError::is_transient),
+        HandlerFailure::Handler(e) => {
+            e.is::<super::Unavailable>()
+                || e.downcast_ref::<StoreError>()
+                    .is_some_and(StoreError::is_transient)
+        }
+        _ => false,
+    }
+}
+
+/// Whether retrying cannot help: an event that does not decode, or a handler's
+/// [`Refused`](super::Refused).
+fn is_final(failure: &HandlerFailure) -> bool {
+    match failure {
+        HandlerFailure::Decode(_) => true,
+        HandlerFailure::Handler(e) => e.is::<super::Refused>(),
         _ => false,
     }
 }
@@ -1283,15 +1296,18 @@ impl<H: EventHandler> Worker<'_, H> {
                 (Ok(Err(failure)), None) => failure,
             };
             if is_transient(&failure) {
-                // The store is unreachable, not the event at fault: wait for it as long as it
-                // takes (never park or skip for it), with a growing pause.
+                // The store (or a broker, a service) is unreachable, not the event at fault: wait
+                // for it as long as it takes (never park or skip for it), with a growing pause.
                 unavailable = unavailable.saturating_add(1);
                 let pause = UNAVAILABLE_PAUSE
                     .saturating_mul(unavailable)
                     .min(MAX_UNAVAILABLE_BACKOFF);
                 if unavailable == 1 || unavailable.is_power_of_two() {
-                    warn!(position = event.position, attempts = unavailable, ?pause, error = %failure, "the store is unavailable to the handler; retrying the event");
+                    warn!(position = event.position, attempts = unavailable, ?pause, error = %failure, "the store (or a service the handler needs) is unavailable; retrying the event");
                 }
+                // Meanwhile the log goes on: the status shows the lag growing.
+                let head = self.store.head();
+                self.status.update(|s| s.head = s.head.max(head));
                 if sleep_or_stop(&mut self.stop, pause).await {
                     return Attempt::Stopped;
                 }
@@ -1301,7 +1317,7 @@ impl<H: EventHandler> Worker<'_, H> {
                 FailurePolicy::RetryThenPark { max_retries, .. } => *max_retries,
                 FailurePolicy::Stop => 0,
             };
-            if retry >= max_retries || matches!(failure, HandlerFailure::Decode(_)) {
+            if retry >= max_retries || is_final(&failure) {
                 return Attempt::Failed(failure);
             }
             let seed = event.position ^ (event.event_id.as_u128() as u64);

@@ -5,6 +5,7 @@
 //! the tests' child process does, and the story's service processes are then that program too.
 
 mod commands;
+mod nats;
 mod processes;
 mod report;
 mod serve;
@@ -41,6 +42,12 @@ pub(crate) struct Cli {
     #[arg(long, global = true, value_name = "NAME", default_value = DEFAULT_SCHEMA)]
     schema: String,
 
+    /// Publish the shop's events to NATS JetStream (nats://host:port) while the story runs:
+    /// an outbox relay publishes each event once, in order, to `shop.<category>.<event type>`
+    /// of the stream SHOP (created if missing). `watch-nats` shows what arrived.
+    #[arg(long, global = true, value_name = "URL")]
+    publish: Option<String>,
+
     /// What to do; without a subcommand, `story`.
     #[command(subcommand)]
     command: Option<Command>,
@@ -72,6 +79,9 @@ enum Command {
     /// embedded store, run it while no other shop_example process has the store open.
     #[command(disable_help_flag = true)]
     Admin(AdminArgs),
+    /// Print the messages on the NATS JetStream stream that `--publish` fills (SHOP), one line
+    /// each: sequence, subject, position, stream, version, payload.
+    WatchNats(nats::WatchArgs),
 }
 
 /// The arguments of `admin`: a `tidings` command line without the program name.
@@ -191,18 +201,23 @@ fn admin(cli: &Cli, args: AdminArgs) -> ExitCode {
 
 impl Cli {
     /// Runs the chosen subcommand.
-    async fn run(self, location: Location) -> Result<ExitCode, CliError> {
+    async fn run(mut self, location: Location) -> Result<ExitCode, CliError> {
         match self
             .command
+            .take()
             .unwrap_or_else(|| Command::Story(Default::default()))
         {
-            Command::Story(args) => story::run(&location, args).await,
+            Command::Story(mut args) => {
+                args.publish = self.publish;
+                story::run(&location, args).await
+            }
             Command::Serve(args) => serve::run(&location, args).await,
             Command::PlaceOrder(args) => commands::place_order(&location, args).await,
             Command::Restock(args) => commands::restock(&location, args).await,
             Command::Status(args) => commands::status(&location, args).await,
             Command::Check(args) => commands::check(&location, args).await,
             Command::Admin(_) => Err("admin runs outside actix (see main_from)".into()),
+            Command::WatchNats(args) => nats::watch(args).await,
         }
     }
 }

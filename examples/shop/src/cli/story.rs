@@ -41,6 +41,9 @@ pub struct StoryArgs {
     /// service retries them with backoff). Embedded store only.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub(super) gateway_failures: u32,
+    /// Set from the global `--publish URL`: a NATS relay runs beside the services.
+    #[arg(skip)]
+    pub(super) publish: Option<String>,
 }
 
 impl Default for StoryArgs {
@@ -50,6 +53,7 @@ impl Default for StoryArgs {
             orders: 30,
             seed: None,
             gateway_failures: 0,
+            publish: None,
         }
     }
 }
@@ -192,7 +196,14 @@ async fn run_embedded(dir: &Path, args: StoryArgs) -> Result<ExitCode, CliError>
         placed: Vec::new(),
         started: Instant::now(),
     };
+    let relay = match &args.publish {
+        Some(url) => Some(super::nats::start_relay(&story.shop, url).await?),
+        None => None,
+    };
     let result = tell(&mut story, args.orders).await;
+    if let (Some((_broker, relay)), Some(url)) = (&relay, &args.publish) {
+        super::nats::finish_relay(&story.shop, relay, url).await;
+    }
     let Story { shop, .. } = story;
     shop.shutdown().await;
     result
