@@ -176,3 +176,24 @@ pub async fn connect() -> NatsBroker {
 pub fn header<'a>(message: &'a jetstream::Message, name: &str) -> Option<&'a str> {
     message.headers.as_ref()?.get(name).map(|v| v.as_str())
 }
+
+/// An inbox handler that appends each message's payload as one `Received` event to
+/// `inbound-<the subject's last token>`.
+pub struct ToEvents;
+
+#[tidings::async_trait]
+impl tidings::broker::nats::InboxHandler for ToEvents {
+    async fn handle(
+        &mut self,
+        m: &tidings::broker::nats::InboxMessage<'_>,
+    ) -> Result<tidings::broker::nats::InboxAction, tidings::subscription::HandlerError> {
+        let token = m.message.subject.as_str().rsplit('.').next().unwrap_or("x");
+        Ok(tidings::broker::nats::InboxAction::Append {
+            stream: format!("inbound-{token}"),
+            events: vec![tidings::store::EventData::new(
+                "Received",
+                m.message.payload.to_vec(),
+            )],
+        })
+    }
+}

@@ -8,28 +8,36 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tidings::async_trait;
 use tidings::broker::nats::async_nats::jetstream::consumer::{pull, AckPolicy};
 use tidings::broker::nats::async_nats::HeaderMap;
-use tidings::broker::nats::{
-    InboxAction, InboxConfig, InboxHandle, InboxHandler, InboxMessage, NatsInbox,
-};
-use tidings::store::{EventData, EventStore, SledEventStore, StateWrite};
-use tidings::subscription::HandlerError;
-use tidings_tests::nats::{self, TestStream};
+use tidings::broker::nats::{InboxConfig, InboxHandle, NatsInbox};
+use tidings::store::{EventStore, SledEventStore, StateWrite};
+use tidings_tests::nats::{self, TestStream, ToEvents};
 
-/// Appends each message's payload as one `Received` event to `inbound-<subject's last token>`.
-struct ToEvents;
-
-#[async_trait]
-impl InboxHandler for ToEvents {
-    async fn handle(&mut self, m: &InboxMessage<'_>) -> Result<InboxAction, HandlerError> {
-        let token = m.message.subject.as_str().rsplit('.').next().unwrap_or("x");
-        Ok(InboxAction::Append {
-            stream: format!("inbound-{token}"),
-            events: vec![EventData::new("Received", m.message.payload.to_vec())],
-        })
-    }
+/// The first message of `js`, fetched by hand through the inbox's durable consumer and never
+/// acknowledged (as by a process killed before its ack): JetStream delivers it again after 1 s.
+async fn first_delivery(
+    js: &TestStream,
+    broker: &tidings::broker::nats::NatsBroker,
+) -> tidings::broker::nats::async_nats::jetstream::Message {
+    let consumer: tidings::broker::nats::async_nats::jetstream::consumer::PullConsumer = broker
+        .jetstream()
+        .get_stream(&js.name)
+        .await
+        .unwrap()
+        .get_or_create_consumer(
+            "inbox",
+            pull::Config {
+                durable_name: Some("inbox".into()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut first = consumer.fetch().max_messages(1).messages().await.unwrap();
+    first.next().await.unwrap().unwrap()
 }
 
 async fn publish(
@@ -93,24 +101,7 @@ async fn messages_become_events_once_and_a_redelivery_after_a_missing_ack_is_app
 
     // A first delivery is applied but never acknowledged (as by a process killed between its
     // append and its ack): the same durable consumer, fetched by hand.
-    let consumer: tidings::broker::nats::async_nats::jetstream::consumer::PullConsumer = broker
-        .jetstream()
-        .get_stream(&js.name)
-        .await
-        .unwrap()
-        .get_or_create_consumer(
-            "inbox",
-            pull::Config {
-                durable_name: Some("inbox".into()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(1),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let mut first = consumer.fetch().max_messages(1).messages().await.unwrap();
-    let first = first.next().await.unwrap().unwrap();
+    let first = first_delivery(&js, &broker).await;
     let mut inbox = NatsInbox::new(store.clone(), &broker, config.clone(), ToEvents);
     assert!(
         !inbox.apply(&first).await.unwrap(),
@@ -155,24 +146,7 @@ async fn a_crash_between_the_append_and_its_record_does_not_append_again() {
     let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
     publish(&js, &broker, "a", "m0", "{\"i\":0}").await;
     let config = InboxConfig::new("inbox", js.name.clone()).ack_wait(Duration::from_secs(1));
-    let consumer: tidings::broker::nats::async_nats::jetstream::consumer::PullConsumer = broker
-        .jetstream()
-        .get_stream(&js.name)
-        .await
-        .unwrap()
-        .get_or_create_consumer(
-            "inbox",
-            pull::Config {
-                durable_name: Some("inbox".into()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(1),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let mut first = consumer.fetch().max_messages(1).messages().await.unwrap();
-    let first = first.next().await.unwrap().unwrap();
+    let first = first_delivery(&js, &broker).await;
     let mut inbox = NatsInbox::new(store.clone(), &broker, config.clone(), ToEvents);
     assert!(!inbox.apply(&first).await.unwrap());
     drop(first);

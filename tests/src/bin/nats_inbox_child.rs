@@ -12,29 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidings::async_trait;
-use tidings::broker::nats::{
-    InboxAction, InboxConfig, InboxHandler, InboxMessage, NatsBroker, NatsInbox,
-};
-use tidings::store::{EventData, EventStore, SledEventStore};
-use tidings::subscription::HandlerError;
+use tidings::broker::nats::{InboxConfig, NatsBroker, NatsInbox};
+use tidings::store::{EventStore, SledEventStore};
+use tidings_tests::nats::ToEvents;
 use tidings_tests::support::{die, say};
 
 /// The child stops by itself after this long.
 const MAX_RUN: Duration = Duration::from_secs(90);
-
-struct ToEvents;
-
-#[async_trait]
-impl InboxHandler for ToEvents {
-    async fn handle(&mut self, m: &InboxMessage<'_>) -> Result<InboxAction, HandlerError> {
-        let token = m.message.subject.as_str().rsplit('.').next().unwrap_or("x");
-        Ok(InboxAction::Append {
-            stream: format!("inbound-{token}"),
-            events: vec![EventData::new("Received", m.message.payload.to_vec())],
-        })
-    }
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
