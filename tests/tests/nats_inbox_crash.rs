@@ -96,9 +96,32 @@ fn an_inbox_killed_at_random_moments_appends_every_message_exactly_once() {
             .and_then(|h| h.parse::<u64>().ok())
             .is_some_and(|h| h >= published)
     });
-    // Redeliveries of messages whose ack a kill prevented arrive within ack_wait (500 ms);
-    // give them a few ack_waits to show up as duplicates, if the inbox were to append them.
-    std::thread::sleep(Duration::from_secs(2));
+    // Then until JetStream has nothing left to deliver and no ack outstanding: every
+    // redelivery of a message whose ack a kill prevented has been handled (and would show as a
+    // duplicate below if the inbox had appended it again).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = rt.block_on(async {
+            let mut consumer: tidings::broker::nats::async_nats::jetstream::consumer::PullConsumer =
+                broker
+                    .jetstream()
+                    .get_stream(&js.name)
+                    .await
+                    .unwrap()
+                    .get_consumer("inbox")
+                    .await
+                    .unwrap();
+            consumer.info().await.unwrap().clone()
+        });
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the inbox never acknowledged everything: {info:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     child.kill();
 
     let store = open(dir.path());
