@@ -338,39 +338,27 @@ pub(crate) async fn execute<A: Aggregate>(
         {
             Ok(result) => {
                 loaded.version = result.stream_version;
-                let (decision, answer) = match outcome {
-                    Outcome::Events => {
-                        let recorded = Recorded {
-                            first_version: before + 1,
-                            last_version: result.stream_version,
-                            first_position: result.first_position,
-                            last_position: result.last_position,
-                        };
-                        (Decision::Recorded(recorded), Ok(Some(recorded)))
-                    }
-                    Outcome::Unchanged => (
-                        Decision::Unchanged {
-                            version: result.stream_version,
-                        },
-                        Ok(None),
-                    ),
-                    Outcome::Refused(e) => (
-                        Decision::Refused {
-                            version: result.stream_version,
-                        },
-                        Err(e),
-                    ),
+                let version = result.stream_version;
+                let decision = match &outcome {
+                    Outcome::Events => Decision::Recorded(Recorded {
+                        first_version: before + 1,
+                        last_version: version,
+                        first_position: result.first_position,
+                        last_position: result.last_position,
+                    }),
+                    Outcome::Unchanged => Decision::Unchanged { version },
+                    Outcome::Refused(_) => Decision::Refused { version },
                 };
                 loaded.processed.record(command_id, decision);
                 loaded.processed.evict(loaded.version);
                 maybe_snapshot(store, loaded, config).await;
-                return match answer {
-                    Ok(recorded) => Ok(CommandOutcome {
+                return match outcome {
+                    Outcome::Refused(e) => Err(AggregateError::Rejected(e)),
+                    Outcome::Events | Outcome::Unchanged => Ok(CommandOutcome {
                         command_id,
-                        recorded,
+                        recorded: decision.recorded(),
                         duplicate: false,
                     }),
-                    Err(e) => Err(AggregateError::Rejected(e)),
                 };
             }
             Err(StoreError::WrongExpectedVersion { actual, .. }) => {
@@ -421,22 +409,12 @@ async fn answer_from_history<A: Aggregate>(
     command_id: uuid::Uuid,
     decision: Decision,
 ) -> Result<CommandOutcome, AggregateError<A::Error>> {
-    let version = match decision {
-        Decision::Recorded(recorded) => {
-            return Ok(CommandOutcome {
-                command_id,
-                recorded: Some(recorded),
-                duplicate: true,
-            })
-        }
-        Decision::Unchanged { .. } => {
-            return Ok(CommandOutcome {
-                command_id,
-                recorded: None,
-                duplicate: true,
-            })
-        }
-        Decision::Refused { version } => version,
+    let Decision::Refused { version } = decision else {
+        return Ok(CommandOutcome {
+            command_id,
+            recorded: decision.recorded(),
+            duplicate: true,
+        });
     };
     let read = store.read_stream(stream, version, 1).await?;
     let record = read

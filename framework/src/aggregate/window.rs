@@ -51,6 +51,14 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// The events the command recorded: `None` for a refusal or an acceptance with no events.
+    pub fn recorded(&self) -> Option<Recorded> {
+        match self {
+            Decision::Recorded(r) => Some(*r),
+            Decision::Unchanged { .. } | Decision::Refused { .. } => None,
+        }
+    }
+
     /// The stream version the decision's first record has: its place in the window.
     pub fn first_version(&self) -> u64 {
         match self {
