@@ -15,7 +15,7 @@ use super::failure::{
 use super::handler::EventHandler;
 use super::runner::{Command, Runner};
 use super::status::{StatusCell, SubscriptionState, SubscriptionStatus};
-use super::wait::{position_of, wait_all, wait_one, Among, WaitError};
+use super::wait::{position_of, wait_all, Among, WaitError};
 use super::SubscriptionConfig;
 use crate::aggregate::CommandOutcome;
 use crate::store::{EventStore, Lease, StoreError};
@@ -199,15 +199,8 @@ impl SubscriptionHandle {
         position: u64,
         timeout: Duration,
     ) -> Result<SubscriptionStatus, WaitError> {
-        let started = tokio::time::Instant::now();
-        match wait_one(self, None, position, started + timeout).await? {
-            Ok(status) => Ok(status),
-            Err(status) => Err(WaitError::Timeout {
-                position,
-                waited: started.elapsed(),
-                behind: vec![status],
-            }),
-        }
+        wait_all(std::slice::from_ref(self), None, position, timeout).await?;
+        Ok(self.status())
     }
 }
 

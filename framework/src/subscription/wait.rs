@@ -122,15 +122,6 @@ fn standing(status: SubscriptionStatus, position: u64) -> Result<Standing, WaitE
     match &status.state {
         _ if status.checkpoint >= position => Ok(Standing::Done(status)),
         SubscriptionState::Standby => Ok(Standing::Standby(status)),
-        SubscriptionState::Starting
-        | SubscriptionState::CatchingUp
-        | SubscriptionState::Live
-        | SubscriptionState::Parked
-        | SubscriptionState::Unavailable(_)
-            if status.handled_up_to >= position =>
-        {
-            Ok(Standing::Uncommitted(status))
-        }
         SubscriptionState::Failed(reason) => Err(WaitError::Failed {
             name: status.name.clone(),
             position,
@@ -141,6 +132,7 @@ fn standing(status: SubscriptionStatus, position: u64) -> Result<Standing, WaitE
             position,
             handled_up_to: status.handled_up_to,
         }),
+        _ if status.handled_up_to >= position => Ok(Standing::Uncommitted(status)),
         _ => Ok(Standing::Behind(status)),
     }
 }
@@ -148,7 +140,7 @@ fn standing(status: SubscriptionStatus, position: u64) -> Result<Standing, WaitE
 /// Waits until `handle` has handled every event up to `position`, or `deadline`.
 ///
 /// `Err(behind)` at the deadline carries its last status; other errors are final.
-pub(crate) async fn wait_one(
+async fn wait_one(
     handle: &SubscriptionHandle,
     store: Option<&dyn EventStore>,
     position: u64,
