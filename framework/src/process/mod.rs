@@ -243,7 +243,13 @@ fn deadline_key(at: u64, instance: &str, name: &str) -> Vec<u8> {
 /// to `event`: a UUIDv5 of the event's id and `"{process}/{step}"`, so that two process managers
 /// reacting to one event with the same step name send different commands.
 pub fn command_id(process: &str, event: &RecordedEvent, step: &str) -> Uuid {
-    Uuid::new_v5(&event.event_id, format!("{process}/{step}").as_bytes())
+    envelope(process, event, step, ()).command_id
+}
+
+/// The envelope of `command`, sent by process manager `process` as step `step` of its
+/// reaction to `event`: [`CommandEnvelope::caused_by`] with the step named `"{process}/{step}"`.
+fn envelope<C>(process: &str, event: &RecordedEvent, step: &str, command: C) -> CommandEnvelope<C> {
+    CommandEnvelope::caused_by(event, &format!("{process}/{step}"), command)
 }
 
 /// Handles one event of type `E` for process manager `P`: what `#[derive(ProcessManager)]`
@@ -290,15 +296,15 @@ pub async fn handle_deadline<P: ProcessManager>(
     if due.process != P::NAME {
         return Ok(());
     }
-    let mut stored = load::<P>(ctx, &due.instance).await?;
+    let stored = load::<P>(ctx, &due.instance).await?;
     let command = match stored.deadlines.get(&due.name) {
         Some((at, command)) if *at == due.at => command.clone(),
         // Cancelled, set again, fired already, or the instance ended: nothing to do.
         _ => return Ok(()),
     };
-    stored.deadlines.remove(&due.name);
-    ctx.delete(&deadline_key(due.at, &due.instance, &due.name));
     let mut steps = Steps::new(&due.instance, record.timestamp());
+    // Fired: removed in the commit that sends its command.
+    steps.cancel(&due.name);
     // The step name makes the command id: one per deadline and due time, whichever record of
     // it fires first.
     steps.send(&format!("deadline:{}:{}", due.name, due.at), command);
@@ -328,7 +334,6 @@ async fn run<P: ProcessManager>(
     mut stored: Instance<P::State, P::Command>,
     mut steps: Steps<P::Command>,
 ) -> Result<(), HandlerFailure> {
-    let correlation = source.correlation_id.unwrap_or(source.event_id);
     let mut finished = false;
     for depth in 0.. {
         if depth > MAX_REFUSAL_DEPTH {
@@ -370,12 +375,8 @@ async fn run<P: ProcessManager>(
         finished |= steps.finished;
         let mut next = Steps::new(instance, source.timestamp());
         for (step, command) in steps.sends.drain(..) {
-            let id = command_id(P::NAME, source, &step);
-            let envelope = CommandEnvelope::with_id(id, command)
-                .correlated_with(correlation)
-                .caused_by_id(source.event_id);
             match manager
-                .send(envelope)
+                .send(envelope(P::NAME, source, &step, command))
                 .await
                 .map_err(HandlerFailure::Handler)?
             {
