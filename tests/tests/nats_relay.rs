@@ -167,9 +167,7 @@ async fn every_event_is_published_once_in_stream_order_with_its_metadata_and_a_r
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
     append_interleaved(&store, &["order-1", "order-2", "payment-1", "order-3"], 50).await;
-    let broker = NatsBroker::connect(&nats::url(), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let broker = nats::connect().await;
     let subs = Subscriptions::new(store.clone());
 
     let relay = NatsRelay::<AllEvents>::new(&broker, config(&js))
@@ -230,9 +228,7 @@ async fn the_filter_selects_what_is_published() {
         )
         .await
         .unwrap();
-    let broker = NatsBroker::connect(&nats::url(), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let broker = nats::connect().await;
     let subs = Subscriptions::new(store.clone());
     let relay = NatsRelay::<OrdersOnly>::new(&broker, config(&js))
         .start(&subs)
@@ -260,9 +256,7 @@ async fn a_message_the_broker_refuses_is_parked_with_the_rest_of_its_stream() {
     let js = TestStream::create("relay_too_large", |c| c.max_message_size = 2048);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
-    let broker = NatsBroker::connect(&nats::url(), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let broker = nats::connect().await;
     let over_max_payload = broker.max_payload() + 10;
     for (stream, size) in [
         ("order-big", 16),
