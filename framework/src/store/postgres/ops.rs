@@ -788,19 +788,28 @@ struct Visible {
 }
 
 /// Answers the appends of one commit once its events are readable (or the visibility timeout
-/// passed), in a task of its own so that the committer goes on with the next batch.
+/// passed): at once when the horizon read right after the commit already passed it, otherwise
+/// in a task of its own, so that the committer goes on with the next batch.
 fn answer_when_visible(
     shared: &Arc<Shared>,
     visible: Visible,
     answers: Vec<(oneshot::Sender<Result<AppendResult>>, Result<AppendResult>)>,
 ) {
+    let Visible {
+        horizon_now,
+        xid,
+        last,
+    } = visible;
+    if horizon_now > xid {
+        // Already readable (the usual case): answered at once, without a task of its own.
+        shared.bump_head(last);
+        for (reply, result) in answers {
+            let _ = reply.send(result);
+        }
+        return;
+    }
     let shared = shared.clone();
     tokio::spawn(async move {
-        let Visible {
-            horizon_now,
-            xid,
-            last,
-        } = visible;
         if let Err(e) = wait_visible(&shared, horizon_now, xid, last).await {
             tracing::warn!(error = %e, position = last, "could not wait for appends to be readable");
         }
