@@ -50,7 +50,7 @@ pub fn w1(s: &Settings, server: &Server, rows: &mut Vec<Row>) -> Result<(), Stri
     for writers in [1u64, 16, 256] {
         let connections = CONNECTIONS.min(writers as usize);
         let events = s.pg_w1_events(writers);
-        let med = append_rounds(
+        let rounds = append_rounds(
             s,
             &Engine::POSTGRES,
             Some(server),
@@ -59,21 +59,13 @@ pub fn w1(s: &Settings, server: &Server, rows: &mut Vec<Row>) -> Result<(), Stri
             connections,
         )?;
         let plural = |n: u64| if n == 1 { "" } else { "s" };
-        rows.push(Row::vs(
-            "W1",
-            format!(
-                "PostgreSQL: {writers} writer{}, {connections} connection{}, {} events",
-                plural(writers),
-                plural(connections as u64),
-                events
-            ),
-            "events/s",
-            Better::Higher,
-            med[Engine::Postgres.name()],
-            Engine::PgInsert.name(),
-            med[Engine::PgInsert.name()],
-            Target::RatioAtLeast(0.8),
-        ));
+        let case = format!(
+            "PostgreSQL: {writers} writer{}, {connections} connection{}, {} events",
+            plural(writers),
+            plural(connections as u64),
+            events
+        );
+        rows.push(rounds.row(&case, Engine::PgInsert, Target::RatioAtLeast(0.8)));
     }
     Ok(())
 }

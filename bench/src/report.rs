@@ -45,6 +45,10 @@ pub struct Row {
     pub base: f64,
     /// The target, if any.
     pub target: Target,
+    /// The median of the per-round ratios, when both sides ran in the same rounds: what
+    /// [`ratio`](Self::ratio) reports instead of the ratio of the two medians (a round's load
+    /// falls on both sides of its ratio, so the paired figure shakes less on a busy machine).
+    pub paired: Option<f64>,
 }
 
 impl Row {
@@ -69,7 +73,14 @@ impl Row {
             baseline,
             base,
             target,
+            paired: None,
         }
+    }
+
+    /// The same row with its ratio taken as `ratio`, the median of per-round ratios.
+    pub fn paired(mut self, ratio: f64) -> Row {
+        self.paired = Some(ratio);
+        self
     }
 
     /// A row with tidings' figure alone (and perhaps a target on it).
@@ -84,9 +95,10 @@ impl Row {
         Row::vs(workload, case, unit, better, tidings, "", f64::NAN, target)
     }
 
-    /// tidings ÷ baseline.
+    /// tidings ÷ baseline: the median of the per-round ratios when the row has them, else the
+    /// ratio of the two figures.
     pub fn ratio(&self) -> f64 {
-        self.tidings / self.base
+        self.paired.unwrap_or(self.tidings / self.base)
     }
 
     /// Whether the target is met (`None` when there is no target).
@@ -256,6 +268,25 @@ mod tests {
         assert_eq!(quantile(&xs, 1.0), 100.0);
         assert_eq!(quantile(&[7.0], 0.99), 7.0);
         assert!(quantile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn a_paired_ratio_replaces_the_ratio_of_the_medians() {
+        let r = Row::vs(
+            "W1",
+            "x",
+            "ev/s",
+            Better::Higher,
+            3.0,
+            "b",
+            4.0,
+            Target::RatioAtLeast(0.8),
+        );
+        assert_eq!(r.met(), Some(false));
+        let r = r.paired(0.9);
+        assert_eq!(r.ratio(), 0.9);
+        assert_eq!(r.met(), Some(true));
+        assert!(table(&[r]).contains("0.90"));
     }
 
     #[test]

@@ -16,49 +16,22 @@ use crate::Settings;
 pub fn w1(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
     for writers in [1u64, 16, 256] {
         let events = s.w1_events(writers);
-        let mut med = append_rounds(s, &Engine::EMBEDDED, None, writers, events, 0)?;
-        let mut med = |e: Engine| med.remove(e.name()).expect("measured");
-        let t = med(Engine::Tidings);
+        let rounds = append_rounds(s, &Engine::EMBEDDED, None, writers, events, 0)?;
         let plural = if writers == 1 { "" } else { "s" };
         let case = format!("{writers} writer{plural}, {events} events");
-        rows.push(Row::vs(
-            "W1",
-            &case,
-            "events/s",
-            Better::Higher,
-            t,
-            Engine::Sqlite.name(),
-            med(Engine::Sqlite),
-            Target::RatioAtLeast(2.0),
-        ));
-        rows.push(Row::vs(
-            "W1",
-            &case,
-            "events/s",
-            Better::Higher,
-            t,
-            Engine::RawSled.name(),
-            med(Engine::RawSled),
-            Target::RatioAtLeast(0.8),
-        ));
-        rows.push(Row::vs(
-            "W1",
-            &case,
-            "events/s",
-            Better::Higher,
-            t,
-            Engine::RawFile.name(),
-            med(Engine::RawFile),
-            Target::None,
-        ));
+        rows.push(rounds.row(&case, Engine::Sqlite, Target::RatioAtLeast(2.0)));
+        rows.push(rounds.row(&case, Engine::RawSled, Target::RatioAtLeast(0.8)));
+        rows.push(rounds.row(&case, Engine::RawFile, Target::None));
     }
     Ok(())
 }
 
 /// Runs `s.rounds` rounds in which each of `engines` in turn appends about `events` events from
 /// `writers` concurrent writers to a fresh store of its own (a PostgreSQL one on `server`, with
-/// `connections` connections); returns each engine's median events/s, by name. With
-/// `--verbose`, each round's figures and their ratio to the first engine's.
+/// `connections` connections); returns each engine's median events/s and the median of its
+/// per-round ratios to the first engine (tidings). The order of the engines is reversed every
+/// other round, so that a load that rises or falls through a round does not always favour the
+/// same side. With `--verbose`, each round's figures and their ratio to the first engine's.
 pub fn append_rounds(
     s: &Settings,
     engines: &[Engine],
@@ -66,33 +39,86 @@ pub fn append_rounds(
     writers: u64,
     events: u64,
     connections: usize,
-) -> Result<HashMap<&'static str, f64>, String> {
+) -> Result<Rounds, String> {
     let payloads = Arc::new(Payloads::new());
     let rt = runtime()?;
     let mut figures: HashMap<&'static str, Vec<f64>> = HashMap::new();
+    let mut ratios: HashMap<&'static str, Vec<f64>> = HashMap::new();
     for round in 1..=s.rounds {
-        let mut first = None;
-        for &engine in engines {
+        let mut order: Vec<Engine> = engines.to_vec();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        let mut this_round: Vec<(&'static str, f64)> = Vec::new();
+        for &engine in &order {
             let fresh = engine.open_fresh(s, server, connections)?;
             let run = rt.block_on(drive(&fresh.sink, payloads.clone(), writers, events, false));
             fresh.close();
             let run = run?;
             let rate = run.events_per_sec();
             figures.entry(engine.name()).or_default().push(rate);
-            let first = *first.get_or_insert(rate);
+            this_round.push((engine.name(), rate));
             s.log(format_args!(
-                "W1 {writers:>3} writers {:<20} {rate:>10.0} events/s ({} appends; round {round}, \
-                 {:.2}x tidings)",
+                "W1 {writers:>3} writers {:<20} {rate:>10.0} events/s ({} appends; round {round})",
                 engine.name(),
                 run.appends,
-                rate / first
+            ));
+        }
+        let tidings = engines[0].name();
+        let first = this_round
+            .iter()
+            .find(|(name, _)| *name == tidings)
+            .map(|&(_, rate)| rate)
+            .unwrap_or(f64::NAN);
+        for (name, rate) in this_round {
+            ratios.entry(name).or_default().push(first / rate);
+            s.log(format_args!(
+                "W1 {writers:>3} writers round {round}: tidings / {name} = {:.2}",
+                first / rate
             ));
         }
     }
-    Ok(figures
-        .into_iter()
-        .map(|(name, mut xs)| (name, median(&mut xs)))
-        .collect())
+    let medians = |m: HashMap<&'static str, Vec<f64>>| -> HashMap<&'static str, f64> {
+        m.into_iter()
+            .map(|(name, mut xs)| (name, median(&mut xs)))
+            .collect()
+    };
+    Ok(Rounds {
+        first: engines[0],
+        medians: medians(figures),
+        ratios: medians(ratios),
+    })
+}
+
+/// What [`append_rounds`] measured.
+pub struct Rounds {
+    /// The engine the others are compared with (tidings).
+    first: Engine,
+    medians: HashMap<&'static str, f64>,
+    ratios: HashMap<&'static str, f64>,
+}
+
+impl Rounds {
+    /// The median events/s of `engine`.
+    pub fn median(&self, engine: Engine) -> f64 {
+        self.medians.get(engine.name()).copied().unwrap_or(f64::NAN)
+    }
+
+    /// The W1 row of the first engine (tidings) against `baseline`: both medians, and as the
+    /// ratio the median of the per-round ratios.
+    pub fn row(&self, case: &str, baseline: Engine, target: Target) -> Row {
+        Row::vs(
+            "W1",
+            case,
+            "events/s",
+            Better::Higher,
+            self.median(self.first),
+            baseline.name(),
+            self.median(baseline),
+            target,
+        )
+        .paired(self.ratios.get(baseline.name()).copied().unwrap_or(f64::NAN))
+    }
 }
 
 /// W2: latency of single appends (1 writer, one at a time), p50 and p99, beside raw
