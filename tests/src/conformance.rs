@@ -1,8 +1,9 @@
-//! The backend conformance suite: what every [`EventStore`] must do, written once.
+//! The backend conformance suite: what every [`EventStore`](tidings::store::EventStore) must do,
+//! written once.
 //!
 //! Each case is a `pub async fn case<S: EventStore>(store: S)` that gets a fresh, empty store and
 //! panics (with a message naming the broken promise) when the store breaks the contract
-//! documented on [`EventStore`]. Nothing here names a backend type.
+//! documented on [`EventStore`](tidings::store::EventStore). Nothing here names a backend type.
 //!
 //! A backend runs the whole suite with [`conformance_suite!`](crate::conformance_suite), which
 //! generates one `#[test]` per case from a factory that returns a fresh empty store together with
@@ -21,9 +22,10 @@
 //! # fn main() {}
 //! ```
 //!
-//! Each generated test goes through [`run`]: its own multi-thread tokio runtime (the cases spawn
-//! tasks), a time limit of [`CASE_TIMEOUT`], and the store dropped before its guard. A backend
-//! whose factory is async can call the case functions directly from its own tests instead.
+//! Each generated test goes through [`run`](crate::conformance::run): its own multi-thread tokio
+//! runtime (the cases spawn tasks), a time limit of
+//! [`CASE_TIMEOUT`](crate::conformance::CASE_TIMEOUT), and the store dropped before its guard. A
+//! backend whose factory is async can call the case functions directly from its own tests instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;

@@ -250,7 +250,7 @@ async fn idempotence_survives_passivation_and_reopening_the_store() {
         // Passivate: the next command rebuilds the actor from the store.
         assert!(accounts.passivate("a1").await);
         assert!(
-            eventually(Duration::from_secs(5), || accounts.stats().live_instances
+            eventually(Duration::from_secs(60), || accounts.stats().live_instances
                 == 0)
             .await
         );
@@ -511,7 +511,7 @@ async fn passivation_and_reload_give_the_same_state() {
     assert_eq!(before.1, 12);
 
     assert!(
-        eventually(Duration::from_secs(5), || accounts.stats().live_instances
+        eventually(Duration::from_secs(60), || accounts.stats().live_instances
             == 0)
         .await,
         "the idle instance was passivated: {:?}",

@@ -2,6 +2,8 @@
 //! stream, many writers over many streams, and closing and reopening.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tidings::store::{
@@ -438,9 +440,11 @@ async fn close_wakes_head_watchers_with_closed() {
         .append("c-1", ExpectedVersion::Any, vec![EventData::new("A", "")])
         .await
         .unwrap();
+    let seen_by_follower = Arc::new(AtomicU64::new(0));
     let follower = {
         let store = store.clone();
         let mut watch = store.watch_head();
+        let seen_by_follower = seen_by_follower.clone();
         tokio::spawn(async move {
             let mut seen = 0;
             loop {
@@ -451,7 +455,8 @@ async fn close_wakes_head_watchers_with_closed() {
                             .await
                             .unwrap()
                             .head
-                            .max(head)
+                            .max(head);
+                        seen_by_follower.store(seen, Ordering::SeqCst);
                     }
                     Err(e) => return (seen, e),
                 }
@@ -462,9 +467,14 @@ async fn close_wakes_head_watchers_with_closed() {
         .append("c-1", ExpectedVersion::Any, vec![EventData::new("B", "")])
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Close once the follower has seen the second append, however loaded the machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while seen_by_follower.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     store.close().await;
-    match tokio::time::timeout(Duration::from_secs(3), follower).await {
+    // Generous: a follower that is never woken fails here however long the bound.
+    match tokio::time::timeout(Duration::from_secs(60), follower).await {
         Ok(Ok((seen, StoreError::Closed))) => assert_eq!(seen, 2, "the follower saw the head"),
         Ok(Ok((_, e))) => panic!("the follower ended with {e}, not Closed"),
         Ok(Err(e)) => panic!("the follower task failed: {e}"),

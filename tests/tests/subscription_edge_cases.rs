@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tidings_tests::support::reached;
+use tidings_tests::support::{reached, PATIENCE};
 
 use tidings::store::{EventStore, ExpectedVersion, SledEventStore};
 use tidings::subscription::{
@@ -73,12 +73,12 @@ async fn reset_of_a_running_subscription_is_refused_not_hung() {
     fill(&store, 2, 5).await;
     let subs = Subscriptions::new(store.clone());
     let handle = subs.start(Scratch(Probe::default())).unwrap();
-    reached(&handle, store.head()).await; // the loop holds the lock now
-    let reset = tokio::time::timeout(
-        Duration::from_secs(3),
-        subs.reset("scratch", ResetTo::Beginning, false),
-    )
-    .await;
+    // The loop holds the lock now.
+    reached(&handle, store.head()).await;
+    // A refusal is immediate; the bound only catches a reset that waits for the loop (a hang),
+    // and is generous so that a loaded machine does not fail the test.
+    let reset =
+        tokio::time::timeout(PATIENCE, subs.reset("scratch", ResetTo::Beginning, false)).await;
     let refused = matches!(reset, Ok(Err(ControlError::Running(_))));
     handle.stop().await;
     assert!(
@@ -97,15 +97,25 @@ async fn a_refused_reset_does_not_apply_itself_when_the_subscription_stops_later
     let handle = subs.start(Scratch(Probe::default())).unwrap();
     reached(&handle, store.head()).await;
     let s2 = subs.clone();
-    let reset = tokio::spawn(async move { s2.reset("scratch", ResetTo::Beginning, false).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut reset =
+        tokio::spawn(async move { s2.reset("scratch", ResetTo::Beginning, false).await });
+    // Stop once the reset has answered (refused), however slow the machine; a reset that waits
+    // for the loop instead is still pending at the bound, and the stop below lets it through.
+    let answered = tokio::time::timeout(PATIENCE, &mut reset).await;
     handle.stop().await;
-    let result = tokio::time::timeout(Duration::from_secs(3), reset).await;
+    let result = match answered {
+        Ok(result) => Ok(result),
+        Err(_) => tokio::time::timeout(PATIENCE, reset).await,
+    };
     let checkpoint = store.load_checkpoint("scratch").await.unwrap();
     assert_eq!(
         checkpoint,
         Some(store.head()),
         "a reset requested while running moved the checkpoint after the stop: {result:?}"
+    );
+    assert!(
+        matches!(result, Ok(Ok(Err(ControlError::Running(_))))),
+        "the reset of a running subscription was not refused: {result:?}"
     );
 }
 
@@ -181,8 +191,17 @@ async fn deferred_replay_in_a_partitioned_subscription_leaves_parked() {
         .start_partitioned(Scratch(probe.clone()), 3, config)
         .unwrap();
     let status = reached(&handle, store.head()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let status2 = handle.status();
+    // The replayed streams leave the parked list and the state says Live a moment after the
+    // last event is handled: wait for that (or the bound), not for a fixed pause.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let status2 = loop {
+        let s = handle.status();
+        let settled = s.parked == 0 && s.state == SubscriptionState::Live;
+        if settled || tokio::time::Instant::now() >= deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     handle.stop().await;
     assert_eq!(probe.handled.load(Ordering::SeqCst), 12, "{status:?}");
     assert_eq!(status2.parked, 0);

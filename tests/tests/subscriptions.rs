@@ -21,8 +21,8 @@ type Seen = Arc<Mutex<Vec<u64>>>;
 #[event_handler(name = "recorder", events(OrderEvent, PaymentEvent))]
 struct Recorder {
     seen: Seen,
-    /// Sleep this long per event (a slow handler).
-    delay: Duration,
+    /// While this holds true, each order event waits (a subscription held behind the others).
+    held: Option<Arc<AtomicBool>>,
 }
 
 #[async_trait]
@@ -32,8 +32,10 @@ impl Handle<OrderEvent> for Recorder {
         _: OrderEvent,
         ctx: &mut EventContext<'_>,
     ) -> Result<(), HandlerError> {
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
+        if let Some(held) = &self.held {
+            while held.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
         self.seen.lock().unwrap().push(ctx.event().position);
         Ok(())
@@ -142,7 +144,7 @@ async fn catch_up_then_live_with_appends_racing_the_switch_skips_and_repeats_not
         .start_with(
             Recorder {
                 seen: seen.clone(),
-                delay: Duration::ZERO,
+                held: None,
             },
             SubscriptionConfig::default().batch_size(64),
         )
@@ -179,7 +181,7 @@ async fn a_subscription_stopped_while_10_000_events_are_appended_gets_exactly_th
     let handle = subs
         .start(Recorder {
             seen: first.clone(),
-            delay: Duration::ZERO,
+            held: None,
         })
         .unwrap();
     reached(&handle, store.head()).await;
@@ -200,7 +202,7 @@ async fn a_subscription_stopped_while_10_000_events_are_appended_gets_exactly_th
     let handle = subs
         .start(Recorder {
             seen: second.clone(),
-            delay: Duration::ZERO,
+            held: None,
         })
         .unwrap();
     reached(&handle, store.head()).await;
@@ -222,11 +224,13 @@ async fn subscriptions_run_side_by_side_each_at_its_own_pace_and_by_name() {
     append_many(&store, 0, 600).await;
     let subs = Subscriptions::new(store.clone());
     let (slow_seen, fast_seen) = (Seen::default(), Seen::default());
+    // The slow one is held until the fast one is at the head: no race with the machine's load.
+    let held = Arc::new(AtomicBool::new(true));
     let slow = subs
         .start_with(
             Recorder {
                 seen: slow_seen.clone(),
-                delay: Duration::from_millis(5),
+                held: Some(held.clone()),
             },
             SubscriptionConfig::default().batch_size(16),
         )
@@ -251,6 +255,7 @@ async fn subscriptions_run_side_by_side_each_at_its_own_pace_and_by_name() {
     );
     let names: Vec<String> = subs.statuses().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["payments-only", "recorder"]);
+    held.store(false, Ordering::SeqCst);
     reached(&slow, store.head()).await;
     assert_eq!(taken(&slow_seen), expected_positions(&store, 1).await);
     let payments: Vec<u64> = {
@@ -417,7 +422,7 @@ async fn an_undecodable_payload_fails_the_subscription_naming_position_and_type(
     let handle = subs
         .start(Recorder {
             seen: Seen::default(),
-            delay: Duration::ZERO,
+            held: None,
         })
         .unwrap();
     let status = handle.finished().await;

@@ -3,7 +3,7 @@
 //!
 //! A process manager is a type with `#[derive(ProcessManager)]`, an impl of [`ProcessManager`]
 //! (its state, its commands, and how to send them), and one [`Reacts<E>`] impl per event type it
-//! lists. The derive makes it an [`EventHandler`](crate::subscription::EventHandler), so it runs
+//! lists. The derive makes it an [`EventHandler`], so it runs
 //! as a durable subscription: started, stopped, retried, parked, leased across processes like
 //! any other. For each event:
 //!

@@ -117,3 +117,8 @@ impl SubscriptionConfig {
         self
     }
 }
+
+/// The guide's examples are compiled (and run, each on a temporary store) as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/subscriptions.md")]
+pub struct SubscriptionsGuide;
