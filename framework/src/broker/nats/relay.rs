@@ -82,7 +82,10 @@ pub struct RelayConfig {
 /// A callback the relay calls after each acknowledged publish with the event, JetStream's
 /// answer and the publish→ack time ([`RelayConfig::on_published`]).
 #[derive(Clone)]
-pub struct OnPublished(pub Arc<dyn Fn(&RecordedEvent, &Published, Duration) + Send + Sync>);
+pub struct OnPublished(pub Arc<PublishedFn>);
+
+/// The function inside [`OnPublished`].
+pub type PublishedFn = dyn Fn(&RecordedEvent, &Published, Duration) + Send + Sync;
 
 impl std::fmt::Debug for OnPublished {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
