@@ -890,12 +890,14 @@ impl<H: InboxHandler> NatsInbox<H> {
             return Ok(());
         }
         let name = self.config.name.clone();
-        let stored = subscription_status_from_store(&*self.store, &name)
-            .await
-            .unwrap_or_else(|e| {
+        let stored = match subscription_status_from_store(&*self.store, &name).await {
+            Ok(stored) => stored,
+            Err(StoreError::Codec(e)) => {
                 warn!(inbox = %name, error = %e, "the inbox's status record does not decode; it starts a new one");
                 None
-            });
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut parked: BTreeMap<String, u64> = BTreeMap::new();
         for p in parked_in_store(&*self.store, &name).await? {
             *parked.entry(p.stream_id).or_default() += 1;
