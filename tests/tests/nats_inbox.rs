@@ -546,3 +546,112 @@ async fn a_transient_failure_is_retried_and_never_parked() {
         .unwrap()
         .is_empty());
 }
+
+/// Runs the ops CLI as a process of its own on the PostgreSQL schema `schema`.
+fn cli_pg(schema: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cli_child"))
+        .args(["--store", &tidings_tests::pg::url(), "--schema", schema])
+        .args(args)
+        .output()
+        .expect("run the CLI");
+    assert!(
+        out.status.success(),
+        "tidings {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Waits (bounded) until the inbox's line in `tidings subscriptions`, run as another process,
+/// satisfies `done`; returns it.
+async fn wait_listed(schema: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = lines(&cli_pg(schema, &["--json", "subscriptions"]));
+        if let Some(line) = listed.into_iter().find(|l| l["name"] == "inbox") {
+            if done(&line) {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "never listed so: {line}");
+        }
+        assert!(Instant::now() < deadline, "the inbox is never listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix::test]
+async fn on_postgres_another_process_sees_the_running_inbox_and_its_replay_is_applied_by_it() {
+    if !nats::available("inbox status on PostgreSQL") {
+        return;
+    }
+    let Some(schema) = tidings_tests::pg::Schema::fresh("inbox status on PostgreSQL") else {
+        return;
+    };
+    let js = TestStream::create("inbox_pg", |_| {});
+    let broker = nats::connect().await;
+    let store: Arc<dyn EventStore> = Arc::new(
+        schema
+            .config()
+            .open()
+            .await
+            .unwrap_or_else(|e| panic!("open the store: {e}")),
+    );
+    publish(&js, &broker, "a", "m0", "not json").await;
+    publish(&js, &broker, "a", "m1", "{\"i\":1}").await;
+    let config = InboxConfig::new("inbox", js.name.clone())
+        .ack_wait(Duration::from_secs(5))
+        .status_interval(Duration::from_millis(50));
+    let handler = Strict::new();
+    let fixed = handler.fixed.clone();
+    let running = NatsInbox::new(store.clone(), &broker, config, handler)
+        .start()
+        .await
+        .unwrap();
+    wait_stats(&running, |s| s.parked == 1 && s.applied == 1).await;
+
+    // Another process, while the inbox runs: its state, broker sequence, lag and the parked
+    // message.
+    let line = wait_listed(schema.name(), |l| l["inbox"]["pending"] == 0).await;
+    assert_eq!(line["parked"], 1, "{line}");
+    assert_eq!(line["lag"], 0, "{line}");
+    assert_eq!(line["inbox"]["last_sequence"], 2, "{line}");
+    assert!(
+        line["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("last recorded: parked (inbox of"),
+        "{line}"
+    );
+    let parked = lines(&cli_pg(schema.name(), &["--json", "parked", "inbox"]));
+    assert_eq!(parked.len(), 1, "{parked:?}");
+
+    // The handler is fixed; a replay asked for by another process is applied by the running
+    // inbox, once.
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let replay = cli_pg(schema.name(), &["replay-parked", "inbox"]);
+    assert!(replay.contains("recorded a replay"), "{replay}");
+    wait_stats(&running, |s| s.replayed == 1).await;
+    let line = wait_listed(schema.name(), |l| l["parked"] == 0).await;
+    assert!(
+        line["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("last recorded: live (inbox of"),
+        "{line}"
+    );
+    let a = store.read_stream("inbound-a", 1, 10).await.unwrap();
+    assert_eq!(
+        a.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>(),
+        [b"{\"i\":1}".as_slice(), b"not json"],
+        "the replayed message is applied once"
+    );
+    running.stop().await;
+    let line = wait_listed(schema.name(), |_| true).await;
+    assert!(
+        line["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("stopped (inbox of"),
+        "{line}"
+    );
+}
