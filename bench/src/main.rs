@@ -6,12 +6,17 @@
 //! cargo run --release -p tidings-bench -- --quick      # seconds: small sizes, a smoke test
 //! cargo run --release -p tidings-bench -- --only W1,W3 --json
 //! cargo run --release -p tidings-bench -- --backend postgres   # W1, W3, W7 on PostgreSQL only
+//! cargo run --release -p tidings-bench -- --only W8            # the NATS relay vs a bare loop
 //! ```
 //!
 //! W1, W3 and W7 also run against tidings' PostgreSQL store when the server
 //! (`TIDINGS_BENCH_POSTGRES_URL`, else `TIDINGS_TEST_POSTGRES_URL`, else
 //! `postgres://root@127.0.0.1:5432/test`) answers; when it does not, they are skipped with a loud
 //! message, and the run fails at the end if `TIDINGS_REQUIRE_POSTGRES=1`.
+//!
+//! W8 (the NATS JetStream relay against a bare async-nats publish loop) needs NATS with
+//! JetStream (`TIDINGS_BENCH_NATS_URL`, else `nats://127.0.0.1:4222`); without it W8 is skipped
+//! with a loud message, and the run fails if `TIDINGS_REQUIRE_NATS=1`.
 
 mod baseline;
 mod data;
@@ -24,6 +29,7 @@ mod w12;
 mod w37;
 mod w45;
 mod w6;
+mod w8;
 
 use std::fmt;
 use std::time::Instant;
@@ -36,16 +42,18 @@ const USAGE: &str = "usage: tidings-bench [--quick] [--json] [--only W1,W2,...] 
 
   --quick    small sizes, runs in seconds (a smoke test; figures are not meaningful)
   --json     print the rows as JSON instead of the table
-  --only     run only these workloads (W1..W7)
+  --only     run only these workloads (W1..W8; W8 is the NATS relay)
   --backend  sled, postgres or both (default): which stores' workloads run (PostgreSQL has
-             W1, W3 and W7)
+             W1, W3 and W7; W8 runs on the embedded store)
   --rounds   rounds of W1 per engine, and of the PostgreSQL reads (median reported); default 3,
-             1 with --quick
+             1 with --quick; W8 runs at least 5 (2 with --quick)
   --verbose  print each measurement to stderr as it is taken
 Temporary stores go under $TMPDIR (default /tmp): put it on the disk you want to measure.
 PostgreSQL: TIDINGS_BENCH_POSTGRES_URL, else TIDINGS_TEST_POSTGRES_URL, else
 postgres://root@127.0.0.1:5432/test; each run works in schemas of its own (bench_<pid>_<n>) and
-drops them. TIDINGS_REQUIRE_POSTGRES=1 fails the run when the server is not reachable.";
+drops them. TIDINGS_REQUIRE_POSTGRES=1 fails the run when the server is not reachable.
+NATS (W8): TIDINGS_BENCH_NATS_URL, else nats://127.0.0.1:4222; TIDINGS_REQUIRE_NATS=1 fails the
+run when it is not reachable.";
 
 /// What to run, and how big.
 pub struct Settings {
@@ -179,7 +187,7 @@ impl Settings {
     }
 }
 
-const WORKLOADS: [&str; 7] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7"];
+const WORKLOADS: [&str; 8] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -306,7 +314,26 @@ fn run(s: &Settings) -> Result<(), String> {
             }
         }
     }
-    let mut skipped = None;
+    let mut skipped = Vec::new();
+    if s.sled && s.wants("W8") {
+        match w8::reachable() {
+            Ok(()) => timed("W8", &mut rows, &mut |rows| w8::w8(s, rows)),
+            Err(e) => {
+                let message = format!(
+                    "NATS with JetStream at {} is not reachable ({e}): W8 (the NATS relay) is \
+                     SKIPPED. Start the server (nats-server -js) or set TIDINGS_BENCH_NATS_URL.",
+                    w8::url()
+                );
+                eprintln!("\n!!!!!!!! {message} !!!!!!!!\n");
+                if std::env::var("TIDINGS_REQUIRE_NATS").is_ok_and(|v| v == "1") {
+                    timed("NATS", &mut rows, &mut |_| {
+                        Err("TIDINGS_REQUIRE_NATS=1 and the server is not reachable".into())
+                    });
+                }
+                skipped.push(message);
+            }
+        }
+    }
     if s.postgres && (s.wants("W1") || s.wants("W3") || s.wants("W7")) {
         let server = Server::from_env();
         match server.reachable() {
@@ -323,7 +350,7 @@ fn run(s: &Settings) -> Result<(), String> {
                         Err("TIDINGS_REQUIRE_POSTGRES=1 and the server is not reachable".into())
                     });
                 }
-                skipped = Some(message);
+                skipped.push(message);
             }
         }
     }
@@ -343,7 +370,7 @@ fn run(s: &Settings) -> Result<(), String> {
             load_average()
         );
     }
-    if let Some(message) = skipped {
+    for message in skipped {
         println!("!!!!!!!! {message} !!!!!!!!");
     }
     if failed.is_empty() {

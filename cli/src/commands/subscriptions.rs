@@ -5,8 +5,8 @@ use std::io::Write;
 use serde::Serialize;
 use tidings::store::StoreError;
 use tidings::subscription::{
-    parked_in_store, subscription_status_from_store, ParkedEvent, ResetTo, SubscriptionState,
-    SubscriptionStatus, Subscriptions,
+    parked_in_store, subscription_status_from_store, InboxProgress, ParkedEvent, ResetTo,
+    SubscriptionState, SubscriptionStatus, Subscriptions,
 };
 
 use super::Ctx;
@@ -27,6 +27,10 @@ struct SubscriptionLine {
     running: bool,
     parked: u64,
     parked_streams: u64,
+    /// Set for a broker inbox: where it is in the broker's stream; its lag is the broker's
+    /// count of messages it has not acknowledged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inbox: Option<InboxProgress>,
 }
 
 /// How a state reads in the table: the live state of a subscription running in this process,
@@ -88,6 +92,23 @@ async fn ensure_not_running_elsewhere(
     }
 }
 
+/// The state of a broker inbox: its recorded state, then where it is in the broker's stream.
+fn inbox_text(state: &str, inbox: &InboxProgress) -> String {
+    let mut text = format!(
+        "{state} (inbox of broker stream {}, last sequence {}",
+        inbox.broker_stream, inbox.last_sequence
+    );
+    match inbox.pending {
+        Some(p) => text.push_str(&format!(", {p} pending")),
+        None => text.push_str(", pending unknown"),
+    }
+    if let Some(e) = &inbox.last_error {
+        text.push_str(&format!(", last error: {e}"));
+    }
+    text.push(')');
+    text
+}
+
 fn describe(state: &SubscriptionState) -> String {
     match state {
         SubscriptionState::Starting => "starting".into(),
@@ -125,15 +146,25 @@ pub(crate) async fn list(
             streams.sort_unstable();
             streams.dedup();
             let checkpoint = live.as_ref().map_or(c.position, |s| s.checkpoint);
+            let inbox = stored.as_ref().and_then(|s| s.inbox.clone());
+            let mut state = state_text(live.as_ref(), stored.as_ref(), ctx.shared());
+            if let Some(i) = &inbox {
+                state = inbox_text(&state, i);
+            }
             let line = SubscriptionLine {
                 name: c.name.clone(),
                 checkpoint,
                 head,
-                lag: head.saturating_sub(checkpoint),
-                state: state_text(live.as_ref(), stored.as_ref(), ctx.shared()),
+                lag: match &inbox {
+                    // An inbox reads no log: its lag is the broker's.
+                    Some(i) => i.pending.unwrap_or(0),
+                    None => head.saturating_sub(checkpoint),
+                },
+                state,
                 running: live.is_some(),
                 parked: parked.len() as u64,
                 parked_streams: streams.len() as u64,
+                inbox,
             };
             rows.row(
                 || {
@@ -328,6 +359,9 @@ pub(crate) async fn replay(
             None => format!("subscription {name:?} has no parked events"),
         }));
     }
+    let is_inbox = subscription_status_from_store(ctx.store, name)
+        .await?
+        .is_some_and(|s| s.inbox.is_some());
     for s in streams {
         let outcome = subscriptions.replay_parked(name, s).await?;
         let line = ReplayLine {
@@ -339,6 +373,17 @@ pub(crate) async fn replay(
         };
         if ctx.json {
             json_line(out, &line)?;
+        } else if outcome.deferred && is_inbox {
+            writeln!(
+                out,
+                "{}",
+                printable(&format!(
+                    "subject {s:?}: recorded a replay of its {} parked messages; inbox {name:?} \
+                     applies it, in order, at its next look (every status interval) while it \
+                     runs, or when it next starts",
+                    outcome.still_parked
+                ))
+            )?;
         } else if outcome.deferred && ctx.shared() {
             writeln!(
                 out,
@@ -460,6 +505,22 @@ mod tests {
             "failed: boom"
         );
         assert_eq!(state_text(None, None, false), "-");
+    }
+
+    #[test]
+    fn an_inbox_shows_where_it_is_in_the_brokers_stream() {
+        let stored: SubscriptionStatus = serde_json::from_str(
+            r#"{"name":"in","state":"Parked","checkpoint":3,"handled_up_to":3,"head":3,
+                "events_handled":2,"restarts":0,"inbox":{"broker_stream":"PAY",
+                "last_sequence":7,"pending":2,"duplicates":0,"last_error":null}}"#,
+        )
+        .unwrap();
+        let inbox = stored.inbox.clone().unwrap();
+        assert_eq!(stored.lag(), 2);
+        assert_eq!(
+            inbox_text(&state_text(None, Some(&stored), true), &inbox),
+            "last recorded: parked (inbox of broker stream PAY, last sequence 7, 2 pending)"
+        );
     }
 
     #[test]

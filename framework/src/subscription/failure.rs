@@ -167,6 +167,8 @@ pub const RESERVED_PREFIX: &[u8] = b"\0tidings/";
 const PARKED: &[u8] = b"\0tidings/parked/";
 const PARKED_STREAMS: &[u8] = b"\0tidings/parked-streams/";
 const REPLAY: &[u8] = b"\0tidings/replay/";
+/// A broker inbox's parked message (subject, headers, payload), beside its [`ParkedEvent`].
+const PARKED_MESSAGE: &[u8] = b"\0tidings/parked-message/";
 pub(crate) const STATUS: &[u8] = b"\0tidings/status";
 
 /// The state write that records `status` under [`STATUS`].
@@ -179,6 +181,13 @@ pub(crate) fn status_write(status: &SubscriptionStatus) -> StateWrite {
 
 pub(crate) fn parked_key(position: u64) -> Vec<u8> {
     let mut k = PARKED.to_vec();
+    k.extend_from_slice(format!("{position:020}").as_bytes());
+    k
+}
+
+/// The key of the message a broker inbox parked at `position` (its broker stream sequence).
+pub(crate) fn parked_message_key(position: u64) -> Vec<u8> {
+    let mut k = PARKED_MESSAGE.to_vec();
     k.extend_from_slice(format!("{position:020}").as_bytes());
     k
 }
@@ -329,10 +338,17 @@ pub(crate) async fn skip_in_store(
     let Some(entry) = parked.iter().find(|p| p.position == position) else {
         return Ok(false);
     };
-    let mut writes = vec![StateWrite {
-        key: parked_key(position),
-        value: None,
-    }];
+    let mut writes = vec![
+        StateWrite {
+            key: parked_key(position),
+            value: None,
+        },
+        // A broker inbox keeps the parked message itself beside the entry.
+        StateWrite {
+            key: parked_message_key(position),
+            value: None,
+        },
+    ];
     let mut streams = parked_streams_in_store(store, name).await?;
     if !parked
         .iter()
@@ -453,5 +469,7 @@ mod tests {
         assert!(parked_key(9) < parked_key(10));
         assert!(parked_key(99_999) < parked_key(100_000));
         assert!(parked_key(1).starts_with(RESERVED_PREFIX));
+        assert!(!parked_message_key(1).starts_with(PARKED));
+        assert!(!parked_message_key(1).starts_with(PARKED_STREAMS));
     }
 }

@@ -22,6 +22,11 @@ use std::time::Duration;
 pub use self::actor::{
     GetStatus, StartError, Stop, SubscriptionActor, SubscriptionHandle, Subscriptions,
 };
+#[cfg(feature = "nats")]
+pub(crate) use self::failure::{
+    encode_parked, parked_key, parked_message_key, replay_key, replay_requests_in_store,
+    status_write,
+};
 pub use self::failure::{
     parked_in_store, subscription_status_from_store, ControlError, FailurePolicy, ParkedEvent,
     ReplayOutcome, ResetTo, RESERVED_PREFIX,
@@ -30,7 +35,9 @@ pub use self::handler::{
     EventContext, EventHandler, Handle, HandlerError, HandlerFailure, Refused, StartFrom,
     Unavailable,
 };
-pub use self::status::{SubscriptionState, SubscriptionStatus};
+#[cfg(feature = "nats")]
+pub(crate) use self::status::initial as status_cell_default;
+pub use self::status::{InboxProgress, SubscriptionState, SubscriptionStatus};
 pub use self::wait::{position_of, Among, WaitError};
 
 /// Settings of one subscription.

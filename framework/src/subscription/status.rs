@@ -71,6 +71,40 @@ pub struct SubscriptionStatus {
     /// leases (the embedded store is open in one process only).
     #[serde(default)]
     pub holder: Option<LeaseInfo>,
+    /// Set when the record is a broker inbox's (a JetStream consumer whose messages become
+    /// events, feature `nats`), not a subscription's: where it is in the broker's stream. Its
+    /// `events_handled` counts messages applied, `retries` failed attempts, `parked` parked
+    /// messages (their `position` is the broker stream's sequence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox: Option<InboxProgress>,
+}
+
+/// Where a broker inbox is in the broker's stream, as its status record says.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct InboxProgress {
+    /// The broker's stream (a JetStream stream) the inbox consumes.
+    pub broker_stream: String,
+    /// The broker stream's sequence of the last message the inbox applied, recognised as a
+    /// duplicate or parked (0 before the first).
+    pub last_sequence: u64,
+    /// Messages of the broker's stream the inbox has not acknowledged yet (not delivered, or
+    /// delivered and waiting for a retry), when last asked: its lag. `None` until known.
+    pub pending: Option<u64>,
+    /// Messages recognised as applied before (a redelivery or a republish), in total.
+    pub duplicates: u64,
+    /// The last failure (a handler error or a store error), if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+impl InboxProgress {
+    /// The progress of an inbox consuming `broker_stream`, before its first message.
+    pub fn new(broker_stream: impl Into<String>) -> Self {
+        InboxProgress {
+            broker_stream: broker_stream.into(),
+            ..Default::default()
+        }
+    }
 }
 
 fn one() -> u64 {
@@ -79,8 +113,33 @@ fn one() -> u64 {
 
 impl SubscriptionStatus {
     /// How far behind the head the subscription is, in positions.
+    ///
+    /// For a broker inbox (it reads no log) it is the broker's count of messages it has not
+    /// acknowledged yet, when known ([`InboxProgress::pending`]).
     pub fn lag(&self) -> u64 {
-        self.head.saturating_sub(self.handled_up_to)
+        match &self.inbox {
+            Some(inbox) => inbox.pending.unwrap_or(0),
+            None => self.head.saturating_sub(self.handled_up_to),
+        }
+    }
+}
+
+/// The status of subscription `name` before it starts.
+pub(crate) fn initial(name: &str) -> SubscriptionStatus {
+    SubscriptionStatus {
+        name: name.to_owned(),
+        state: SubscriptionState::Starting,
+        checkpoint: 0,
+        handled_up_to: 0,
+        head: 0,
+        events_handled: 0,
+        restarts: 0,
+        retries: 0,
+        parked: 0,
+        parked_streams: 0,
+        partitions: 1,
+        holder: None,
+        inbox: None,
     }
 }
 
@@ -91,20 +150,7 @@ pub(crate) struct StatusCell(Arc<watch::Sender<SubscriptionStatus>>);
 
 impl StatusCell {
     pub fn new(name: &str) -> Self {
-        let (sender, _) = watch::channel(SubscriptionStatus {
-            name: name.to_owned(),
-            state: SubscriptionState::Starting,
-            checkpoint: 0,
-            handled_up_to: 0,
-            head: 0,
-            events_handled: 0,
-            restarts: 0,
-            retries: 0,
-            parked: 0,
-            parked_streams: 0,
-            partitions: 1,
-            holder: None,
-        });
+        let (sender, _) = watch::channel(initial(name));
         StatusCell(Arc::new(sender))
     }
 

@@ -48,6 +48,15 @@ pub(crate) struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     publish: Option<String>,
 
+    /// The JetStream stream that --publish fills (created if missing, taking the subjects
+    /// `<--nats-prefix>.>`).
+    #[arg(long, global = true, value_name = "NAME", default_value = nats::STREAM)]
+    nats_stream: String,
+
+    /// The subjects' first token with --publish: events go to `<prefix>.<category>.<event type>`.
+    #[arg(long, global = true, value_name = "PREFIX", default_value = nats::PREFIX)]
+    nats_prefix: String,
+
     /// What to do; without a subcommand, `story`.
     #[command(subcommand)]
     command: Option<Command>,
@@ -208,7 +217,11 @@ impl Cli {
             .unwrap_or_else(|| Command::Story(Default::default()))
         {
             Command::Story(mut args) => {
-                args.publish = self.publish;
+                args.publish = self.publish.map(|url| nats::Publish {
+                    url,
+                    stream: self.nats_stream,
+                    prefix: self.nats_prefix,
+                });
                 story::run(&location, args).await
             }
             Command::Serve(args) => serve::run(&location, args).await,

@@ -2,7 +2,7 @@
 //! and `watch-nats` prints what arrives on the broker.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use futures_util::StreamExt;
@@ -15,52 +15,88 @@ use tidings::subscription::SubscriptionHandle;
 use super::CliError;
 use crate::shop::SharedShop;
 
-/// The JetStream stream the shop publishes to.
+/// The JetStream stream the shop publishes to, unless `--nats-stream` says otherwise.
 pub(crate) const STREAM: &str = "SHOP";
-/// Where each event goes.
-pub(crate) const SUBJECTS: &str = "shop.{category}.{event_type}";
+/// The subjects' first token, unless `--nats-prefix` says otherwise.
+pub(crate) const PREFIX: &str = "shop";
 
-/// The shop's relay: every event of the shop, to `shop.<category>.<event type>`.
+/// The shop's relay: every event of the shop, to `<prefix>.<category>.<event type>`.
 pub(crate) struct ShopOutbox;
 
 impl RelaySpec for ShopOutbox {
     const NAME: &'static str = "nats-relay";
 }
 
-/// Connects to `url`, makes sure the stream `SHOP` (subjects `shop.>`) exists, and starts the
+/// Where `--publish` sends the shop's events.
+#[derive(Clone, Debug)]
+pub(crate) struct Publish {
+    /// The NATS server.
+    pub url: String,
+    /// The JetStream stream (created if missing).
+    pub stream: String,
+    /// The subjects' first token: events go to `<prefix>.<category>.<event type>`.
+    pub prefix: String,
+}
+
+impl Publish {
+    fn subjects(&self) -> Result<SubjectTemplate, CliError> {
+        let p = &self.prefix;
+        if p.is_empty()
+            || p.split('.').any(str::is_empty)
+            || p.chars().any(|c| c == '*' || c == '>' || c.is_whitespace())
+        {
+            return Err(format!(
+                "--nats-prefix {p:?}: a subject prefix is one or more dot-separated tokens \
+                 without wildcards or white space"
+            )
+            .into());
+        }
+        Ok(SubjectTemplate::parse(&format!(
+            "{p}.{{category}}.{{event_type}}"
+        ))?)
+    }
+}
+
+/// Connects, makes sure the JetStream stream (subjects `<prefix>.>`) exists, and starts the
 /// relay among the shop's subscriptions.
 pub(crate) async fn start_relay(
     shop: &SharedShop,
-    url: &str,
+    to: &Publish,
 ) -> Result<(NatsBroker, SubscriptionHandle), CliError> {
-    let broker = NatsBroker::connect(url, Duration::from_secs(5)).await?;
+    let subjects = to.subjects()?;
+    let broker = NatsBroker::connect(&to.url, Duration::from_secs(5)).await?;
     broker
         .jetstream()
         .get_or_create_stream(stream::Config {
-            name: STREAM.into(),
-            subjects: vec!["shop.>".into()],
+            name: to.stream.clone(),
+            subjects: vec![format!("{}.>", to.prefix)],
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("JetStream stream {STREAM} at {url}: {e}"))?;
-    let config = RelayConfig::new(SubjectTemplate::parse(SUBJECTS)?);
+        .map_err(|e| format!("JetStream stream {} at {}: {e}", to.stream, to.url))?;
+    let config = RelayConfig::new(subjects);
     let relay = NatsRelay::<ShopOutbox>::new(&broker, config).start(shop.subscriptions())?;
     Ok((broker, relay))
 }
 
-/// Waits (at most 30 s) until the relay has published every event, and says so.
-pub(crate) async fn finish_relay(shop: &SharedShop, relay: &SubscriptionHandle, url: &str) {
+/// Waits (at most 2 minutes) until the relay has published every event, and says so.
+pub(crate) async fn finish_relay(shop: &SharedShop, relay: &SubscriptionHandle, to: &Publish) {
     let head = shop.store().head();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while relay.status().handled_up_to < head && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if let Err(e) = relay
+        .wait_until_handled(head, Duration::from_secs(120))
+        .await
+    {
+        println!("\nBroker\n  the relay has not published every event yet: {e}");
     }
     let s = relay.status();
     println!(
-        "\nBroker\n  {} events published to JetStream stream {STREAM} at {url} ({SUBJECTS}), \
-         lag {}, parked {}; `shop_example watch-nats` shows them",
+        "\nBroker\n  {} events published to JetStream stream {} at {} ({}.<category>.<event \
+         type>), lag {}, parked {}; `shop_example watch-nats` shows them",
         s.handled_up_to,
+        to.stream,
+        to.url,
+        to.prefix,
         s.lag(),
         s.parked
     );
@@ -78,7 +114,8 @@ pub struct WatchArgs {
     /// Only the last N messages (default: all).
     #[arg(long, value_name = "N")]
     last: Option<u64>,
-    /// Keep printing new messages until interrupted, instead of stopping after 2 s without any.
+    /// Keep printing new messages until interrupted, instead of stopping after the last
+    /// message the stream held when it started (or after 10 s without any).
     #[arg(long)]
     follow: bool,
 }
@@ -112,11 +149,15 @@ pub(crate) async fn watch(args: WatchArgs) -> Result<ExitCode, CliError> {
         stream.cached_info().state.messages
     );
     let mut shown = 0u64;
+    let mut last_shown = 0u64;
     loop {
         let next = if args.follow {
             messages.next().await
         } else {
-            match tokio::time::timeout(Duration::from_secs(2), messages.next()).await {
+            if last_seq == 0 || (shown > 0 && last_shown >= last_seq) {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
                 Ok(next) => next,
                 Err(_) => break,
             }
@@ -140,6 +181,7 @@ pub(crate) async fn watch(args: WatchArgs) -> Result<ExitCode, CliError> {
             String::from_utf8_lossy(&message.payload),
         );
         shown += 1;
+        last_shown = seq;
     }
     println!("{shown} messages shown");
     Ok(ExitCode::SUCCESS)

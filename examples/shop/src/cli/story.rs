@@ -43,7 +43,7 @@ pub struct StoryArgs {
     pub(super) gateway_failures: u32,
     /// Set from the global `--publish URL`: a NATS relay runs beside the services.
     #[arg(skip)]
-    pub(super) publish: Option<String>,
+    pub(super) publish: Option<super::nats::Publish>,
 }
 
 impl Default for StoryArgs {
@@ -197,12 +197,12 @@ async fn run_embedded(dir: &Path, args: StoryArgs) -> Result<ExitCode, CliError>
         started: Instant::now(),
     };
     let relay = match &args.publish {
-        Some(url) => Some(super::nats::start_relay(&story.shop, url).await?),
+        Some(to) => Some(super::nats::start_relay(&story.shop, to).await?),
         None => None,
     };
     let result = tell(&mut story, args.orders).await;
-    if let (Some((_broker, relay)), Some(url)) = (&relay, &args.publish) {
-        super::nats::finish_relay(&story.shop, relay, url).await;
+    if let (Some((_broker, relay)), Some(to)) = (&relay, &args.publish) {
+        super::nats::finish_relay(&story.shop, relay, to).await;
     }
     let Story { shop, .. } = story;
     shop.shutdown().await;

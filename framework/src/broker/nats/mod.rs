@@ -11,7 +11,8 @@ pub use self::inbox::{
     NatsInbox,
 };
 pub use self::relay::{
-    NatsPublisher, NatsRelay, PublishFailure, Published, RelayConfig, RelaySpec,
+    NatsPublisher, NatsRelay, OnPublished, PublishFailure, Published, PublishedFn, RelayConfig,
+    RelaySpec,
 };
 
 /// The async-nats client crate, so that applications use the same version (for example to

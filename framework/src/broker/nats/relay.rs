@@ -73,6 +73,24 @@ pub struct RelayConfig {
     /// stream; a broker that is unreachable is waited for without limit instead (see
     /// [`Unavailable`]).
     pub subscription: SubscriptionConfig,
+    /// Called after each acknowledged publish, with the time from the publish to JetStream's
+    /// acknowledgement (for metrics; it runs on the relay's lane, so keep it short). Default
+    /// none.
+    pub on_published: Option<OnPublished>,
+}
+
+/// A callback the relay calls after each acknowledged publish with the event, JetStream's
+/// answer and the publish→ack time ([`RelayConfig::on_published`]).
+#[derive(Clone)]
+pub struct OnPublished(pub Arc<PublishedFn>);
+
+/// The function inside [`OnPublished`].
+pub type PublishedFn = dyn Fn(&RecordedEvent, &Published, Duration) + Send + Sync;
+
+impl std::fmt::Debug for OnPublished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnPublished(..)")
+    }
 }
 
 impl RelayConfig {
@@ -89,7 +107,32 @@ impl RelayConfig {
                     Duration::from_millis(100),
                     Duration::from_secs(2),
                 )),
+            on_published: None,
         }
+    }
+
+    /// Sets the callback called after each acknowledged publish.
+    ///
+    /// ```
+    /// # use std::sync::atomic::{AtomicU64, Ordering};
+    /// # use std::sync::Arc;
+    /// use tidings::broker::nats::RelayConfig;
+    /// use tidings::broker::SubjectTemplate;
+    ///
+    /// let slowest_micros = Arc::new(AtomicU64::new(0));
+    /// let seen = slowest_micros.clone();
+    /// let config = RelayConfig::new(SubjectTemplate::parse("shop.{category}").unwrap())
+    ///     .on_published(move |_event, _published, took| {
+    ///         seen.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+    ///     });
+    /// assert!(config.on_published.is_some());
+    /// ```
+    pub fn on_published(
+        mut self,
+        f: impl Fn(&RecordedEvent, &Published, Duration) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_published = Some(OnPublished(Arc::new(f)));
+        self
     }
 
     /// Sets the number of lanes (at least 1).
@@ -356,8 +399,14 @@ impl<S: RelaySpec> EventHandler for NatsRelay<S> {
         if crate::aggregate::is_framework_record(&event.event_type) {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         match self.publisher.publish(event).await {
-            Ok(_) => Ok(()),
+            Ok(published) => {
+                if let Some(OnPublished(f)) = &self.config.on_published {
+                    f(event, &published, started.elapsed());
+                }
+                Ok(())
+            }
             Err(failure) => Err(HandlerFailure::Handler(failure.into_handler_error())),
         }
     }
