@@ -13,6 +13,7 @@ use super::failure::{
     ParkedEvent, ReplayOutcome, ResetTo,
 };
 use super::handler::EventHandler;
+use super::name::{SubscriptionName, SubscriptionNameError};
 use super::runner::{Command, Runner};
 use super::status::{StatusCell, SubscriptionState, SubscriptionStatus};
 use super::wait::{position_of, wait_all, Among, WaitError};
@@ -89,7 +90,7 @@ impl<H: EventHandler> Handler<GetStatus> for SubscriptionActor<H> {
 /// A running subscription, as seen from outside: its status, and a way to stop it.
 #[derive(Clone, Debug)]
 pub struct SubscriptionHandle {
-    name: &'static str,
+    name: SubscriptionName,
     stop: watch::Sender<bool>,
     status: StatusCell,
     commands: mpsc::UnboundedSender<Command>,
@@ -106,9 +107,9 @@ impl std::fmt::Debug for Command {
 }
 
 impl SubscriptionHandle {
-    /// The subscription's name.
-    pub fn name(&self) -> &'static str {
-        self.name
+    /// The subscription's name (the one it was started under).
+    pub fn name(&self) -> &SubscriptionName {
+        &self.name
     }
 
     /// Its status now.
@@ -204,13 +205,14 @@ impl SubscriptionHandle {
     }
 }
 
-/// Starts, stops and reports on the subscriptions of one store, by name.
+/// Starts, stops and reports on the subscriptions of one store, by name (see
+/// [`SubscriptionName`]: a handler type's `NAME` unless started under another one).
 ///
 /// Must be used inside an actix `System` (each subscription is an actor on the current arbiter).
 #[derive(Clone)]
 pub struct Subscriptions {
     store: Arc<dyn EventStore>,
-    running: Arc<Mutex<HashMap<&'static str, SubscriptionHandle>>>,
+    running: Arc<Mutex<HashMap<SubscriptionName, SubscriptionHandle>>>,
     /// One lock per name: held by a running loop for its whole life, and by an operation on a
     /// stopped subscription's stored checkpoint, so that the two never interleave.
     guards: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -222,11 +224,16 @@ pub struct Subscriptions {
 pub enum StartError {
     /// A subscription of that name is already running in this registry: stop it first.
     #[error("subscription {0:?} is already running")]
-    AlreadyRunning(&'static str),
+    AlreadyRunning(SubscriptionName),
     /// The handler cannot run with several partitions (a process manager: one instance's
     /// events come from several streams, and partitions are chosen by stream).
     #[error("subscription {0:?} cannot run partitioned; start it with one partition")]
-    NotPartitionable(&'static str),
+    NotPartitionable(SubscriptionName),
+    /// The handler's [`EventHandler::NAME`] is not a valid subscription name (a hand-written
+    /// impl; the derive checks it when it compiles): fix it, or start it under a valid name
+    /// with [`SubscriptionConfig::name`].
+    #[error("the handler's name is not a valid subscription name: {0}")]
+    InvalidName(#[from] SubscriptionNameError),
 }
 
 impl Subscriptions {
@@ -256,6 +263,19 @@ impl Subscriptions {
 
     /// Starts `handler` with `config`: it resumes from its checkpoint (or its `StartFrom` the
     /// first time), catches up, then follows the log live.
+    ///
+    /// It runs under [`SubscriptionConfig::name`] when set, else under `H::NAME`: one handler
+    /// type can run as several subscriptions at once, each under its own name, with its own
+    /// checkpoint, state, status, parked events and lease.
+    ///
+    /// ```no_run
+    /// # use tidings::subscription::{EventHandler, StartError, SubscriptionConfig, SubscriptionName, Subscriptions};
+    /// # fn example<H: EventHandler>(subscriptions: &Subscriptions, totals: H, rebuild: H) -> Result<(), Box<dyn std::error::Error>> {
+    /// subscriptions.start(totals)?; // as "totals", its NAME
+    /// let v2 = SubscriptionConfig::default().name(SubscriptionName::new("totals-v2")?);
+    /// subscriptions.start_with(rebuild, v2)?; // from the beginning, beside it
+    /// # Ok(()) }
+    /// ```
     pub fn start_with<H: EventHandler>(
         &self,
         handler: H,
@@ -280,10 +300,20 @@ impl Subscriptions {
         config: SubscriptionConfig,
     ) -> Result<SubscriptionHandle, StartError> {
         if partitions > 1 && !H::partitionable() {
-            return Err(StartError::NotPartitionable(H::NAME));
+            return Err(StartError::NotPartitionable(Self::name_of::<H>(&config)?));
         }
         let handlers = vec![handler; partitions.max(1)];
         self.launch(handlers, config)
+    }
+
+    /// The name a subscription of `H` started with `config` runs under.
+    fn name_of<H: EventHandler>(
+        config: &SubscriptionConfig,
+    ) -> Result<SubscriptionName, StartError> {
+        match &config.name {
+            Some(name) => Ok(name.clone()),
+            None => Ok(SubscriptionName::new(H::NAME)?),
+        }
     }
 
     fn launch<H: EventHandler>(
@@ -291,15 +321,17 @@ impl Subscriptions {
         handlers: Vec<H>,
         config: SubscriptionConfig,
     ) -> Result<SubscriptionHandle, StartError> {
+        let name = Self::name_of::<H>(&config)?;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.get(H::NAME).is_some_and(|h| !h.is_finished()) {
-            return Err(StartError::AlreadyRunning(H::NAME));
+        if running.get(&name).is_some_and(|h| !h.is_finished()) {
+            return Err(StartError::AlreadyRunning(name));
         }
         let (stop, stop_rx) = watch::channel(false);
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let status = StatusCell::new(H::NAME);
+        let status = StatusCell::new(&name);
         status.update(|s| s.partitions = handlers.len() as u64);
         let runner = Runner {
+            name: name.clone(),
             handlers,
             store: self.store.clone(),
             config,
@@ -308,7 +340,7 @@ impl Subscriptions {
             commands: commands_rx,
             commands_open: true,
             parked_streams: Default::default(),
-            guard: self.guard(H::NAME),
+            guard: self.guard(&name),
             cache: Default::default(),
             serial_pages: 0,
             holder: crate::store::LeaseHolder::this_process(),
@@ -322,12 +354,12 @@ impl Subscriptions {
         }
         .start();
         let handle = SubscriptionHandle {
-            name: H::NAME,
+            name: name.clone(),
             stop,
             status,
             commands,
         };
-        running.insert(H::NAME, handle.clone());
+        running.insert(name, handle.clone());
         Ok(handle)
     }
 

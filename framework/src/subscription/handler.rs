@@ -114,7 +114,11 @@ pub enum HandlerFailure {
 /// ```
 #[async_trait]
 pub trait EventHandler: Send + 'static {
-    /// The subscription's name: stable across releases, since the checkpoint is stored under it.
+    /// The subscription's default name: stable across releases, since the checkpoint is stored
+    /// under it. A valid [`SubscriptionName`](super::SubscriptionName) (the derive checks it).
+    /// To run the handler under another name, or under several at once, set
+    /// [`SubscriptionConfig::name`](super::SubscriptionConfig::name) when starting it; the
+    /// handler sees the name it runs under in [`EventContext::subscription`].
     const NAME: &'static str;
 
     /// Every event type name the handler handles.
@@ -183,7 +187,8 @@ impl<'a> EventContext<'a> {
         self.event
     }
 
-    /// The subscription's name.
+    /// The name of the subscription the handler runs as (its `NAME`, or the name it was
+    /// started under).
     pub fn subscription(&self) -> &'a str {
         self.name
     }

@@ -13,6 +13,7 @@ mod actor;
 mod control;
 mod failure;
 mod handler;
+mod name;
 mod runner;
 mod status;
 mod wait;
@@ -37,6 +38,7 @@ pub use self::handler::{
 };
 #[cfg(feature = "nats")]
 pub(crate) use self::status::initial as status_cell_default;
+pub use self::name::{SubscriptionName, SubscriptionNameError, MAX_SUBSCRIPTION_NAME_LEN};
 pub use self::status::{InboxProgress, SubscriptionState, SubscriptionStatus};
 pub use self::wait::{position_of, Among, WaitError};
 
@@ -44,6 +46,11 @@ pub use self::wait::{position_of, Among, WaitError};
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SubscriptionConfig {
+    /// The name to run the subscription under, instead of its handler's
+    /// [`EventHandler::NAME`]: the same handler type runs as several subscriptions, each with
+    /// its own checkpoint, state, status, parked events and lease. Default `None` (the
+    /// handler's name).
+    pub name: Option<SubscriptionName>,
     /// Events read per page (and so held in memory at most). Default 256.
     pub batch_size: usize,
     /// Commit the checkpoint after this many handled events. Default 1 000.
@@ -70,6 +77,7 @@ pub struct SubscriptionConfig {
 impl Default for SubscriptionConfig {
     fn default() -> Self {
         SubscriptionConfig {
+            name: None,
             batch_size: 256,
             commit_every: 1000,
             commit_interval: Duration::from_millis(500),
@@ -82,6 +90,20 @@ impl Default for SubscriptionConfig {
 }
 
 impl SubscriptionConfig {
+    /// Runs the subscription under `name` instead of its handler's [`EventHandler::NAME`].
+    ///
+    /// ```
+    /// use tidings::subscription::{SubscriptionConfig, SubscriptionName};
+    /// // Rebuild the totals side by side with the running `totals`, then switch over.
+    /// let config = SubscriptionConfig::default().name(SubscriptionName::new("totals-v2")?);
+    /// assert_eq!(config.name.unwrap(), "totals-v2");
+    /// # Ok::<(), tidings::subscription::SubscriptionNameError>(())
+    /// ```
+    pub fn name(mut self, name: SubscriptionName) -> Self {
+        self.name = Some(name);
+        self
+    }
+
     /// Sets the page size.
     pub fn batch_size(mut self, events: usize) -> Self {
         self.batch_size = events.max(1);
