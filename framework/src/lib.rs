@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
+#![warn(clippy::return_self_not_must_use)]
 
 // Lets the derive macros' `::tidings::...` paths resolve inside this crate's own tests too.
 extern crate self as tidings;

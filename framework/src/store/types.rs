@@ -117,24 +117,28 @@ impl EventData {
     }
 
     /// Sets the event id (for example one derived from a command id, for idempotence).
+    #[must_use]
     pub fn with_event_id(mut self, id: Uuid) -> Self {
         self.event_id = id;
         self
     }
 
     /// Sets the schema version.
+    #[must_use]
     pub fn with_schema_version(mut self, version: u32) -> Self {
         self.schema_version = version;
         self
     }
 
     /// Sets the correlation id.
+    #[must_use]
     pub fn with_correlation_id(mut self, id: Uuid) -> Self {
         self.correlation_id = Some(id);
         self
     }
 
     /// Sets the causation id.
+    #[must_use]
     pub fn with_causation_id(mut self, id: Uuid) -> Self {
         self.causation_id = Some(id);
         self
@@ -245,6 +249,7 @@ impl Filter {
     }
 
     /// Keeps only events of these categories.
+    #[must_use]
     pub fn categories<I, S>(mut self, categories: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -255,6 +260,7 @@ impl Filter {
     }
 
     /// Keeps only events of these types.
+    #[must_use]
     pub fn event_types<I, S>(mut self, types: I) -> Self
     where
         I: IntoIterator<Item = S>,

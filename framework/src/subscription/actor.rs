@@ -39,6 +39,14 @@ pub struct SubscriptionActor<H: EventHandler> {
     status: StatusCell,
 }
 
+impl<H: EventHandler> std::fmt::Debug for SubscriptionActor<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionActor")
+            .field("status", &self.status.get())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<H: EventHandler> Actor for SubscriptionActor<H> {
     type Context = Context<Self>;
 
@@ -216,6 +224,22 @@ pub struct Subscriptions {
     /// One lock per name: held by a running loop for its whole life, and by an operation on a
     /// stopped subscription's stored checkpoint, so that the two never interleave.
     guards: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl std::fmt::Debug for Subscriptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<SubscriptionName> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        f.debug_struct("Subscriptions")
+            .field("started", &names)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a subscription could not be started.

@@ -181,6 +181,19 @@ pub struct EventContext<'a> {
     pub(crate) fencing_token: Option<u64>,
 }
 
+impl std::fmt::Debug for EventContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventContext")
+            .field("subscription", &self.name)
+            .field("position", &self.event.position)
+            .field("stream_id", &self.event.stream_id)
+            .field("event_type", &self.event.event_type)
+            .field("fencing_token", &self.fencing_token)
+            .field("writes", &self.writes.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a> EventContext<'a> {
     /// The event being handled, with its metadata (position, stream, ids, timestamp).
     pub fn event(&self) -> &'a RecordedEvent {

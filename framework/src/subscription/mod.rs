@@ -99,48 +99,56 @@ impl SubscriptionConfig {
     /// assert_eq!(config.name.unwrap(), "totals-v2");
     /// # Ok::<(), tidings::subscription::SubscriptionNameError>(())
     /// ```
+    #[must_use]
     pub fn name(mut self, name: SubscriptionName) -> Self {
         self.name = Some(name);
         self
     }
 
     /// Sets the page size.
+    #[must_use]
     pub fn batch_size(mut self, events: usize) -> Self {
         self.batch_size = events.max(1);
         self
     }
 
     /// Sets how many events are handled between checkpoint commits.
+    #[must_use]
     pub fn commit_every(mut self, events: u64) -> Self {
         self.commit_every = events.max(1);
         self
     }
 
     /// Sets the longest time between checkpoint commits.
+    #[must_use]
     pub fn commit_interval(mut self, interval: Duration) -> Self {
         self.commit_interval = interval;
         self
     }
 
     /// Sets how many panics are restarted.
+    #[must_use]
     pub fn max_restarts(mut self, restarts: u64) -> Self {
         self.max_restarts = restarts;
         self
     }
 
     /// Sets the pause before a restart.
+    #[must_use]
     pub fn restart_backoff(mut self, backoff: Duration) -> Self {
         self.restart_backoff = backoff;
         self
     }
 
     /// Sets what a handler error does.
+    #[must_use]
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.failure_policy = policy;
         self
     }
 
     /// Sets how long the lease lasts unless renewed (at least 30 ms).
+    #[must_use]
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl.max(Duration::from_millis(30));
         self

@@ -143,18 +143,21 @@ impl InboxConfig {
     }
 
     /// Sets the subject filter.
+    #[must_use]
     pub fn filter_subject(mut self, subject: impl Into<String>) -> Self {
         self.filter_subject = Some(subject.into());
         self
     }
 
     /// Sets the acknowledgement wait.
+    #[must_use]
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = wait;
         self
     }
 
     /// Sets how many message ids are remembered.
+    #[must_use]
     pub fn remember(mut self, ids: u64) -> Self {
         self.remember = ids.max(1);
         self
@@ -255,6 +258,15 @@ pub struct NatsInbox<H: InboxHandler> {
     /// reads no log: each commit moves it to the store's head, so that tools that show a
     /// consumer's lag as head minus checkpoint show none.
     checkpoint: Option<u64>,
+}
+
+impl<H: InboxHandler> std::fmt::Debug for NatsInbox<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsInbox")
+            .field("config", &self.config)
+            .field("checkpoint", &self.checkpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running inbox: its figures, and a stop.

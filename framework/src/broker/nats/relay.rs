@@ -136,18 +136,21 @@ impl RelayConfig {
     }
 
     /// Sets the number of lanes (at least 1).
+    #[must_use]
     pub fn lanes(mut self, lanes: usize) -> Self {
         self.lanes = lanes.max(1);
         self
     }
 
     /// Sets the acknowledgement timeout.
+    #[must_use]
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.ack_timeout = timeout;
         self
     }
 
     /// Sets the subscription's settings.
+    #[must_use]
     pub fn subscription(mut self, config: SubscriptionConfig) -> Self {
         self.subscription = config;
         self
@@ -336,6 +339,15 @@ pub struct NatsRelay<S: RelaySpec> {
     publisher: Arc<NatsPublisher>,
     config: Arc<RelayConfig>,
     spec: PhantomData<fn() -> S>,
+}
+
+impl<S: RelaySpec> std::fmt::Debug for NatsRelay<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsRelay")
+            .field("publisher", &self.publisher)
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 impl<S: RelaySpec> Clone for NatsRelay<S> {

@@ -66,24 +66,28 @@ impl SledConfig {
     }
 
     /// Sets the page cache size in bytes.
+    #[must_use]
     pub fn cache_capacity_bytes(mut self, bytes: u64) -> Self {
         self.cache_capacity_bytes = bytes;
         self
     }
 
     /// Sets the largest commit group.
+    #[must_use]
     pub fn max_group(mut self, requests: usize) -> Self {
         self.max_group = requests.max(1);
         self
     }
 
     /// Sets the size at which a log chunk is closed.
+    #[must_use]
     pub fn chunk_target_bytes(mut self, bytes: usize) -> Self {
         self.chunk_target_bytes = bytes.max(1);
         self
     }
 
     /// Sets how many stream heads the writer caches.
+    #[must_use]
     pub fn stream_cache_capacity(mut self, streams: usize) -> Self {
         self.stream_cache_capacity = streams;
         self
