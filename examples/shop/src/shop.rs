@@ -472,8 +472,8 @@ impl<S: EventStore + ?Sized> Shop<S> {
     pub async fn flush_view(&self) -> Result<(), ShopError> {
         if let Some(handle) = self.subscriptions.get(ShopView::NAME) {
             match handle.flush().await {
-                Some(Err(ControlError::Standby(_))) | Some(Ok(())) | None => {}
-                Some(Err(e)) => return Err(e.into()),
+                Ok(()) | Err(ControlError::Standby(_) | ControlError::NotRunning(_)) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())

@@ -139,35 +139,42 @@ impl SubscriptionHandle {
         self.finished().await
     }
 
-    /// Sends an operation to the running loop and waits for its answer; `None` if the loop is
-    /// gone (stopped or failed), in which case nothing was done.
+    /// Sends an operation to the running loop and waits for its answer;
+    /// [`ControlError::NotRunning`] if the loop is gone (stopped or failed), in which case
+    /// nothing was done.
     async fn send<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, ControlError>>) -> Command,
-    ) -> Option<Result<T, ControlError>> {
+    ) -> Result<T, ControlError> {
+        let not_running = || ControlError::NotRunning(self.name.to_string());
         if self.is_finished() {
-            return None;
+            return Err(not_running());
         }
         let (reply, answer) = oneshot::channel();
-        self.commands.send(make(reply)).ok()?;
-        answer.await.ok()
+        self.commands.send(make(reply)).map_err(|_| not_running())?;
+        answer.await.map_err(|_| not_running())?
     }
 
     /// Handles the parked events of `stream` again, in order (after a fix), through the running
-    /// subscription. `None` if it is not running (use [`Subscriptions::replay_parked`]).
-    pub async fn replay_parked(&self, stream: &str) -> Option<Result<ReplayOutcome, ControlError>> {
+    /// subscription. [`ControlError::NotRunning`] if it is not running (use
+    /// [`Subscriptions::replay_parked`], which works on a stopped one too);
+    /// [`ControlError::Standby`] if another process runs it.
+    pub async fn replay_parked(&self, stream: &str) -> Result<ReplayOutcome, ControlError> {
         let stream = stream.to_owned();
         self.send(|reply| Command::Replay { stream, reply }).await
     }
 
-    /// Drops the parked event at `position`, through the running subscription. `None` if it is
-    /// not running (use [`Subscriptions::skip_parked`]).
-    pub async fn skip_parked(&self, position: u64) -> Option<Result<bool, ControlError>> {
+    /// Drops the parked event at `position`, through the running subscription; whether one was
+    /// parked there. [`ControlError::NotRunning`] if it is not running (use
+    /// [`Subscriptions::skip_parked`]); [`ControlError::Standby`] if another process runs it.
+    pub async fn skip_parked(&self, position: u64) -> Result<bool, ControlError> {
         self.send(|reply| Command::Skip { position, reply }).await
     }
 
     /// Commits what the running subscription has pending (so that the store shows it).
-    pub async fn flush(&self) -> Option<Result<(), ControlError>> {
+    /// [`ControlError::NotRunning`] if it is not running (what it handled is committed then);
+    /// [`ControlError::Standby`] if another process runs it (which commits on its own).
+    pub async fn flush(&self) -> Result<(), ControlError> {
         self.send(|reply| Command::Flush { reply }).await
     }
 
@@ -440,9 +447,10 @@ impl Subscriptions {
     pub async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, ControlError> {
         if let Some(handle) = self.running(name) {
             match handle.flush().await {
-                // A standby here: the holder commits on its own.
-                Some(Err(ControlError::Standby(_))) | None => {}
-                Some(flushed) => flushed?,
+                // A standby here: the holder commits on its own; a loop that just ended
+                // committed.
+                Err(ControlError::Standby(_) | ControlError::NotRunning(_)) => {}
+                flushed => flushed?,
             }
         }
         Ok(parked_in_store(&*self.store, name).await?)
@@ -532,7 +540,7 @@ impl Subscriptions {
     async fn on_parked<T>(
         &self,
         name: &str,
-        local: impl Fn(SubscriptionHandle) -> BoxFuture<'static, Option<Result<T, ControlError>>>,
+        local: impl Fn(SubscriptionHandle) -> BoxFuture<'static, Result<T, ControlError>>,
         operation: control::Operation,
         from_reply: impl Fn(control::Reply) -> Option<T>,
         stopped: impl Fn(Option<Lease>) -> BoxFuture<'static, Result<T, StoreError>>,
@@ -541,8 +549,8 @@ impl Subscriptions {
         loop {
             if let Some(handle) = self.running(name) {
                 match local(handle).await {
-                    Some(Err(ControlError::Standby(_))) | None => {}
-                    Some(result) => return result,
+                    Err(ControlError::Standby(_) | ControlError::NotRunning(_)) => {}
+                    result => return result,
                 }
             }
             if let Some(holder) = control::holder_elsewhere(&*self.store, name).await? {

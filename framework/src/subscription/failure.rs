@@ -129,6 +129,12 @@ pub enum ControlError {
     /// The store failed (or another instance moved the checkpoint meanwhile).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The subscription's loop is not running in this process (it stopped or failed, or its
+    /// actor is gone): nothing was done. [`SubscriptionHandle`](super::SubscriptionHandle)'s
+    /// operations go through the running loop only; those of
+    /// [`Subscriptions`](super::Subscriptions) work on a stopped subscription too.
+    #[error("subscription {0:?} is not running here")]
+    NotRunning(String),
     /// The operation needs the subscription stopped (a reset).
     #[error("subscription {0:?} is running: stop it first")]
     Running(String),

@@ -156,7 +156,7 @@ async fn wait_one(
                 // state kept through the context shows it when the wait returns.
                 match tokio::time::timeout_at(deadline, handle.flush()).await {
                     Err(_) => return Ok(Err(status)),
-                    Ok(Some(Ok(()))) => continue,
+                    Ok(Ok(())) => continue,
                     // The loop ended, changed hands or could not commit: look again once its
                     // status changes (or shortly), not in a tight loop.
                     Ok(_) => Some(Instant::now() + STANDBY_POLL),
