@@ -17,7 +17,7 @@ pub mod store;
 pub mod subscription;
 
 pub use async_trait::async_trait;
-pub use event::{DomainEvent, EventDecodeError};
+pub use event::{DomainEvent, EventDecodeError, UpcastError};
 pub use tidings_macros::{DomainEvent, EventHandler, ProcessManager};
 
 /// The names most programs need.

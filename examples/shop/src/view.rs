@@ -242,7 +242,7 @@ impl ReadModel {
     pub async fn load(store: &dyn EventStore) -> Result<ReadModel, StoreError> {
         let name = ShopView::NAME;
         let decode = |what: &str, e: serde_json::Error| {
-            StoreError::Codec(format!("read model entry {what}: {e}"))
+            StoreError::codec(format!("read model entry {what}"), e)
         };
         let mut model = ReadModel {
             checkpoint: store.load_checkpoint(name).await?.unwrap_or(0),

@@ -13,7 +13,8 @@ mod postgres;
 mod sled;
 mod types;
 
-pub use self::error::{Result, StoreError};
+pub(crate) use self::error::chain as error_chain;
+pub use self::error::{BoxError, Result, StoreError};
 pub use self::head::HeadWatch;
 pub use self::lease::{Lease, LeaseAttempt, LeaseHolder, LeaseInfo};
 #[cfg(feature = "postgres")]

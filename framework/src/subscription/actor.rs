@@ -263,7 +263,7 @@ pub enum StartError {
     /// The handler's [`EventHandler::NAME`] is not a valid subscription name (a hand-written
     /// impl; the derive checks it when it compiles): fix it, or start it under a valid name
     /// with [`SubscriptionConfig::name`].
-    #[error("the handler's name is not a valid subscription name: {0}")]
+    #[error("the handler's name is not a valid subscription name")]
     InvalidName(#[from] SubscriptionNameError),
 }
 

@@ -247,8 +247,7 @@ pub async fn parked_in_store(
         .await?
         .into_iter()
         .map(|(_, v)| {
-            serde_json::from_slice(&v)
-                .map_err(|e| StoreError::Codec(format!("parked event record: {e}")))
+            serde_json::from_slice(&v).map_err(|e| StoreError::codec("parked event record", e))
         })
         .collect()
 }
@@ -286,7 +285,7 @@ pub async fn subscription_status_from_store(
     match store.load_state(name, STATUS).await? {
         Some(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| StoreError::Codec(format!("subscription status record: {e}"))),
+            .map_err(|e| StoreError::codec("subscription status record", e)),
         None => Ok(None),
     }
 }

@@ -84,9 +84,9 @@ impl From<StoreError> for Fault {
             ));
         }
         if e.is_transient() {
-            Fault::Unavailable(e.to_string())
+            Fault::Unavailable(crate::store::error_chain(&e))
         } else {
-            Fault::Fatal(format!("store error: {e}"))
+            Fault::Fatal(format!("store error: {}", crate::store::error_chain(&e)))
         }
     }
 }
@@ -453,7 +453,8 @@ impl<H: EventHandler> Runner<H> {
         let stored = match subscription_status_from_store(&*self.store, &self.name).await {
             Ok(stored) => stored,
             // The record is advisory (written by a newer version, say): start the totals anew.
-            Err(StoreError::Codec(reason)) => {
+            Err(e @ StoreError::Codec { .. }) => {
+                let reason = crate::store::error_chain(&e);
                 warn!(%reason, "the stored status record does not decode; totals start at 0");
                 None
             }

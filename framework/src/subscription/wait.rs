@@ -82,7 +82,7 @@ pub enum WaitError {
     #[error("no subscription named {0:?} was started here")]
     NotStarted(String),
     /// Reading the stored checkpoint of a subscription that another process runs failed.
-    #[error("reading the checkpoint of {name:?}: {source}")]
+    #[error("reading the checkpoint of {name:?} failed")]
     Store {
         /// The subscription.
         name: String,

@@ -312,7 +312,7 @@ impl SledEventStore {
         let shared = self.inner.shared.clone();
         match tokio::task::spawn_blocking(move || f(&shared)).await {
             Ok(result) => result,
-            Err(e) => Err(StoreError::Engine(format!("a store read failed: {e}"))),
+            Err(e) => Err(StoreError::engine("a store read failed", e)),
         }
     }
 }
@@ -391,7 +391,7 @@ fn open_sled(config: &sled::Config, path: &Path) -> Result<sled::Db> {
             }
             Ok(Err(e)) => return Err(engine_error(e, path)),
             Err(_) => {
-                return Err(StoreError::Engine(format!(
+                return Err(StoreError::engine_message(format!(
                     "the storage engine panicked while opening {}",
                     path.display()
                 )))
