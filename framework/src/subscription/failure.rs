@@ -84,6 +84,7 @@ fn splitmix(mut x: u64) -> u64 {
 /// An event that a subscription parked: it failed (or its stream was parked before it) and waits
 /// to be replayed or skipped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ParkedEvent {
     /// The event's global position.
     pub position: u64,
@@ -99,6 +100,7 @@ pub struct ParkedEvent {
 
 /// What a replay of a parked stream did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplayOutcome {
     /// Parked events handled (and removed from the parked list), in order.
     pub handled: u64,
