@@ -683,7 +683,7 @@ async fn conflicts_are_retried_a_bounded_number_of_times() {
         conflicts: AtomicU32::new(0),
     });
     let config = AggregateConfig::default().conflict_retries(2);
-    let accounts = AggregateRegistry::<Account>::start_shared(meddling.clone(), config);
+    let accounts = AggregateRegistry::<Account>::start(meddling.clone(), config);
     accounts.execute_command("a1", open("ada")).await.unwrap();
 
     // Two conflicts: the third attempt succeeds.

@@ -8,9 +8,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tidings::store::{state_page_is_full, EventStore, StoreError};
-use tidings::subscription::{EventContext, EventHandler as _, Handle, HandlerError};
-use tidings::{async_trait, EventHandler};
+use tidings::prelude::*;
+use tidings::store::state_page_is_full;
 
 use crate::catalog::Line;
 use crate::order::OrderEvent;

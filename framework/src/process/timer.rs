@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::{DeadlineDue, ProcessManager, DEADLINE_DUE_TYPE, DEADLINE_PREFIX};
-use crate::store::{EventData, EventStore, ExpectedVersion};
+use crate::store::{EventData, EventStore, ExpectedVersion, IntoEventStore};
 
 /// How many index entries one scan reads at a time.
 const SCAN_PAGE: usize = 256;
@@ -57,7 +57,7 @@ impl DeadlineTimer {
     /// It fires the deadlines of the subscription named `P::NAME`; for one started under a name
     /// of its own, use [`start_named`](Self::start_named).
     pub fn start<P: ProcessManager>(
-        store: Arc<dyn EventStore>,
+        store: impl IntoEventStore,
         poll: Duration,
     ) -> DeadlineTimerHandle {
         Self::start_named(P::NAME, store, poll)
@@ -68,10 +68,11 @@ impl DeadlineTimer {
     /// [`start`](Self::start) does.
     pub fn start_named(
         name: impl AsRef<str>,
-        store: Arc<dyn EventStore>,
+        store: impl IntoEventStore,
         poll: Duration,
     ) -> DeadlineTimerHandle {
         let name = name.as_ref().to_owned();
+        let store = store.into_event_store();
         let (stop, mut stop_rx) = watch::channel(false);
         let fired = Arc::new(AtomicU64::new(0));
         let count = fired.clone();

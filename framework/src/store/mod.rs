@@ -10,6 +10,7 @@ mod head;
 mod lease;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod shared;
 mod sled;
 mod types;
 
@@ -22,6 +23,7 @@ pub use self::postgres::{
     validate_schema as validate_postgres_schema, PostgresConfig, PostgresEventStore,
     DEFAULT_SCHEMA, MAX_SCHEMA_LEN, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION,
 };
+pub use self::shared::IntoEventStore;
 pub use self::sled::{SledConfig, SledEventStore};
 pub use self::types::{
     category_of, state_entry_bytes, state_page_is_full, stream_page_is_full, AppendResult,

@@ -19,7 +19,7 @@ use super::status::{StatusCell, SubscriptionState, SubscriptionStatus};
 use super::wait::{position_of, wait_all, Among, WaitError};
 use super::SubscriptionConfig;
 use crate::aggregate::CommandOutcome;
-use crate::store::{EventStore, Lease, StoreError};
+use crate::store::{EventStore, IntoEventStore, Lease, StoreError};
 use futures_util::future::BoxFuture;
 
 /// Asks a subscription to stop after the event it is handling, saving its checkpoint.
@@ -268,10 +268,11 @@ pub enum StartError {
 }
 
 impl Subscriptions {
-    /// A registry over `store`.
-    pub fn new(store: Arc<dyn EventStore>) -> Self {
+    /// A registry over `store` (a store, an `Arc` of one or an `Arc<dyn EventStore>`: see
+    /// [`IntoEventStore`]).
+    pub fn new(store: impl IntoEventStore) -> Self {
         Subscriptions {
-            store,
+            store: store.into_event_store(),
             running: Arc::default(),
             guards: Arc::default(),
         }

@@ -18,7 +18,9 @@ use uuid::Uuid;
 use super::{BrokerError, NatsBroker};
 use crate::broker::headers;
 use crate::event::EventDecodeError;
-use crate::store::{EventData, EventStore, ExpectedVersion, StateWrite, StoreError};
+use crate::store::{
+    EventData, EventStore, ExpectedVersion, IntoEventStore, StateWrite, StoreError,
+};
 use crate::subscription::{
     encode_parked, parked_in_store, parked_key, parked_message_key, replay_key,
     replay_requests_in_store, status_write, subscription_status_from_store, FailurePolicy,
@@ -355,9 +357,9 @@ fn derive_id(inbox: &str, id: &str, index: u32) -> Uuid {
 }
 
 impl<H: InboxHandler> NatsInbox<H> {
-    /// An inbox on `broker`, appending to `store`.
+    /// An inbox on `broker`, appending to `store` (see [`IntoEventStore`]).
     pub fn new(
-        store: Arc<dyn EventStore>,
+        store: impl IntoEventStore,
         broker: &NatsBroker,
         config: InboxConfig,
         handler: H,
@@ -365,7 +367,7 @@ impl<H: InboxHandler> NatsInbox<H> {
         let mut status = crate::subscription::status_cell_default(&config.name);
         status.inbox = Some(InboxProgress::new(config.stream.clone()));
         NatsInbox {
-            store,
+            store: store.into_event_store(),
             broker: broker.clone(),
             config,
             handler,
