@@ -133,12 +133,14 @@ impl InboxConfig {
     }
 
     /// Sets what a failing message does.
+    #[must_use]
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.failure_policy = policy;
         self
     }
 
     /// Sets how often the running inbox refreshes its status record (at least 10 ms).
+    #[must_use]
     pub fn status_interval(mut self, interval: Duration) -> Self {
         self.status_interval = interval.max(Duration::from_millis(10));
         self
@@ -906,7 +908,8 @@ impl<H: InboxHandler> NatsInbox<H> {
         let name = self.config.name.clone();
         let stored = match subscription_status_from_store(&*self.store, &name).await {
             Ok(stored) => stored,
-            Err(StoreError::Codec(e)) => {
+            Err(e @ StoreError::Codec { .. }) => {
+                let e = crate::store::error_chain(&e);
                 warn!(inbox = %name, error = %e, "the inbox's status record does not decode; it starts a new one");
                 None
             }

@@ -127,6 +127,7 @@ impl RelayConfig {
     ///     });
     /// assert!(config.on_published.is_some());
     /// ```
+    #[must_use]
     pub fn on_published(
         mut self,
         f: impl Fn(&RecordedEvent, &Published, Duration) + Send + Sync + 'static,
