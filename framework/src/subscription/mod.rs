@@ -36,9 +36,9 @@ pub use self::handler::{
     EventContext, EventHandler, Handle, HandlerError, HandlerFailure, Refused, StartFrom,
     Unavailable,
 };
+pub use self::name::{SubscriptionName, SubscriptionNameError, MAX_SUBSCRIPTION_NAME_LEN};
 #[cfg(feature = "nats")]
 pub(crate) use self::status::initial as status_cell_default;
-pub use self::name::{SubscriptionName, SubscriptionNameError, MAX_SUBSCRIPTION_NAME_LEN};
 pub use self::status::{InboxProgress, SubscriptionState, SubscriptionStatus};
 pub use self::wait::{position_of, Among, WaitError};
 
