@@ -166,19 +166,10 @@ mod tests {
         for (t, name) in TYPES.iter().enumerate() {
             let len = p.get(t).len();
             assert!((190..=230).contains(&len), "{len}");
-            let recorded = tidings::store::RecordedEvent {
-                position: 1,
-                stream_id: "bench-1".into(),
-                stream_version: 1,
-                category: "bench".into(),
-                event_type: (*name).into(),
-                schema_version: 1,
-                event_id: uuid_nil(),
-                correlation_id: None,
-                causation_id: None,
-                timestamp_micros: 0,
-                payload: p.get(t).to_vec(),
-            };
+            let data =
+                tidings::store::EventData::new(*name, p.get(t).to_vec()).with_event_id(uuid_nil());
+            let recorded =
+                tidings::store::RecordedEvent::new(1, "bench-1", 1, data).with_timestamp_micros(0);
             assert_eq!(
                 BenchEvent::from_recorded(&recorded).unwrap().event_type(),
                 *name

@@ -9,8 +9,7 @@
 
 use std::time::Instant;
 
-use tidings::store::{category_of, EventStore, PostgresConfig, PostgresEventStore, RecordedEvent};
-use uuid::Uuid;
+use tidings::store::{EventStore, PostgresConfig, PostgresEventStore, RecordedEvent};
 
 use crate::baseline::postgres::{BareReader, Schema, Server};
 use crate::data::{self, Payloads, STREAMS, TYPES};
@@ -103,19 +102,16 @@ impl PgDataset {
                 position += 1;
                 versions[p.stream as usize] += 1;
                 let t = ((3 * k + i as u64) % 10) as usize;
-                batch.push(RecordedEvent {
-                    position,
-                    stream_id: stream_id.clone(),
-                    stream_version: versions[p.stream as usize],
-                    category: category_of(&stream_id).to_owned(),
-                    event_type: TYPES[t].to_owned(),
-                    schema_version: 1,
-                    event_id: Uuid::now_v7(),
-                    correlation_id: None,
-                    causation_id: None,
-                    timestamp_micros: micros + position,
-                    payload: payloads.get(t).to_vec(),
-                });
+                let data = tidings::store::EventData::new(TYPES[t], payloads.get(t).to_vec());
+                batch.push(
+                    RecordedEvent::new(
+                        position,
+                        stream_id.clone(),
+                        versions[p.stream as usize],
+                        data,
+                    )
+                    .with_timestamp_micros(micros + position),
+                );
             }
             if batch.len() >= IMPORT_BATCH {
                 head = rt

@@ -117,7 +117,12 @@ impl Rounds {
             self.median(baseline),
             target,
         )
-        .paired(self.ratios.get(baseline.name()).copied().unwrap_or(f64::NAN))
+        .paired(
+            self.ratios
+                .get(baseline.name())
+                .copied()
+                .unwrap_or(f64::NAN),
+        )
     }
 }
 

@@ -53,7 +53,7 @@ pub fn w4(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
     let (e2e, ack, raw) = actix::System::new().block_on(async move {
         let shared: Arc<dyn EventStore> = store.clone();
         let registry =
-            AggregateRegistry::<Counter>::start_shared(shared.clone(), AggregateConfig::default());
+            AggregateRegistry::<Counter>::start(shared.clone(), AggregateConfig::default());
         let subscriptions = Subscriptions::new(shared);
         let (tx, mut rx) = mpsc::unbounded_channel();
         subscriptions.start(EndToEnd { tx }).map_err(err)?;

@@ -336,6 +336,18 @@ pub async fn execute_on(
 /// Prints `e` on standard error and returns its exit code.
 fn report(e: &CliError) -> ExitCode {
     // Store errors quote stream ids, names and types: shown safe for a terminal.
-    eprintln!("tidings: {}", output::printable(&e.to_string()));
+    // With its sources (an engine's or a codec's own error), each once: a source whose text the
+    // message already quotes is not repeated.
+    let mut text = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(source) = next {
+        let more = source.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = source.source();
+    }
+    eprintln!("tidings: {}", output::printable(&text));
     ExitCode::from(e.exit_code())
 }

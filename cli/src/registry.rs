@@ -41,6 +41,7 @@ impl Registry {
     }
 
     /// Registers every event type of `E`. A type name registered twice keeps the last decoder.
+    #[must_use]
     pub fn register<E: DomainEvent>(mut self) -> Self {
         for name in E::EVENT_TYPES {
             let decoder: Decoder = Box::new(|event| {

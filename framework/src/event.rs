@@ -26,6 +26,46 @@ pub struct EventDecodeError {
     pub reason: String,
 }
 
+/// Why [`DomainEvent::upcast`] could not bring a payload up to date: the event cannot be
+/// decoded, and is reported as an [`EventDecodeError`] naming its position (never skipped).
+///
+/// ```
+/// use tidings::UpcastError;
+/// let e = UpcastError::new("schema 1 of OrderPlaced had no currency");
+/// assert_eq!(e.to_string(), "schema 1 of OrderPlaced had no currency");
+/// let bad = serde_json::from_str::<u64>("x").unwrap_err();
+/// let e = UpcastError::with_source("the old amount", bad);
+/// assert!(std::error::Error::source(&e).is_some());
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UpcastError {
+    message: String,
+    #[source]
+    source: Option<crate::store::BoxError>,
+}
+
+impl UpcastError {
+    /// An upcast failure that `message` explains.
+    pub fn new(message: impl Into<String>) -> Self {
+        UpcastError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An upcast failure that `message` explains, caused by `source`.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl Into<crate::store::BoxError>,
+    ) -> Self {
+        UpcastError {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
 /// An event type of the domain: a struct (one event type) or an enum (one event type per
 /// variant), serialized with serde.
 ///
@@ -75,7 +115,7 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
         event_type: &str,
         schema_version: u32,
         payload: serde_json::Value,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<serde_json::Value, UpcastError> {
         let _ = (event_type, schema_version);
         Ok(payload)
     }
@@ -110,7 +150,8 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
         }
         let value: serde_json::Value =
             serde_json::from_slice(&event.payload).map_err(|e| error(e.to_string()))?;
-        let value = Self::upcast(&event.event_type, event.schema_version, value).map_err(error)?;
+        let value = Self::upcast(&event.event_type, event.schema_version, value)
+            .map_err(|e| error(format!("upcast failed: {}", crate::store::error_chain(&e))))?;
         let decoded: Self = serde_json::from_value(value).map_err(|e| error(e.to_string()))?;
         if decoded.event_type() != event.event_type {
             return Err(error(format!(

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
+#![warn(clippy::return_self_not_must_use)]
 
 // Lets the derive macros' `::tidings::...` paths resolve inside this crate's own tests too.
 extern crate self as tidings;
@@ -15,18 +17,29 @@ pub mod store;
 pub mod subscription;
 
 pub use async_trait::async_trait;
-pub use event::{DomainEvent, EventDecodeError};
+pub use event::{DomainEvent, EventDecodeError, UpcastError};
 pub use tidings_macros::{DomainEvent, EventHandler, ProcessManager};
 
-/// The names most programs need.
+/// The names most programs need: `use tidings::prelude::*;`.
+///
+/// Aggregates and their registry, domain events (trait and derive), the store (the trait, the
+/// embedded store, [`IntoEventStore`](crate::store::IntoEventStore) to pass it around),
+/// subscriptions (the registry, a handler's traits and derive, its context, settings, names
+/// and waits), and `async_trait` for `Handle` impls.
 pub mod prelude {
     pub use crate::aggregate::{
         Aggregate, AggregateConfig, AggregateError, AggregateRegistry, CommandEnvelope,
+        CommandOutcome,
     };
-    pub use crate::event::DomainEvent;
     pub use crate::store::{
-        EventData, EventStore, ExpectedVersion, Filter, RecordedEvent, SledEventStore, StoreError,
+        EventData, EventStore, ExpectedVersion, Filter, IntoEventStore, RecordedEvent,
+        SledEventStore, StoreError,
     };
+    pub use crate::subscription::{
+        Among, EventContext, EventHandler, FailurePolicy, Handle, HandlerError, StartFrom,
+        SubscriptionConfig, SubscriptionHandle, SubscriptionName, Subscriptions,
+    };
+    pub use crate::{async_trait, DomainEvent, EventHandler, ProcessManager};
 }
 
 /// Paths used by code that the derive macros generate. Not a public API.

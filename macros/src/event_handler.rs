@@ -42,9 +42,8 @@ pub fn expand(input: &DeriveInput, kind: Kind) -> TokenStream {
         match e.key.as_str() {
             "name" => {
                 if let Some(lit) = e.str_value(&mut errors) {
-                    let value = lit.value();
-                    if value.is_empty() || value.len() > 512 {
-                        errors.push(lit.span(), "the subscription name must be 1 to 512 bytes");
+                    if let Err(why) = check_name(&lit.value()) {
+                        errors.push(lit.span(), &why);
                     }
                     if name.is_none() {
                         name = Some(lit);
@@ -242,5 +241,27 @@ fn missing(input: &DeriveInput, attr: &str, errors: &mut Errors, message: &str) 
     match input.attrs.iter().find(|a| a.path().is_ident(attr)) {
         Some(attr) => errors.push_spanned(attr, message),
         None => errors.push(input.ident.span(), message),
+    }
+}
+
+/// The longest subscription name (`tidings::subscription::MAX_SUBSCRIPTION_NAME_LEN`).
+const MAX_NAME_LEN: usize = 200;
+
+/// The rule of `tidings::subscription::SubscriptionName`, checked when the derive compiles.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "the subscription name must be 1 to {MAX_NAME_LEN} bytes"
+        ));
+    }
+    let refused = name.char_indices().find(|&(at, c)| {
+        !(c.is_ascii_alphanumeric() || (at > 0 && matches!(c, '-' | '_' | '.' | ':')))
+    });
+    match refused {
+        Some((_, c)) => Err(format!(
+            "the subscription name has {c:?}: a name is ASCII letters, digits, '-', '_', '.' \
+             and ':', starting with a letter or a digit"
+        )),
+        None => Ok(()),
     }
 }

@@ -657,9 +657,10 @@ pub async fn an_append_beyond_the_byte_limit_is_refused<S: EventStore>(store: S)
         .unwrap()
         .as_micros() as u64;
     let imported: Vec<RecordedEvent> = (1..=4)
-        .map(|p| RecordedEvent {
-            payload: vec![5u8; MAX_PAYLOAD_LEN],
-            ..recorded(p, "huge-3", p, now)
+        .map(|p| {
+            let mut event = recorded(p, "huge-3", p, now);
+            event.payload = vec![5u8; MAX_PAYLOAD_LEN];
+            event
         })
         .collect();
     assert_invalid(
@@ -790,11 +791,7 @@ pub async fn append_result_positions_and_versions<S: EventStore>(store: S) {
             evs(stream, n),
         )
         .await;
-        let expected = AppendResult {
-            first_position: position + 1,
-            last_position: position + n as u64,
-            stream_version: *version + n as u64,
-        };
+        let expected = AppendResult::new(position + 1, position + n as u64, *version + n as u64);
         assert_eq!(r, expected, "AppendResult of {n} events to {stream}");
         position += n as u64;
         *version += n as u64;
@@ -2264,21 +2261,19 @@ pub async fn list_checkpoints_pages_through_every_checkpoint_in_name_order<S: Ev
 
 /// A recorded event made by hand, as an export from another store would give it.
 fn recorded(position: u64, stream: &str, version: u64, timestamp_micros: u64) -> RecordedEvent {
-    RecordedEvent {
-        position,
-        stream_id: stream.to_owned(),
-        stream_version: version,
-        category: category_of(stream).to_owned(),
-        event_type: format!("Imported{}", position % 3),
-        schema_version: 1 + (position % 2) as u32,
-        event_id: Uuid::new_v4(),
-        correlation_id: position.is_multiple_of(2).then(Uuid::new_v4),
-        causation_id: position.is_multiple_of(3).then(Uuid::new_v4),
-        timestamp_micros,
-        payload: (0..(position % 7) as u8)
-            .map(|b| b.wrapping_mul(37))
-            .collect(),
+    let payload: Vec<u8> = (0..(position % 7) as u8)
+        .map(|b| b.wrapping_mul(37))
+        .collect();
+    let mut data = EventData::new(format!("Imported{}", position % 3), payload)
+        .with_event_id(Uuid::new_v4())
+        .with_schema_version(1 + (position % 2) as u32);
+    if position.is_multiple_of(2) {
+        data = data.with_correlation_id(Uuid::new_v4());
     }
+    if position.is_multiple_of(3) {
+        data = data.with_causation_id(Uuid::new_v4());
+    }
+    RecordedEvent::new(position, stream, version, data).with_timestamp_micros(timestamp_micros)
 }
 
 /// `import` writes events exactly as given (positions, versions, ids, timestamps, payloads),

@@ -306,19 +306,13 @@ async fn a_command_is_forgotten_once_its_first_event_leaves_the_window() {
 #[actix::test]
 async fn a_refused_command_is_refused_again_after_the_state_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let cause = RecordedEvent {
-        position: 7,
-        stream_id: "transfer-t1".into(),
-        stream_version: 1,
-        category: "transfer".into(),
-        event_type: "TransferRequested".into(),
-        schema_version: 1,
-        event_id: Uuid::now_v7(),
-        correlation_id: None,
-        causation_id: None,
-        timestamp_micros: 0,
-        payload: b"{}".to_vec(),
-    };
+    let cause = RecordedEvent::new(
+        7,
+        "transfer-t1",
+        1,
+        EventData::new("TransferRequested", b"{}".to_vec()),
+    )
+    .with_timestamp_micros(0);
     let debit = CommandEnvelope::caused_by(&cause, "debit", withdraw(50));
     let refusal = AccountError::InsufficientFunds {
         balance: 0,
@@ -689,7 +683,7 @@ async fn conflicts_are_retried_a_bounded_number_of_times() {
         conflicts: AtomicU32::new(0),
     });
     let config = AggregateConfig::default().conflict_retries(2);
-    let accounts = AggregateRegistry::<Account>::start_shared(meddling.clone(), config);
+    let accounts = AggregateRegistry::<Account>::start(meddling.clone(), config);
     accounts.execute_command("a1", open("ada")).await.unwrap();
 
     // Two conflicts: the third attempt succeeds.

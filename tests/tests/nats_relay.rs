@@ -66,7 +66,7 @@ async fn wait_checkpoint(handle: &SubscriptionHandle, position: u64, within: Dur
         if let SubscriptionState::Failed(reason) = &last.state {
             panic!("the relay failed: {reason}");
         }
-        handle.flush().await;
+        let _ = handle.flush().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
         last = handle.status();
     }

@@ -1184,7 +1184,7 @@ async fn a_subscription_holding_its_lease_commits_only_fenced() {
         .start_with(Tally { seen: seen.clone() }, config)
         .unwrap();
     caught_up(&handle, &store).await;
-    handle.flush().await.expect("running").expect("flushed");
+    handle.flush().await.expect("flushed");
     handle.stop().await;
     let fenced = counting.fenced.load(std::sync::atomic::Ordering::SeqCst);
     let unfenced = counting.unfenced.load(std::sync::atomic::Ordering::SeqCst);

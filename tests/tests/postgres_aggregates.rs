@@ -250,7 +250,7 @@ async fn serve(schema: String) {
         snapshots: AtomicU64::new(0),
         snapshots_back: AtomicU64::new(0),
     });
-    let registry = AggregateRegistry::<Counter>::start_shared(store.clone(), aggregate_config());
+    let registry = AggregateRegistry::<Counter>::start(store.clone(), aggregate_config());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lines() {

@@ -373,9 +373,7 @@ async fn a_deadline_fires_once_unless_cancelled_even_with_two_timers() {
     subscriptions.stop("dunning").await;
     assert!(matches!(
         subscriptions.start_partitioned(dunning(&invoices), 2, Default::default()),
-        Err(tidings::subscription::StartError::NotPartitionable(
-            "dunning"
-        ))
+        Err(tidings::subscription::StartError::NotPartitionable(name)) if name == "dunning"
     ));
     subscriptions.stop_all().await;
 }
@@ -457,4 +455,50 @@ async fn a_correlation_key_beyond_the_limit_fails_the_event_and_writes_nothing()
             .all(|(k, _)| !k.starts_with(b"i/") && !k.starts_with(b"d/")),
         "nothing written: {state:?}"
     );
+}
+
+/// A process manager started under a name of its own keeps its instances and deadlines under
+/// that name: its timer is started with that name, and a timer for the type's own name finds
+/// nothing to fire.
+#[actix::test]
+async fn a_process_manager_under_a_runtime_name_keeps_its_instances_and_deadlines_there() {
+    use tidings::process::instance_state_named;
+    use tidings::subscription::{SubscriptionConfig, SubscriptionName};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
+    let invoices = AggregateRegistry::<Invoice>::start(store.clone(), AggregateConfig::default());
+    let subscriptions = Subscriptions::new(store.clone());
+    let config = SubscriptionConfig::default().name(SubscriptionName::new("dunning-eu").unwrap());
+    let handle = subscriptions
+        .start_with(dunning(&invoices), config)
+        .unwrap();
+    assert_eq!(handle.name(), &"dunning-eu");
+    let named = DeadlineTimer::start_named("dunning-eu", store.clone(), Duration::from_millis(20));
+    let default = DeadlineTimer::start::<Dunning>(store.clone(), Duration::from_millis(20));
+
+    invoices
+        .execute_command("i1", ("i1".into(), issue(Duration::from_millis(10))))
+        .await
+        .unwrap();
+    until_reminded(&*store, "i1").await;
+    subscriptions.settle(PATIENCE).await.unwrap();
+    assert_eq!(reminders(&*store, "i1").await, 1);
+    assert!(named.fired() >= 1);
+    assert_eq!(
+        default.fired(),
+        0,
+        "nothing is due under the type's own name"
+    );
+    named.stop().await;
+    default.stop().await;
+    subscriptions.stop_all().await;
+
+    let state = instance_state_named::<Dunning>(&*store, "dunning-eu", "i1").await;
+    assert_eq!(state.unwrap(), Some(true));
+    assert_eq!(
+        instance_state::<Dunning>(&*store, "i1").await.unwrap(),
+        None
+    );
+    assert_eq!(store.load_checkpoint("dunning").await.unwrap(), None);
 }

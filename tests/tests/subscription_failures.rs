@@ -160,7 +160,7 @@ async fn a_poison_event_is_retried_then_parked_with_the_rest_of_its_stream_and_r
     assert_eq!(status.lag(), 0);
 
     // Through the store (as another process sees it), after the loop committed.
-    handle.flush().await.unwrap().unwrap();
+    handle.flush().await.unwrap();
     let stored = subscription_status_from_store(&*store, "orders")
         .await
         .unwrap()
@@ -187,6 +187,18 @@ async fn a_poison_event_is_retried_then_parked_with_the_rest_of_its_stream_and_r
     // The exactly-once count saw each event once.
     handle.stop().await;
     assert_eq!(count(&store).await, 9);
+    // A stopped subscription's handle does nothing, and says why.
+    assert!(
+        matches!(handle.flush().await, Err(ControlError::NotRunning(name)) if name == "orders")
+    );
+    assert!(matches!(
+        handle.replay_parked("order-a").await,
+        Err(ControlError::NotRunning(_))
+    ));
+    assert!(matches!(
+        handle.skip_parked(a5).await,
+        Err(ControlError::NotRunning(_))
+    ));
     let stored = subscription_status_from_store(&*store, "orders")
         .await
         .unwrap()

@@ -365,17 +365,25 @@ impl BareReader {
 
 /// An event from a row of [`COLUMNS`] (what the store's reads build, minus its checks).
 fn event(row: &Row) -> Result<RecordedEvent, String> {
-    Ok(RecordedEvent {
-        position: row.try_get::<_, i64>(0).map_err(pg_err)? as u64,
-        stream_id: row.try_get(1).map_err(pg_err)?,
-        stream_version: row.try_get::<_, i64>(2).map_err(pg_err)? as u64,
-        category: row.try_get(3).map_err(pg_err)?,
-        event_type: row.try_get(4).map_err(pg_err)?,
-        schema_version: row.try_get::<_, i32>(5).map_err(pg_err)? as u32,
-        event_id: row.try_get(6).map_err(pg_err)?,
-        correlation_id: row.try_get(7).map_err(pg_err)?,
-        causation_id: row.try_get(8).map_err(pg_err)?,
-        timestamp_micros: row.try_get::<_, i64>(9).map_err(pg_err)? as u64,
-        payload: row.try_get(10).map_err(pg_err)?,
-    })
+    let event_type: String = row.try_get(4).map_err(pg_err)?;
+    let payload: Vec<u8> = row.try_get(10).map_err(pg_err)?;
+    let mut data = tidings::store::EventData::new(event_type, payload)
+        .with_schema_version(row.try_get::<_, i32>(5).map_err(pg_err)? as u32)
+        .with_event_id(row.try_get(6).map_err(pg_err)?);
+    if let Some(id) = row.try_get(7).map_err(pg_err)? {
+        data = data.with_correlation_id(id);
+    }
+    if let Some(id) = row.try_get(8).map_err(pg_err)? {
+        data = data.with_causation_id(id);
+    }
+    let stream_id: String = row.try_get(1).map_err(pg_err)?;
+    let category: String = row.try_get(3).map_err(pg_err)?;
+    Ok(RecordedEvent::new(
+        row.try_get::<_, i64>(0).map_err(pg_err)? as u64,
+        stream_id,
+        row.try_get::<_, i64>(2).map_err(pg_err)? as u64,
+        data,
+    )
+    .with_category(category)
+    .with_timestamp_micros(row.try_get::<_, i64>(9).map_err(pg_err)? as u64))
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tidings::store::{
-    state_entry_bytes, state_page_is_full, Filter, RecordedEvent, StateWrite, StoreError,
-    MAX_APPEND_BYTES, MAX_PAYLOAD_LEN,
+    state_entry_bytes, state_page_is_full, EventData, Filter, RecordedEvent, StateWrite,
+    StoreError, MAX_APPEND_BYTES, MAX_PAYLOAD_LEN,
 };
 use tidings::subscription::{ParkedEvent, SubscriptionStatus, RESERVED_PREFIX};
 
@@ -489,19 +489,21 @@ fn parse_line(text: &str) -> Result<RecordedEvent, String> {
             line.payload_size
         ));
     }
-    Ok(RecordedEvent {
-        position: line.position,
-        stream_id: line.stream_id,
-        stream_version: line.stream_version,
-        category: line.category,
-        event_type: line.event_type,
-        schema_version: line.schema_version,
-        event_id: line.event_id,
-        correlation_id: line.correlation_id,
-        causation_id: line.causation_id,
-        timestamp_micros: line.timestamp_micros,
-        payload,
-    })
+    let mut data = EventData::new(line.event_type, payload)
+        .with_event_id(line.event_id)
+        .with_schema_version(line.schema_version);
+    if let Some(id) = line.correlation_id {
+        data = data.with_correlation_id(id);
+    }
+    if let Some(id) = line.causation_id {
+        data = data.with_causation_id(id);
+    }
+    // The category as exported: the import checks that it matches the stream id.
+    Ok(
+        RecordedEvent::new(line.position, line.stream_id, line.stream_version, data)
+            .with_category(line.category)
+            .with_timestamp_micros(line.timestamp_micros),
+    )
 }
 
 /// A batch of parsed events waiting to be imported, with their line numbers.

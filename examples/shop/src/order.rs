@@ -4,8 +4,7 @@
 //! confirmed (paid and reserved) or cancelled (payment declined, or out of stock).
 
 use serde::{Deserialize, Serialize};
-use tidings::aggregate::Aggregate;
-use tidings::DomainEvent;
+use tidings::prelude::*;
 
 use crate::catalog::{normalize, total, Line};
 

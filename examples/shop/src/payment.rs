@@ -5,8 +5,7 @@
 //! declined at most once, and refunded at most once, only after it was verified.
 
 use serde::{Deserialize, Serialize};
-use tidings::aggregate::Aggregate;
-use tidings::DomainEvent;
+use tidings::prelude::*;
 
 // ---- commands ----
 

@@ -11,9 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tidings::aggregate::{AggregateError, AggregateRegistry, CommandEnvelope};
-use tidings::subscription::{EventContext, Handle, HandlerError};
-use tidings::{async_trait, EventHandler};
+use tidings::prelude::*;
 use tracing::{debug, info, warn};
 
 use crate::gateway::{ChargeRequest, PaymentGateway, RefundRequest};

@@ -7,15 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidings::aggregate::{
-    AggregateConfig, AggregateError, AggregateRegistry, CommandEnvelope, CommandOutcome,
-};
-use tidings::store::{EventStore, Filter, SledEventStore, StoreError};
+use tidings::prelude::*;
 use tidings::subscription::{
-    ControlError, EventHandler, FailurePolicy, StartError, SubscriptionConfig, SubscriptionHandle,
-    SubscriptionState, SubscriptionStatus, Subscriptions, WaitError,
+    ControlError, StartError, SubscriptionState, SubscriptionStatus, WaitError,
 };
-use tidings::DomainEvent;
 
 use crate::catalog::Line;
 use crate::gateway::{PaymentGateway, SimulatedGateway};
@@ -203,11 +198,11 @@ impl<S: EventStore + ?Sized> Shop<S> {
     fn build(store: Arc<S>, shared: Arc<dyn EventStore>, config: ShopConfig) -> Shop<S> {
         let aggregates = config.aggregates.clone();
         Shop {
-            orders: AggregateRegistry::start_shared(shared.clone(), aggregates.clone()),
-            payments: AggregateRegistry::start_shared(shared.clone(), aggregates.clone()),
+            orders: AggregateRegistry::start(shared.clone(), aggregates.clone()),
+            payments: AggregateRegistry::start(shared.clone(), aggregates.clone()),
             // One warehouse records an event per order: a wide idempotence window keeps every
             // redelivery after a crash within it.
-            stock: AggregateRegistry::start_shared(shared.clone(), aggregates.dedup_window(10_000)),
+            stock: AggregateRegistry::start(shared.clone(), aggregates.dedup_window(10_000)),
             subscriptions: Subscriptions::new(shared.clone()),
             store,
             shared,
@@ -472,8 +467,8 @@ impl<S: EventStore + ?Sized> Shop<S> {
     pub async fn flush_view(&self) -> Result<(), ShopError> {
         if let Some(handle) = self.subscriptions.get(ShopView::NAME) {
             match handle.flush().await {
-                Some(Err(ControlError::Standby(_))) | Some(Ok(())) | None => {}
-                Some(Err(e)) => return Err(e.into()),
+                Ok(()) | Err(ControlError::Standby(_) | ControlError::NotRunning(_)) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())

@@ -9,8 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tidings::aggregate::Aggregate;
-use tidings::DomainEvent;
+use tidings::prelude::*;
 
 use crate::catalog::{normalize, price, Line};
 

@@ -8,9 +8,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tidings::store::{state_page_is_full, EventStore, StoreError};
-use tidings::subscription::{EventContext, EventHandler as _, Handle, HandlerError};
-use tidings::{async_trait, EventHandler};
+use tidings::prelude::*;
+use tidings::store::state_page_is_full;
 
 use crate::catalog::Line;
 use crate::order::OrderEvent;
@@ -242,7 +241,7 @@ impl ReadModel {
     pub async fn load(store: &dyn EventStore) -> Result<ReadModel, StoreError> {
         let name = ShopView::NAME;
         let decode = |what: &str, e: serde_json::Error| {
-            StoreError::Codec(format!("read model entry {what}: {e}"))
+            StoreError::codec(format!("read model entry {what}"), e)
         };
         let mut model = ReadModel {
             checkpoint: store.load_checkpoint(name).await?.unwrap_or(0),

@@ -14,6 +14,15 @@ use std::time::Duration;
 ///     .max_instances(1_000);
 /// assert_eq!(config.dedup_window, 1_000);
 /// ```
+///
+/// The setters return the changed settings: calling one without using its result changes
+/// nothing, and is a warning (here made an error):
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// let config = tidings::aggregate::AggregateConfig::default();
+/// config.snapshot_every(Some(5));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AggregateConfig {
@@ -56,36 +65,42 @@ impl Default for AggregateConfig {
 
 impl AggregateConfig {
     /// Sets the idempotence window, in events (0: off).
+    #[must_use]
     pub fn dedup_window(mut self, events: u64) -> Self {
         self.dedup_window = events;
         self
     }
 
     /// Sets how many events between snapshots (`None`: no snapshots are saved).
+    #[must_use]
     pub fn snapshot_every(mut self, events: Option<u64>) -> Self {
         self.snapshot_every = events.map(|n| n.max(1));
         self
     }
 
     /// Sets the idle timeout after which an instance is stopped (`None`: never).
+    #[must_use]
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_timeout = timeout;
         self
     }
 
     /// Sets the most instances kept in memory (at least 1).
+    #[must_use]
     pub fn max_instances(mut self, instances: usize) -> Self {
         self.max_instances = instances.max(1);
         self
     }
 
     /// Sets how many times a conflicting command is decided again.
+    #[must_use]
     pub fn conflict_retries(mut self, retries: u32) -> Self {
         self.conflict_retries = retries;
         self
     }
 
     /// Sets the page size of stream reads (at least 1).
+    #[must_use]
     pub fn read_page(mut self, events: usize) -> Self {
         self.read_page = events.max(1);
         self

@@ -74,12 +74,14 @@ impl<C> CommandEnvelope<C> {
     }
 
     /// Sets the correlation id.
+    #[must_use]
     pub fn correlated_with(mut self, correlation_id: Uuid) -> Self {
         self.correlation_id = Some(correlation_id);
         self
     }
 
     /// Sets the causation id.
+    #[must_use]
     pub fn caused_by_id(mut self, causation_id: Uuid) -> Self {
         self.causation_id = Some(causation_id);
         self

@@ -58,7 +58,7 @@ pub enum AggregateError<E> {
     /// aggregate reloads from the store before its next command, so retrying with the **same
     /// command id** is safe: if the events were recorded after all, the retry is answered from
     /// history. Other store errors are handled as [`StoreError`] says.
-    #[error("event store: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 
     /// A recorded event of the stream does not decode as the aggregate's event type.
@@ -176,5 +176,33 @@ impl CommandOutcome {
     /// The aggregate's stream version after the command's events, if it recorded any.
     pub fn last_version(&self) -> Option<u64> {
         self.recorded.map(|r| r.last_version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each message of an error and of its sources, outermost first.
+    fn chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        std::iter::successors(Some(e), |e| e.source())
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_store_error_keeps_its_source_and_is_printed_once_in_a_chain() {
+        let io = std::io::Error::other("disk on fire");
+        let e: AggregateError<std::convert::Infallible> =
+            StoreError::engine("a read failed", io).into();
+        assert_eq!(
+            chain(&e),
+            ["storage engine error: a read failed", "disk on fire"]
+        );
+        let bad = serde_json::from_slice::<u64>(b"x").unwrap_err();
+        let codec = StoreError::codec("the total", bad);
+        let text = chain(&codec);
+        assert_eq!(text[0], "codec error: the total");
+        assert!(text[1].contains("expected value"), "{text:?}");
     }
 }

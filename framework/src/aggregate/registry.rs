@@ -13,7 +13,7 @@ use super::actor::AggregateActor;
 use super::load::stream_id;
 use super::messages::{Execute, Idle, Lookup, Passivate, PassivateId, Query, Shutdown};
 use super::{Aggregate, AggregateConfig, AggregateError, CommandEnvelope, CommandOutcome};
-use crate::store::EventStore;
+use crate::store::{EventStore, IntoEventStore};
 
 /// Counters shared by a registry, its instances and its handles.
 #[derive(Debug, Default)]
@@ -259,13 +259,10 @@ impl<A: Aggregate> std::fmt::Debug for AggregateRegistry<A> {
 }
 
 impl<A: Aggregate> AggregateRegistry<A> {
-    /// Starts the registry on the current actix arbiter, over `store`.
-    pub fn start(store: impl EventStore, config: AggregateConfig) -> Self {
-        Self::start_shared(Arc::new(store), config)
-    }
-
-    /// Starts the registry over a store shared with other parts of the program.
-    pub fn start_shared(store: Arc<dyn EventStore>, config: AggregateConfig) -> Self {
+    /// Starts the registry on the current actix arbiter, over `store` (a store, an `Arc` of
+    /// one or an `Arc<dyn EventStore>`: see [`IntoEventStore`]).
+    pub fn start(store: impl IntoEventStore, config: AggregateConfig) -> Self {
+        let store = store.into_event_store();
         let counters = Arc::new(Counters::default());
         let actor = RegistryActor::<A> {
             store,

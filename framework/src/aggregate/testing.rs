@@ -66,6 +66,14 @@ pub struct AggregateTest<A: Aggregate> {
     state: A,
 }
 
+impl<A: Aggregate> std::fmt::Debug for AggregateTest<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AggregateTest")
+            .field("aggregate", &A::TYPE)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<A: Aggregate> AggregateTest<A> {
     /// Starts from the state after `events` (applied in order).
     pub fn given(events: impl IntoIterator<Item = A::Event>) -> Self {
@@ -95,6 +103,19 @@ impl<A: Aggregate> AggregateTest<A> {
 pub struct AggregateTestOutcome<A: Aggregate> {
     state: A,
     result: Result<Vec<A::Event>, A::Error>,
+}
+
+impl<A: Aggregate> std::fmt::Debug for AggregateTestOutcome<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let result = match &self.result {
+            Ok(events) => Ok(events.len()),
+            Err(e) => Err(e),
+        };
+        f.debug_struct("AggregateTestOutcome")
+            .field("aggregate", &A::TYPE)
+            .field("events", &result)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<A: Aggregate> AggregateTestOutcome<A> {
@@ -189,6 +210,7 @@ fn round_trip<E: DomainEvent>(event: &E) -> E {
 /// let temp = TempStore::new().unwrap();
 /// assert_eq!(temp.store().head(), 0);
 /// ```
+#[derive(Debug)]
 pub struct TempStore {
     store: SledEventStore,
     // Dropped after the store (fields drop in order).

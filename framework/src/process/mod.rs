@@ -268,7 +268,7 @@ pub async fn handle_event<P: Reacts<E>, E: DomainEvent>(
             format!(
                 "process {:?}: a correlation key must be 1 to {MAX_INSTANCE_LEN} bytes without \
                  NUL, got {} bytes",
-                P::NAME,
+                ctx.subscription(),
                 instance.len()
             )
             .into(),
@@ -293,7 +293,9 @@ pub async fn handle_deadline<P: ProcessManager>(
     let due: DeadlineDue = serde_json::from_slice(&record.payload).map_err(|e| {
         HandlerFailure::Handler(format!("a {DEADLINE_DUE_TYPE} record does not decode: {e}").into())
     })?;
-    if due.process != P::NAME {
+    // Due records name the subscription that set the deadline: the process manager may run
+    // under several names, each with its own instances and deadlines.
+    if due.process != ctx.subscription() {
         return Ok(());
     }
     let stored = load::<P>(ctx, &due.instance).await?;
@@ -341,7 +343,7 @@ async fn run<P: ProcessManager>(
                 format!(
                     "process {:?}, instance {instance:?}: more than {MAX_REFUSAL_DEPTH} rounds \
                      of refusals for one event",
-                    P::NAME
+                    ctx.subscription()
                 )
                 .into(),
             ));
@@ -354,7 +356,7 @@ async fn run<P: ProcessManager>(
                             format!(
                                 "process {:?}: a deadline name must be at most \
                                  {MAX_DEADLINE_NAME_LEN} bytes, got {}",
-                                P::NAME,
+                                ctx.subscription(),
                                 name.len()
                             )
                             .into(),
@@ -376,7 +378,7 @@ async fn run<P: ProcessManager>(
         let mut next = Steps::new(instance, source.timestamp());
         for (step, command) in steps.sends.drain(..) {
             match manager
-                .send(envelope(P::NAME, source, &step, command))
+                .send(envelope(ctx.subscription(), source, &step, command))
                 .await
                 .map_err(HandlerFailure::Handler)?
             {
@@ -404,17 +406,29 @@ async fn run<P: ProcessManager>(
 }
 
 /// The state of instance `instance` of process manager `P` as last committed, or `None` when
-/// there is none (never started, or finished). For tests and operators.
+/// there is none (never started, or finished). For tests and operators. For a process manager
+/// run under a name of its own ([`SubscriptionConfig::name`](crate::subscription::SubscriptionConfig::name)),
+/// see [`instance_state_named`].
 pub async fn instance_state<P: ProcessManager>(
     store: &dyn crate::store::EventStore,
     instance: &str,
 ) -> Result<Option<P::State>, crate::store::StoreError> {
-    let Some(bytes) = store.load_state(P::NAME, &instance_key(instance)).await? else {
+    instance_state_named::<P>(store, P::NAME, instance).await
+}
+
+/// The state of instance `instance` of process manager `P` run as subscription `name`, as last
+/// committed, or `None` when there is none.
+pub async fn instance_state_named<P: ProcessManager>(
+    store: &dyn crate::store::EventStore,
+    name: &str,
+    instance: &str,
+) -> Result<Option<P::State>, crate::store::StoreError> {
+    let Some(bytes) = store.load_state(name, &instance_key(instance)).await? else {
         return Ok(None);
     };
     let stored: Instance<P::State, P::Command> =
         serde_json::from_slice(&bytes).map_err(|e| crate::store::StoreError::DamagedMetadata {
-            what: format!("the state of process {:?}, instance {instance:?}", P::NAME),
+            what: format!("the state of process {name:?}, instance {instance:?}"),
             reason: e.to_string(),
         })?;
     Ok(Some(stored.state))

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::{DeadlineDue, ProcessManager, DEADLINE_DUE_TYPE, DEADLINE_PREFIX};
-use crate::store::{EventData, EventStore, ExpectedVersion};
+use crate::store::{EventData, EventStore, ExpectedVersion, IntoEventStore};
 
 /// How many index entries one scan reads at a time.
 const SCAN_PAGE: usize = 256;
@@ -53,10 +53,26 @@ impl DeadlineTimer {
     /// Starts the timer of process manager `P` on `store`, looking for newly committed
     /// deadlines every `poll` (and waking at the next due time it knows). Must be called inside
     /// a tokio runtime (an actix `System` is one).
+    ///
+    /// It fires the deadlines of the subscription named `P::NAME`; for one started under a name
+    /// of its own, use [`start_named`](Self::start_named).
     pub fn start<P: ProcessManager>(
-        store: Arc<dyn EventStore>,
+        store: impl IntoEventStore,
         poll: Duration,
     ) -> DeadlineTimerHandle {
+        Self::start_named(P::NAME, store, poll)
+    }
+
+    /// Starts the timer of the process manager that runs as subscription `name` (see
+    /// [`SubscriptionConfig::name`](crate::subscription::SubscriptionConfig::name)), as
+    /// [`start`](Self::start) does.
+    pub fn start_named(
+        name: impl AsRef<str>,
+        store: impl IntoEventStore,
+        poll: Duration,
+    ) -> DeadlineTimerHandle {
+        let name = name.as_ref().to_owned();
+        let store = store.into_event_store();
         let (stop, mut stop_rx) = watch::channel(false);
         let fired = Arc::new(AtomicU64::new(0));
         let count = fired.clone();
@@ -64,10 +80,10 @@ impl DeadlineTimer {
             // Keys appended by this run and still in the index (handled ones leave it).
             let mut sent: HashSet<Vec<u8>> = HashSet::new();
             loop {
-                let next = match fire_due(&*store, P::NAME, &mut sent, &count).await {
+                let next = match fire_due(&*store, &name, &mut sent, &count).await {
                     Ok(next) => next,
                     Err(e) => {
-                        warn!(process = P::NAME, error = %e, "deadline timer: the store failed; trying again");
+                        warn!(process = %name, error = %e, "deadline timer: the store failed; trying again");
                         None
                     }
                 };

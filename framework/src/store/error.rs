@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use super::ExpectedVersion;
 
+/// The error an engine or a codec reported, kept as the [`source`](std::error::Error::source) of
+/// a [`StoreError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A `Result` whose error is a [`StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -138,15 +142,31 @@ pub enum StoreError {
     /// The storage engine reported an error that is not plain I/O.
     ///
     /// Treat as [`StoreError::Io`].
-    #[error("storage engine error: {0}")]
-    Engine(String),
+    /// Its message says what failed; the engine's own error, when there is one, is its
+    /// [`source`](std::error::Error::source) (print the whole chain to see both).
+    #[error("storage engine error: {message}")]
+    Engine {
+        /// What failed.
+        message: String,
+        /// The engine's error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
 
     /// A value could not be encoded or decoded by the codec.
     ///
     /// For data read from disk this comes as [`StoreError::Damaged`]; this variant is for values
     /// handed in by the caller (for example a snapshot too large to encode).
-    #[error("codec error: {0}")]
-    Codec(String),
+    /// Its message says which value; the codec's own error is its
+    /// [`source`](std::error::Error::source).
+    #[error("codec error: {message}")]
+    Codec {
+        /// Which value could not be encoded or decoded.
+        message: String,
+        /// The codec's error.
+        #[source]
+        source: BoxError,
+    },
 
     /// An earlier write failed, so this store handle refuses further writes.
     ///
@@ -188,6 +208,38 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A [`StoreError::Engine`]: `message` says what failed, `source` is the engine's error.
+    pub fn engine(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        StoreError::Engine {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A [`StoreError::Engine`] without an engine error to carry (the message says it all).
+    pub fn engine_message(message: impl Into<String>) -> Self {
+        StoreError::Engine {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A [`StoreError::Codec`]: `message` says which value, `source` is the codec's error.
+    ///
+    /// ```
+    /// use tidings::store::StoreError;
+    /// let bad = serde_json::from_slice::<u64>(b"x").unwrap_err();
+    /// let e = StoreError::codec("the total", bad);
+    /// assert_eq!(e.to_string(), "codec error: the total");
+    /// assert!(std::error::Error::source(&e).is_some());
+    /// ```
+    pub fn codec(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        StoreError::Codec {
+            message: message.into(),
+            source: source.into(),
+        }
+    }
+
     /// Whether the error is transient: the same request may succeed later without any change
     /// (today only [`StoreError::Unavailable`]). Subscriptions retry such errors from their
     /// checkpoint instead of failing.
@@ -205,9 +257,10 @@ impl StoreError {
                 what: format!("{what} of the store at {}", path.display()),
                 reason,
             },
-            StoreError::Engine(why) => {
-                StoreError::Engine(format!("{why} (store at {})", path.display()))
-            }
+            StoreError::Engine { message, source } => StoreError::Engine {
+                message: format!("{message} (store at {})", path.display()),
+                source,
+            },
             other => other,
         }
     }
@@ -249,7 +302,20 @@ impl From<sled::Error> for StoreError {
                      {ENGINE_DAMAGE_ADVICE}"
                 ),
             },
-            other => StoreError::Engine(other.to_string()),
+            other => StoreError::engine("sled", other),
         }
     }
+}
+
+/// The message of `error` and of each of its sources, joined by `": "`: for the places that
+/// keep an error as text (a subscription's failure reason, a copy for several waiters).
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        next = e.source();
+    }
+    text
 }

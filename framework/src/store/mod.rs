@@ -10,10 +10,12 @@ mod head;
 mod lease;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod shared;
 mod sled;
 mod types;
 
-pub use self::error::{Result, StoreError};
+pub(crate) use self::error::chain as error_chain;
+pub use self::error::{BoxError, Result, StoreError};
 pub use self::head::HeadWatch;
 pub use self::lease::{Lease, LeaseAttempt, LeaseHolder, LeaseInfo};
 #[cfg(feature = "postgres")]
@@ -21,6 +23,7 @@ pub use self::postgres::{
     validate_schema as validate_postgres_schema, PostgresConfig, PostgresEventStore,
     DEFAULT_SCHEMA, MAX_SCHEMA_LEN, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION,
 };
+pub use self::shared::IntoEventStore;
 pub use self::sled::{SledConfig, SledEventStore};
 pub use self::types::{
     category_of, state_entry_bytes, state_page_is_full, stream_page_is_full, AppendResult,

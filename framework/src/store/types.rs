@@ -88,6 +88,7 @@ impl fmt::Display for ExpectedVersion {
 
 /// An event to append: what the caller knows before the store assigns a position.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EventData {
     /// A unique id for the event (a UUIDv7 unless the caller sets one).
     pub event_id: Uuid,
@@ -117,24 +118,28 @@ impl EventData {
     }
 
     /// Sets the event id (for example one derived from a command id, for idempotence).
+    #[must_use]
     pub fn with_event_id(mut self, id: Uuid) -> Self {
         self.event_id = id;
         self
     }
 
     /// Sets the schema version.
+    #[must_use]
     pub fn with_schema_version(mut self, version: u32) -> Self {
         self.schema_version = version;
         self
     }
 
     /// Sets the correlation id.
+    #[must_use]
     pub fn with_correlation_id(mut self, id: Uuid) -> Self {
         self.correlation_id = Some(id);
         self
     }
 
     /// Sets the causation id.
+    #[must_use]
     pub fn with_causation_id(mut self, id: Uuid) -> Self {
         self.causation_id = Some(id);
         self
@@ -143,6 +148,7 @@ impl EventData {
 
 /// An event as the store recorded it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RecordedEvent {
     /// The event's place in the global log: starting at 1, increasing in the order every reader
     /// sees the events (a global read never returns a position below one it returned before).
@@ -172,6 +178,55 @@ pub struct RecordedEvent {
 }
 
 impl RecordedEvent {
+    /// The event a store records for `data` at global position `position`, as version
+    /// `stream_version` of stream `stream_id`: its category is the stream's ([`category_of`]),
+    /// its timestamp now. Stores make their own; this is for tests of handlers and for tools
+    /// that rebuild recorded events (an import).
+    ///
+    /// ```
+    /// use tidings::store::{EventData, RecordedEvent};
+    /// let event = RecordedEvent::new(7, "order-42", 3, EventData::new("OrderPlaced", b"{}".to_vec()))
+    ///     .with_timestamp_micros(1_700_000_000_000_000);
+    /// assert_eq!((event.position, event.category.as_str(), event.stream_version), (7, "order", 3));
+    /// ```
+    pub fn new(
+        position: u64,
+        stream_id: impl Into<String>,
+        stream_version: u64,
+        data: EventData,
+    ) -> Self {
+        let stream_id = stream_id.into();
+        RecordedEvent {
+            position,
+            category: category_of(&stream_id).to_owned(),
+            stream_id,
+            stream_version,
+            event_type: data.event_type,
+            schema_version: data.schema_version,
+            event_id: data.event_id,
+            correlation_id: data.correlation_id,
+            causation_id: data.causation_id,
+            timestamp_micros: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            payload: data.payload,
+        }
+    }
+
+    /// Sets when the store committed it, in microseconds since the Unix epoch.
+    #[must_use]
+    pub fn with_timestamp_micros(mut self, micros: u64) -> Self {
+        self.timestamp_micros = micros;
+        self
+    }
+
+    /// Sets its category (by default the stream's, as stores record it).
+    #[must_use]
+    pub fn with_category(mut self, category: impl Into<String>) -> Self {
+        self.category = category.into();
+        self
+    }
+
     /// When the store committed the event.
     pub fn timestamp(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_micros(self.timestamp_micros)
@@ -193,6 +248,7 @@ pub fn category_of(stream_id: &str) -> &str {
 
 /// One stream as listed by [`EventStore::list_streams`](super::EventStore::list_streams).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StreamInfo {
     /// The stream's id.
     pub stream_id: String,
@@ -204,9 +260,24 @@ pub struct StreamInfo {
     pub last_position: u64,
 }
 
+impl StreamInfo {
+    /// Stream `stream_id` (its category derived) at `version`, its last event at
+    /// `last_position`: for an [`EventStore`](super::EventStore) implemented outside tidings.
+    pub fn new(stream_id: impl Into<String>, version: u64, last_position: u64) -> Self {
+        let stream_id = stream_id.into();
+        StreamInfo {
+            category: category_of(&stream_id).to_owned(),
+            stream_id,
+            version,
+            last_position,
+        }
+    }
+}
+
 /// A consumer's stored checkpoint, as listed by
 /// [`EventStore::list_checkpoints`](super::EventStore::list_checkpoints).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CheckpointInfo {
     /// The consumer's (subscription's) name.
     pub name: String,
@@ -214,8 +285,20 @@ pub struct CheckpointInfo {
     pub position: u64,
 }
 
+impl CheckpointInfo {
+    /// Consumer `name`'s checkpoint at `position`: for an [`EventStore`](super::EventStore)
+    /// implemented outside tidings.
+    pub fn new(name: impl Into<String>, position: u64) -> Self {
+        CheckpointInfo {
+            name: name.into(),
+            position,
+        }
+    }
+}
+
 /// What an append was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AppendResult {
     /// The global position of the first appended event.
     pub first_position: u64,
@@ -223,6 +306,19 @@ pub struct AppendResult {
     pub last_position: u64,
     /// The stream's version after the append (the version of its last event).
     pub stream_version: u64,
+}
+
+impl AppendResult {
+    /// An append whose events took positions `first_position..=last_position` and left the
+    /// stream at `stream_version`: for an [`EventStore`](super::EventStore) implemented outside
+    /// tidings, and for tests.
+    pub fn new(first_position: u64, last_position: u64, stream_version: u64) -> Self {
+        AppendResult {
+            first_position,
+            last_position,
+            stream_version,
+        }
+    }
 }
 
 /// Which events a global read returns. The default matches every event.
@@ -245,6 +341,7 @@ impl Filter {
     }
 
     /// Keeps only events of these categories.
+    #[must_use]
     pub fn categories<I, S>(mut self, categories: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -255,6 +352,7 @@ impl Filter {
     }
 
     /// Keeps only events of these types.
+    #[must_use]
     pub fn event_types<I, S>(mut self, types: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -283,6 +381,7 @@ impl Filter {
 
 /// One page of the global log.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReadBatch {
     /// The matching events, in position order.
     pub events: Vec<RecordedEvent>,
@@ -294,6 +393,16 @@ pub struct ReadBatch {
 }
 
 impl ReadBatch {
+    /// A page of `events`, the next read starting at `next_position`, read at durable head
+    /// `head`: for an [`EventStore`](super::EventStore) implemented outside tidings.
+    pub fn new(events: Vec<RecordedEvent>, next_position: u64, head: u64) -> Self {
+        ReadBatch {
+            events,
+            next_position,
+            head,
+        }
+    }
+
     /// Whether the page reached the durable head (nothing more to read for now).
     pub fn is_end(&self) -> bool {
         self.next_position > self.head
@@ -313,6 +422,7 @@ pub struct Snapshot {
 
 /// What [`EventStore::verify`](super::EventStore::verify) found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct VerifyReport {
     /// How many event records were read and checked.
     pub events_checked: u64,

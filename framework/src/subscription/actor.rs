@@ -13,12 +13,13 @@ use super::failure::{
     ParkedEvent, ReplayOutcome, ResetTo,
 };
 use super::handler::EventHandler;
+use super::name::{SubscriptionName, SubscriptionNameError};
 use super::runner::{Command, Runner};
 use super::status::{StatusCell, SubscriptionState, SubscriptionStatus};
 use super::wait::{position_of, wait_all, Among, WaitError};
 use super::SubscriptionConfig;
 use crate::aggregate::CommandOutcome;
-use crate::store::{EventStore, Lease, StoreError};
+use crate::store::{EventStore, IntoEventStore, Lease, StoreError};
 use futures_util::future::BoxFuture;
 
 /// Asks a subscription to stop after the event it is handling, saving its checkpoint.
@@ -36,6 +37,14 @@ pub struct SubscriptionActor<H: EventHandler> {
     runner: Option<Box<Runner<H>>>,
     stop: watch::Sender<bool>,
     status: StatusCell,
+}
+
+impl<H: EventHandler> std::fmt::Debug for SubscriptionActor<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionActor")
+            .field("status", &self.status.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<H: EventHandler> Actor for SubscriptionActor<H> {
@@ -89,7 +98,7 @@ impl<H: EventHandler> Handler<GetStatus> for SubscriptionActor<H> {
 /// A running subscription, as seen from outside: its status, and a way to stop it.
 #[derive(Clone, Debug)]
 pub struct SubscriptionHandle {
-    name: &'static str,
+    name: SubscriptionName,
     stop: watch::Sender<bool>,
     status: StatusCell,
     commands: mpsc::UnboundedSender<Command>,
@@ -106,9 +115,9 @@ impl std::fmt::Debug for Command {
 }
 
 impl SubscriptionHandle {
-    /// The subscription's name.
-    pub fn name(&self) -> &'static str {
-        self.name
+    /// The subscription's name (the one it was started under).
+    pub fn name(&self) -> &SubscriptionName {
+        &self.name
     }
 
     /// Its status now.
@@ -130,35 +139,42 @@ impl SubscriptionHandle {
         self.finished().await
     }
 
-    /// Sends an operation to the running loop and waits for its answer; `None` if the loop is
-    /// gone (stopped or failed), in which case nothing was done.
+    /// Sends an operation to the running loop and waits for its answer;
+    /// [`ControlError::NotRunning`] if the loop is gone (stopped or failed), in which case
+    /// nothing was done.
     async fn send<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, ControlError>>) -> Command,
-    ) -> Option<Result<T, ControlError>> {
+    ) -> Result<T, ControlError> {
+        let not_running = || ControlError::NotRunning(self.name.to_string());
         if self.is_finished() {
-            return None;
+            return Err(not_running());
         }
         let (reply, answer) = oneshot::channel();
-        self.commands.send(make(reply)).ok()?;
-        answer.await.ok()
+        self.commands.send(make(reply)).map_err(|_| not_running())?;
+        answer.await.map_err(|_| not_running())?
     }
 
     /// Handles the parked events of `stream` again, in order (after a fix), through the running
-    /// subscription. `None` if it is not running (use [`Subscriptions::replay_parked`]).
-    pub async fn replay_parked(&self, stream: &str) -> Option<Result<ReplayOutcome, ControlError>> {
+    /// subscription. [`ControlError::NotRunning`] if it is not running (use
+    /// [`Subscriptions::replay_parked`], which works on a stopped one too);
+    /// [`ControlError::Standby`] if another process runs it.
+    pub async fn replay_parked(&self, stream: &str) -> Result<ReplayOutcome, ControlError> {
         let stream = stream.to_owned();
         self.send(|reply| Command::Replay { stream, reply }).await
     }
 
-    /// Drops the parked event at `position`, through the running subscription. `None` if it is
-    /// not running (use [`Subscriptions::skip_parked`]).
-    pub async fn skip_parked(&self, position: u64) -> Option<Result<bool, ControlError>> {
+    /// Drops the parked event at `position`, through the running subscription; whether one was
+    /// parked there. [`ControlError::NotRunning`] if it is not running (use
+    /// [`Subscriptions::skip_parked`]); [`ControlError::Standby`] if another process runs it.
+    pub async fn skip_parked(&self, position: u64) -> Result<bool, ControlError> {
         self.send(|reply| Command::Skip { position, reply }).await
     }
 
     /// Commits what the running subscription has pending (so that the store shows it).
-    pub async fn flush(&self) -> Option<Result<(), ControlError>> {
+    /// [`ControlError::NotRunning`] if it is not running (what it handled is committed then);
+    /// [`ControlError::Standby`] if another process runs it (which commits on its own).
+    pub async fn flush(&self) -> Result<(), ControlError> {
         self.send(|reply| Command::Flush { reply }).await
     }
 
@@ -204,16 +220,33 @@ impl SubscriptionHandle {
     }
 }
 
-/// Starts, stops and reports on the subscriptions of one store, by name.
+/// Starts, stops and reports on the subscriptions of one store, by name (see
+/// [`SubscriptionName`]: a handler type's `NAME` unless started under another one).
 ///
 /// Must be used inside an actix `System` (each subscription is an actor on the current arbiter).
 #[derive(Clone)]
 pub struct Subscriptions {
     store: Arc<dyn EventStore>,
-    running: Arc<Mutex<HashMap<&'static str, SubscriptionHandle>>>,
+    running: Arc<Mutex<HashMap<SubscriptionName, SubscriptionHandle>>>,
     /// One lock per name: held by a running loop for its whole life, and by an operation on a
     /// stopped subscription's stored checkpoint, so that the two never interleave.
     guards: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl std::fmt::Debug for Subscriptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<SubscriptionName> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        f.debug_struct("Subscriptions")
+            .field("started", &names)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a subscription could not be started.
@@ -222,18 +255,24 @@ pub struct Subscriptions {
 pub enum StartError {
     /// A subscription of that name is already running in this registry: stop it first.
     #[error("subscription {0:?} is already running")]
-    AlreadyRunning(&'static str),
+    AlreadyRunning(SubscriptionName),
     /// The handler cannot run with several partitions (a process manager: one instance's
     /// events come from several streams, and partitions are chosen by stream).
     #[error("subscription {0:?} cannot run partitioned; start it with one partition")]
-    NotPartitionable(&'static str),
+    NotPartitionable(SubscriptionName),
+    /// The handler's [`EventHandler::NAME`] is not a valid subscription name (a hand-written
+    /// impl; the derive checks it when it compiles): fix it, or start it under a valid name
+    /// with [`SubscriptionConfig::name`].
+    #[error("the handler's name is not a valid subscription name")]
+    InvalidName(#[from] SubscriptionNameError),
 }
 
 impl Subscriptions {
-    /// A registry over `store`.
-    pub fn new(store: Arc<dyn EventStore>) -> Self {
+    /// A registry over `store` (a store, an `Arc` of one or an `Arc<dyn EventStore>`: see
+    /// [`IntoEventStore`]).
+    pub fn new(store: impl IntoEventStore) -> Self {
         Subscriptions {
-            store,
+            store: store.into_event_store(),
             running: Arc::default(),
             guards: Arc::default(),
         }
@@ -256,6 +295,19 @@ impl Subscriptions {
 
     /// Starts `handler` with `config`: it resumes from its checkpoint (or its `StartFrom` the
     /// first time), catches up, then follows the log live.
+    ///
+    /// It runs under [`SubscriptionConfig::name`] when set, else under `H::NAME`: one handler
+    /// type can run as several subscriptions at once, each under its own name, with its own
+    /// checkpoint, state, status, parked events and lease.
+    ///
+    /// ```no_run
+    /// # use tidings::subscription::{EventHandler, StartError, SubscriptionConfig, SubscriptionName, Subscriptions};
+    /// # fn example<H: EventHandler>(subscriptions: &Subscriptions, totals: H, rebuild: H) -> Result<(), Box<dyn std::error::Error>> {
+    /// subscriptions.start(totals)?; // as "totals", its NAME
+    /// let v2 = SubscriptionConfig::default().name(SubscriptionName::new("totals-v2")?);
+    /// subscriptions.start_with(rebuild, v2)?; // from the beginning, beside it
+    /// # Ok(()) }
+    /// ```
     pub fn start_with<H: EventHandler>(
         &self,
         handler: H,
@@ -280,10 +332,20 @@ impl Subscriptions {
         config: SubscriptionConfig,
     ) -> Result<SubscriptionHandle, StartError> {
         if partitions > 1 && !H::partitionable() {
-            return Err(StartError::NotPartitionable(H::NAME));
+            return Err(StartError::NotPartitionable(Self::name_of::<H>(&config)?));
         }
         let handlers = vec![handler; partitions.max(1)];
         self.launch(handlers, config)
+    }
+
+    /// The name a subscription of `H` started with `config` runs under.
+    fn name_of<H: EventHandler>(
+        config: &SubscriptionConfig,
+    ) -> Result<SubscriptionName, StartError> {
+        match &config.name {
+            Some(name) => Ok(name.clone()),
+            None => Ok(SubscriptionName::new(H::NAME)?),
+        }
     }
 
     fn launch<H: EventHandler>(
@@ -291,15 +353,17 @@ impl Subscriptions {
         handlers: Vec<H>,
         config: SubscriptionConfig,
     ) -> Result<SubscriptionHandle, StartError> {
+        let name = Self::name_of::<H>(&config)?;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.get(H::NAME).is_some_and(|h| !h.is_finished()) {
-            return Err(StartError::AlreadyRunning(H::NAME));
+        if running.get(&name).is_some_and(|h| !h.is_finished()) {
+            return Err(StartError::AlreadyRunning(name));
         }
         let (stop, stop_rx) = watch::channel(false);
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let status = StatusCell::new(H::NAME);
+        let status = StatusCell::new(&name);
         status.update(|s| s.partitions = handlers.len() as u64);
         let runner = Runner {
+            name: name.clone(),
             handlers,
             store: self.store.clone(),
             config,
@@ -308,7 +372,7 @@ impl Subscriptions {
             commands: commands_rx,
             commands_open: true,
             parked_streams: Default::default(),
-            guard: self.guard(H::NAME),
+            guard: self.guard(&name),
             cache: Default::default(),
             serial_pages: 0,
             holder: crate::store::LeaseHolder::this_process(),
@@ -322,12 +386,12 @@ impl Subscriptions {
         }
         .start();
         let handle = SubscriptionHandle {
-            name: H::NAME,
+            name: name.clone(),
             stop,
             status,
             commands,
         };
-        running.insert(H::NAME, handle.clone());
+        running.insert(name, handle.clone());
         Ok(handle)
     }
 
@@ -384,9 +448,10 @@ impl Subscriptions {
     pub async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, ControlError> {
         if let Some(handle) = self.running(name) {
             match handle.flush().await {
-                // A standby here: the holder commits on its own.
-                Some(Err(ControlError::Standby(_))) | None => {}
-                Some(flushed) => flushed?,
+                // A standby here: the holder commits on its own; a loop that just ended
+                // committed.
+                Err(ControlError::Standby(_) | ControlError::NotRunning(_)) => {}
+                flushed => flushed?,
             }
         }
         Ok(parked_in_store(&*self.store, name).await?)
@@ -476,7 +541,7 @@ impl Subscriptions {
     async fn on_parked<T>(
         &self,
         name: &str,
-        local: impl Fn(SubscriptionHandle) -> BoxFuture<'static, Option<Result<T, ControlError>>>,
+        local: impl Fn(SubscriptionHandle) -> BoxFuture<'static, Result<T, ControlError>>,
         operation: control::Operation,
         from_reply: impl Fn(control::Reply) -> Option<T>,
         stopped: impl Fn(Option<Lease>) -> BoxFuture<'static, Result<T, StoreError>>,
@@ -485,8 +550,8 @@ impl Subscriptions {
         loop {
             if let Some(handle) = self.running(name) {
                 match local(handle).await {
-                    Some(Err(ControlError::Standby(_))) | None => {}
-                    Some(result) => return result,
+                    Err(ControlError::Standby(_) | ControlError::NotRunning(_)) => {}
+                    result => return result,
                 }
             }
             if let Some(holder) = control::holder_elsewhere(&*self.store, name).await? {

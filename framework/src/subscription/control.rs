@@ -258,7 +258,7 @@ pub(crate) async fn send(
     loop {
         if let Some(bytes) = store.load_state(name, &reply_key(id)).await? {
             let reply: Reply = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Codec(format!("control reply: {e}")))?;
+                .map_err(|e| StoreError::codec("control reply", e))?;
             let delete = StateWrite {
                 key: reply_key(id),
                 value: None,

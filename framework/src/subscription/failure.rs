@@ -84,6 +84,7 @@ fn splitmix(mut x: u64) -> u64 {
 /// An event that a subscription parked: it failed (or its stream was parked before it) and waits
 /// to be replayed or skipped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ParkedEvent {
     /// The event's global position.
     pub position: u64,
@@ -99,6 +100,7 @@ pub struct ParkedEvent {
 
 /// What a replay of a parked stream did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplayOutcome {
     /// Parked events handled (and removed from the parked list), in order.
     pub handled: u64,
@@ -129,6 +131,12 @@ pub enum ControlError {
     /// The store failed (or another instance moved the checkpoint meanwhile).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The subscription's loop is not running in this process (it stopped or failed, or its
+    /// actor is gone): nothing was done. [`SubscriptionHandle`](super::SubscriptionHandle)'s
+    /// operations go through the running loop only; those of
+    /// [`Subscriptions`](super::Subscriptions) work on a stopped subscription too.
+    #[error("subscription {0:?} is not running here")]
+    NotRunning(String),
     /// The operation needs the subscription stopped (a reset).
     #[error("subscription {0:?} is running: stop it first")]
     Running(String),
@@ -241,8 +249,7 @@ pub async fn parked_in_store(
         .await?
         .into_iter()
         .map(|(_, v)| {
-            serde_json::from_slice(&v)
-                .map_err(|e| StoreError::Codec(format!("parked event record: {e}")))
+            serde_json::from_slice(&v).map_err(|e| StoreError::codec("parked event record", e))
         })
         .collect()
 }
@@ -280,7 +287,7 @@ pub async fn subscription_status_from_store(
     match store.load_state(name, STATUS).await? {
         Some(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| StoreError::Codec(format!("subscription status record: {e}"))),
+            .map_err(|e| StoreError::codec("subscription status record", e)),
         None => Ok(None),
     }
 }

@@ -114,7 +114,11 @@ pub enum HandlerFailure {
 /// ```
 #[async_trait]
 pub trait EventHandler: Send + 'static {
-    /// The subscription's name: stable across releases, since the checkpoint is stored under it.
+    /// The subscription's default name: stable across releases, since the checkpoint is stored
+    /// under it. A valid [`SubscriptionName`](super::SubscriptionName) (the derive checks it).
+    /// To run the handler under another name, or under several at once, set
+    /// [`SubscriptionConfig::name`](super::SubscriptionConfig::name) when starting it; the
+    /// handler sees the name it runs under in [`EventContext::subscription`].
     const NAME: &'static str;
 
     /// Every event type name the handler handles.
@@ -177,13 +181,27 @@ pub struct EventContext<'a> {
     pub(crate) fencing_token: Option<u64>,
 }
 
+impl std::fmt::Debug for EventContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventContext")
+            .field("subscription", &self.name)
+            .field("position", &self.event.position)
+            .field("stream_id", &self.event.stream_id)
+            .field("event_type", &self.event.event_type)
+            .field("fencing_token", &self.fencing_token)
+            .field("writes", &self.writes.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a> EventContext<'a> {
     /// The event being handled, with its metadata (position, stream, ids, timestamp).
     pub fn event(&self) -> &'a RecordedEvent {
         self.event
     }
 
-    /// The subscription's name.
+    /// The name of the subscription the handler runs as (its `NAME`, or the name it was
+    /// started under).
     pub fn subscription(&self) -> &'a str {
         self.name
     }

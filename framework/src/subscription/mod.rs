@@ -13,6 +13,7 @@ mod actor;
 mod control;
 mod failure;
 mod handler;
+mod name;
 mod runner;
 mod status;
 mod wait;
@@ -35,6 +36,7 @@ pub use self::handler::{
     EventContext, EventHandler, Handle, HandlerError, HandlerFailure, Refused, StartFrom,
     Unavailable,
 };
+pub use self::name::{SubscriptionName, SubscriptionNameError, MAX_SUBSCRIPTION_NAME_LEN};
 #[cfg(feature = "nats")]
 pub(crate) use self::status::initial as status_cell_default;
 pub use self::status::{InboxProgress, SubscriptionState, SubscriptionStatus};
@@ -44,6 +46,11 @@ pub use self::wait::{position_of, Among, WaitError};
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SubscriptionConfig {
+    /// The name to run the subscription under, instead of its handler's
+    /// [`EventHandler::NAME`]: the same handler type runs as several subscriptions, each with
+    /// its own checkpoint, state, status, parked events and lease. Default `None` (the
+    /// handler's name).
+    pub name: Option<SubscriptionName>,
     /// Events read per page (and so held in memory at most). Default 256.
     pub batch_size: usize,
     /// Commit the checkpoint after this many handled events. Default 1 000.
@@ -70,6 +77,7 @@ pub struct SubscriptionConfig {
 impl Default for SubscriptionConfig {
     fn default() -> Self {
         SubscriptionConfig {
+            name: None,
             batch_size: 256,
             commit_every: 1000,
             commit_interval: Duration::from_millis(500),
@@ -82,43 +90,65 @@ impl Default for SubscriptionConfig {
 }
 
 impl SubscriptionConfig {
+    /// Runs the subscription under `name` instead of its handler's [`EventHandler::NAME`].
+    ///
+    /// ```
+    /// use tidings::subscription::{SubscriptionConfig, SubscriptionName};
+    /// // Rebuild the totals side by side with the running `totals`, then switch over.
+    /// let config = SubscriptionConfig::default().name(SubscriptionName::new("totals-v2")?);
+    /// assert_eq!(config.name.unwrap(), "totals-v2");
+    /// # Ok::<(), tidings::subscription::SubscriptionNameError>(())
+    /// ```
+    #[must_use]
+    pub fn name(mut self, name: SubscriptionName) -> Self {
+        self.name = Some(name);
+        self
+    }
+
     /// Sets the page size.
+    #[must_use]
     pub fn batch_size(mut self, events: usize) -> Self {
         self.batch_size = events.max(1);
         self
     }
 
     /// Sets how many events are handled between checkpoint commits.
+    #[must_use]
     pub fn commit_every(mut self, events: u64) -> Self {
         self.commit_every = events.max(1);
         self
     }
 
     /// Sets the longest time between checkpoint commits.
+    #[must_use]
     pub fn commit_interval(mut self, interval: Duration) -> Self {
         self.commit_interval = interval;
         self
     }
 
     /// Sets how many panics are restarted.
+    #[must_use]
     pub fn max_restarts(mut self, restarts: u64) -> Self {
         self.max_restarts = restarts;
         self
     }
 
     /// Sets the pause before a restart.
+    #[must_use]
     pub fn restart_backoff(mut self, backoff: Duration) -> Self {
         self.restart_backoff = backoff;
         self
     }
 
     /// Sets what a handler error does.
+    #[must_use]
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.failure_policy = policy;
         self
     }
 
     /// Sets how long the lease lasts unless renewed (at least 30 ms).
+    #[must_use]
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl.max(Duration::from_millis(30));
         self

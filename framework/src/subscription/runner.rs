@@ -84,9 +84,9 @@ impl From<StoreError> for Fault {
             ));
         }
         if e.is_transient() {
-            Fault::Unavailable(e.to_string())
+            Fault::Unavailable(crate::store::error_chain(&e))
         } else {
-            Fault::Fatal(format!("store error: {e}"))
+            Fault::Fatal(format!("store error: {}", crate::store::error_chain(&e)))
         }
     }
 }
@@ -123,6 +123,8 @@ fn is_final(failure: &HandlerFailure) -> bool {
 }
 
 pub(crate) struct Runner<H: EventHandler> {
+    /// The subscription's name: where its checkpoint, state and lease are kept.
+    pub name: super::SubscriptionName,
     /// One handler per partition (one for an unpartitioned subscription); the events of a
     /// stream always go to the same one.
     pub handlers: Vec<H>,
@@ -182,7 +184,7 @@ enum Flow {
 impl<H: EventHandler> Runner<H> {
     /// Runs until stopped or failed; restarts after handler panics.
     pub async fn run(mut self) {
-        let span = info_span!("subscription", name = H::NAME);
+        let span = info_span!("subscription", name = %self.name);
         async move {
             let _guard = self.guard.clone().lock_owned().await;
             loop {
@@ -232,7 +234,11 @@ impl<H: EventHandler> Runner<H> {
             if self.stop_requested() {
                 return Taken::Stopped;
             }
-            match self.store.acquire_lease(H::NAME, &self.holder, ttl).await {
+            match self
+                .store
+                .acquire_lease(&self.name, &self.holder, ttl)
+                .await
+            {
                 Ok(LeaseAttempt::Acquired(lease)) => {
                     info!(
                         generation = lease.generation,
@@ -444,10 +450,11 @@ impl<H: EventHandler> Runner<H> {
     /// Carries the counters of the last status record over (handled events, retries and
     /// restarts are totals, not per process).
     async fn restore_counters(&self) -> Result<(), StoreError> {
-        let stored = match subscription_status_from_store(&*self.store, H::NAME).await {
+        let stored = match subscription_status_from_store(&*self.store, &self.name).await {
             Ok(stored) => stored,
             // The record is advisory (written by a newer version, say): start the totals anew.
-            Err(StoreError::Codec(reason)) => {
+            Err(e @ StoreError::Codec { .. }) => {
+                let reason = crate::store::error_chain(&e);
                 warn!(%reason, "the stored status record does not decode; totals start at 0");
                 None
             }
@@ -489,12 +496,12 @@ impl<H: EventHandler> Runner<H> {
         match &self.lease {
             Some(lease) => {
                 self.store
-                    .commit_checkpoint_fenced(lease, H::NAME, expected, position, writes)
+                    .commit_checkpoint_fenced(lease, &self.name, expected, position, writes)
                     .await
             }
             None => {
                 self.store
-                    .commit_checkpoint(H::NAME, expected, position, writes)
+                    .commit_checkpoint(&self.name, expected, position, writes)
                     .await
             }
         }
@@ -517,7 +524,8 @@ impl<H: EventHandler> Runner<H> {
     /// Loads the checkpoint, parked streams and deferred replays: the start of every run.
     /// Returns the checkpoint and the last commit.
     async fn begin(&mut self) -> Result<(u64, Committed), Fault> {
-        let name = H::NAME;
+        let name = self.name.clone();
+        let name = name.as_str();
         self.cache.clear();
         let stored = self.store.load_checkpoint(name).await?;
         let checkpoint = match stored {
@@ -886,7 +894,7 @@ impl<H: EventHandler> Runner<H> {
         pending: &mut StateBatch,
     ) -> Result<(), Fault> {
         let key = parked_key(event.position);
-        if !pending.contains_key(&key) && self.store.load_state(H::NAME, &key).await?.is_none() {
+        if !pending.contains_key(&key) && self.store.load_state(&self.name, &key).await?.is_none() {
             park(pending, event, "an earlier event of its stream is parked");
             self.status.update(|s| s.parked += 1);
         }
@@ -897,6 +905,7 @@ impl<H: EventHandler> Runner<H> {
     /// The handler of `partition`, with what it needs to handle events.
     fn worker(&mut self, partition: usize) -> Worker<'_, H> {
         Worker {
+            name: &self.name,
             handler: &mut self.handlers[partition],
             store: &*self.store,
             policy: &self.config.failure_policy,
@@ -936,6 +945,7 @@ impl<H: EventHandler> Runner<H> {
         let seen = Mutex::new(Accesses::new());
         let results: Vec<Vec<(u64, Outcome)>> = {
             let store = &*self.store;
+            let name: &str = &self.name;
             let policy = &self.config.failure_policy;
             let status = &self.status;
             let cache = &self.cache;
@@ -946,6 +956,7 @@ impl<H: EventHandler> Runner<H> {
             let lanes = self.handlers.iter_mut().zip(queues).enumerate().map(
                 |(partition, (handler, queue))| {
                     let worker = Worker {
+                        name,
                         handler,
                         store,
                         policy,
@@ -1230,6 +1241,8 @@ async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, duration: Duration) -> 
 
 /// A handler with what it needs to handle events: one per partition.
 struct Worker<'a, H> {
+    /// The subscription's name.
+    name: &'a str,
     handler: &'a mut H,
     store: &'a dyn EventStore,
     policy: &'a FailurePolicy,
@@ -1258,7 +1271,7 @@ impl<H: EventHandler> Worker<'_, H> {
         let mut unavailable = 0u32;
         loop {
             let mut ctx = EventContext {
-                name: H::NAME,
+                name: self.name,
                 event,
                 store: self.store,
                 pending,
@@ -1388,7 +1401,7 @@ impl<H: EventHandler> Runner<H> {
         checkpoint: u64,
         pending: &mut StateBatch,
     ) -> Result<(), Fault> {
-        let requests = control::requests(&*self.store, H::NAME).await?;
+        let requests = control::requests(&*self.store, &self.name).await?;
         if requests.is_empty() {
             return Ok(());
         }
@@ -1416,7 +1429,7 @@ impl<H: EventHandler> Runner<H> {
             }
         }
         let mut batch = StateBatch::new();
-        for w in control::prune_replies(&*self.store, H::NAME).await? {
+        for w in control::prune_replies(&*self.store, &self.name).await? {
             batch.insert(w.key, w.value);
         }
         self.commit(committed, checkpoint, &mut batch).await?;
@@ -1433,7 +1446,7 @@ impl<H: EventHandler> Runner<H> {
         checkpoint: u64,
         settle: Option<Uuid>,
     ) -> Result<bool, Fault> {
-        let parked = parked_in_store(&*self.store, H::NAME).await?;
+        let parked = parked_in_store(&*self.store, &self.name).await?;
         let Some(entry) = parked.iter().find(|p| p.position == position) else {
             if let Some(id) = settle {
                 let mut batch = StateBatch::new();
@@ -1474,7 +1487,7 @@ impl<H: EventHandler> Runner<H> {
         checkpoint: u64,
         settle: Option<Uuid>,
     ) -> Result<ReplayOutcome, Fault> {
-        let entries: Vec<ParkedEvent> = parked_in_store(&*self.store, H::NAME)
+        let entries: Vec<ParkedEvent> = parked_in_store(&*self.store, &self.name)
             .await?
             .into_iter()
             .filter(|p| p.stream_id == stream)

@@ -82,7 +82,7 @@ pub enum WaitError {
     #[error("no subscription named {0:?} was started here")]
     NotStarted(String),
     /// Reading the stored checkpoint of a subscription that another process runs failed.
-    #[error("reading the checkpoint of {name:?}: {source}")]
+    #[error("reading the checkpoint of {name:?} failed")]
     Store {
         /// The subscription.
         name: String,
@@ -156,7 +156,7 @@ async fn wait_one(
                 // state kept through the context shows it when the wait returns.
                 match tokio::time::timeout_at(deadline, handle.flush()).await {
                     Err(_) => return Ok(Err(status)),
-                    Ok(Some(Ok(()))) => continue,
+                    Ok(Ok(())) => continue,
                     // The loop ended, changed hands or could not commit: look again once its
                     // status changes (or shortly), not in a tight loop.
                     Ok(_) => Some(Instant::now() + STANDBY_POLL),

@@ -18,7 +18,9 @@ use uuid::Uuid;
 use super::{BrokerError, NatsBroker};
 use crate::broker::headers;
 use crate::event::EventDecodeError;
-use crate::store::{EventData, EventStore, ExpectedVersion, StateWrite, StoreError};
+use crate::store::{
+    EventData, EventStore, ExpectedVersion, IntoEventStore, StateWrite, StoreError,
+};
 use crate::subscription::{
     encode_parked, parked_in_store, parked_key, parked_message_key, replay_key,
     replay_requests_in_store, status_write, subscription_status_from_store, FailurePolicy,
@@ -131,30 +133,35 @@ impl InboxConfig {
     }
 
     /// Sets what a failing message does.
+    #[must_use]
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.failure_policy = policy;
         self
     }
 
     /// Sets how often the running inbox refreshes its status record (at least 10 ms).
+    #[must_use]
     pub fn status_interval(mut self, interval: Duration) -> Self {
         self.status_interval = interval.max(Duration::from_millis(10));
         self
     }
 
     /// Sets the subject filter.
+    #[must_use]
     pub fn filter_subject(mut self, subject: impl Into<String>) -> Self {
         self.filter_subject = Some(subject.into());
         self
     }
 
     /// Sets the acknowledgement wait.
+    #[must_use]
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = wait;
         self
     }
 
     /// Sets how many message ids are remembered.
+    #[must_use]
     pub fn remember(mut self, ids: u64) -> Self {
         self.remember = ids.max(1);
         self
@@ -257,6 +264,15 @@ pub struct NatsInbox<H: InboxHandler> {
     checkpoint: Option<u64>,
 }
 
+impl<H: InboxHandler> std::fmt::Debug for NatsInbox<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsInbox")
+            .field("config", &self.config)
+            .field("checkpoint", &self.checkpoint)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A running inbox: its figures, and a stop.
 #[derive(Clone, Debug)]
 pub struct InboxHandle {
@@ -343,9 +359,9 @@ fn derive_id(inbox: &str, id: &str, index: u32) -> Uuid {
 }
 
 impl<H: InboxHandler> NatsInbox<H> {
-    /// An inbox on `broker`, appending to `store`.
+    /// An inbox on `broker`, appending to `store` (see [`IntoEventStore`]).
     pub fn new(
-        store: Arc<dyn EventStore>,
+        store: impl IntoEventStore,
         broker: &NatsBroker,
         config: InboxConfig,
         handler: H,
@@ -353,7 +369,7 @@ impl<H: InboxHandler> NatsInbox<H> {
         let mut status = crate::subscription::status_cell_default(&config.name);
         status.inbox = Some(InboxProgress::new(config.stream.clone()));
         NatsInbox {
-            store,
+            store: store.into_event_store(),
             broker: broker.clone(),
             config,
             handler,
@@ -892,7 +908,8 @@ impl<H: InboxHandler> NatsInbox<H> {
         let name = self.config.name.clone();
         let stored = match subscription_status_from_store(&*self.store, &name).await {
             Ok(stored) => stored,
-            Err(StoreError::Codec(e)) => {
+            Err(e @ StoreError::Codec { .. }) => {
+                let e = crate::store::error_chain(&e);
                 warn!(inbox = %name, error = %e, "the inbox's status record does not decode; it starts a new one");
                 None
             }

@@ -127,6 +127,7 @@ impl RelayConfig {
     ///     });
     /// assert!(config.on_published.is_some());
     /// ```
+    #[must_use]
     pub fn on_published(
         mut self,
         f: impl Fn(&RecordedEvent, &Published, Duration) + Send + Sync + 'static,
@@ -136,18 +137,21 @@ impl RelayConfig {
     }
 
     /// Sets the number of lanes (at least 1).
+    #[must_use]
     pub fn lanes(mut self, lanes: usize) -> Self {
         self.lanes = lanes.max(1);
         self
     }
 
     /// Sets the acknowledgement timeout.
+    #[must_use]
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.ack_timeout = timeout;
         self
     }
 
     /// Sets the subscription's settings.
+    #[must_use]
     pub fn subscription(mut self, config: SubscriptionConfig) -> Self {
         self.subscription = config;
         self
@@ -198,7 +202,7 @@ impl PublishFailure {
 pub struct NatsPublisher {
     jetstream: jetstream::Context,
     subjects: SubjectTemplate,
-    relay: &'static str,
+    relay: String,
 }
 
 impl NatsPublisher {
@@ -208,14 +212,14 @@ impl NatsPublisher {
         broker: &NatsBroker,
         subjects: SubjectTemplate,
         ack_timeout: Duration,
-        relay: &'static str,
+        relay: impl Into<String>,
     ) -> Self {
         let mut jetstream = jetstream::new(broker.client().clone());
         jetstream.set_timeout(ack_timeout);
         NatsPublisher {
             jetstream,
             subjects,
-            relay,
+            relay: relay.into(),
         }
     }
 
@@ -255,7 +259,7 @@ impl NatsPublisher {
             headers::TIMESTAMP,
             event.timestamp_micros.to_string().as_str(),
         );
-        h.insert(headers::RELAY, self.relay);
+        h.insert(headers::RELAY, self.relay.as_str());
         Ok((self.subjects.render(event), h))
     }
 
@@ -313,8 +317,9 @@ fn classify(e: PublishError) -> PublishFailure {
 ///   broker refuses (too large) is parked with the rest of its stream, as the subscription's
 ///   failure policy says, and can be replayed or skipped like any parked event.
 ///
-/// Its status, lag and parked events are those of a subscription named `S::NAME`: the CLI's
-/// `subscriptions` commands show them.
+/// Its status, lag and parked events are those of a subscription named `S::NAME` (or the name
+/// set with [`SubscriptionConfig::name`] in [`RelayConfig::subscription`], which the messages'
+/// relay header carries too): the CLI's `subscriptions` commands show them.
 ///
 /// ```no_run
 /// # use std::time::Duration;
@@ -337,6 +342,15 @@ pub struct NatsRelay<S: RelaySpec> {
     spec: PhantomData<fn() -> S>,
 }
 
+impl<S: RelaySpec> std::fmt::Debug for NatsRelay<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsRelay")
+            .field("publisher", &self.publisher)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
 impl<S: RelaySpec> Clone for NatsRelay<S> {
     fn clone(&self) -> Self {
         NatsRelay {
@@ -350,8 +364,13 @@ impl<S: RelaySpec> Clone for NatsRelay<S> {
 impl<S: RelaySpec> NatsRelay<S> {
     /// A relay on `broker`'s connection.
     pub fn new(broker: &NatsBroker, config: RelayConfig) -> Self {
+        let name = config
+            .subscription
+            .name
+            .as_ref()
+            .map_or(S::NAME, |name| name.as_str());
         let publisher =
-            NatsPublisher::new(broker, config.subjects.clone(), config.ack_timeout, S::NAME);
+            NatsPublisher::new(broker, config.subjects.clone(), config.ack_timeout, name);
         NatsRelay {
             publisher: Arc::new(publisher),
             config: Arc::new(config),

@@ -38,14 +38,15 @@ pub fn pg_error(e: tokio_postgres::Error) -> StoreError {
         return StoreError::Unavailable(e.to_string());
     }
     if let Some(db) = e.as_db_error() {
-        return StoreError::Engine(format!("postgres {}: {}", db.code().code(), db.message()));
+        let message = format!("postgres {}", db.code().code());
+        return StoreError::engine(message, e);
     }
     // No server error and not closed: I/O or protocol trouble on the way to the server.
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
     if io {
         StoreError::Unavailable(e.to_string())
     } else {
-        StoreError::Engine(format!("postgres: {e}"))
+        StoreError::engine("postgres", e)
     }
 }
 

@@ -497,7 +497,7 @@ impl PostgresEventStore {
         };
         let opened = match runtime.spawn(opening).await {
             Ok(result) => result,
-            Err(e) => Err(StoreError::Engine(format!("opening the store: {e}"))),
+            Err(e) => Err(StoreError::engine("opening the store", e)),
         };
         if let Err(e) = opened {
             shared.pool.close();

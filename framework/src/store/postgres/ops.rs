@@ -328,8 +328,9 @@ fn event_from_row(row: &Row, at: usize) -> Result<RecordedEvent> {
 
 /// A transaction id (xid8) as the server prints it.
 fn parse_xid(text: &str) -> Result<u64> {
-    text.parse()
-        .map_err(|_| StoreError::Engine(format!("postgres returned a bad transaction id {text:?}")))
+    text.parse().map_err(|_| {
+        StoreError::engine_message(format!("postgres returned a bad transaction id {text:?}"))
+    })
 }
 
 /// The durable head: the highest position below the read horizon.
@@ -517,12 +518,12 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
     let client = match shared.client().await {
         Ok(client) => client,
         Err(e) => {
-            let message = e.to_string();
+            let message = crate::store::error_chain(&e);
             for p in batch {
                 let error = if e.is_transient() {
                     StoreError::Unavailable(message.clone())
                 } else {
-                    StoreError::Engine(message.clone())
+                    StoreError::engine_message(message.clone())
                 };
                 let _ = p.reply.send(Err(error));
             }
@@ -608,8 +609,8 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
         let first: Vec<Option<i64>> = row.try_get(1).map_err(pg_error)?;
         let xid: Option<String> = row.try_get(2).map_err(pg_error)?;
         if actual.len() != batch.len() || first.len() != batch.len() {
-            return Err(StoreError::Engine(
-                "postgres append_batch returned the wrong number of results".into(),
+            return Err(StoreError::engine_message(
+                "postgres append_batch returned the wrong number of results",
             ));
         }
         Ok((actual, first, xid))
@@ -617,9 +618,11 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
     let (actual, first, xid) = match decoded {
         Ok(decoded) => decoded,
         Err(e) => {
-            let message = e.to_string();
+            let message = crate::store::error_chain(&e);
             for p in batch {
-                let _ = p.reply.send(Err(StoreError::Engine(message.clone())));
+                let _ = p
+                    .reply
+                    .send(Err(StoreError::engine_message(message.clone())));
             }
             return;
         }

@@ -66,24 +66,28 @@ impl SledConfig {
     }
 
     /// Sets the page cache size in bytes.
+    #[must_use]
     pub fn cache_capacity_bytes(mut self, bytes: u64) -> Self {
         self.cache_capacity_bytes = bytes;
         self
     }
 
     /// Sets the largest commit group.
+    #[must_use]
     pub fn max_group(mut self, requests: usize) -> Self {
         self.max_group = requests.max(1);
         self
     }
 
     /// Sets the size at which a log chunk is closed.
+    #[must_use]
     pub fn chunk_target_bytes(mut self, bytes: usize) -> Self {
         self.chunk_target_bytes = bytes.max(1);
         self
     }
 
     /// Sets how many stream heads the writer caches.
+    #[must_use]
     pub fn stream_cache_capacity(mut self, streams: usize) -> Self {
         self.stream_cache_capacity = streams;
         self
@@ -308,7 +312,7 @@ impl SledEventStore {
         let shared = self.inner.shared.clone();
         match tokio::task::spawn_blocking(move || f(&shared)).await {
             Ok(result) => result,
-            Err(e) => Err(StoreError::Engine(format!("a store read failed: {e}"))),
+            Err(e) => Err(StoreError::engine("a store read failed", e)),
         }
     }
 }
@@ -387,7 +391,7 @@ fn open_sled(config: &sled::Config, path: &Path) -> Result<sled::Db> {
             }
             Ok(Err(e)) => return Err(engine_error(e, path)),
             Err(_) => {
-                return Err(StoreError::Engine(format!(
+                return Err(StoreError::engine_message(format!(
                     "the storage engine panicked while opening {}",
                     path.display()
                 )))

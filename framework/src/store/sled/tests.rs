@@ -205,7 +205,7 @@ fn flipped_bits_in_the_data_file_never_panic_and_never_return_wrong_data() {
                 refusals.insert(match e {
                     StoreError::Damaged { .. } => "damaged",
                     StoreError::DamagedMetadata { .. } => "damaged metadata",
-                    StoreError::Engine(_) => "engine",
+                    StoreError::Engine { .. } => "engine",
                     StoreError::Io(_) => "io",
                     other => panic!("unexpected error for a damaged file: {other}"),
                 });

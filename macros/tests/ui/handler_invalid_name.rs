@@ -1,0 +1,21 @@
+use serde::{Deserialize, Serialize};
+use tidings::subscription::{EventContext, Handle, HandlerError};
+use tidings::{async_trait, DomainEvent, EventHandler};
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+enum OrderEvent {
+    OrderPlaced { cents: u64 },
+}
+
+#[derive(EventHandler)]
+#[event_handler(name = "totals v2", events(OrderEvent))]
+struct Counter;
+
+#[async_trait]
+impl Handle<OrderEvent> for Counter {
+    async fn handle(&mut self, _: OrderEvent, _: &mut EventContext<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+fn main() {}
