@@ -74,7 +74,7 @@ fn decide(command: Add) -> Result<CounterEvent, ZeroAdd> {
 }
 
 impl tidings::aggregate::Aggregate for Counter {
-    const TYPE: &'static str = "counter";
+    const CATEGORY: &'static str = "counter";
     type Command = Add;
     type Event = CounterEvent;
     type Error = ZeroAdd;

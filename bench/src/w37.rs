@@ -8,7 +8,7 @@ use rand::seq::index::sample;
 use rand::SeedableRng;
 use tidings::store::{EventStore, Filter, SledEventStore};
 use tidings::subscription::{
-    EventContext, Handle, HandlerError, SubscriptionConfig, Subscriptions,
+    EventContext, HandleEvent, HandlerError, SubscriptionConfig, Subscriptions,
 };
 use tidings::{async_trait, EventHandler};
 
@@ -26,7 +26,7 @@ use crate::Settings;
 pub struct NoOp;
 
 #[async_trait]
-impl Handle<BenchEvent> for NoOp {
+impl HandleEvent<BenchEvent> for NoOp {
     async fn handle(
         &mut self,
         _event: BenchEvent,
@@ -42,7 +42,7 @@ impl Handle<BenchEvent> for NoOp {
 pub struct NoOpTuned;
 
 #[async_trait]
-impl Handle<BenchEvent> for NoOpTuned {
+impl HandleEvent<BenchEvent> for NoOpTuned {
     async fn handle(
         &mut self,
         _event: BenchEvent,
@@ -58,7 +58,7 @@ impl Handle<BenchEvent> for NoOpTuned {
 pub struct TenPercent;
 
 #[async_trait]
-impl Handle<OneInTen> for TenPercent {
+impl HandleEvent<OneInTen> for TenPercent {
     async fn handle(
         &mut self,
         _event: OneInTen,

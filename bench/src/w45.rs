@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tidings::aggregate::{AggregateConfig, AggregateRegistry};
 use tidings::store::{EventStore, SledEventStore};
-use tidings::subscription::{EventContext, Handle, HandlerError, Subscriptions};
+use tidings::subscription::{EventContext, HandleEvent, HandlerError, Subscriptions};
 use tidings::{async_trait, EventHandler};
 use tokio::sync::mpsc;
 
@@ -28,7 +28,7 @@ pub struct EndToEnd {
 }
 
 #[async_trait]
-impl Handle<CounterEvent> for EndToEnd {
+impl HandleEvent<CounterEvent> for EndToEnd {
     async fn handle(
         &mut self,
         event: CounterEvent,
@@ -61,7 +61,7 @@ pub fn w4(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
         for i in 0..warmup + n {
             let sent = now_nanos();
             registry
-                .execute_command(
+                .execute_fresh(
                     &format!("{}", i % 100),
                     Add {
                         n: 1,
@@ -170,7 +170,7 @@ pub fn w5(s: &Settings, rows: &mut Vec<Row>) -> Result<(), String> {
                         let mut k = w;
                         while k < commands {
                             registry
-                                .execute_command(
+                                .execute_fresh(
                                     &aggregate_of(k),
                                     Add {
                                         n: 1,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tidings::store::{EventStore, ExpectedVersion, SledEventStore};
-use tidings::subscription::{EventContext, Handle, HandlerError, Subscriptions};
+use tidings::subscription::{EventContext, HandleEvent, HandlerError, Subscriptions};
 use tidings::{async_trait, DomainEvent, EventHandler};
 
 /// The events the subscriptions read.
@@ -30,7 +30,7 @@ enum OrderEvent {
 struct Noop;
 
 #[async_trait]
-impl Handle<OrderEvent> for Noop {
+impl HandleEvent<OrderEvent> for Noop {
     async fn handle(
         &mut self,
         _: OrderEvent,
@@ -46,7 +46,7 @@ impl Handle<OrderEvent> for Noop {
 struct Projection;
 
 #[async_trait]
-impl Handle<OrderEvent> for Projection {
+impl HandleEvent<OrderEvent> for Projection {
     async fn handle(
         &mut self,
         event: OrderEvent,
@@ -68,7 +68,7 @@ impl Handle<OrderEvent> for Projection {
 struct Partitioned;
 
 #[async_trait]
-impl Handle<OrderEvent> for Partitioned {
+impl HandleEvent<OrderEvent> for Partitioned {
     async fn handle(
         &mut self,
         event: OrderEvent,

@@ -25,7 +25,7 @@ pub use tidings_macros::{DomainEvent, EventHandler, ProcessManager};
 /// Aggregates and their registry, domain events (trait and derive), the store (the trait, the
 /// embedded store, [`IntoEventStore`](crate::store::IntoEventStore) to pass it around),
 /// subscriptions (the registry, a handler's traits and derive, its context, settings, names
-/// and waits), and `async_trait` for `Handle` impls.
+/// and waits), and `async_trait` for `HandleEvent` impls.
 pub mod prelude {
     pub use crate::aggregate::{
         Aggregate, AggregateConfig, AggregateError, AggregateRegistry, CommandEnvelope,
@@ -36,7 +36,7 @@ pub mod prelude {
         SledEventStore, StoreError,
     };
     pub use crate::subscription::{
-        Among, EventContext, EventHandler, FailurePolicy, Handle, HandlerError, StartFrom,
+        Among, EventContext, EventHandler, FailurePolicy, HandleEvent, HandlerError, StartFrom,
         SubscriptionConfig, SubscriptionHandle, SubscriptionName, Subscriptions,
     };
     pub use crate::{async_trait, DomainEvent, EventHandler, ProcessManager};
@@ -50,7 +50,9 @@ pub mod __private {
         handle_deadline as process_deadline, handle_event as process_event, DEADLINE_DUE_TYPE,
     };
     pub use crate::store::RecordedEvent;
-    pub use crate::subscription::{EventContext, EventHandler, Handle, HandlerFailure, StartFrom};
+    pub use crate::subscription::{
+        EventContext, EventHandler, HandleEvent, HandlerFailure, StartFrom,
+    };
     pub use async_trait::async_trait;
     pub use std::vec::Vec;
 }

@@ -1,5 +1,5 @@
 //! `#[derive(EventHandler)]`, and `#[derive(ProcessManager)]`, which is an event handler whose
-//! events go to the framework's process-manager routing instead of `Handle<E>` impls.
+//! events go to the framework's process-manager routing instead of `HandleEvent<E>` impls.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
@@ -13,7 +13,7 @@ const KEYS: &[&str] = &["name", "events", "start_from"];
 /// What is derived.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// `#[derive(EventHandler)]`: each event goes to its `Handle<E>` impl.
+    /// `#[derive(EventHandler)]`: each event goes to its `HandleEvent<E>` impl.
     Handler,
     /// `#[derive(ProcessManager)]`: each event goes to `Reacts<E>` through the framework, and
     /// the framework's deadline records are read too.
@@ -150,10 +150,10 @@ pub fn expand(input: &DeriveInput, kind: Kind) -> TokenStream {
     let errors = errors.finish();
     let name = name.map_or_else(|| quote!("invalid"), |n| n.to_token_stream());
     let arms = events.iter().map(|ty| {
-        // Spanned at the listed type: a missing `Handle<T>` impl is reported there.
+        // Spanned at the listed type: a missing `HandleEvent<T>` impl is reported there.
         let call = match kind {
             Kind::Handler => quote_spanned! {ty.span()=>
-                <Self as ::tidings::__private::Handle<#ty>>::handle(self, decoded, ctx)
+                <Self as ::tidings::__private::HandleEvent<#ty>>::handle(self, decoded, ctx)
                     .await
                     .map_err(::tidings::__private::HandlerFailure::Handler)
             },

@@ -24,7 +24,7 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 }
 
 /// Implements `tidings::subscription::EventHandler`: the subscription's name, the event types it
-/// handles, and the dispatch of each recorded event to the type's `Handle<E>` impl.
+/// handles, and the dispatch of each recorded event to the type's `HandleEvent<E>` impl.
 ///
 /// ```ignore
 /// #[derive(EventHandler)]
@@ -33,7 +33,7 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 /// ```
 ///
 /// - `name` (required): the subscription's stable name; its checkpoint is stored under it.
-/// - `events(...)` (required): the `DomainEvent` types handled; each needs an `impl Handle<T>`.
+/// - `events(...)` (required): the `DomainEvent` types handled; each needs an `impl HandleEvent<T>`.
 ///   Only their event types are read from the store, and only they are decoded.
 /// - `start_from`: `"beginning"` (default), `"end"`, or a position, used only the first time.
 #[proc_macro_derive(EventHandler, attributes(event_handler))]

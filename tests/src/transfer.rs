@@ -78,7 +78,7 @@ pub struct Account {
 }
 
 impl Aggregate for Account {
-    const TYPE: &'static str = "account";
+    const CATEGORY: &'static str = "account";
     type Command = AccountCommand;
     type Event = AccountEvent;
     type Error = AccountError;
@@ -179,7 +179,7 @@ pub struct Transfer {
 }
 
 impl Aggregate for Transfer {
-    const TYPE: &'static str = "transfer";
+    const CATEGORY: &'static str = "transfer";
     type Command = TransferCommand;
     type Event = TransferEvent;
     type Error = TransferError;

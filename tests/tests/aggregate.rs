@@ -82,7 +82,7 @@ struct Account {
 }
 
 impl Aggregate for Account {
-    const TYPE: &'static str = "account";
+    const CATEGORY: &'static str = "account";
     type Command = AccountCommand;
     type Event = AccountEvent;
     type Error = AccountError;
@@ -215,7 +215,7 @@ fn the_test_kit_reports_unexpected_events() {
 async fn the_same_command_id_twice_records_one_set_of_events() {
     let temp = TempStore::new().unwrap();
     let accounts = temp.registry::<Account>(AggregateConfig::default());
-    accounts.execute_command("a1", open("ada")).await.unwrap();
+    accounts.execute_fresh("a1", open("ada")).await.unwrap();
 
     let correlation = Uuid::now_v7();
     let command = CommandEnvelope::new(deposit(10)).correlated_with(correlation);
@@ -245,7 +245,7 @@ async fn idempotence_survives_passivation_and_reopening_the_store() {
         let store = SledEventStore::open(dir.path()).unwrap();
         let accounts =
             AggregateRegistry::<Account>::start(store.clone(), AggregateConfig::default());
-        accounts.execute_command("a1", open("ada")).await.unwrap();
+        accounts.execute_fresh("a1", open("ada")).await.unwrap();
         outcome = accounts.execute("a1", command.clone()).await.unwrap();
         // Passivate: the next command rebuilds the actor from the store.
         assert!(accounts.passivate("a1").await);
@@ -280,15 +280,15 @@ async fn a_command_is_forgotten_once_its_first_event_leaves_the_window() {
             .dedup_window(3)
             .snapshot_every(snapshots);
         let accounts = temp.registry::<Account>(config);
-        accounts.execute_command(id, open("ada")).await.unwrap();
+        accounts.execute_fresh(id, open("ada")).await.unwrap();
         let old = CommandEnvelope::new(deposit(1));
         accounts.execute(id, old.clone()).await.unwrap(); // version 2
-        accounts.execute_command(id, deposit(1)).await.unwrap(); // 3
-        accounts.execute_command(id, deposit(1)).await.unwrap(); // 4: window 2..=4
+        accounts.execute_fresh(id, deposit(1)).await.unwrap(); // 3
+        accounts.execute_fresh(id, deposit(1)).await.unwrap(); // 4: window 2..=4
         assert!(accounts.execute(id, old.clone()).await.unwrap().duplicate);
         accounts.passivate(id).await;
         assert!(accounts.execute(id, old.clone()).await.unwrap().duplicate);
-        accounts.execute_command(id, deposit(1)).await.unwrap(); // 5: window 3..=5
+        accounts.execute_fresh(id, deposit(1)).await.unwrap(); // 5: window 3..=5
         accounts.passivate(id).await;
         let late = accounts.execute(id, old.clone()).await.unwrap();
         assert!(
@@ -322,10 +322,10 @@ async fn a_refused_command_is_refused_again_after_the_state_changed() {
         let store = SledEventStore::open(dir.path()).unwrap();
         let accounts =
             AggregateRegistry::<Account>::start(store.clone(), AggregateConfig::default());
-        accounts.execute_command("a1", open("ada")).await.unwrap();
+        accounts.execute_fresh("a1", open("ada")).await.unwrap();
         let first = accounts.execute("a1", debit.clone()).await.unwrap_err();
         assert_eq!(first.rejection(), Some(&refusal));
-        accounts.execute_command("a1", deposit(80)).await.unwrap();
+        accounts.execute_fresh("a1", deposit(80)).await.unwrap();
 
         let again = accounts.execute("a1", debit.clone()).await.unwrap_err();
         assert_eq!(
@@ -370,7 +370,7 @@ async fn a_refused_command_is_refused_again_after_the_state_changed() {
 async fn an_acceptance_that_changed_nothing_is_remembered_too() {
     let temp = TempStore::new().unwrap();
     let accounts = temp.registry::<Account>(AggregateConfig::default());
-    accounts.execute_command("a1", open("ada")).await.unwrap();
+    accounts.execute_fresh("a1", open("ada")).await.unwrap();
     let touch = CommandEnvelope::new(AccountCommand::Touch);
     let first = accounts.execute("a1", touch.clone()).await.unwrap();
     assert_eq!((first.recorded, first.duplicate), (None, false));
@@ -384,26 +384,26 @@ async fn an_acceptance_that_changed_nothing_is_remembered_too() {
     accounts.shutdown().await;
 }
 
-/// `execute_command` gives each call a fresh id that nobody can send again: its refusals and
+/// `execute_fresh` gives each call a fresh id that nobody can send again: its refusals and
 /// empty acceptances are not recorded. With the window off, nothing is remembered either.
 #[actix::test]
 async fn fresh_ids_and_a_closed_window_record_no_decisions() {
     let temp = TempStore::new().unwrap();
     let accounts = temp.registry::<Account>(AggregateConfig::default());
-    accounts.execute_command("a1", open("ada")).await.unwrap();
+    accounts.execute_fresh("a1", open("ada")).await.unwrap();
     let err = accounts
-        .execute_command("a1", withdraw(50))
+        .execute_fresh("a1", withdraw(50))
         .await
         .unwrap_err();
     assert!(err.rejection().is_some());
     let touch = accounts
-        .execute_command("a1", AccountCommand::Touch)
+        .execute_fresh("a1", AccountCommand::Touch)
         .await
         .unwrap();
     assert_eq!((touch.recorded, touch.duplicate), (None, false));
     assert_eq!(stream(temp.store(), "a1").await.len(), 1);
     assert!(matches!(
-        accounts.execute_command("", deposit(1)).await,
+        accounts.execute_fresh("", deposit(1)).await,
         Err(AggregateError::InvalidId(_))
     ));
     accounts.shutdown().await;
@@ -411,7 +411,7 @@ async fn fresh_ids_and_a_closed_window_record_no_decisions() {
     let forgetful = temp.registry::<Account>(AggregateConfig::default().dedup_window(0));
     let big = CommandEnvelope::new(withdraw(50));
     assert!(forgetful.execute("a1", big.clone()).await.is_err());
-    forgetful.execute_command("a1", deposit(80)).await.unwrap();
+    forgetful.execute_fresh("a1", deposit(80)).await.unwrap();
     let retried = forgetful.execute("a1", big).await.unwrap();
     assert!(!retried.duplicate, "window 0: decided again");
     assert_eq!(stream(temp.store(), "a1").await.len(), 3);
@@ -424,16 +424,16 @@ async fn fresh_ids_and_a_closed_window_record_no_decisions() {
 async fn a_refusal_is_forgotten_once_it_leaves_the_window() {
     let temp = TempStore::new().unwrap();
     let accounts = temp.registry::<Account>(AggregateConfig::default().dedup_window(3));
-    accounts.execute_command("a1", open("ada")).await.unwrap(); // 1
+    accounts.execute_fresh("a1", open("ada")).await.unwrap(); // 1
     let big = CommandEnvelope::new(withdraw(50));
     assert!(accounts.execute("a1", big.clone()).await.is_err()); // 2: refused
-    accounts.execute_command("a1", deposit(40)).await.unwrap(); // 3
-    accounts.execute_command("a1", deposit(40)).await.unwrap(); // 4: window 2..=4
+    accounts.execute_fresh("a1", deposit(40)).await.unwrap(); // 3
+    accounts.execute_fresh("a1", deposit(40)).await.unwrap(); // 4: window 2..=4
     assert!(
         accounts.execute("a1", big.clone()).await.is_err(),
         "in the window"
     );
-    accounts.execute_command("a1", deposit(1)).await.unwrap(); // 5: window 3..=5
+    accounts.execute_fresh("a1", deposit(1)).await.unwrap(); // 5: window 3..=5
     accounts.passivate("a1").await;
     let late = accounts.execute("a1", big).await.unwrap();
     assert!(
@@ -450,7 +450,7 @@ async fn a_refusal_is_forgotten_once_it_leaves_the_window() {
 async fn a_refusal_that_no_longer_decodes_is_still_a_refusal() {
     let temp = TempStore::new().unwrap();
     let accounts = temp.registry::<Account>(AggregateConfig::default());
-    accounts.execute_command("a1", open("ada")).await.unwrap();
+    accounts.execute_fresh("a1", open("ada")).await.unwrap();
     let command = CommandEnvelope::new(deposit(5));
     // What an older version of the aggregate recorded, with an error variant since removed.
     let old = EventData::new(
@@ -489,14 +489,11 @@ async fn passivation_and_reload_give_the_same_state() {
         .idle_timeout(Some(Duration::from_millis(40)))
         .snapshot_every(Some(4));
     let accounts = temp.registry::<Account>(config.clone());
-    accounts.execute_command("a1", open("ada")).await.unwrap();
+    accounts.execute_fresh("a1", open("ada")).await.unwrap();
     for cents in 1..=10 {
-        accounts
-            .execute_command("a1", deposit(cents))
-            .await
-            .unwrap();
+        accounts.execute_fresh("a1", deposit(cents)).await.unwrap();
     }
-    accounts.execute_command("a1", withdraw(7)).await.unwrap();
+    accounts.execute_fresh("a1", withdraw(7)).await.unwrap();
     let before = accounts
         .query_versioned("a1", |a, v| (a.clone(), v))
         .await
@@ -535,13 +532,13 @@ async fn passivation_and_reload_give_the_same_state() {
 async fn concurrent_commands_to_one_aggregate_lose_no_update() {
     let temp = TempStore::new().unwrap();
     let accounts = temp.registry::<Account>(AggregateConfig::default());
-    accounts.execute_command("hot", open("ada")).await.unwrap();
+    accounts.execute_fresh("hot", open("ada")).await.unwrap();
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let accounts = accounts.clone();
             actix::spawn(async move {
                 for _ in 0..20 {
-                    accounts.execute_command("hot", deposit(1)).await.unwrap();
+                    accounts.execute_fresh("hot", deposit(1)).await.unwrap();
                 }
             })
         })
@@ -566,8 +563,8 @@ async fn concurrent_commands_to_one_aggregate_lose_no_update() {
 async fn a_write_from_outside_makes_the_next_command_reload_and_succeed() {
     let temp = TempStore::new().unwrap();
     let accounts = temp.registry::<Account>(AggregateConfig::default());
-    accounts.execute_command("a1", open("ada")).await.unwrap();
-    accounts.execute_command("a1", deposit(10)).await.unwrap();
+    accounts.execute_fresh("a1", open("ada")).await.unwrap();
+    accounts.execute_fresh("a1", deposit(10)).await.unwrap();
     // Someone else writes to the stream; the actor does not know.
     let outside = AccountEvent::Deposited { cents: 90 }
         .to_event_data()
@@ -578,9 +575,9 @@ async fn a_write_from_outside_makes_the_next_command_reload_and_succeed() {
         .unwrap();
     // Needs the outside deposit: the actor's stale state would refuse it... but the stale state
     // is never trusted past a conflict: the append fails, the actor reloads and decides again.
-    let outcome = accounts.execute_command("a1", deposit(1)).await.unwrap();
+    let outcome = accounts.execute_fresh("a1", deposit(1)).await.unwrap();
     assert_eq!(outcome.recorded.unwrap().first_version, 4);
-    accounts.execute_command("a1", withdraw(101)).await.unwrap();
+    accounts.execute_fresh("a1", withdraw(101)).await.unwrap();
     assert_eq!(accounts.query("a1", |a| a.balance).await.unwrap(), 0);
     accounts.shutdown().await;
 }
@@ -684,7 +681,7 @@ async fn conflicts_are_retried_a_bounded_number_of_times() {
     });
     let config = AggregateConfig::default().conflict_retries(2);
     let accounts = AggregateRegistry::<Account>::start(meddling.clone(), config);
-    accounts.execute_command("a1", open("ada")).await.unwrap();
+    accounts.execute_fresh("a1", open("ada")).await.unwrap();
 
     // Two conflicts: the third attempt succeeds.
     meddling.conflicts.store(2, Ordering::SeqCst);
@@ -695,7 +692,7 @@ async fn conflicts_are_retried_a_bounded_number_of_times() {
     // Three conflicts: gives up, records nothing for the command.
     meddling.conflicts.store(3, Ordering::SeqCst);
     let err = accounts
-        .execute_command("a1", deposit(100))
+        .execute_fresh("a1", deposit(100))
         .await
         .unwrap_err();
     assert!(
@@ -718,18 +715,18 @@ async fn conflicts_are_retried_a_bounded_number_of_times() {
 async fn a_panicking_handle_restarts_the_actor_and_later_commands_work() {
     let temp = TempStore::new().unwrap();
     let accounts = temp.registry::<Account>(AggregateConfig::default());
-    accounts.execute_command("a1", open("ada")).await.unwrap();
-    accounts.execute_command("a1", deposit(5)).await.unwrap();
+    accounts.execute_fresh("a1", open("ada")).await.unwrap();
+    accounts.execute_fresh("a1", deposit(5)).await.unwrap();
 
     // Commands queued behind the panicking one are answered after the restart.
     let queued: Vec<_> = (0..5)
         .map(|_| {
             let accounts = accounts.clone();
-            actix::spawn(async move { accounts.execute_command("a1", deposit(1)).await })
+            actix::spawn(async move { accounts.execute_fresh("a1", deposit(1)).await })
         })
         .collect();
     let err = accounts
-        .execute_command("a1", AccountCommand::Explode)
+        .execute_fresh("a1", AccountCommand::Explode)
         .await
         .unwrap_err();
     assert!(
@@ -740,7 +737,7 @@ async fn a_panicking_handle_restarts_the_actor_and_later_commands_work() {
         task.await.unwrap().unwrap();
     }
     assert_eq!(accounts.stats().restarts, 1);
-    accounts.execute_command("a1", deposit(1)).await.unwrap();
+    accounts.execute_fresh("a1", deposit(1)).await.unwrap();
     assert_eq!(accounts.query("a1", |a| a.balance).await.unwrap(), 11);
     assert_eq!(stream(temp.store(), "a1").await.len(), 8);
     accounts.shutdown().await;
@@ -750,9 +747,9 @@ async fn a_panicking_handle_restarts_the_actor_and_later_commands_work() {
 async fn a_panicking_apply_records_nothing() {
     let temp = TempStore::new().unwrap();
     let accounts = temp.registry::<Account>(AggregateConfig::default());
-    accounts.execute_command("a1", open("ada")).await.unwrap();
+    accounts.execute_fresh("a1", open("ada")).await.unwrap();
     let err = accounts
-        .execute_command("a1", AccountCommand::Poison)
+        .execute_fresh("a1", AccountCommand::Poison)
         .await
         .unwrap_err();
     assert!(matches!(err, AggregateError::Panicked { .. }), "{err:?}");
@@ -760,7 +757,7 @@ async fn a_panicking_apply_records_nothing() {
     assert_eq!(stream(temp.store(), "a1").await.len(), 1);
     assert_eq!(accounts.query("a1", |a| a.balance).await.unwrap(), 0);
     assert_eq!(accounts.stats().restarts, 1);
-    accounts.execute_command("a1", deposit(2)).await.unwrap();
+    accounts.execute_fresh("a1", deposit(2)).await.unwrap();
     assert_eq!(accounts.query("a1", |a| a.balance).await.unwrap(), 2);
     accounts.shutdown().await;
 }

@@ -21,7 +21,7 @@ struct Tally {
 }
 
 impl Aggregate for Tally {
-    const TYPE: &'static str = "tally";
+    const CATEGORY: &'static str = "tally";
     type Command = u64;
     type Event = TallyEvent;
     type Error = tidings::aggregate::NeverRejected;
@@ -62,7 +62,7 @@ async fn ten_thousand_aggregates_stay_within_the_instance_bound() {
             actix::spawn(async move {
                 let mut peak = 0;
                 for i in (task..AGGREGATES).step_by(IN_FLIGHT as usize) {
-                    tallies.execute_command(&format!("t{i}"), i).await.unwrap();
+                    tallies.execute_fresh(&format!("t{i}"), i).await.unwrap();
                     peak = peak.max(tallies.stats().live_instances);
                 }
                 peak

@@ -13,7 +13,7 @@ use tidings::aggregate::{
 };
 use tidings::store::EventStore as _;
 use tidings::subscription::{
-    position_of, Among, EventContext, FailurePolicy, Handle, HandlerError, SubscriptionConfig,
+    position_of, Among, EventContext, FailurePolicy, HandleEvent, HandlerError, SubscriptionConfig,
     SubscriptionState, Subscriptions, WaitError,
 };
 use tidings::{async_trait, DomainEvent, EventHandler};
@@ -31,7 +31,7 @@ struct Ledger {
 }
 
 impl Aggregate for Ledger {
-    const TYPE: &'static str = "ledger";
+    const CATEGORY: &'static str = "ledger";
     type Command = u64;
     type Event = LedgerEvent;
     type Error = NeverRejected;
@@ -60,7 +60,7 @@ struct Totals {
 }
 
 #[async_trait]
-impl Handle<LedgerEvent> for Totals {
+impl HandleEvent<LedgerEvent> for Totals {
     async fn handle(
         &mut self,
         event: LedgerEvent,
@@ -83,7 +83,7 @@ struct Mirror {
 }
 
 #[async_trait]
-impl Handle<LedgerEvent> for Mirror {
+impl HandleEvent<LedgerEvent> for Mirror {
     async fn handle(
         &mut self,
         event: LedgerEvent,
@@ -108,7 +108,7 @@ impl Handle<LedgerEvent> for Mirror {
 struct Picky;
 
 #[async_trait]
-impl Handle<LedgerEvent> for Picky {
+impl HandleEvent<LedgerEvent> for Picky {
     async fn handle(
         &mut self,
         event: LedgerEvent,
@@ -195,7 +195,7 @@ async fn the_wait_after_a_command_returns_once_the_projection_has_handled_it() {
         .await
         .unwrap();
     // A command that recorded no events has nothing to wait for.
-    let nothing = f.ledgers.execute_command("a", 0).await.unwrap();
+    let nothing = f.ledgers.execute_fresh("a", 0).await.unwrap();
     assert_eq!(position_of(&nothing), 0);
     f.subscriptions
         .wait_for_command(&nothing, Among::All, Duration::ZERO)
@@ -207,7 +207,7 @@ async fn the_wait_after_a_command_returns_once_the_projection_has_handled_it() {
 #[actix::test]
 async fn a_wait_that_times_out_names_the_subscription_behind() {
     let mut f = fixture();
-    let outcome = f.ledgers.execute_command("a", 7).await.unwrap();
+    let outcome = f.ledgers.execute_fresh("a", 7).await.unwrap();
     assert!(f.entered.recv().await.is_some());
     match f
         .subscriptions
@@ -240,13 +240,13 @@ async fn a_wait_that_times_out_names_the_subscription_behind() {
 async fn a_stopped_or_unknown_subscription_is_an_error_not_a_status() {
     let f = fixture();
     f.gate.add_permits(1_000);
-    let first = f.ledgers.execute_command("a", 1).await.unwrap();
+    let first = f.ledgers.execute_fresh("a", 1).await.unwrap();
     f.subscriptions
         .wait_for_command(&first, Among::named(["totals"]), PATIENCE)
         .await
         .unwrap();
     f.subscriptions.stop("totals").await;
-    let second = f.ledgers.execute_command("a", 2).await.unwrap();
+    let second = f.ledgers.execute_fresh("a", 2).await.unwrap();
     match f
         .subscriptions
         .wait_for_command(&second, Among::named(["totals"]), PATIENCE)
@@ -291,7 +291,7 @@ async fn a_subscription_that_fails_ends_the_wait_at_once_with_its_reason() {
             SubscriptionConfig::default().failure_policy(FailurePolicy::Stop),
         )
         .unwrap();
-    let outcome = f.ledgers.execute_command("a", 5_000).await.unwrap();
+    let outcome = f.ledgers.execute_fresh("a", 5_000).await.unwrap();
     // PATIENCE: only the failure can end this wait early.
     match f
         .subscriptions
@@ -328,7 +328,7 @@ async fn settle_waits_for_reactions_to_reactions() {
         })
         .unwrap();
     for cents in 1..=20 {
-        f.ledgers.execute_command("src", cents).await.unwrap();
+        f.ledgers.execute_fresh("src", cents).await.unwrap();
     }
     let head = f.subscriptions.settle(PATIENCE).await.unwrap();
     // 20 postings and their 20 mirrors, all counted by the projection.
@@ -347,7 +347,7 @@ async fn settle_waits_for_reactions_to_reactions() {
 struct StoredTotals;
 
 #[async_trait]
-impl Handle<LedgerEvent> for StoredTotals {
+impl HandleEvent<LedgerEvent> for StoredTotals {
     async fn handle(
         &mut self,
         event: LedgerEvent,
@@ -372,7 +372,7 @@ async fn after_the_wait_the_projections_stored_state_shows_the_command() {
         .commit_interval(Duration::from_secs(3600));
     subscriptions.start_with(StoredTotals, lazy).unwrap();
     for cents in [5, 7] {
-        let outcome = ledgers.execute_command("a", cents).await.unwrap();
+        let outcome = ledgers.execute_fresh("a", cents).await.unwrap();
         subscriptions
             .wait_for_command(&outcome, Among::named(["stored-totals"]), PATIENCE)
             .await

@@ -21,7 +21,7 @@ struct Notebook {
 }
 
 impl Aggregate for Notebook {
-    const TYPE: &'static str = "notebook";
+    const CATEGORY: &'static str = "notebook";
     type Command = ();
     type Event = NoteEvent;
     type Error = tidings::aggregate::NeverRejected;

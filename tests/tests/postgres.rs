@@ -16,7 +16,7 @@ use tidings::store::{
     EventData, EventStore, ExpectedVersion, Filter, PostgresEventStore, RecordedEvent, StoreError,
 };
 use tidings::subscription::{
-    EventContext, Handle, HandlerError, SubscriptionConfig, SubscriptionHandle, Subscriptions,
+    EventContext, HandleEvent, HandlerError, SubscriptionConfig, SubscriptionHandle, Subscriptions,
 };
 use tidings::{async_trait, DomainEvent, EventHandler};
 use tidings_tests::domain::OrderEvent;
@@ -42,7 +42,7 @@ struct Tally {
 }
 
 #[async_trait]
-impl Handle<OrderEvent> for Tally {
+impl HandleEvent<OrderEvent> for Tally {
     async fn handle(
         &mut self,
         _: OrderEvent,

@@ -82,7 +82,7 @@ struct Counter {
 }
 
 impl Aggregate for Counter {
-    const TYPE: &'static str = "counter";
+    const CATEGORY: &'static str = "counter";
     type Command = u64;
     type Event = CounterEvent;
     type Error = Infallible;

@@ -26,7 +26,7 @@ async fn a_refusal_recorded_by_one_process_is_the_answer_in_the_other() {
         cents,
         transfer: None,
     };
-    first.execute_command("a", deposit(10)).await.unwrap();
+    first.execute_fresh("a", deposit(10)).await.unwrap();
     let debit = CommandEnvelope::new(AccountCommand::Withdraw {
         cents: 50,
         transfer: "t1".into(),
@@ -40,7 +40,7 @@ async fn a_refusal_recorded_by_one_process_is_the_answer_in_the_other() {
 
     // The other process loads the account now, then the money arrives through it.
     assert_eq!(second.query("a", |a| a.balance).await.unwrap(), 10);
-    second.execute_command("a", deposit(100)).await.unwrap();
+    second.execute_fresh("a", deposit(100)).await.unwrap();
     let again = second.execute("a", debit.clone()).await.unwrap_err();
     assert_eq!(
         again.rejection(),
@@ -57,7 +57,7 @@ async fn a_refusal_recorded_by_one_process_is_the_answer_in_the_other() {
     );
     // The first copy decides on the current state once it writes: a new debit of 100 works.
     first
-        .execute_command(
+        .execute_fresh(
             "a",
             AccountCommand::Withdraw {
                 cents: 100,

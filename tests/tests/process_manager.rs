@@ -48,10 +48,7 @@ impl Bank {
             cents,
             transfer: None,
         };
-        self.accounts
-            .execute_command(account, deposit)
-            .await
-            .unwrap();
+        self.accounts.execute_fresh(account, deposit).await.unwrap();
     }
 
     async fn transfer(&self, id: &str, from: &str, to: &str, cents: u64) {
@@ -61,7 +58,7 @@ impl Bank {
             to: to.into(),
             cents,
         };
-        self.transfers.execute_command(id, request).await.unwrap();
+        self.transfers.execute_fresh(id, request).await.unwrap();
     }
 
     async fn balance(&self, account: &str) -> u64 {
@@ -144,7 +141,7 @@ async fn a_refused_credit_refunds_the_source_and_fails_the_transfer() {
     let bank = bank(SledEventStore::open(dir.path()).unwrap());
     bank.deposit("a", 100).await;
     bank.accounts
-        .execute_command("b", AccountCommand::Close)
+        .execute_fresh("b", AccountCommand::Close)
         .await
         .unwrap();
     bank.transfer("t3", "a", "b", 30).await;
@@ -193,7 +190,7 @@ struct Invoice {
 }
 
 impl Aggregate for Invoice {
-    const TYPE: &'static str = "invoice";
+    const CATEGORY: &'static str = "invoice";
     type Command = (String, InvoiceCommand);
     type Event = InvoiceEvent;
     type Error = NeverRejected;
@@ -308,7 +305,7 @@ async fn a_deadline_fires_once_unless_cancelled_even_with_two_timers() {
         let invoices = invoices.clone();
         async move {
             invoices
-                .execute_command(id, (id.to_owned(), command))
+                .execute_fresh(id, (id.to_owned(), command))
                 .await
                 .unwrap()
         }
@@ -392,7 +389,7 @@ async fn a_deadline_set_before_a_restart_fires_after_it() {
             })
             .unwrap();
         invoices
-            .execute_command("i1", ("i1".to_owned(), issue(Duration::from_millis(300))))
+            .execute_fresh("i1", ("i1".to_owned(), issue(Duration::from_millis(300))))
             .await
             .unwrap();
         subscriptions.settle(PATIENCE).await.unwrap();
@@ -478,7 +475,7 @@ async fn a_process_manager_under_a_runtime_name_keeps_its_instances_and_deadline
     let default = DeadlineTimer::start::<Dunning>(store.clone(), Duration::from_millis(20));
 
     invoices
-        .execute_command("i1", ("i1".into(), issue(Duration::from_millis(10))))
+        .execute_fresh("i1", ("i1".into(), issue(Duration::from_millis(10))))
         .await
         .unwrap();
     until_reminded(&*store, "i1").await;

@@ -10,7 +10,7 @@ use tidings_tests::support::{reached, PATIENCE};
 
 use tidings::store::{EventStore, ExpectedVersion, SledEventStore};
 use tidings::subscription::{
-    subscription_status_from_store, ControlError, EventContext, FailurePolicy, Handle,
+    subscription_status_from_store, ControlError, EventContext, FailurePolicy, HandleEvent,
     HandlerError, ResetTo, SubscriptionConfig, SubscriptionState, Subscriptions,
 };
 use tidings::{async_trait, DomainEvent, EventHandler};
@@ -30,7 +30,7 @@ struct Probe {
 struct Scratch(Probe);
 
 #[async_trait]
-impl Handle<OrderEvent> for Scratch {
+impl HandleEvent<OrderEvent> for Scratch {
     async fn handle(
         &mut self,
         _event: OrderEvent,
@@ -217,7 +217,7 @@ struct Deliveries(Arc<std::sync::Mutex<Vec<(String, u64)>>>);
 struct Totals(Deliveries);
 
 #[async_trait]
-impl Handle<OrderEvent> for Totals {
+impl HandleEvent<OrderEvent> for Totals {
     async fn handle(
         &mut self,
         _event: OrderEvent,
@@ -289,7 +289,7 @@ fn fnv_partition(stream: &str, n: u64) -> u64 {
 struct Links;
 
 #[async_trait]
-impl Handle<OrderEvent> for Links {
+impl HandleEvent<OrderEvent> for Links {
     async fn handle(
         &mut self,
         event: OrderEvent,

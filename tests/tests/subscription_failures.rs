@@ -10,7 +10,7 @@ use tidings_tests::support::reached;
 
 use tidings::store::{EventStore, ExpectedVersion, SledEventStore};
 use tidings::subscription::{
-    subscription_status_from_store, ControlError, EventContext, FailurePolicy, Handle,
+    subscription_status_from_store, ControlError, EventContext, FailurePolicy, HandleEvent,
     HandlerError, ResetTo, SubscriptionConfig, SubscriptionState, Subscriptions,
 };
 use tidings::{async_trait, DomainEvent, EventHandler};
@@ -59,7 +59,7 @@ impl Probe {
 struct Orders(Probe);
 
 #[async_trait]
-impl Handle<OrderEvent> for Orders {
+impl HandleEvent<OrderEvent> for Orders {
     async fn handle(
         &mut self,
         event: OrderEvent,
@@ -446,7 +446,7 @@ async fn reset_to_beginning_position_time_and_end_replays_exactly_what_it_should
 struct Panicky;
 
 #[async_trait]
-impl Handle<OrderEvent> for Panicky {
+impl HandleEvent<OrderEvent> for Panicky {
     async fn handle(
         &mut self,
         event: OrderEvent,

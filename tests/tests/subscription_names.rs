@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use tidings::store::{EventData, EventStore, ExpectedVersion, SledEventStore};
 use tidings::subscription::{
-    parked_in_store, subscription_status_from_store, Among, EventContext, FailurePolicy, Handle,
-    HandlerError, Refused, StartError, SubscriptionConfig, SubscriptionName, SubscriptionState,
-    Subscriptions,
+    parked_in_store, subscription_status_from_store, Among, EventContext, FailurePolicy,
+    HandleEvent, HandlerError, Refused, StartError, SubscriptionConfig, SubscriptionName,
+    SubscriptionState, Subscriptions,
 };
 use tidings::{async_trait, DomainEvent, EventHandler};
 use tidings_tests::domain::OrderEvent;
@@ -29,7 +29,7 @@ struct Totals {
 }
 
 #[async_trait]
-impl Handle<OrderEvent> for Totals {
+impl HandleEvent<OrderEvent> for Totals {
     async fn handle(
         &mut self,
         _: OrderEvent,

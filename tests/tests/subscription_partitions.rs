@@ -12,7 +12,7 @@ use tidings_tests::support::reached;
 
 use tidings::store::{EventStore, ExpectedVersion, SledEventStore};
 use tidings::subscription::{
-    subscription_status_from_store, EventContext, FailurePolicy, Handle, HandlerError,
+    subscription_status_from_store, EventContext, FailurePolicy, HandleEvent, HandlerError,
     SubscriptionConfig, SubscriptionState, Subscriptions,
 };
 use tidings::{async_trait, DomainEvent, EventHandler};
@@ -54,7 +54,7 @@ impl Probe {
 struct Orders(Probe);
 
 #[async_trait]
-impl Handle<OrderEvent> for Orders {
+impl HandleEvent<OrderEvent> for Orders {
     async fn handle(
         &mut self,
         event: OrderEvent,

@@ -8,7 +8,7 @@ use tidings_tests::support::{live, reached};
 
 use tidings::store::{EventData, EventStore, ExpectedVersion, Filter, SledEventStore};
 use tidings::subscription::{
-    EventContext, Handle, HandlerError, SubscriptionConfig, SubscriptionState, Subscriptions,
+    EventContext, HandleEvent, HandlerError, SubscriptionConfig, SubscriptionState, Subscriptions,
 };
 use tidings::{async_trait, DomainEvent, EventHandler};
 use tidings_tests::domain::{Audited, OrderEvent, PaymentEvent};
@@ -26,7 +26,7 @@ struct Recorder {
 }
 
 #[async_trait]
-impl Handle<OrderEvent> for Recorder {
+impl HandleEvent<OrderEvent> for Recorder {
     async fn handle(
         &mut self,
         _: OrderEvent,
@@ -43,7 +43,7 @@ impl Handle<OrderEvent> for Recorder {
 }
 
 #[async_trait]
-impl Handle<PaymentEvent> for Recorder {
+impl HandleEvent<PaymentEvent> for Recorder {
     async fn handle(
         &mut self,
         _: PaymentEvent,
@@ -62,7 +62,7 @@ struct PaymentsOnly {
 }
 
 #[async_trait]
-impl Handle<PaymentEvent> for PaymentsOnly {
+impl HandleEvent<PaymentEvent> for PaymentsOnly {
     async fn handle(
         &mut self,
         _: PaymentEvent,
@@ -291,7 +291,7 @@ struct Panicky {
 }
 
 #[async_trait]
-impl Handle<OrderEvent> for Panicky {
+impl HandleEvent<OrderEvent> for Panicky {
     async fn handle(
         &mut self,
         _: OrderEvent,
@@ -307,7 +307,7 @@ impl Handle<OrderEvent> for Panicky {
 }
 
 #[async_trait]
-impl Handle<PaymentEvent> for Panicky {
+impl HandleEvent<PaymentEvent> for Panicky {
     async fn handle(
         &mut self,
         _: PaymentEvent,
@@ -374,7 +374,7 @@ struct Failing {
 }
 
 #[async_trait]
-impl Handle<OrderEvent> for Failing {
+impl HandleEvent<OrderEvent> for Failing {
     async fn handle(
         &mut self,
         _: OrderEvent,
@@ -445,7 +445,7 @@ async fn an_undecodable_payload_fails_the_subscription_naming_position_and_type(
 struct Totals;
 
 #[async_trait]
-impl Handle<OrderEvent> for Totals {
+impl HandleEvent<OrderEvent> for Totals {
     async fn handle(
         &mut self,
         event: OrderEvent,
@@ -460,7 +460,7 @@ impl Handle<OrderEvent> for Totals {
 }
 
 #[async_trait]
-impl Handle<PaymentEvent> for Totals {
+impl HandleEvent<PaymentEvent> for Totals {
     async fn handle(
         &mut self,
         event: PaymentEvent,
@@ -524,7 +524,7 @@ async fn start_from_end_skips_history_and_is_remembered_before_the_first_event()
         count: Arc<AtomicU64>,
     }
     #[async_trait]
-    impl Handle<OrderEvent> for FromEnd {
+    impl HandleEvent<OrderEvent> for FromEnd {
         async fn handle(
             &mut self,
             _: OrderEvent,
@@ -536,7 +536,7 @@ async fn start_from_end_skips_history_and_is_remembered_before_the_first_event()
         }
     }
     #[async_trait]
-    impl Handle<PaymentEvent> for FromEnd {
+    impl HandleEvent<PaymentEvent> for FromEnd {
         async fn handle(
             &mut self,
             _: PaymentEvent,
@@ -587,7 +587,7 @@ async fn a_start_position_beyond_the_head_waits_for_it() {
         seen: Seen,
     }
     #[async_trait]
-    impl Handle<OrderEvent> for From42 {
+    impl HandleEvent<OrderEvent> for From42 {
         async fn handle(
             &mut self,
             _: OrderEvent,
@@ -598,7 +598,7 @@ async fn a_start_position_beyond_the_head_waits_for_it() {
         }
     }
     #[async_trait]
-    impl Handle<PaymentEvent> for From42 {
+    impl HandleEvent<PaymentEvent> for From42 {
         async fn handle(
             &mut self,
             _: PaymentEvent,
@@ -751,7 +751,7 @@ impl SlowCounter {
 }
 
 #[async_trait]
-impl Handle<OrderEvent> for SlowCounter {
+impl HandleEvent<OrderEvent> for SlowCounter {
     async fn handle(
         &mut self,
         _: OrderEvent,
@@ -762,7 +762,7 @@ impl Handle<OrderEvent> for SlowCounter {
 }
 
 #[async_trait]
-impl Handle<PaymentEvent> for SlowCounter {
+impl HandleEvent<PaymentEvent> for SlowCounter {
     async fn handle(
         &mut self,
         _: PaymentEvent,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tidings::store::{EventData, EventStore, ExpectedVersion, SledEventStore};
 use tidings::subscription::{
-    EventContext, FailurePolicy, Handle, HandlerError, SubscriptionConfig, Subscriptions,
+    EventContext, FailurePolicy, HandleEvent, HandlerError, SubscriptionConfig, Subscriptions,
 };
 use tidings::{async_trait, DomainEvent, EventHandler};
 use uuid::Uuid;
@@ -40,7 +40,7 @@ pub enum ShopEvent {
 pub struct Orders(pub Arc<AtomicBool>);
 
 #[async_trait]
-impl Handle<ShopEvent> for Orders {
+impl HandleEvent<ShopEvent> for Orders {
     async fn handle(
         &mut self,
         event: ShopEvent,

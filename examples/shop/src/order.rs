@@ -148,7 +148,7 @@ pub struct Order {
 }
 
 impl Aggregate for Order {
-    const TYPE: &'static str = "order";
+    const CATEGORY: &'static str = "order";
     type Command = OrderCommand;
     type Event = OrderEvent;
     type Error = OrderError;

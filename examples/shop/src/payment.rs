@@ -125,7 +125,7 @@ pub struct Payment {
 }
 
 impl Aggregate for Payment {
-    const TYPE: &'static str = "payment";
+    const CATEGORY: &'static str = "payment";
     type Command = PaymentCommand;
     type Event = PaymentEvent;
     type Error = PaymentError;

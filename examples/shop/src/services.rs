@@ -70,7 +70,7 @@ impl PaymentService {
 }
 
 #[async_trait]
-impl Handle<OrderEvent> for PaymentService {
+impl HandleEvent<OrderEvent> for PaymentService {
     async fn handle(
         &mut self,
         event: OrderEvent,
@@ -164,7 +164,7 @@ impl StockService {
 }
 
 #[async_trait]
-impl Handle<PaymentEvent> for StockService {
+impl HandleEvent<PaymentEvent> for StockService {
     async fn handle(
         &mut self,
         event: PaymentEvent,
@@ -236,7 +236,7 @@ impl FulfilmentService {
 }
 
 #[async_trait]
-impl Handle<PaymentEvent> for FulfilmentService {
+impl HandleEvent<PaymentEvent> for FulfilmentService {
     async fn handle(
         &mut self,
         event: PaymentEvent,
@@ -255,7 +255,7 @@ impl Handle<PaymentEvent> for FulfilmentService {
 }
 
 #[async_trait]
-impl Handle<StockEvent> for FulfilmentService {
+impl HandleEvent<StockEvent> for FulfilmentService {
     async fn handle(
         &mut self,
         event: StockEvent,

@@ -426,7 +426,7 @@ impl<S: EventStore + ?Sized> Shop<S> {
         items: Vec<Line>,
     ) -> Result<CommandOutcome, AggregateError<StockError>> {
         self.stock
-            .execute_command(WAREHOUSE, StockCommand::Restock { items })
+            .execute_fresh(WAREHOUSE, StockCommand::Restock { items })
             .await
     }
 

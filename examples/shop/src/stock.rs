@@ -99,7 +99,7 @@ fn check(items: &[Line]) -> Result<Vec<Line>, StockError> {
 }
 
 impl Aggregate for Stock {
-    const TYPE: &'static str = "stock";
+    const CATEGORY: &'static str = "stock";
     type Command = StockCommand;
     type Event = StockEvent;
     type Error = StockError;

@@ -134,7 +134,7 @@ async fn move_stock(
 }
 
 #[async_trait]
-impl Handle<OrderEvent> for ShopView {
+impl HandleEvent<OrderEvent> for ShopView {
     async fn handle(
         &mut self,
         event: OrderEvent,
@@ -179,7 +179,7 @@ impl Handle<OrderEvent> for ShopView {
 }
 
 #[async_trait]
-impl Handle<PaymentEvent> for ShopView {
+impl HandleEvent<PaymentEvent> for ShopView {
     async fn handle(
         &mut self,
         event: PaymentEvent,
@@ -204,7 +204,7 @@ impl Handle<PaymentEvent> for ShopView {
 }
 
 #[async_trait]
-impl Handle<StockEvent> for ShopView {
+impl HandleEvent<StockEvent> for ShopView {
     async fn handle(
         &mut self,
         event: StockEvent,

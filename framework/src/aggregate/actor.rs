@@ -116,7 +116,7 @@ impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
         self.touch();
         let span = tracing::info_span!(
             "command",
-            aggregate = A::TYPE,
+            aggregate = A::CATEGORY,
             id = %self.id,
             command_id = %msg.envelope.command_id,
             causation_id = ?msg.envelope.causation_id,

@@ -79,7 +79,7 @@ pub enum AggregateError<E> {
         reason: String,
     },
 
-    /// The aggregate id is not usable (empty, too long), or the aggregate's `TYPE` is not a valid
+    /// The aggregate id is not usable (empty, too long), or the aggregate's `CATEGORY` is not a valid
     /// category.
     ///
     /// A programming error on the caller's side; nothing was recorded.

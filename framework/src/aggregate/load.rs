@@ -15,21 +15,21 @@ use crate::store::{
     EventData, EventStore, ExpectedVersion, Snapshot, StoreError, MAX_STREAM_ID_LEN,
 };
 
-/// The stream id of aggregate `id` of type `A`: `"{A::TYPE}-{id}"`.
+/// The stream id of aggregate `id` of type `A`: `"{A::CATEGORY}-{id}"`.
 pub fn stream_id<A: Aggregate>(id: &str) -> Result<String, AggregateError<A::Error>> {
-    if A::TYPE.is_empty() || A::TYPE.contains('-') {
+    if A::CATEGORY.is_empty() || A::CATEGORY.contains('-') {
         return Err(AggregateError::InvalidId(format!(
-            "aggregate TYPE {:?} must be non-empty and contain no '-' (it is the stream category)",
-            A::TYPE
+            "aggregate CATEGORY {:?} must be non-empty and contain no '-' (it is the stream category)",
+            A::CATEGORY
         )));
     }
     if id.is_empty() {
         return Err(AggregateError::InvalidId(format!(
             "an id of a {} aggregate cannot be empty",
-            A::TYPE
+            A::CATEGORY
         )));
     }
-    let stream = format!("{}-{id}", A::TYPE);
+    let stream = format!("{}-{id}", A::CATEGORY);
     if stream.len() > MAX_STREAM_ID_LEN {
         return Err(AggregateError::InvalidId(format!(
             "stream id of {} bytes exceeds {MAX_STREAM_ID_LEN}",

@@ -42,7 +42,7 @@ use crate::event::DomainEvent;
 ///
 /// The state is `Default` (the state before any event) and serde-serializable (snapshots).
 /// Instances are identified by a string id; their events live in the stream
-/// `"{TYPE}-{id}"`, so `TYPE` is the stream category.
+/// `"{CATEGORY}-{id}"`, so `CATEGORY` is the stream category.
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
@@ -69,7 +69,7 @@ use crate::event::DomainEvent;
 /// }
 ///
 /// impl Aggregate for Counter {
-///     const TYPE: &'static str = "counter";
+///     const CATEGORY: &'static str = "counter";
 ///     type Command = CounterCommand;
 ///     type Event = CounterEvent;
 ///     type Error = ZeroIncrement;
@@ -98,7 +98,7 @@ use crate::event::DomainEvent;
 /// ```
 pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + 'static {
     /// The aggregate type, used as the stream category: non-empty, without `-`.
-    const TYPE: &'static str;
+    const CATEGORY: &'static str;
 
     /// The version of the state's serialized shape, stored with snapshots. Raise it when the
     /// state's shape changes: snapshots of another version are ignored and the state is
@@ -122,6 +122,10 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + 'static {
 
     /// Decides a command: the events that happen, or why the command is refused. Business
     /// rules only; no I/O.
+    ///
+    /// The aggregate's id is not an argument: the state is the id's history, so an aggregate
+    /// whose rules or events need its id keeps it in its state, taken from the event that
+    /// created it (the creating command carries it); its stream is `"{CATEGORY}-{id}"`.
     fn handle(&self, command: Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
 
     /// Changes the state by one event. State changes only, no decisions.

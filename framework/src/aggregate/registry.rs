@@ -201,7 +201,7 @@ impl<A: Aggregate> Handler<Shutdown> for RegistryActor<A> {
 /// }
 ///
 /// impl Aggregate for Counter {
-///     const TYPE: &'static str = "counter";
+///     const CATEGORY: &'static str = "counter";
 ///     type Command = u64;
 ///     type Event = CounterEvent;
 ///     type Error = tidings::aggregate::NeverRejected;
@@ -252,7 +252,7 @@ impl<A: Aggregate> Clone for AggregateRegistry<A> {
 impl<A: Aggregate> std::fmt::Debug for AggregateRegistry<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AggregateRegistry")
-            .field("aggregate", &A::TYPE)
+            .field("aggregate", &A::CATEGORY)
             .field("stats", &self.stats())
             .finish()
     }
@@ -314,7 +314,7 @@ impl<A: Aggregate> AggregateRegistry<A> {
     /// Nobody can send this id again, so a refusal or an acceptance with no events is not
     /// recorded (unlike [`execute`](Self::execute)); a retry of the same request is a new
     /// command. Use `execute` with an id carried by the request when retries must be safe.
-    pub async fn execute_command(
+    pub async fn execute_fresh(
         &self,
         id: &str,
         command: A::Command,

@@ -34,7 +34,7 @@ use crate::store::{category_of, RecordedEvent, SledEventStore, StoreError};
 /// }
 ///
 /// impl Aggregate for Door {
-///     const TYPE: &'static str = "door";
+///     const CATEGORY: &'static str = "door";
 ///     type Command = bool; // true: open it
 ///     type Event = DoorEvent;
 ///     type Error = Already;
@@ -69,7 +69,7 @@ pub struct AggregateTest<A: Aggregate> {
 impl<A: Aggregate> std::fmt::Debug for AggregateTest<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AggregateTest")
-            .field("aggregate", &A::TYPE)
+            .field("aggregate", &A::CATEGORY)
             .finish_non_exhaustive()
     }
 }
@@ -112,7 +112,7 @@ impl<A: Aggregate> std::fmt::Debug for AggregateTestOutcome<A> {
             Err(e) => Err(e),
         };
         f.debug_struct("AggregateTestOutcome")
-            .field("aggregate", &A::TYPE)
+            .field("aggregate", &A::CATEGORY)
             .field("events", &result)
             .finish_non_exhaustive()
     }

@@ -98,7 +98,7 @@ pub trait ProcessManager: EventHandler {
 
     /// Sends one command to the aggregate that takes it and returns its answer. The envelope's
     /// id is derived from the event and the step: send it as it is (with `execute`, never
-    /// `execute_command`), so that a redelivery gets the first answer.
+    /// `execute_fresh`), so that a redelivery gets the first answer.
     ///
     /// An error fails the event: the subscription retries it and parks it by its policy.
     async fn send(

@@ -1,4 +1,4 @@
-//! The handler side of a subscription: `Handle<E>`, `EventHandler` and the context.
+//! The handler side of a subscription: `HandleEvent<E>`, `EventHandler` and the context.
 
 use std::collections::BTreeMap;
 
@@ -26,10 +26,10 @@ pub enum StartFrom {
 
 /// Handles events of the domain event type `E`.
 ///
-/// A handler type implements `Handle<E>` for each event type it lists in
+/// A handler type implements `HandleEvent<E>` for each event type it lists in
 /// `#[derive(EventHandler)]`; the derive routes each recorded event to the right impl.
 #[async_trait]
-pub trait Handle<E: DomainEvent>: Send {
+pub trait HandleEvent<E: DomainEvent>: Send {
     /// Handles one event. Returning an error is never a silent skip: by the subscription's
     /// `FailurePolicy` it either stops the subscription at this event (its checkpoint stays
     /// before it), or retries it with backoff and then parks it with the rest of its stream.
@@ -85,7 +85,7 @@ pub enum HandlerFailure {
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
-/// use tidings::subscription::{EventContext, Handle, HandlerError};
+/// use tidings::subscription::{EventContext, HandleEvent, HandlerError};
 /// use tidings::{async_trait, DomainEvent, EventHandler};
 ///
 /// #[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
@@ -100,7 +100,7 @@ pub enum HandlerFailure {
 /// struct OrderCounter;
 ///
 /// #[async_trait]
-/// impl Handle<OrderEvent> for OrderCounter {
+/// impl HandleEvent<OrderEvent> for OrderCounter {
 ///     async fn handle(&mut self, event: OrderEvent, ctx: &mut EventContext<'_>) -> Result<(), HandlerError> {
 ///         let placed: u64 = ctx.get_json(b"placed").await?.unwrap_or(0);
 ///         if let OrderEvent::OrderPlaced { .. } = event {
@@ -141,7 +141,7 @@ pub trait EventHandler: Send + 'static {
         Filter::all().event_types(Self::event_types())
     }
 
-    /// Decodes `event` and hands it to the matching `Handle` impl.
+    /// Decodes `event` and hands it to the matching `HandleEvent` impl.
     async fn dispatch(
         &mut self,
         event: &RecordedEvent,

@@ -1,7 +1,7 @@
 //! Durable subscriptions: handlers that remember their checkpoint, catch up on what they missed,
 //! then follow the log live.
 //!
-//! A handler is a type with `#[derive(EventHandler)]` and one [`Handle<E>`] impl per event type it
+//! A handler is a type with `#[derive(EventHandler)]` and one [`HandleEvent<E>`] impl per event type it
 //! lists. [`Subscriptions`] runs each handler as an actix actor under its name; stopping and
 //! starting one by name is how a service "goes down" and "comes back".
 //!
@@ -33,7 +33,7 @@ pub use self::failure::{
     ReplayOutcome, ResetTo, RESERVED_PREFIX,
 };
 pub use self::handler::{
-    EventContext, EventHandler, Handle, HandlerError, HandlerFailure, Refused, StartFrom,
+    EventContext, EventHandler, HandleEvent, HandlerError, HandlerFailure, Refused, StartFrom,
     Unavailable,
 };
 pub use self::name::{SubscriptionName, SubscriptionNameError, MAX_SUBSCRIPTION_NAME_LEN};

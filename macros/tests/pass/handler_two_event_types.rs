@@ -1,7 +1,7 @@
 //! A handler of two event types, starting from the end, and one starting from a position.
 
 use serde::{Deserialize, Serialize};
-use tidings::subscription::{EventContext, EventHandler, Handle, HandlerError, StartFrom};
+use tidings::subscription::{EventContext, EventHandler, HandleEvent, HandlerError, StartFrom};
 use tidings::{async_trait, DomainEvent, EventHandler};
 
 #[derive(Serialize, Deserialize, DomainEvent)]
@@ -20,14 +20,14 @@ enum PaymentEvent {
 struct Revenue;
 
 #[async_trait]
-impl Handle<OrderEvent> for Revenue {
+impl HandleEvent<OrderEvent> for Revenue {
     async fn handle(&mut self, _: OrderEvent, _: &mut EventContext<'_>) -> Result<(), HandlerError> {
         Ok(())
     }
 }
 
 #[async_trait]
-impl Handle<PaymentEvent> for Revenue {
+impl HandleEvent<PaymentEvent> for Revenue {
     async fn handle(&mut self, _: PaymentEvent, _: &mut EventContext<'_>) -> Result<(), HandlerError> {
         Ok(())
     }
@@ -38,7 +38,7 @@ impl Handle<PaymentEvent> for Revenue {
 struct LatePayments;
 
 #[async_trait]
-impl Handle<PaymentEvent> for LatePayments {
+impl HandleEvent<PaymentEvent> for LatePayments {
     async fn handle(&mut self, _: PaymentEvent, _: &mut EventContext<'_>) -> Result<(), HandlerError> {
         Ok(())
     }

@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use tidings::subscription::{EventContext, Handle, HandlerError};
+use tidings::subscription::{EventContext, HandleEvent, HandlerError};
 use tidings::{async_trait, DomainEvent, EventHandler};
 
 #[derive(Serialize, Deserialize, DomainEvent)]
@@ -14,7 +14,7 @@ struct Counter<T> {
 }
 
 #[async_trait]
-impl<T: Send + 'static> Handle<OrderEvent> for Counter<T> {
+impl<T: Send + 'static> HandleEvent<OrderEvent> for Counter<T> {
     async fn handle(&mut self, _: OrderEvent, _: &mut EventContext<'_>) -> Result<(), HandlerError> {
         Ok(())
     }

@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use tidings::subscription::{EventContext, Handle, HandlerError};
+use tidings::subscription::{EventContext, HandleEvent, HandlerError};
 use tidings::{async_trait, DomainEvent, EventHandler};
 
 #[derive(Serialize, Deserialize, DomainEvent)]
@@ -12,13 +12,13 @@ enum PaymentEvent {
     PaymentVerified { cents: u64 },
 }
 
-/// Lists `PaymentEvent` but has no `Handle<PaymentEvent>`.
+/// Lists `PaymentEvent` but has no `HandleEvent<PaymentEvent>`.
 #[derive(EventHandler)]
 #[event_handler(name = "counter", events(OrderEvent, PaymentEvent))]
 struct Counter;
 
 #[async_trait]
-impl Handle<OrderEvent> for Counter {
+impl HandleEvent<OrderEvent> for Counter {
     async fn handle(&mut self, _: OrderEvent, _: &mut EventContext<'_>) -> Result<(), HandlerError> {
         Ok(())
     }

@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use tidings::subscription::{EventContext, Handle, HandlerError};
+use tidings::subscription::{EventContext, HandleEvent, HandlerError};
 use tidings::{async_trait, DomainEvent, EventHandler};
 
 #[derive(Serialize, Deserialize, DomainEvent)]
@@ -12,7 +12,7 @@ enum OrderEvent {
 struct Counter;
 
 #[async_trait]
-impl Handle<OrderEvent> for Counter {
+impl HandleEvent<OrderEvent> for Counter {
     async fn handle(&mut self, _: OrderEvent, _: &mut EventContext<'_>) -> Result<(), HandlerError> {
         Ok(())
     }

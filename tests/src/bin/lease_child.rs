@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tidings::store::PostgresConfig;
 use tidings::subscription::{
-    EventContext, Handle, HandlerError, SubscriptionConfig, SubscriptionState, Subscriptions,
+    EventContext, HandleEvent, HandlerError, SubscriptionConfig, SubscriptionState, Subscriptions,
 };
 use tidings::{async_trait, EventHandler};
 use tidings_tests::domain::OrderEvent;
@@ -35,7 +35,7 @@ const MAX_RUN: Duration = Duration::from_secs(120);
 struct Counted;
 
 #[async_trait]
-impl Handle<OrderEvent> for Counted {
+impl HandleEvent<OrderEvent> for Counted {
     async fn handle(
         &mut self,
         _: OrderEvent,

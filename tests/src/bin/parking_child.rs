@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tidings::store::{EventStore, SledEventStore};
 use tidings::subscription::{
-    EventContext, FailurePolicy, Handle, HandlerError, SubscriptionConfig, SubscriptionState,
+    EventContext, FailurePolicy, HandleEvent, HandlerError, SubscriptionConfig, SubscriptionState,
     Subscriptions,
 };
 use tidings::{async_trait, EventHandler};
@@ -34,7 +34,7 @@ const COMMIT_EVERY: u64 = 8;
 pub struct Parking;
 
 #[async_trait]
-impl Handle<OrderEvent> for Parking {
+impl HandleEvent<OrderEvent> for Parking {
     async fn handle(
         &mut self,
         _: OrderEvent,

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use tidings::store::{EventStore, ExpectedVersion, SledEventStore};
 use tidings::subscription::{
-    EventContext, Handle, HandlerError, SubscriptionConfig, SubscriptionHandle, SubscriptionState,
-    Subscriptions,
+    EventContext, HandleEvent, HandlerError, SubscriptionConfig, SubscriptionHandle,
+    SubscriptionState, Subscriptions,
 };
 use tidings::{async_trait, EventHandler};
 use tidings_tests::domain::{mixed_event, OrderEvent, PaymentEvent};
@@ -64,7 +64,7 @@ const APPEND_PAUSE: Duration = Duration::from_millis(2);
 pub struct AtLeastOnce;
 
 #[async_trait]
-impl Handle<OrderEvent> for AtLeastOnce {
+impl HandleEvent<OrderEvent> for AtLeastOnce {
     async fn handle(
         &mut self,
         _: OrderEvent,
@@ -76,7 +76,7 @@ impl Handle<OrderEvent> for AtLeastOnce {
 }
 
 #[async_trait]
-impl Handle<PaymentEvent> for AtLeastOnce {
+impl HandleEvent<PaymentEvent> for AtLeastOnce {
     async fn handle(
         &mut self,
         _: PaymentEvent,
@@ -116,7 +116,7 @@ async fn project(ctx: &mut EventContext<'_>, partitioned: bool) -> Result<(), Ha
 }
 
 #[async_trait]
-impl Handle<OrderEvent> for ExactlyOnce {
+impl HandleEvent<OrderEvent> for ExactlyOnce {
     async fn handle(
         &mut self,
         _: OrderEvent,
@@ -127,7 +127,7 @@ impl Handle<OrderEvent> for ExactlyOnce {
 }
 
 #[async_trait]
-impl Handle<PaymentEvent> for ExactlyOnce {
+impl HandleEvent<PaymentEvent> for ExactlyOnce {
     async fn handle(
         &mut self,
         _: PaymentEvent,

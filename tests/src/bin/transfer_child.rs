@@ -45,12 +45,12 @@ fn main() {
                         transfer: None,
                     };
                     accounts
-                        .execute_command(&format!("acc-{i}"), deposit)
+                        .execute_fresh(&format!("acc-{i}"), deposit)
                         .await
                         .unwrap_or_else(|e| die(&e));
                 }
                 accounts
-                    .execute_command(&format!("acc-{}", ACCOUNTS - 1), AccountCommand::Close)
+                    .execute_fresh(&format!("acc-{}", ACCOUNTS - 1), AccountCommand::Close)
                     .await
                     .unwrap_or_else(|e| die(&e));
                 say(format_args!("DONE"));
@@ -83,7 +83,7 @@ fn main() {
                         cents: rng.gen_range(1..800),
                     };
                     transfers
-                        .execute_command(&id, request)
+                        .execute_fresh(&id, request)
                         .await
                         .unwrap_or_else(|e| die(&e));
                     say(format_args!("REQ {id}"));
