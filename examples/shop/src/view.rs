@@ -286,3 +286,114 @@ async fn scan(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tidings::subscription::testing::{FailureKind, HandlerTest};
+
+    use super::*;
+    use crate::order::CancelReason;
+
+    fn placed(id: &str, items: Vec<Line>, total_cents: u64) -> OrderEvent {
+        OrderEvent::OrderPlaced {
+            order_id: id.into(),
+            customer: "ada".into(),
+            items,
+            total_cents,
+        }
+    }
+
+    fn widgets(n: u32) -> Vec<Line> {
+        vec![Line::new("widget", n)]
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_order_moves_stock_money_and_its_summary() {
+        let outcome = HandlerTest::new(ShopView)
+            .given_in("stock-main", [StockEvent::Restocked { items: widgets(5) }])
+            .given_in("order-a", [placed("a", widgets(2), 2_500)])
+            .when_in(
+                "payment-a",
+                PaymentEvent::PaymentVerified {
+                    order_id: "a".into(),
+                    amount_cents: 2_500,
+                    reference: "r".into(),
+                },
+            )
+            .when_in(
+                "stock-main",
+                StockEvent::StockReserved {
+                    order_id: "a".into(),
+                    items: widgets(2),
+                },
+            )
+            .when_in(
+                "order-a",
+                OrderEvent::OrderConfirmed {
+                    order_id: "a".into(),
+                },
+            )
+            .run()
+            .await;
+        outcome
+            .then_ok()
+            .then_state_json(b"stock/widget", &3)
+            .then_state_json(
+                TOTALS,
+                &Totals {
+                    placed: 1,
+                    confirmed: 1,
+                    charged_cents: 2_500,
+                    ..Totals::default()
+                },
+            )
+            .then_state_json(
+                b"order/a",
+                &OrderSummary {
+                    order_id: "a".into(),
+                    customer: "ada".into(),
+                    items: widgets(2),
+                    total_cents: 2_500,
+                    payment: PaymentView::Verified,
+                    reserved: true,
+                    outcome: OutcomeView::Confirmed,
+                },
+            );
+    }
+
+    #[tokio::test]
+    async fn a_declined_order_is_counted_with_its_reason() {
+        HandlerTest::new(ShopView)
+            .given([placed("b", widgets(1), 1_250)])
+            .when(OrderEvent::OrderCancelled {
+                order_id: "b".into(),
+                reason: CancelReason::PaymentDeclined("card expired".into()),
+            })
+            .run()
+            .await
+            .then_ok()
+            .then_state_json(
+                TOTALS,
+                &Totals {
+                    placed: 1,
+                    cancelled_declined: 1,
+                    ..Totals::default()
+                },
+            );
+    }
+
+    #[tokio::test]
+    async fn news_of_an_unknown_order_fails_and_writes_nothing() {
+        // Out of order (the summary is missing): an ordinary error, retried, then parked.
+        HandlerTest::new(ShopView)
+            .when(PaymentEvent::PaymentRefunded {
+                order_id: "ghost".into(),
+                amount_cents: 100,
+            })
+            .run()
+            .await
+            .then_error(FailureKind::Retryable)
+            .then_no_state(TOTALS)
+            .then_whole_state_json(&[]);
+    }
+}

@@ -240,3 +240,9 @@ impl TempStore {
         AggregateRegistry::start(self.store.clone(), config)
     }
 }
+
+/// The test kit for event handlers and process managers (in
+/// [`subscription::testing`](crate::subscription::testing)), here beside the aggregates' kit.
+pub use crate::subscription::testing::{
+    FailureKind, HandlerOutcome, HandlerTest, ScheduledDeadline, SentCommand,
+};

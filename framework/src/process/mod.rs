@@ -362,12 +362,26 @@ async fn run<P: ProcessManager>(
                             .into(),
                         ));
                     }
+                    if let Some(recording) = ctx.recording.as_mut() {
+                        recording.record(Recorded::Scheduled {
+                            instance: instance.to_owned(),
+                            name: name.clone(),
+                            at,
+                            command: to_json(&command)?,
+                        });
+                    }
                     if let Some((old, _)) = stored.deadlines.insert(name.clone(), (at, command)) {
                         ctx.delete(&deadline_key(old, instance, &name));
                     }
                     ctx.put(&deadline_key(at, instance, &name), Vec::new());
                 }
                 DeadlineOp::Cancel(name) => {
+                    if let Some(recording) = ctx.recording.as_mut() {
+                        recording.record(Recorded::Cancelled {
+                            instance: instance.to_owned(),
+                            name: name.clone(),
+                        });
+                    }
                     if let Some((old, _)) = stored.deadlines.remove(&name) {
                         ctx.delete(&deadline_key(old, instance, &name));
                     }
@@ -377,11 +391,16 @@ async fn run<P: ProcessManager>(
         finished |= steps.finished;
         let mut next = Steps::new(instance, source.timestamp());
         for (step, command) in steps.sends.drain(..) {
-            match manager
-                .send(envelope(ctx.subscription(), source, &step, command))
-                .await
-                .map_err(HandlerFailure::Handler)?
-            {
+            let command = envelope(ctx.subscription(), source, &step, command);
+            let answer = match ctx.recording.as_mut() {
+                // Under the test kit: recorded, and answered as the test says.
+                Some(recording) => recording.send(instance, &step, command)?,
+                None => manager
+                    .send(command)
+                    .await
+                    .map_err(HandlerFailure::Handler)?,
+            };
+            match answer {
                 Dispatched::Accepted => {}
                 Dispatched::Refused(reason) => {
                     manager.refused(&mut stored.state, &step, &reason, &mut next);
@@ -394,6 +413,11 @@ async fn run<P: ProcessManager>(
         steps = next;
     }
     if finished {
+        if let Some(recording) = ctx.recording.as_mut() {
+            recording.record(Recorded::Finished {
+                instance: instance.to_owned(),
+            });
+        }
         for (name, (at, _)) in std::mem::take(&mut stored.deadlines) {
             ctx.delete(&deadline_key(at, instance, &name));
         }
@@ -403,6 +427,88 @@ async fn run<P: ProcessManager>(
             .map_err(HandlerFailure::Handler)?;
     }
     Ok(())
+}
+
+/// What the handler test kit ([`crate::subscription::testing`]) records of a process manager's
+/// steps instead of sending its commands. Commands are kept as JSON (they are serializable, and
+/// need not be `'static`); the kit decodes them back.
+#[derive(Debug, Default)]
+pub(crate) struct Recording {
+    /// The answers to give, by step name: a refusal's reason (any other step is accepted).
+    pub refusals: BTreeMap<String, String>,
+    /// What the reactions asked for, in order.
+    pub steps: Vec<Recorded>,
+}
+
+/// One recorded step.
+#[derive(Debug, Clone)]
+pub(crate) enum Recorded {
+    Sent {
+        instance: String,
+        step: String,
+        envelope: CommandEnvelope<serde_json::Value>,
+        answer: Dispatched,
+    },
+    Scheduled {
+        instance: String,
+        name: String,
+        at: u64,
+        command: serde_json::Value,
+    },
+    Cancelled {
+        instance: String,
+        name: String,
+    },
+    Finished {
+        instance: String,
+    },
+}
+
+impl Recording {
+    fn record(&mut self, step: Recorded) {
+        self.steps.push(step);
+    }
+
+    fn send<C: Serialize>(
+        &mut self,
+        instance: &str,
+        step: &str,
+        command: CommandEnvelope<C>,
+    ) -> Result<Dispatched, HandlerFailure> {
+        let answer = match self.refusals.get(step) {
+            Some(reason) => Dispatched::Refused(reason.clone()),
+            None => Dispatched::Accepted,
+        };
+        let envelope = CommandEnvelope {
+            command_id: command.command_id,
+            correlation_id: command.correlation_id,
+            causation_id: command.causation_id,
+            command: to_json(&command.command)?,
+        };
+        self.record(Recorded::Sent {
+            instance: instance.to_owned(),
+            step: step.to_owned(),
+            envelope,
+            answer: answer.clone(),
+        });
+        Ok(answer)
+    }
+}
+
+fn to_json<C: Serialize>(command: &C) -> Result<serde_json::Value, HandlerFailure> {
+    serde_json::to_value(command).map_err(|e| HandlerFailure::Handler(Box::new(e)))
+}
+
+/// The key of an instance's state (for the test kit).
+pub(crate) fn instance_state_key(instance: &str) -> Vec<u8> {
+    instance_key(instance)
+}
+
+/// Decodes an instance's stored state (for the test kit).
+pub(crate) fn decode_instance<P: ProcessManager>(
+    bytes: &[u8],
+) -> Result<P::State, serde_json::Error> {
+    serde_json::from_slice::<Instance<P::State, P::Command>>(bytes).map(|i| i.state)
 }
 
 /// The state of instance `instance` of process manager `P` as last committed, or `None` when

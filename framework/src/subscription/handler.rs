@@ -179,6 +179,8 @@ pub struct EventContext<'a> {
     pub(crate) reserved: Option<Vec<u8>>,
     /// The generation of the subscription's lease held by this process, if any.
     pub(crate) fencing_token: Option<u64>,
+    /// Under the test kit: a process manager's steps are recorded here instead of sent.
+    pub(crate) recording: Option<crate::process::Recording>,
 }
 
 impl std::fmt::Debug for EventContext<'_> {

@@ -16,6 +16,7 @@ mod handler;
 mod name;
 mod runner;
 mod status;
+pub mod testing;
 mod wait;
 
 use std::time::Duration;

@@ -100,7 +100,7 @@ const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(100);
 /// Whether a handler failed only because the store was unreachable for now: a transient
 /// [`StoreError`] from its state, or returned by the handler itself (from a store read); or
 /// because something else it needs is, as it says with [`Unavailable`](super::Unavailable).
-fn is_transient(failure: &HandlerFailure) -> bool {
+pub(crate) fn is_transient(failure: &HandlerFailure) -> bool {
     match failure {
         HandlerFailure::Store(e) => e.is_transient(),
         HandlerFailure::Handler(e) => {
@@ -114,7 +114,7 @@ fn is_transient(failure: &HandlerFailure) -> bool {
 
 /// Whether retrying cannot help: an event that does not decode, or a handler's
 /// [`Refused`](super::Refused).
-fn is_final(failure: &HandlerFailure) -> bool {
+pub(crate) fn is_final(failure: &HandlerFailure) -> bool {
     match failure {
         HandlerFailure::Decode(_) => true,
         HandlerFailure::Handler(e) => e.is::<super::Refused>(),
@@ -1281,6 +1281,7 @@ impl<H: EventHandler> Worker<'_, H> {
                 reads: track_reads.then(Default::default),
                 reserved: None,
                 fencing_token: self.generation,
+                recording: None,
             };
             let span = info_span!(
                 "event",
