@@ -573,10 +573,14 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
     );
     let outcome = match statements {
         Ok((append, horizon_stmt)) => {
+            let started = std::time::Instant::now();
             let (appended, after) = tokio::join!(
                 client.query_one(&append, &params),
                 client.query_one(&horizon_stmt, &[]),
             );
+            if appended.is_ok() {
+                shared.metrics.committed(started.elapsed());
+            }
             appended.map(|row| (row, after))
         }
         Err(e) => Err(e),
@@ -627,6 +631,14 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
             return;
         }
     };
+    let accepted = first.iter().filter(|f| f.is_some()).count();
+    if accepted > 0 {
+        let events: usize = (batch.iter().zip(&first))
+            .filter(|(_, f)| f.is_some())
+            .map(|(p, _)| p.events.len())
+            .sum();
+        shared.metrics.group(accepted, events);
+    }
     let mut results = Vec::with_capacity(batch.len());
     let mut last_of_batch = 0u64;
     for (i, p) in batch.iter().enumerate() {
@@ -723,10 +735,14 @@ async fn append_one(
         &causations,
         &payloads,
     ];
+    let started = std::time::Instant::now();
     let (appended, after) = tokio::join!(
         client.query_one(&append, &params),
         client.query_one(&horizon_stmt, &[]),
     );
+    if appended.is_ok() {
+        shared.metrics.committed(started.elapsed());
+    }
     let row = match appended {
         Ok(row) => row,
         Err(e) => {
@@ -757,6 +773,7 @@ async fn append_one(
     let xid = parse_xid(row.get::<_, &str>(2))?;
     let first = unsigned(first, "position")?;
     let last = first + n as u64 - 1;
+    shared.metrics.group(1, n);
     drop(client);
     shared.announce(last);
     let result = AppendResult {
