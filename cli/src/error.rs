@@ -90,8 +90,8 @@ pub enum CliError {
         /// What is wrong.
         reason: String,
     },
-    /// Reading or writing a file or the terminal failed.
-    #[error("I/O error: {0}")]
+    /// Reading or writing a file or the terminal failed (displayed as the I/O error itself).
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

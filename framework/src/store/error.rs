@@ -136,7 +136,9 @@ pub enum StoreError {
     /// The outcome of a write that fails this way is unknown (as with any database): after a
     /// failed commit the store refuses further writes ([`StoreError::Failed`]); reopen it, then
     /// read to learn what was stored.
-    #[error("I/O error: {0}")]
+    ///
+    /// Displayed as the I/O error itself (transparent), so an error chain prints it once.
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 
     /// The storage engine reported an error that is not plain I/O.

@@ -23,7 +23,7 @@ pub enum BrokerError {
     #[error("JetStream: {0}")]
     JetStream(String),
     /// The broker's runtime could not be started (out of threads): fatal for this process.
-    #[error("cannot start the broker's runtime: {0}")]
+    #[error("cannot start the broker's runtime")]
     Runtime(#[from] std::io::Error),
     /// A setting is not valid (the message names it). Fix the configuration.
     #[error("invalid configuration: {0}")]

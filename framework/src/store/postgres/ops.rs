@@ -105,11 +105,12 @@ impl Sql {
         };
         Sql {
             append: format!(
-                "SELECT o_actual, o_first, o_xid FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                "SELECT o_actual, o_first, o_xid, o_alone \
+                 FROM {s}.append_v5($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             ),
             append_batch: format!(
-                "SELECT o_actual, o_first, o_xid \
-                 FROM {s}.append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                "SELECT o_actual, o_first, o_xid, o_alone \
+                 FROM {s}.append_batch_v5($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
             ),
             horizon: format!("SELECT {HORIZON}::text"),
             head: format!(
@@ -351,7 +352,7 @@ async fn horizon(client: &tokio_postgres::Client, sql: &Sql) -> Result<u64> {
 /// Waits until transaction `xid` (committed) is below the read horizon, then moves the head to
 /// `last`; gives up with a warning after the visibility timeout (the events are durable, but
 /// global readers see them only once the transactions that hold the horizon back finish).
-/// `horizon_now` is the horizon read right after the commit. Holds no connection while it
+/// `horizon_now` is a horizon read after the commit (0 if none). Holds no connection while it
 /// waits: each new look at the horizon takes one from the pool for that one query.
 async fn wait_visible(shared: &Shared, mut horizon_now: u64, xid: u64, last: u64) -> Result<()> {
     let deadline = tokio::time::Instant::now() + shared.config.visibility_timeout;
@@ -567,25 +568,18 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
         &causations,
         &payloads,
     ];
-    let statements = tokio::try_join!(
-        client.prepare_cached(&shared.sql.append_batch),
-        client.prepare_cached(&shared.sql.horizon),
-    );
-    let outcome = match statements {
-        Ok((append, horizon_stmt)) => {
+    let outcome = match client.prepare_cached(&shared.sql.append_batch).await {
+        Ok(append) => {
             let started = std::time::Instant::now();
-            let (appended, after) = tokio::join!(
-                client.query_one(&append, &params),
-                client.query_one(&horizon_stmt, &[]),
-            );
+            let appended = client.query_one(&append, &params).await;
             if appended.is_ok() {
                 shared.metrics.committed(started.elapsed());
             }
-            appended.map(|row| (row, after))
+            appended
         }
         Err(e) => Err(e),
     };
-    let (row, after) = match outcome {
+    let row = match outcome {
         Ok(done) => done,
         Err(e) => {
             // The function releases the positions lock when it fails holding it; the
@@ -612,14 +606,15 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
         let actual: Vec<i64> = row.try_get(0).map_err(pg_error)?;
         let first: Vec<Option<i64>> = row.try_get(1).map_err(pg_error)?;
         let xid: Option<String> = row.try_get(2).map_err(pg_error)?;
+        let alone: Option<bool> = row.try_get(3).map_err(pg_error)?;
         if actual.len() != batch.len() || first.len() != batch.len() {
             return Err(StoreError::engine_message(
                 "postgres append_batch returned the wrong number of results",
             ));
         }
-        Ok((actual, first, xid))
+        Ok((actual, first, xid, alone == Some(true)))
     })();
-    let (actual, first, xid) = match decoded {
+    let (actual, first, xid, alone) = match decoded {
         Ok(decoded) => decoded,
         Err(e) => {
             let message = crate::store::error_chain(&e);
@@ -666,12 +661,8 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
     match xid.as_deref().and_then(|x| parse_xid(x).ok()) {
         Some(xid) => {
             shared.announce(last_of_batch);
-            let horizon_now = match after {
-                Ok(row) => parse_xid(row.get(0)).unwrap_or(0),
-                Err(_) => 0,
-            };
             let visible = Visible {
-                horizon_now,
+                alone,
                 xid,
                 last: last_of_batch,
             };
@@ -718,12 +709,6 @@ async fn append_one(
         .prepare_cached(&shared.sql.append)
         .await
         .map_err(pg_error)?;
-    let horizon_stmt = client
-        .prepare_cached(&shared.sql.horizon)
-        .await
-        .map_err(pg_error)?;
-    // Pipelined: the horizon is read right after the append's transaction commits, without a
-    // second round trip.
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
         &stream,
         &category,
@@ -736,10 +721,7 @@ async fn append_one(
         &payloads,
     ];
     let started = std::time::Instant::now();
-    let (appended, after) = tokio::join!(
-        client.query_one(&append, &params),
-        client.query_one(&horizon_stmt, &[]),
-    );
+    let appended = client.query_one(&append, &params).await;
     if appended.is_ok() {
         shared.metrics.committed(started.elapsed());
     }
@@ -771,6 +753,7 @@ async fn append_one(
         });
     };
     let xid = parse_xid(row.get::<_, &str>(2))?;
+    let alone = row.get::<_, Option<bool>>(3) == Some(true);
     let first = unsigned(first, "position")?;
     let last = first + n as u64 - 1;
     shared.metrics.group(1, n);
@@ -781,26 +764,15 @@ async fn append_one(
         last_position: last,
         stream_version: actual,
     };
-    // The append is committed from here on: a failure to learn the horizon must not turn it
-    // into an error the caller would retry.
-    let horizon_now = match after {
-        Ok(row) => parse_xid(row.get(0)).unwrap_or(0),
-        Err(_) => 0,
-    };
-    Ok((
-        result,
-        Visible {
-            horizon_now,
-            xid,
-            last,
-        },
-    ))
+    Ok((result, Visible { alone, xid, last }))
 }
 
 /// What an answer waits for after a commit: its transaction below the read horizon.
 struct Visible {
-    /// The horizon read right after the commit.
-    horizon_now: u64,
+    /// No older transaction was running when the committing one took its id (the append
+    /// function's `o_alone`): then its events are below every reader's horizon from its commit
+    /// on, since no transaction can take an older id later.
+    alone: bool,
     /// The committing transaction.
     xid: u64,
     /// The last position it wrote.
@@ -808,20 +780,17 @@ struct Visible {
 }
 
 /// Answers the appends of one commit once its events are readable (or the visibility timeout
-/// passed): at once when the horizon read right after the commit already passed it, otherwise
-/// in a task of its own, so that the committer goes on with the next batch.
+/// passed): at once when no older transaction was running (the usual case), otherwise in a task
+/// of its own that reads the horizon until it passes them, so that the committer goes on with
+/// the next batch.
 fn answer_when_visible(
     shared: &Arc<Shared>,
     visible: Visible,
     answers: Vec<(oneshot::Sender<Result<AppendResult>>, Result<AppendResult>)>,
 ) {
-    let Visible {
-        horizon_now,
-        xid,
-        last,
-    } = visible;
-    if horizon_now > xid {
-        // Already readable (the usual case): answered at once, without a task of its own.
+    let Visible { alone, xid, last } = visible;
+    if alone {
+        // Readable from the commit on: answered at once, without a task of its own.
         shared.bump_head(last);
         for (reply, result) in answers {
             let _ = reply.send(result);
@@ -830,6 +799,11 @@ fn answer_when_visible(
     }
     let shared = shared.clone();
     tokio::spawn(async move {
+        // A failed look counts as "not yet": wait_visible looks again.
+        let horizon_now = match shared.client().await {
+            Ok(client) => horizon(&client, &shared.sql).await.unwrap_or(0),
+            Err(_) => 0,
+        };
         if let Err(e) = wait_visible(&shared, horizon_now, xid, last).await {
             tracing::warn!(error = %e, position = last, "could not wait for appends to be readable");
         }
