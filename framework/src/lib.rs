@@ -11,6 +11,7 @@ pub mod aggregate;
 #[cfg(feature = "nats")]
 pub mod broker;
 mod event;
+pub mod metrics;
 mod panic;
 pub mod process;
 pub mod store;

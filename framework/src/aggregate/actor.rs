@@ -44,6 +44,7 @@ impl<A: Aggregate> AggregateActor<A> {
         counters: Arc<Counters>,
     ) -> Self {
         counters.live.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::aggregate_live(A::CATEGORY, 1.0);
         AggregateActor {
             id,
             generation,
@@ -82,6 +83,7 @@ impl<A: Aggregate> AggregateActor<A> {
 impl<A: Aggregate> Drop for AggregateActor<A> {
     fn drop(&mut self) {
         self.counters.live.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::aggregate_live(A::CATEGORY, -1.0);
     }
 }
 
@@ -157,7 +159,10 @@ impl<A: Aggregate, R: Send + 'static> Handler<Query<A, R>> for AggregateActor<A>
         let id = self.id.clone();
         let work = async move {
             let result = match &slot {
-                Some(_) => Ok(()),
+                Some(_) => {
+                    crate::metrics::aggregate_state_hit(A::CATEGORY);
+                    Ok(())
+                }
                 None => load::<A>(&*store, &id, &config).await.map(|l| {
                     slot = Some(Box::new(l));
                 }),

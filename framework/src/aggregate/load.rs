@@ -101,7 +101,10 @@ async fn load_with<A: Aggregate>(
                     snapshot_version: snapshot.stream_version,
                 };
                 match catch_up(store, loaded, config).await? {
-                    Some(loaded) => return Ok(loaded),
+                    Some(loaded) => {
+                        crate::metrics::aggregate_loaded(A::CATEGORY, true);
+                        return Ok(loaded);
+                    }
                     None => warn!(
                         stream,
                         snapshot_version = snapshot.stream_version,
@@ -119,9 +122,11 @@ async fn load_with<A: Aggregate>(
         processed: ProcessedCommands::new(config.dedup_window),
         snapshot_version: 0,
     };
-    Ok(catch_up(store, loaded, config)
+    let loaded = catch_up(store, loaded, config)
         .await?
-        .expect("a replay from version 0 cannot be ahead of the stream"))
+        .expect("a replay from version 0 cannot be ahead of the stream");
+    crate::metrics::aggregate_loaded(A::CATEGORY, false);
+    Ok(loaded)
 }
 
 fn decode_snapshot<A: Aggregate>(stream: &str, snapshot: &Snapshot) -> Option<A> {
@@ -229,6 +234,38 @@ pub(crate) async fn execute<A: Aggregate>(
     envelope: CommandEnvelope<A::Command>,
     remember: bool,
 ) -> Result<CommandOutcome, AggregateError<A::Error>> {
+    if slot.is_some() {
+        crate::metrics::aggregate_state_hit(A::CATEGORY);
+    }
+    let mut from_history = false;
+    let result = decide(
+        slot,
+        store,
+        config,
+        id,
+        envelope,
+        remember,
+        &mut from_history,
+    )
+    .await;
+    if from_history {
+        crate::metrics::command_from_history(A::CATEGORY);
+    }
+    let outcome = crate::metrics::command_outcome(&result, from_history);
+    crate::metrics::command(A::CATEGORY, outcome);
+    result
+}
+
+/// [`execute`] without the metrics; sets `from_history` when the answer is a remembered one.
+async fn decide<A: Aggregate>(
+    slot: &mut Option<Box<Loaded<A>>>,
+    store: &dyn EventStore,
+    config: &AggregateConfig,
+    id: &str,
+    envelope: CommandEnvelope<A::Command>,
+    remember: bool,
+    from_history: &mut bool,
+) -> Result<CommandOutcome, AggregateError<A::Error>> {
     let command_id = envelope.command_id;
     let correlation_id = envelope.effective_correlation_id();
     let remember = remember && config.dedup_window > 0;
@@ -243,6 +280,7 @@ pub(crate) async fn execute<A: Aggregate>(
                 first_version = decision.first_version(),
                 "duplicate command answered from history"
             );
+            *from_history = true;
             return answer_from_history::<A>(store, &loaded.stream, command_id, decision).await;
         }
         attempts += 1;

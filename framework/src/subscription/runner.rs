@@ -355,6 +355,7 @@ impl<H: EventHandler> Runner<H> {
                     Err(Fault::Panicked { position, message }) => {
                         restarts += 1;
                         self.status.update(|s| s.restarts += 1);
+                        self.status.metrics().restarts.increment(1);
                         error!(position, restarts, panic = %message, "handler panicked; restarting from the checkpoint");
                         if restarts > self.config.max_restarts {
                             let reason = format!(
@@ -620,6 +621,10 @@ impl<H: EventHandler> Runner<H> {
                 .store
                 .read_all(checkpoint + 1, self.config.batch_size, &filter)
                 .await?;
+            // The page's first event is the oldest not handled yet (none: caught up).
+            self.status
+                .metrics()
+                .oldest_unhandled(page.events.first().map(|e| e.timestamp_micros));
             let end = if self.handlers.len() > 1 && self.serial_pages == 0 {
                 let (end, settled) = self
                     .round(&page.events, &mut committed, &mut checkpoint, &mut pending)
@@ -668,6 +673,7 @@ impl<H: EventHandler> Runner<H> {
             if !page.is_end() {
                 continue;
             }
+            self.status.metrics().oldest_unhandled(None);
             self.wait_at_head(
                 &mut heads,
                 &mut committed,
@@ -826,6 +832,7 @@ impl<H: EventHandler> Runner<H> {
                     s.handled_up_to = position;
                     s.events_handled += 1;
                 });
+                self.status.metrics().handled.increment(1);
                 Ok(Flow::Next)
             }
             Attempt::Failed(failure) => {
@@ -883,6 +890,7 @@ impl<H: EventHandler> Runner<H> {
             s.parked_streams += 1;
             s.state = SubscriptionState::Parked;
         });
+        self.status.metrics().parked.increment(1);
     }
 
     /// An earlier event of this stream is parked: this one waits behind it, in order, recorded
@@ -897,6 +905,7 @@ impl<H: EventHandler> Runner<H> {
         if !pending.contains_key(&key) && self.store.load_state(&self.name, &key).await?.is_none() {
             park(pending, event, "an earlier event of its stream is parked");
             self.status.update(|s| s.parked += 1);
+            self.status.metrics().parked.increment(1);
         }
         debug!(position = event.position, stream = %event.stream_id, "parked behind its stream");
         Ok(())
@@ -995,6 +1004,7 @@ impl<H: EventHandler> Runner<H> {
                 Some(OutcomeKind::Handled(writes)) => {
                     merge(pending, writes);
                     self.status.update(|s| s.events_handled += 1);
+                    self.status.metrics().handled.increment(1);
                 }
                 Some(OutcomeKind::Behind) => self.park_behind(event, pending).await?,
                 Some(OutcomeKind::Parked(reason)) => self.park_failed(event, &reason, pending),
@@ -1339,6 +1349,7 @@ impl<H: EventHandler> Worker<'_, H> {
             retry += 1;
             warn!(position = event.position, retry, ?pause, error = %failure, "handler failed; retrying");
             self.status.update(|s| s.retries += 1);
+            self.status.metrics().retries.increment(1);
             if sleep_or_stop(&mut self.stop, pause).await {
                 return Attempt::Stopped;
             }
@@ -1474,6 +1485,7 @@ impl<H: EventHandler> Runner<H> {
                 s.parked_streams = s.parked_streams.saturating_sub(1);
             }
         });
+        self.status.metrics().skipped.increment(1);
         info!(position, stream = %entry.stream_id, "parked event skipped");
         self.commit(committed, checkpoint, &mut batch).await?;
         Ok(true)
@@ -1525,6 +1537,7 @@ impl<H: EventHandler> Runner<H> {
                         s.events_handled += 1;
                         s.parked = s.parked.saturating_sub(1);
                     });
+                    self.status.metrics().handled.increment(1);
                     continue;
                 }
                 Attempt::Failed(failure) => describe(event.position, &event.event_type, &failure),

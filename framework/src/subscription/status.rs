@@ -6,6 +6,7 @@ use tokio::sync::watch;
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::SubscriptionMetrics;
 use crate::store::LeaseInfo;
 
 /// The lifecycle state of a subscription.
@@ -145,13 +146,24 @@ pub(crate) fn initial(name: &str) -> SubscriptionStatus {
 
 /// A status shared between the running subscription and whoever watches it: every update
 /// wakes the watchers (see [`watch`](Self::watch)), so waiting for progress never polls.
+///
+/// It also holds the subscription's metric handles: every update sets the lag and checkpoint
+/// gauges from the status, so that they never disagree with it.
 #[derive(Clone, Debug)]
-pub(crate) struct StatusCell(Arc<watch::Sender<SubscriptionStatus>>);
+pub(crate) struct StatusCell(
+    Arc<watch::Sender<SubscriptionStatus>>,
+    Arc<SubscriptionMetrics>,
+);
 
 impl StatusCell {
     pub fn new(name: &str) -> Self {
         let (sender, _) = watch::channel(initial(name));
-        StatusCell(Arc::new(sender))
+        StatusCell(Arc::new(sender), Arc::new(SubscriptionMetrics::new(name)))
+    }
+
+    /// The subscription's metric handles.
+    pub fn metrics(&self) -> &SubscriptionMetrics {
+        &self.1
     }
 
     pub fn get(&self) -> SubscriptionStatus {
@@ -159,7 +171,10 @@ impl StatusCell {
     }
 
     pub fn update(&self, f: impl FnOnce(&mut SubscriptionStatus)) {
-        self.0.send_modify(f);
+        self.0.send_modify(|s| {
+            f(s);
+            self.1.progress(s.lag(), s.checkpoint);
+        });
     }
 
     /// A receiver that is told of every later update.

@@ -35,7 +35,7 @@ fn retryable(code: &SqlState) -> bool {
 /// ([`retryable`]); [`StoreError::Engine`] otherwise (with the server's message).
 pub fn pg_error(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() || e.code().is_some_and(|c| connection_lost(c) || retryable(c)) {
-        return StoreError::Unavailable(e.to_string());
+        return StoreError::Unavailable(crate::store::error_chain(&e));
     }
     if let Some(db) = e.as_db_error() {
         let message = format!("postgres {}", db.code().code());
@@ -44,7 +44,7 @@ pub fn pg_error(e: tokio_postgres::Error) -> StoreError {
     // No server error and not closed: I/O or protocol trouble on the way to the server.
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
     if io {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(crate::store::error_chain(&e))
     } else {
         StoreError::engine("postgres", e)
     }

@@ -333,6 +333,8 @@ struct Shared {
     appends: tokio::sync::mpsc::UnboundedSender<ops::Pending>,
     /// Where the committers take them from (one at a time takes a batch).
     queue: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ops::Pending>>,
+    /// The store's metric handles (taken at open).
+    metrics: crate::metrics::StoreMetrics,
 }
 
 impl Shared {
@@ -484,6 +486,7 @@ impl PostgresEventStore {
             instance: uuid::Uuid::new_v4().simple().to_string(),
             appends,
             queue: tokio::sync::Mutex::new(queue),
+            metrics: crate::metrics::StoreMetrics::new("postgres"),
         });
         let opening = {
             let shared = shared.clone();
@@ -582,7 +585,13 @@ impl EventStore for PostgresEventStore {
         // Not through `call`: an append only queues for a committer (a task of the store's
         // runtime, alive while `self` is) and waits for its answer, so it needs no task of its
         // own there. Two fewer hops between threads per append (the whole cost of one at a time).
-        ops::append(&self.inner.shared, stream.to_owned(), expected, events).await
+        let started = std::time::Instant::now();
+        let result = ops::append(&self.inner.shared, stream.to_owned(), expected, events).await;
+        self.inner
+            .shared
+            .metrics
+            .appended(started.elapsed(), &result);
+        result
     }
 
     async fn read_stream(
@@ -595,11 +604,14 @@ impl EventStore for PostgresEventStore {
             return Ok(Vec::new()); // no such stream can exist
         }
         let stream = stream.to_owned();
-        self.idempotent(move |shared| {
-            let stream = stream.clone();
-            async move { ops::read_stream(&shared, &stream, from_version, max_count).await }
-        })
-        .await
+        let events = self
+            .idempotent(move |shared| {
+                let stream = stream.clone();
+                async move { ops::read_stream(&shared, &stream, from_version, max_count).await }
+            })
+            .await?;
+        self.inner.shared.metrics.stream_read(events.len());
+        Ok(events)
     }
 
     async fn stream_version(&self, stream: &str) -> Result<u64> {
@@ -621,11 +633,14 @@ impl EventStore for PostgresEventStore {
         filter: &Filter,
     ) -> Result<ReadBatch> {
         let filter = filter.clone();
-        self.idempotent(move |shared| {
-            let filter = filter.clone();
-            async move { ops::read_all(&shared, from_position, max_count, &filter).await }
-        })
-        .await
+        let page = self
+            .idempotent(move |shared| {
+                let filter = filter.clone();
+                async move { ops::read_all(&shared, from_position, max_count, &filter).await }
+            })
+            .await?;
+        self.inner.shared.metrics.read_all_page();
+        Ok(page)
     }
 
     fn head(&self) -> u64 {

@@ -569,7 +569,14 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
         &payloads,
     ];
     let outcome = match client.prepare_cached(&shared.sql.append_batch).await {
-        Ok(append) => client.query_one(&append, &params).await,
+        Ok(append) => {
+            let started = std::time::Instant::now();
+            let appended = client.query_one(&append, &params).await;
+            if appended.is_ok() {
+                shared.metrics.committed(started.elapsed());
+            }
+            appended
+        }
         Err(e) => Err(e),
     };
     let row = match outcome {
@@ -619,6 +626,14 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
             return;
         }
     };
+    let accepted = first.iter().filter(|f| f.is_some()).count();
+    if accepted > 0 {
+        let events: usize = (batch.iter().zip(&first))
+            .filter(|(_, f)| f.is_some())
+            .map(|(p, _)| p.events.len())
+            .sum();
+        shared.metrics.group(accepted, events);
+    }
     let mut results = Vec::with_capacity(batch.len());
     let mut last_of_batch = 0u64;
     for (i, p) in batch.iter().enumerate() {
@@ -705,7 +720,12 @@ async fn append_one(
         &causations,
         &payloads,
     ];
-    let row = match client.query_one(&append, &params).await {
+    let started = std::time::Instant::now();
+    let appended = client.query_one(&append, &params).await;
+    if appended.is_ok() {
+        shared.metrics.committed(started.elapsed());
+    }
+    let row = match appended {
         Ok(row) => row,
         Err(e) => {
             let unique = e.code() == Some(&SqlState::UNIQUE_VIOLATION);
@@ -736,6 +756,7 @@ async fn append_one(
     let alone = row.get::<_, Option<bool>>(3) == Some(true);
     let first = unsigned(first, "position")?;
     let last = first + n as u64 - 1;
+    shared.metrics.group(1, n);
     drop(client);
     shared.announce(last);
     let result = AppendResult {

@@ -116,6 +116,8 @@ pub(crate) struct Shared {
     head_rx: watch::Receiver<u64>,
     /// Held for as long as the store is open; the OS releases the lock when it closes.
     _lock: File,
+    /// The store's metric handles (taken at open).
+    metrics: crate::metrics::StoreMetrics,
 }
 
 impl Shared {
@@ -255,6 +257,7 @@ impl SledEventStore {
             commit_gate: RwLock::new(()),
             head_rx,
             _lock: lock,
+            metrics: crate::metrics::StoreMetrics::new("sled"),
         });
         let settings = WriterSettings {
             max_group: config.max_group.max(1),
@@ -594,6 +597,7 @@ impl EventStore for SledEventStore {
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
         validate_append(stream, &events)?;
+        let started = Instant::now();
         let (reply, rx) = oneshot::channel();
         self.send(Request::Append {
             stream: stream.to_owned(),
@@ -601,7 +605,12 @@ impl EventStore for SledEventStore {
             events,
             reply,
         })?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let result = rx.await.map_err(|_| StoreError::Closed)?;
+        self.inner
+            .shared
+            .metrics
+            .appended(started.elapsed(), &result);
+        result
     }
 
     async fn read_stream(
@@ -611,8 +620,11 @@ impl EventStore for SledEventStore {
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
         let stream = stream.to_owned();
-        self.blocking(move |s| s.read_stream(&stream, from_version, max_count))
-            .await
+        let events = self
+            .blocking(move |s| s.read_stream(&stream, from_version, max_count))
+            .await?;
+        self.inner.shared.metrics.stream_read(events.len());
+        Ok(events)
     }
 
     async fn stream_version(&self, stream: &str) -> Result<u64> {
@@ -631,8 +643,11 @@ impl EventStore for SledEventStore {
         filter: &Filter,
     ) -> Result<ReadBatch> {
         let filter = filter.clone();
-        self.blocking(move |s| s.read_all(from_position, max_count, &filter))
-            .await
+        let page = self
+            .blocking(move |s| s.read_all(from_position, max_count, &filter))
+            .await?;
+        self.inner.shared.metrics.read_all_page();
+        Ok(page)
     }
 
     fn head(&self) -> u64 {

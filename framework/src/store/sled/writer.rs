@@ -196,6 +196,8 @@ impl Writer {
         let mut chunk = ChunkBuilder::new();
         let mut chunk_first = position;
         let mut kinds = Kinds::default();
+        // Appends accepted in this group, for the group size metrics.
+        let (mut appends, mut appended) = (0usize, 0usize);
 
         for req in group {
             match req {
@@ -261,6 +263,8 @@ impl Writer {
                     );
                     writes += 1;
                     let version = current + u64::from(count);
+                    appends += 1;
+                    appended += events.len();
                     overlay.insert(stream, version);
                     group_ts = timestamp_micros;
                     replies.push(Reply::Append(
@@ -449,6 +453,9 @@ impl Writer {
         if writes > 0 {
             self.record(head, &kinds);
         }
+        if appends > 0 {
+            self.shared.metrics.group(appends, appended);
+        }
         for reply in replies {
             reply.send();
         }
@@ -504,8 +511,10 @@ impl Writer {
     fn write_durably(&mut self, batch: sled::Batch) -> Result<()> {
         let _gate = self.shared.committing();
         self.shared.db.apply_batch(batch)?;
+        let started = std::time::Instant::now();
         self.shared.db.flush()?;
         self.durability.sync()?;
+        self.shared.metrics.committed(started.elapsed());
         Ok(())
     }
 
