@@ -352,13 +352,24 @@ async fn horizon(client: &tokio_postgres::Client, sql: &Sql) -> Result<u64> {
 /// Waits until transaction `xid` (committed) is below the read horizon, then moves the head to
 /// `last`; gives up with a warning after the visibility timeout (the events are durable, but
 /// global readers see them only once the transactions that hold the horizon back finish).
-/// `horizon_now` is a horizon read after the commit (0 if none). Holds no connection while it
-/// waits: each new look at the horizon takes one from the pool for that one query.
-async fn wait_visible(shared: &Shared, mut horizon_now: u64, xid: u64, last: u64) -> Result<()> {
+/// Holds no connection while it waits: each look at the horizon (the first one at once) takes
+/// one from the pool for that one query.
+async fn wait_visible(shared: &Shared, xid: u64, last: u64) -> Result<()> {
     let deadline = tokio::time::Instant::now() + shared.config.visibility_timeout;
     let mut head = shared.watch();
     let mut pause = Duration::from_millis(1);
-    while horizon_now <= xid {
+    loop {
+        // A look that fails (no connection free, a lost one) is tried again until the
+        // deadline: the append must not return before its events are readable.
+        let looked = match shared.client().await {
+            Ok(client) => horizon(&client, &shared.sql).await,
+            Err(e) => Err(e),
+        };
+        match looked {
+            Ok(h) if h > xid => break,
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "could not read the horizon; trying again"),
+        }
         if head.current() >= last {
             return Ok(());
         }
@@ -376,16 +387,6 @@ async fn wait_visible(shared: &Shared, mut horizon_now: u64, xid: u64, last: u64
             _ = head.wait_for(last) => return Ok(()),
         }
         pause = (pause * 2).min(Duration::from_millis(50));
-        // A look that fails (no connection free, a lost one) is tried again until the
-        // deadline: the append must not return before its events are readable.
-        let looked = match shared.client().await {
-            Ok(client) => horizon(&client, &shared.sql).await,
-            Err(e) => Err(e),
-        };
-        match looked {
-            Ok(h) => horizon_now = h,
-            Err(e) => tracing::debug!(error = %e, "could not read the horizon; trying again"),
-        }
     }
     shared.bump_head(last);
     Ok(())
@@ -626,14 +627,7 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
             return;
         }
     };
-    let accepted = first.iter().filter(|f| f.is_some()).count();
-    if accepted > 0 {
-        let events: usize = (batch.iter().zip(&first))
-            .filter(|(_, f)| f.is_some())
-            .map(|(p, _)| p.events.len())
-            .sum();
-        shared.metrics.group(accepted, events);
-    }
+    let (mut accepted, mut events) = (0usize, 0usize);
     let mut results = Vec::with_capacity(batch.len());
     let mut last_of_batch = 0u64;
     for (i, p) in batch.iter().enumerate() {
@@ -648,6 +642,8 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
             Some(first) => {
                 let first = u64::try_from(first).unwrap_or(0);
                 last_of_batch = last_of_batch.max(first + count - 1);
+                accepted += 1;
+                events += p.events.len();
                 Ok(AppendResult {
                     first_position: first,
                     last_position: first + count - 1,
@@ -656,6 +652,9 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
             }
         };
         results.push(result);
+    }
+    if accepted > 0 {
+        shared.metrics.group(accepted, events);
     }
     let answers: Vec<_> = batch.into_iter().map(|p| p.reply).zip(results).collect();
     match xid.as_deref().and_then(|x| parse_xid(x).ok()) {
@@ -799,12 +798,7 @@ fn answer_when_visible(
     }
     let shared = shared.clone();
     tokio::spawn(async move {
-        // A failed look counts as "not yet": wait_visible looks again.
-        let horizon_now = match shared.client().await {
-            Ok(client) => horizon(&client, &shared.sql).await.unwrap_or(0),
-            Err(_) => 0,
-        };
-        if let Err(e) = wait_visible(&shared, horizon_now, xid, last).await {
+        if let Err(e) = wait_visible(&shared, xid, last).await {
             tracing::warn!(error = %e, position = last, "could not wait for appends to be readable");
         }
         for (reply, result) in answers {
@@ -1396,9 +1390,8 @@ pub async fn import(shared: &Shared, events: Vec<RecordedEvent>) -> Result<u64> 
     .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
     shared.announce(last_position);
-    let horizon_now = horizon(&client, &shared.sql).await.unwrap_or(0);
     drop(client);
-    wait_visible(shared, horizon_now, xid, last_position).await?;
+    wait_visible(shared, xid, last_position).await?;
     Ok(last_position)
 }
 
