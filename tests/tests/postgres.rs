@@ -842,6 +842,57 @@ async fn another_process_sees_appends_through_notifications() {
     }
 }
 
+/// A process that starts listening late still hears of an append committed before it listened
+/// but readable only after (an older transaction held the horizon back): its notification went
+/// out before the listener existed, and polling is slowed to an hour, so only the listener's
+/// first look at what is committed can make it follow the head there.
+#[actix::test]
+async fn a_late_listener_follows_appends_that_become_readable_later() {
+    let _shared = SERVER.read().await;
+    let Some((schema, writer)) = open("late_listener", "late_writer", |c| {
+        c.visibility_timeout(Duration::from_millis(50))
+    }) else {
+        return;
+    };
+    let held = pg::connect().await.unwrap();
+    held.batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .await
+        .unwrap();
+    let appended = writer
+        .append("order-late", ExpectedVersion::NoStream, vec![order(1)])
+        .await
+        .unwrap();
+    let reader = schema.open(|mut c| {
+        c.url = format!("{}?application_name=late_reader", pg::url());
+        c.poll_interval(Duration::from_secs(3600))
+    });
+    assert!(
+        reader.head() < appended.last_position,
+        "the held transaction did not hold the horizon back"
+    );
+    let mut head = reader.watch_head();
+    // The listener has taken its first look (while the horizon is still held) once both of the
+    // reader's connections, the pool's and the listener's, sit idle after a query other than
+    // LISTEN.
+    let looked = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'late_reader' \
+                  AND state = 'idle' AND query LIKE 'SELECT%'";
+    // (Asked on a connection of its own: a transaction sees one snapshot of the activity.)
+    let watcher = pg::connect().await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while watcher.query_one(looked, &[]).await.unwrap().get::<_, i64>(0) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader's listener never read the head"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    held.batch_execute("COMMIT").await.unwrap();
+    let seen = tokio::time::timeout(PATIENCE, head.wait_for(appended.last_position))
+        .await
+        .expect("the late listener never saw the append");
+    assert!(seen.is_ok(), "the other store closed");
+}
+
 /// The server's, database's or role's defaults cannot change how the store works: a URL whose
 /// options make sessions read-only, serializable and asynchronously committed still gets
 /// writable, read-committed, synchronously committed connections (the store's settings are

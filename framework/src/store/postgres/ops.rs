@@ -62,6 +62,7 @@ pub struct Sql {
     append_batch: String,
     horizon: String,
     head: String,
+    committed_head: String,
     read_stream: String,
     stream_version: String,
     committed_version: String,
@@ -116,6 +117,7 @@ impl Sql {
             head: format!(
                 "SELECT coalesce(max(position), 0) FROM {s}.events WHERE xid < {HORIZON}"
             ),
+            committed_head: format!("SELECT coalesce(max(position), 0) FROM {s}.events"),
             read_stream: format!(
                 "SELECT {EVENT_COLUMNS} FROM ( \
                      SELECT e.*, {by_version} \
@@ -338,6 +340,16 @@ fn parse_xid(text: &str) -> Result<u64> {
 pub async fn read_head(client: &tokio_postgres::Client, sql: &Sql) -> Result<u64> {
     let row = client.query_one(&sql.head, &[]).await.map_err(pg_error)?;
     unsigned(row.get(0), "durable head")
+}
+
+/// The highest committed position, readable or not yet (an older transaction may still hold
+/// the horizon below it): what the head will reach once the transactions running now finish.
+pub async fn read_committed_head(client: &tokio_postgres::Client, sql: &Sql) -> Result<u64> {
+    let row = client
+        .query_one(&sql.committed_head, &[])
+        .await
+        .map_err(pg_error)?;
+    unsigned(row.get(0), "committed head")
 }
 
 /// The read horizon now: every transaction id below it is finished.

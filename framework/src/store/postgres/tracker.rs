@@ -38,32 +38,49 @@ const STUCK_POLL: Duration = Duration::from_secs(1);
 
 /// Sends a notification each time this process committed positions past the last one sent,
 /// until the store is dropped (its runtime stops this task). A notification that cannot be sent
-/// is not retried: the next append sends a newer one, and listeners poll anyway.
+/// is sent again after a pause that grows up to [`RECONNECT_MAX`].
 pub async fn announce(shared: Arc<Shared>) {
     let mut appended = shared.appended.subscribe();
     let sql = "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)";
     let mut sent = 0u64;
-    while appended.changed().await.is_ok() {
+    let mut failures = 0u32;
+    loop {
         let position = *appended.borrow_and_update();
-        if position <= sent || shared.head.strong_count() == 0 {
+        if shared.head.strong_count() == 0 {
+            return;
+        }
+        if position <= sent {
+            if appended.changed().await.is_err() {
+                return;
+            }
             continue;
         }
         // The notification's own transaction commits without waiting for its WAL flush: it is
-        // only a wake-up, and a lost one is covered by polling. It names this store, so that
-        // this process's own listener does not read the head for it (its appends move the head
-        // themselves).
+        // only a wake-up. It names this store, so that this process's own listener does not
+        // read the head for it (its appends move the head themselves).
         let payload = format!("{position} {}", shared.instance);
         let result = match shared.client().await {
             Ok(client) => ops::execute(&client, sql, &[&shared.keys.channel, &payload]).await,
             Err(e) => Err(e),
         };
-        match result {
-            Ok(_) => sent = position,
-            Err(e) => tracing::debug!(error = %e, position, "could not send a notification"),
-        }
-        // Appends meanwhile are announced together by the next one: at most one notification
-        // per interval (each is a transaction, and wakes every listening process).
-        tokio::time::sleep(shared.config.notify_interval).await;
+        let pause = match result {
+            Ok(_) => {
+                sent = position;
+                failures = 0;
+                // Appends meanwhile are announced together by the next one: at most one
+                // notification per interval (each is a transaction, and wakes every listener).
+                shared.config.notify_interval
+            }
+            Err(e) => {
+                // Sent again until it goes through (with the newest position by then): a
+                // listener whose poll interval is long would otherwise hear of this append
+                // only when this process appends again.
+                failures = failures.saturating_add(1);
+                tracing::debug!(error = %e, position, failures, "could not send a notification");
+                reconnect_pause(failures, RECONNECT_MAX).max(shared.config.notify_interval)
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -166,10 +183,13 @@ async fn listen(
         .await
         .map_err(pg_error)?;
     let head_sql = &shared.sql;
-    // Everything appended before LISTEN took effect is covered by this read.
+    // Everything appended before LISTEN took effect is covered by these reads: what is readable
+    // already moves the head now, and what is committed but not readable yet (an older
+    // transaction holds the horizon below it) is a target, as if it had been notified: its
+    // notification may have been sent before this connection listened.
     let mut head = ops::read_head(client, head_sql).await?;
     shared.bump_head(head);
-    let mut target = head;
+    let mut target = head.max(ops::read_committed_head(client, head_sql).await?);
     let mut pause = FAST_POLL.0;
     // How long the pause may grow to while a notified position is not readable yet: the fast
     // poll's ceiling while the head moves, up to the poll interval while it does not.
