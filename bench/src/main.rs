@@ -7,6 +7,7 @@
 //! cargo run --release -p tidings-bench -- --only W1,W3 --json
 //! cargo run --release -p tidings-bench -- --backend postgres   # W1, W3, W7 on PostgreSQL only
 //! cargo run --release -p tidings-bench -- --only W8            # the NATS relay vs a bare loop
+//! cargo run -p tidings-bench -- charts bench.json docs/images   # SVG charts of a --json run
 //! ```
 //!
 //! W1, W3 and W7 also run against tidings' PostgreSQL store when the server
@@ -19,6 +20,7 @@
 //! with a loud message, and the run fails if `TIDINGS_REQUIRE_NATS=1`.
 
 mod baseline;
+mod charts;
 mod data;
 mod dataset;
 mod domain;
@@ -196,6 +198,7 @@ fn main() {
         Some(w6::CHILD) => Some(w6::child),
         Some(w45::CQRS_CHILD) => Some(w45::cqrs_child),
         Some(w6::SCAN_CHILD) => Some(w6::sled_scan_child),
+        Some(charts::COMMAND) => Some(charts::run),
         _ => None,
     };
     if let Some(child) = child {

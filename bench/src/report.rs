@@ -31,6 +31,9 @@ pub enum Target {
 pub struct Row {
     /// W1..W7.
     pub workload: &'static str,
+    /// The engine behind tidings' figure: "tidings" (the embedded store) unless the row says
+    /// otherwise ("tidings PostgreSQL").
+    pub engine: &'static str,
     /// What was run, e.g. "256 writers".
     pub case: String,
     /// The unit of both figures.
@@ -66,6 +69,7 @@ impl Row {
     ) -> Row {
         Row {
             workload,
+            engine: "tidings",
             case: case.into(),
             unit,
             better,
@@ -80,6 +84,12 @@ impl Row {
     /// The same row with its ratio taken as `ratio`, the median of per-round ratios.
     pub fn paired(mut self, ratio: f64) -> Row {
         self.paired = Some(ratio);
+        self
+    }
+
+    /// The same row with tidings' figure measured on `engine` (e.g. "tidings PostgreSQL").
+    pub fn engine(mut self, engine: &'static str) -> Row {
+        self.engine = engine;
         self
     }
 
@@ -226,6 +236,7 @@ pub fn json(rows: &[Row]) -> String {
             let num = |x: f64| if x.is_finite() { serde_json::json!(x) } else { serde_json::Value::Null };
             serde_json::json!({
                 "workload": r.workload,
+                "engine": r.engine,
                 "case": r.case,
                 "unit": r.unit,
                 "higher_is_better": r.better == Better::Higher,

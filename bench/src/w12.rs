@@ -117,6 +117,7 @@ impl Rounds {
             self.median(baseline),
             target,
         )
+        .engine(self.first.name())
         .paired(
             self.ratios
                 .get(baseline.name())
