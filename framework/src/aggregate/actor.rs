@@ -140,7 +140,8 @@ impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
             aggregate = A::CATEGORY,
             id = %self.id,
             command_id = %msg.envelope.command_id,
-            causation_id = ?msg.envelope.causation_id,
+            correlation_id = %msg.envelope.effective_correlation_id(),
+            causation_id = msg.envelope.causation_id.map(tracing::field::display),
         );
         let mut slot = self.loaded.take();
         let store = self.store.clone();
