@@ -41,6 +41,7 @@ mod location;
 mod open;
 mod output;
 mod postgres;
+mod progress;
 mod registry;
 
 use std::ffi::OsString;

@@ -11,6 +11,7 @@ use super::{Ctx, PAGE};
 use crate::error::{CliError, EXIT_DAMAGED, EXIT_OK};
 use crate::location::{redact, Target};
 use crate::output::{human_bytes, json_line, printable, rfc3339_micros, Table};
+use crate::progress::Progress;
 
 #[derive(Serialize)]
 struct Stats {
@@ -184,7 +185,10 @@ struct VerifyLine<'a> {
 
 /// `verify`: every record's checksum and the indexes; exit code [`EXIT_DAMAGED`] on damage.
 pub(crate) async fn verify(ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<u8, CliError> {
-    let report = ctx.store.verify().await?;
+    let progress = Progress::spinner("verifying the store");
+    let report = ctx.store.verify().await;
+    drop(progress);
+    let report = report?;
     if ctx.json {
         json_line(
             out,

@@ -19,6 +19,7 @@ use crate::location::Target;
 use crate::output::{
     decode_base64, encode_base64, exact_payload, json_line, EventLine, PayloadEncoding,
 };
+use crate::progress::Progress;
 
 /// An import is sent to the store in batches of at most this many events (or state entries)...
 const IMPORT_BATCH_EVENTS: usize = 1000;
@@ -162,6 +163,7 @@ pub(crate) async fn export(
         None => None,
     };
     let mut next = from.max(1);
+    let progress = Progress::positions("exporting", next, last);
     let (mut exported, mut first) = (0u64, None);
     let all = Filter::all();
     let mut careful = false;
@@ -198,10 +200,12 @@ pub(crate) async fn export(
             break;
         }
         next = batch.next_position;
+        progress.set(next.min(last + 1) - from.max(1));
     }
     // Checkpoints and consumer state refer to positions of the whole log: exported with it.
     let (mut checkpoints, mut state_entries) = (0u64, 0u64);
     if last == head && !events_only {
+        progress.message("exporting checkpoints and state".into());
         let mut after: Option<String> = None;
         loop {
             let page = ctx.store.list_checkpoints(after.as_deref(), PAGE).await?;
@@ -249,6 +253,7 @@ pub(crate) async fn export(
             }
         }
     }
+    drop(progress);
     let summary = ExportSummary {
         exported,
         first_position: first,
@@ -530,12 +535,18 @@ pub(crate) async fn import(
         )));
     }
     let name = input.display().to_string();
-    let reader: Box<dyn BufRead> = if name == "-" {
-        Box::new(BufReader::new(std::io::stdin()))
+    let (reader, progress): (Box<dyn BufRead>, Progress) = if name == "-" {
+        let progress = Progress::bytes("importing", None);
+        (
+            Box::new(progress.wrap(BufReader::new(std::io::stdin()))),
+            progress,
+        )
     } else {
-        Box::new(BufReader::new(File::open(input).map_err(|e| {
-            CliError::Invalid(format!("cannot read {name}: {e}"))
-        })?))
+        let file =
+            File::open(input).map_err(|e| CliError::Invalid(format!("cannot read {name}: {e}")))?;
+        let size = file.metadata().ok().map(|m| m.len());
+        let progress = Progress::bytes("importing", size);
+        (Box::new(progress.wrap(BufReader::new(file))), progress)
     };
     let bad = |line: u64, reason: String| CliError::BadImport {
         file: name.clone(),
@@ -682,6 +693,7 @@ pub(crate) async fn import(
     if let Some(c) = consumer.take() {
         commit(ctx, c, &bad).await?;
     }
+    drop(progress);
     let summary = ImportSummary {
         imported,
         skipped_already_present: skipped,
