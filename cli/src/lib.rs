@@ -211,6 +211,10 @@ pub enum Command {
         /// it runs (its process is gone). A loop that does run fails at its next commit.
         #[arg(long)]
         force: bool,
+        /// Change nothing: show the checkpoint before and after, the events that would be
+        /// handled again (or skipped), and the state entries that would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List a subscription's parked events.
     Parked {
@@ -224,6 +228,10 @@ pub enum Command {
         /// Only this stream's parked events.
         #[arg(long)]
         stream: Option<String>,
+        /// Change nothing: show each parked event that would be handled again, in order, and
+        /// where (here, in the process that runs the subscription, or when it next starts).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Drop one parked event: it is never handled.
     SkipParked {
@@ -235,6 +243,9 @@ pub enum Command {
         /// it runs (its process is gone).
         #[arg(long)]
         force: bool,
+        /// Change nothing: show the event that would be dropped and what would stay parked.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check every record's checksum and the indexes; exit code 3 if damage is found.
     Verify,

@@ -813,3 +813,88 @@ fn consumers(dir: &Path) -> Vec<Consumer> {
         out
     })
 }
+
+#[test]
+fn dry_runs_of_reset_skip_and_replay_show_what_would_change_and_change_nothing() {
+    let dir = prepared();
+    let before = consumers(dir.path());
+    let parked_before = json_lines(&ok(dir.path(), &["--json", "parked", "orders"]));
+
+    let said = ok(dir.path(), &["reset", "orders", "--to", "3", "--dry-run"]);
+    assert!(said.starts_with("dry run, nothing changed"), "{said}");
+    assert!(said.contains("checkpoint 6 -> 2"), "{said}");
+    assert!(
+        said.contains("positions 3 to 6 would be handled again"),
+        "{said}"
+    );
+    let json = &json_lines(&ok(
+        dir.path(),
+        &[
+            "--json",
+            "reset",
+            "orders",
+            "--to",
+            "beginning",
+            "--clear-state",
+            "--dry-run",
+        ],
+    ))[0];
+    assert_eq!(json["dry_run"], true);
+    assert_eq!(json["previous_checkpoint"], 6);
+    assert_eq!(json["checkpoint"], 0);
+    assert_eq!(json["handled_again"], 6);
+    // The handler's one state entry (its count), not the parked events or the status.
+    assert_eq!(json["state_entries_deleted"], 1);
+    let json = &json_lines(&ok(
+        dir.path(),
+        &["--json", "reset", "reporting", "--to", "end", "--dry-run"],
+    ))[0];
+    assert_eq!(
+        (json["skipped"].as_u64(), json["checkpoint"].as_u64()),
+        (Some(4), Some(6))
+    );
+
+    let said = ok(dir.path(), &["skip-parked", "orders", "2", "--dry-run"]);
+    assert!(
+        said.contains("position 2 (OrderPlaced of stream \"order-2\")"),
+        "{said}"
+    );
+    assert!(
+        said.contains("1 events would stay parked, 1 of them in its stream"),
+        "{said}"
+    );
+    let json = &json_lines(&ok(
+        dir.path(),
+        &["--json", "skip-parked", "orders", "4", "--dry-run"],
+    ))[0];
+    assert_eq!(json["still_parked_in_stream"], 1);
+    let missing = tidings(dir.path(), &["skip-parked", "orders", "3", "--dry-run"]);
+    assert_eq!(missing.code, i32::from(EXIT_NOT_FOUND), "{missing:?}");
+
+    let json = &json_lines(&ok(
+        dir.path(),
+        &["--json", "replay-parked", "orders", "--dry-run"],
+    ))[0];
+    assert_eq!(json["stream_id"], "order-2");
+    assert_eq!(json["applied"], "next_start");
+    let positions: Vec<u64> = json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, [2, 4]);
+    let said = ok(dir.path(), &["replay-parked", "orders", "--dry-run"]);
+    assert!(
+        said.contains("2 parked events would be handled again"),
+        "{said}"
+    );
+    assert!(said.contains("when it next starts"), "{said}");
+
+    // Nothing changed: checkpoints, state and parked events are as they were.
+    assert_eq!(consumers(dir.path()), before);
+    assert_eq!(
+        json_lines(&ok(dir.path(), &["--json", "parked", "orders"])),
+        parked_before
+    );
+}

@@ -1,6 +1,7 @@
 //! The commands, each over an open store.
 
 mod admin;
+mod preview;
 mod read;
 mod subscriptions;
 mod transfer;
@@ -68,23 +69,42 @@ pub(crate) async fn run(
             to,
             clear_state,
             force,
+            dry_run,
         } => {
             let how = subscriptions::ResetHow {
                 to,
                 clear_state: *clear_state,
                 force: *force,
             };
-            subscriptions::reset(&ctx, out, subscriptions, name, how).await
+            if *dry_run {
+                preview::reset(&ctx, out, subscriptions, name, how).await
+            } else {
+                subscriptions::reset(&ctx, out, subscriptions, name, how).await
+            }
         }
         Command::Parked { name } => subscriptions::parked(&ctx, out, subscriptions, name).await,
-        Command::ReplayParked { name, stream } => {
-            subscriptions::replay(&ctx, out, subscriptions, name, stream.as_deref()).await
-        }
+        Command::ReplayParked {
+            name,
+            stream,
+            dry_run: false,
+        } => subscriptions::replay(&ctx, out, subscriptions, name, stream.as_deref()).await,
+        Command::ReplayParked {
+            name,
+            stream,
+            dry_run: true,
+        } => preview::replay(&ctx, out, subscriptions, name, stream.as_deref()).await,
         Command::SkipParked {
             name,
             position,
             force,
+            dry_run: false,
         } => subscriptions::skip(&ctx, out, subscriptions, name, *position, *force).await,
+        Command::SkipParked {
+            name,
+            position,
+            force,
+            dry_run: true,
+        } => preview::skip(&ctx, out, subscriptions, name, *position, *force).await,
         Command::Export {
             output,
             from,
