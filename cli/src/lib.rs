@@ -36,6 +36,8 @@
 #![deny(missing_docs)]
 
 mod commands;
+#[cfg(feature = "console")]
+pub mod console;
 mod error;
 mod location;
 mod open;
@@ -266,6 +268,19 @@ pub enum Command {
         #[arg(long)]
         events_only: bool,
     },
+    /// Serve the web console (streams, subscriptions with lag over time, parked events,
+    /// reset, Prometheus `/metrics`) until Ctrl-C.
+    #[cfg(feature = "console")]
+    Console {
+        /// The address to listen on (this machine only, by default).
+        #[arg(long, default_value = "127.0.0.1:9870")]
+        bind: std::net::SocketAddr,
+        /// The token that requests changing state (replay, skip, reset) must carry; without
+        /// one, the console only reads. Prefer the environment variable: a command line is
+        /// visible to other users of the machine.
+        #[arg(long, env = "TIDINGS_CONSOLE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Import JSON lines written by `export` into an empty store (or continue one).
     Import {
         /// The file to read (`-` for standard input).
@@ -296,6 +311,13 @@ where
 /// Runs a parsed command line: opens the store, runs the command, prints the outcome, and
 /// returns the exit code.
 pub fn execute(cli: Cli, registry: &Registry) -> ExitCode {
+    #[cfg(feature = "console")]
+    if let Command::Console { bind, token } = &cli.command {
+        return match console::serve(&cli, registry, *bind, token.clone()) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => report(&e),
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -112,6 +112,11 @@ pub(crate) async fn run(
             events_only,
         } => transfer::export(&ctx, out, output.as_deref(), *from, *to, *events_only).await,
         Command::Import { input, resume } => transfer::import(&ctx, out, input, *resume).await,
+        #[cfg(feature = "console")]
+        Command::Console { .. } => Err(CliError::Usage(
+            "`console` serves the web console from `tidings_cli::run` or `execute`; a process              with the store open mounts `tidings_cli::console::Console` instead"
+                .into(),
+        )),
     };
     out.flush()?;
     result
