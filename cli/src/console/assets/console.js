@@ -113,15 +113,16 @@ function niceMax(v) {
   return 10 * p;
 }
 
-// Draws `lines` ({ name, values, cls }) against `times` into the SVG `chart`.
-function drawChart(chart, times, lines) {
+// Draws `lines` ({ name, values, cls }) against `times` into the SVG `chart`, over at least
+// `minSpan` milliseconds.
+function drawChart(chart, times, lines, minSpan) {
   const { w, h, left, right, top, bottom } = CHART;
   const plotW = w - left - right, plotH = h - top - bottom;
   let max = 0;
   for (const l of lines) for (const v of l.values) if (v !== null && v > max) max = v;
   max = niceMax(max);
   const now = times.length ? times[times.length - 1] : Date.now();
-  const span = Math.max(60000, times.length ? now - times[0] : 0);
+  const span = Math.max(minSpan, times.length ? now - times[0] : 0);
   const x = (t) => left + plotW * (1 - (now - t) / span);
   const y = (v) => top + plotH * (1 - v / max);
   const parts = [];
@@ -158,12 +159,14 @@ function lastOf(values) {
   return 0;
 }
 
-// Per-second rates between consecutive samples.
-function rates(values, times) {
+// Per-second rates, each over the `window` samples before it (checkpoints move in commits:
+// a rate between two samples alone jumps).
+function rates(values, times, window) {
   return values.map((v, i) => {
-    if (i === 0 || v === null || values[i - 1] === null) return null;
-    const seconds = (times[i] - times[i - 1]) / 1000;
-    return seconds > 0 ? Math.max(0, (v - values[i - 1]) / seconds) : null;
+    const j = i - window;
+    if (j < 0 || v === null || values[j] === null) return null;
+    const seconds = (times[i] - times[j]) / 1000;
+    return seconds > 0 ? Math.max(0, (v - values[j]) / seconds) : null;
   });
 }
 
@@ -177,13 +180,16 @@ async function refreshHistory() {
     if (b.name === state.selected) return 1;
     return lastOf(b.lag) - lastOf(a.lag) || a.name.localeCompare(b.name);
   }).slice(0, MAX_LINES);
+  // At least 30 samples wide, so that a young history does not fill the chart at once.
+  const minSpan = 30 * body.interval_ms;
+  const window = Math.max(1, Math.round(2000 / body.interval_ms));
   const lagLines = chosen.map((s, i) => ({ name: s.name, values: s.lag, cls: "c" + i }));
-  drawChart($("lag-chart"), times, lagLines);
+  drawChart($("lag-chart"), times, lagLines, minSpan);
   legend($("lag-legend"), lagLines, "");
-  const rateLines = [{ name: "appended", values: rates(body.head, times), cls: "c7" }];
+  const rateLines = [{ name: "appended", values: rates(body.head, times, window), cls: "c7" }];
   const selected = seriesOf(state.selected);
-  if (selected) rateLines.push({ name: selected.name + " handled", values: rates(selected.checkpoint, times), cls: "c0" });
-  drawChart($("rate-chart"), times, rateLines);
+  if (selected) rateLines.push({ name: selected.name + " handled", values: rates(selected.checkpoint, times, window), cls: "c0" });
+  drawChart($("rate-chart"), times, rateLines, minSpan);
   legend($("rate-legend"), rateLines, "/s");
   $("rate").textContent = rate(body.head, times, 10).toFixed(1);
   const notes = [];
