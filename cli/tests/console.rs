@@ -269,6 +269,10 @@ fn changes_need_the_token_and_are_off_without_one_while_dry_runs_need_none() {
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["items"][0]["checkpoint"], 2);
         assert_eq!(body["items"][0]["handled_again"], 4);
+        assert_eq!(
+            (body["dry_run"].as_bool(), body["applied"].as_bool()),
+            (Some(true), Some(false))
+        );
         assert_eq!(store.load_checkpoint("orders").await.unwrap(), Some(6));
 
         // With the token: done, and said so.

@@ -169,10 +169,17 @@ fn items(lines: Vec<Value>) -> HttpResponse {
         .json(json!({ "items": lines }))
 }
 
-/// A control request's answer: 200 with what was done, 202 when it is recorded to be applied
-/// later (a replay of a stopped subscription, a request queued for the process that runs it).
-fn control_answer(result: Result<Vec<Value>, CliError>) -> Result<HttpResponse, ApiError> {
+/// A control request's answer: 200 with what was done (or, for a dry run, what would be), 202
+/// when it is recorded to be applied later (a replay of a stopped subscription, a request
+/// queued for the process that runs it). `applied` says whether it took effect.
+fn control_answer(
+    result: Result<Vec<Value>, CliError>,
+    dry_run: bool,
+) -> Result<HttpResponse, ApiError> {
     match result {
+        Ok(lines) if dry_run => Ok(HttpResponse::Ok()
+            .insert_header(("Cache-Control", "no-store"))
+            .json(json!({ "items": lines, "applied": false, "dry_run": true }))),
         Ok(lines) => {
             let deferred = lines.iter().any(|l| l["deferred"] == true);
             let status = if deferred {
@@ -372,12 +379,13 @@ async fn replay(
     if !body.dry_run {
         authorize(&console, &req)?;
     }
+    let dry_run = body.dry_run;
     let command = Command::ReplayParked {
         name: body.subscription,
         stream: body.stream,
         dry_run: body.dry_run,
     };
-    control_answer(run(&console, command).await)
+    control_answer(run(&console, command).await, dry_run)
 }
 
 #[derive(Deserialize)]
@@ -401,6 +409,7 @@ async fn skip(
     if !body.dry_run {
         authorize(&console, &req)?;
     }
+    let dry_run = body.dry_run;
     let command = Command::SkipParked {
         name: body.subscription,
         position: match &body.position {
@@ -417,7 +426,7 @@ async fn skip(
         force: body.force,
         dry_run: body.dry_run,
     };
-    control_answer(run(&console, command).await)
+    control_answer(run(&console, command).await, dry_run)
 }
 
 #[derive(Deserialize)]
@@ -447,6 +456,7 @@ async fn reset(
     if !body.dry_run {
         authorize(&console, &req)?;
     }
+    let dry_run = body.dry_run;
     let command = Command::Reset {
         name: body.subscription,
         to,
@@ -454,5 +464,5 @@ async fn reset(
         force: body.force,
         dry_run: body.dry_run,
     };
-    control_answer(run(&console, command).await)
+    control_answer(run(&console, command).await, dry_run)
 }

@@ -49,6 +49,8 @@ pub(crate) fn serve(
             App::new().configure(move |cfg| console.configure(cfg))
         })
         .workers(1)
+        // Ctrl-C waits this long at most for requests in flight (the page's included).
+        .shutdown_timeout(3)
         .bind(bind);
         let result = match server {
             Ok(server) => {
