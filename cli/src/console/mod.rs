@@ -269,3 +269,8 @@ impl Sampler {
         self.task.abort();
     }
 }
+
+/// The guide's examples are compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/observability.md")]
+pub struct ObservabilityGuide;
