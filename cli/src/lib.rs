@@ -197,7 +197,15 @@ pub enum Command {
     /// Counts, head and bytes on disk.
     Stats,
     /// List subscriptions (stored checkpoints) with lag, state and parked count.
-    Subscriptions,
+    Subscriptions {
+        /// List them again every `--interval` until Ctrl-C (on a terminal, in place), to watch
+        /// lag move.
+        #[arg(long)]
+        watch: bool,
+        /// With `--watch`: seconds between two listings (0.1 to 3600).
+        #[arg(long, default_value = "2", value_name = "SECONDS", value_parser = parse_interval)]
+        interval: std::time::Duration,
+    },
     /// Move a stopped subscription's checkpoint.
     Reset {
         /// The subscription's name.
@@ -290,6 +298,14 @@ pub enum Command {
         #[arg(long)]
         resume: bool,
     },
+}
+
+/// A `--interval` in seconds (fractions allowed), from 0.1 s to an hour.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (0.1..=3600.0).contains(&secs) => Ok(std::time::Duration::from_secs_f64(secs)),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
+    }
 }
 
 /// Parses `args` (the first is the program name, as in `std::env::args_os`), runs the command

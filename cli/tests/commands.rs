@@ -898,3 +898,51 @@ fn dry_runs_of_reset_skip_and_replay_show_what_would_change_and_change_nothing()
         parked_before
     );
 }
+
+#[test]
+fn subscriptions_watch_lists_again_at_each_interval_until_ctrl_c() {
+    let dir = prepared();
+    let mut child = std::process::Command::new(support::TIDINGS)
+        .args([
+            "--store",
+            dir.path().to_str().unwrap(),
+            "subscriptions",
+            "--watch",
+            "--interval",
+            "0.2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Three listings (each: a line with the time and head, the table's header, two rows).
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while seen.matches("NAME").count() < 3 {
+        let read = std::io::BufRead::read_line(&mut stdout, &mut seen).unwrap();
+        assert!(read > 0, "watch ended early: {seen}");
+    }
+    assert_eq!(
+        seen.matches("head 6  (every 0.2 s; Ctrl-C stops)").count(),
+        3,
+        "{seen}"
+    );
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("reporting") && l.contains(" 4 ")),
+        "{seen}"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        child.wait().unwrap().code(),
+        Some(0),
+        "watch ends with 0 on Ctrl-C"
+    );
+
+    let bad = tidings(dir.path(), &["subscriptions", "--watch", "--interval", "0"]);
+    assert_eq!(bad.code, i32::from(EXIT_USAGE), "{bad:?}");
+}

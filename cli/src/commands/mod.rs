@@ -63,7 +63,13 @@ pub(crate) async fn run(
         } => read::tail(&ctx, out, *from, *limit, *until_idle).await,
         Command::Stats => admin::stats(&ctx, out).await,
         Command::Verify => admin::verify(&ctx, out).await,
-        Command::Subscriptions => subscriptions::list(&ctx, out, subscriptions).await,
+        Command::Subscriptions { watch: false, .. } => {
+            subscriptions::list(&ctx, out, subscriptions).await
+        }
+        Command::Subscriptions {
+            watch: true,
+            interval,
+        } => subscriptions::watch(&ctx, out, subscriptions, *interval).await,
         Command::Reset {
             name,
             to,

@@ -211,6 +211,45 @@ pub(crate) async fn list(
     Ok(EXIT_OK)
 }
 
+/// `subscriptions --watch`: the listing again every `every` until Ctrl-C or SIGTERM (exit 0).
+/// On a terminal each listing replaces the last one; otherwise (and with `--json`) they follow
+/// one another, a table headed by the time and the head.
+pub(crate) async fn watch(
+    ctx: &Ctx<'_>,
+    out: &mut dyn Write,
+    subscriptions: &Subscriptions,
+    every: std::time::Duration,
+) -> Result<u8, CliError> {
+    use std::io::IsTerminal;
+    let mut interrupt = super::read::Interrupt::listen()?;
+    let in_place = !ctx.json && std::io::stdout().is_terminal();
+    let mut first = true;
+    loop {
+        if in_place {
+            // Cursor home, clear the screen.
+            write!(out, "\x1b[H\x1b[2J")?;
+        } else if !first && !ctx.json {
+            writeln!(out)?;
+        }
+        if !ctx.json {
+            writeln!(
+                out,
+                "{}  head {}  (every {:.1} s; Ctrl-C stops)",
+                rfc3339(std::time::SystemTime::now()),
+                ctx.store.head(),
+                every.as_secs_f64()
+            )?;
+        }
+        list(ctx, out, subscriptions).await?;
+        out.flush()?;
+        first = false;
+        tokio::select! {
+            _ = interrupt.wait() => return Ok(EXIT_OK),
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// The stored checkpoint of `name`, or a not-found error that says how to list names.
 pub(super) async fn checkpoint_of(ctx: &Ctx<'_>, name: &str) -> Result<u64, CliError> {
     ctx.store.load_checkpoint(name).await?.ok_or_else(|| {

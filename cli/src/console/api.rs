@@ -304,7 +304,16 @@ async fn events(
 }
 
 async fn subscriptions(console: web::Data<Console>) -> Result<HttpResponse, ApiError> {
-    Ok(items(run(&console, Command::Subscriptions).await?))
+    Ok(items(
+        run(
+            &console,
+            Command::Subscriptions {
+                watch: false,
+                interval: std::time::Duration::ZERO,
+            },
+        )
+        .await?,
+    ))
 }
 
 #[derive(Deserialize)]
