@@ -362,6 +362,20 @@ fn a_replay_through_the_api_is_applied_once_by_the_running_subscription() {
         )
         .await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        // And so is its dry run: the preview refuses what the reset would refuse.
+        let (status, body) = call(
+            &app,
+            post(
+                "/api/reset",
+                json!({"subscription": "orders", "to": "beginning", "dry_run": true}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("is running"),
+            "{body}"
+        );
         handle.stop().await;
     });
 }
