@@ -36,6 +36,8 @@
 #![deny(missing_docs)]
 
 mod commands;
+#[cfg(feature = "console")]
+pub mod console;
 mod error;
 mod location;
 mod open;
@@ -196,7 +198,15 @@ pub enum Command {
     /// Counts, head and bytes on disk.
     Stats,
     /// List subscriptions (stored checkpoints) with lag, state and parked count.
-    Subscriptions,
+    Subscriptions {
+        /// List them again every `--interval` until Ctrl-C (on a terminal, in place), to watch
+        /// lag move.
+        #[arg(long)]
+        watch: bool,
+        /// With `--watch`: seconds between two listings (0.1 to 3600).
+        #[arg(long, default_value = "2", value_name = "SECONDS", value_parser = parse_interval)]
+        interval: std::time::Duration,
+    },
     /// Move a stopped subscription's checkpoint.
     Reset {
         /// The subscription's name.
@@ -212,6 +222,10 @@ pub enum Command {
         /// it runs (its process is gone). A loop that does run fails at its next commit.
         #[arg(long)]
         force: bool,
+        /// Change nothing: show the checkpoint before and after, the events that would be
+        /// handled again (or skipped), and the state entries that would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List a subscription's parked events.
     Parked {
@@ -225,6 +239,10 @@ pub enum Command {
         /// Only this stream's parked events.
         #[arg(long)]
         stream: Option<String>,
+        /// Change nothing: show each parked event that would be handled again, in order, and
+        /// where (here, in the process that runs the subscription, or when it next starts).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Drop one parked event: it is never handled.
     SkipParked {
@@ -236,6 +254,9 @@ pub enum Command {
         /// it runs (its process is gone).
         #[arg(long)]
         force: bool,
+        /// Change nothing: show the event that would be dropped and what would stay parked.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check every record's checksum and the indexes; exit code 3 if damage is found.
     Verify,
@@ -256,6 +277,19 @@ pub enum Command {
         #[arg(long)]
         events_only: bool,
     },
+    /// Serve the web console (streams, subscriptions with lag over time, parked events,
+    /// reset, Prometheus `/metrics`) until Ctrl-C.
+    #[cfg(feature = "console")]
+    Console {
+        /// The address to listen on (this machine only, by default).
+        #[arg(long, default_value = "127.0.0.1:9870")]
+        bind: std::net::SocketAddr,
+        /// The token that requests changing state (replay, skip, reset) must carry; without
+        /// one, the console only reads. Prefer the environment variable: a command line is
+        /// visible to other users of the machine.
+        #[arg(long, env = "TIDINGS_CONSOLE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Import JSON lines written by `export` into an empty store (or continue one).
     Import {
         /// The file to read (`-` for standard input).
@@ -265,6 +299,14 @@ pub enum Command {
         #[arg(long)]
         resume: bool,
     },
+}
+
+/// A `--interval` in seconds (fractions allowed), from 0.1 s to an hour.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (0.1..=3600.0).contains(&secs) => Ok(std::time::Duration::from_secs_f64(secs)),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
+    }
 }
 
 /// Parses `args` (the first is the program name, as in `std::env::args_os`), runs the command
@@ -286,6 +328,13 @@ where
 /// Runs a parsed command line: opens the store, runs the command, prints the outcome, and
 /// returns the exit code.
 pub fn execute(cli: Cli, registry: &Registry) -> ExitCode {
+    #[cfg(feature = "console")]
+    if let Command::Console { bind, token } = &cli.command {
+        return match console::serve(&cli, registry, *bind, token.clone()) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => report(&e),
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use tidings::store::RecordedEvent;
 use tidings::DomainEvent;
 
-type Decoder = Box<dyn Fn(&RecordedEvent) -> Result<serde_json::Value, String> + Send + Sync>;
+type Decoder = Arc<dyn Fn(&RecordedEvent) -> Result<serde_json::Value, String> + Send + Sync>;
 
 /// The application's event types, by event type name.
 ///
@@ -29,7 +30,7 @@ type Decoder = Box<dyn Fn(&RecordedEvent) -> Result<serde_json::Value, String> +
 /// let registry = Registry::new().register::<OrderEvent>();
 /// assert!(registry.knows("OrderPlaced"));
 /// ```
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Registry {
     decoders: BTreeMap<String, Decoder>,
 }
@@ -44,7 +45,7 @@ impl Registry {
     #[must_use]
     pub fn register<E: DomainEvent>(mut self) -> Self {
         for name in E::EVENT_TYPES {
-            let decoder: Decoder = Box::new(|event| {
+            let decoder: Decoder = Arc::new(|event| {
                 let decoded = E::from_recorded(event).map_err(|e| e.reason)?;
                 serde_json::to_value(&decoded).map_err(|e| e.to_string())
             });

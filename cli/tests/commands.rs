@@ -813,3 +813,136 @@ fn consumers(dir: &Path) -> Vec<Consumer> {
         out
     })
 }
+
+#[test]
+fn dry_runs_of_reset_skip_and_replay_show_what_would_change_and_change_nothing() {
+    let dir = prepared();
+    let before = consumers(dir.path());
+    let parked_before = json_lines(&ok(dir.path(), &["--json", "parked", "orders"]));
+
+    let said = ok(dir.path(), &["reset", "orders", "--to", "3", "--dry-run"]);
+    assert!(said.starts_with("dry run, nothing changed"), "{said}");
+    assert!(said.contains("checkpoint 6 -> 2"), "{said}");
+    assert!(
+        said.contains("positions 3 to 6 would be handled again"),
+        "{said}"
+    );
+    let json = &json_lines(&ok(
+        dir.path(),
+        &[
+            "--json",
+            "reset",
+            "orders",
+            "--to",
+            "beginning",
+            "--clear-state",
+            "--dry-run",
+        ],
+    ))[0];
+    assert_eq!(json["dry_run"], true);
+    assert_eq!(json["previous_checkpoint"], 6);
+    assert_eq!(json["checkpoint"], 0);
+    assert_eq!(json["handled_again"], 6);
+    // The handler's one state entry (its count), not the parked events or the status.
+    assert_eq!(json["state_entries_deleted"], 1);
+    let json = &json_lines(&ok(
+        dir.path(),
+        &["--json", "reset", "reporting", "--to", "end", "--dry-run"],
+    ))[0];
+    assert_eq!(
+        (json["skipped"].as_u64(), json["checkpoint"].as_u64()),
+        (Some(4), Some(6))
+    );
+
+    let said = ok(dir.path(), &["skip-parked", "orders", "2", "--dry-run"]);
+    assert!(
+        said.contains("position 2 (OrderPlaced of stream \"order-2\")"),
+        "{said}"
+    );
+    assert!(
+        said.contains("1 events would stay parked, 1 of them in its stream"),
+        "{said}"
+    );
+    let json = &json_lines(&ok(
+        dir.path(),
+        &["--json", "skip-parked", "orders", "4", "--dry-run"],
+    ))[0];
+    assert_eq!(json["still_parked_in_stream"], 1);
+    let missing = tidings(dir.path(), &["skip-parked", "orders", "3", "--dry-run"]);
+    assert_eq!(missing.code, i32::from(EXIT_NOT_FOUND), "{missing:?}");
+
+    let json = &json_lines(&ok(
+        dir.path(),
+        &["--json", "replay-parked", "orders", "--dry-run"],
+    ))[0];
+    assert_eq!(json["stream_id"], "order-2");
+    assert_eq!(json["applied"], "next_start");
+    let positions: Vec<u64> = json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, [2, 4]);
+    let said = ok(dir.path(), &["replay-parked", "orders", "--dry-run"]);
+    assert!(
+        said.contains("2 parked events would be handled again"),
+        "{said}"
+    );
+    assert!(said.contains("when it next starts"), "{said}");
+
+    // Nothing changed: checkpoints, state and parked events are as they were.
+    assert_eq!(consumers(dir.path()), before);
+    assert_eq!(
+        json_lines(&ok(dir.path(), &["--json", "parked", "orders"])),
+        parked_before
+    );
+}
+
+#[test]
+fn subscriptions_watch_lists_again_at_each_interval_until_ctrl_c() {
+    let dir = prepared();
+    let mut child = std::process::Command::new(support::TIDINGS)
+        .args([
+            "--store",
+            dir.path().to_str().unwrap(),
+            "subscriptions",
+            "--watch",
+            "--interval",
+            "0.2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Three listings (each: a line with the time and head, the table's header, two rows).
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while seen.matches("NAME").count() < 3 {
+        let read = std::io::BufRead::read_line(&mut stdout, &mut seen).unwrap();
+        assert!(read > 0, "watch ended early: {seen}");
+    }
+    assert_eq!(
+        seen.matches("head 6  (every 0.2 s; Ctrl-C stops)").count(),
+        3,
+        "{seen}"
+    );
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("reporting") && l.contains(" 4 ")),
+        "{seen}"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        child.wait().unwrap().code(),
+        Some(0),
+        "watch ends with 0 on Ctrl-C"
+    );
+
+    let bad = tidings(dir.path(), &["subscriptions", "--watch", "--interval", "0"]);
+    assert_eq!(bad.code, i32::from(EXIT_USAGE), "{bad:?}");
+}

@@ -1,6 +1,7 @@
 //! The commands, each over an open store.
 
 mod admin;
+mod preview;
 mod read;
 mod subscriptions;
 mod transfer;
@@ -62,29 +63,54 @@ pub(crate) async fn run(
         } => read::tail(&ctx, out, *from, *limit, *until_idle).await,
         Command::Stats => admin::stats(&ctx, out).await,
         Command::Verify => admin::verify(&ctx, out).await,
-        Command::Subscriptions => subscriptions::list(&ctx, out, subscriptions).await,
+        Command::Subscriptions { watch: false, .. } => {
+            subscriptions::list(&ctx, out, subscriptions).await
+        }
+        Command::Subscriptions {
+            watch: true,
+            interval,
+        } => subscriptions::watch(&ctx, out, subscriptions, *interval).await,
         Command::Reset {
             name,
             to,
             clear_state,
             force,
+            dry_run,
         } => {
             let how = subscriptions::ResetHow {
                 to,
                 clear_state: *clear_state,
                 force: *force,
             };
-            subscriptions::reset(&ctx, out, subscriptions, name, how).await
+            if *dry_run {
+                preview::reset(&ctx, out, subscriptions, name, how).await
+            } else {
+                subscriptions::reset(&ctx, out, subscriptions, name, how).await
+            }
         }
         Command::Parked { name } => subscriptions::parked(&ctx, out, subscriptions, name).await,
-        Command::ReplayParked { name, stream } => {
-            subscriptions::replay(&ctx, out, subscriptions, name, stream.as_deref()).await
-        }
+        Command::ReplayParked {
+            name,
+            stream,
+            dry_run: false,
+        } => subscriptions::replay(&ctx, out, subscriptions, name, stream.as_deref()).await,
+        Command::ReplayParked {
+            name,
+            stream,
+            dry_run: true,
+        } => preview::replay(&ctx, out, subscriptions, name, stream.as_deref()).await,
         Command::SkipParked {
             name,
             position,
             force,
+            dry_run: false,
         } => subscriptions::skip(&ctx, out, subscriptions, name, *position, *force).await,
+        Command::SkipParked {
+            name,
+            position,
+            force,
+            dry_run: true,
+        } => preview::skip(&ctx, out, subscriptions, name, *position, *force).await,
         Command::Export {
             output,
             from,
@@ -92,6 +118,11 @@ pub(crate) async fn run(
             events_only,
         } => transfer::export(&ctx, out, output.as_deref(), *from, *to, *events_only).await,
         Command::Import { input, resume } => transfer::import(&ctx, out, input, *resume).await,
+        #[cfg(feature = "console")]
+        Command::Console { .. } => Err(CliError::Usage(
+            "`console` serves the web console from `tidings_cli::run` or `execute`; a process              with the store open mounts `tidings_cli::console::Console` instead"
+                .into(),
+        )),
     };
     out.flush()?;
     result

@@ -326,7 +326,7 @@ pub(crate) async fn tail(
 }
 
 /// Ctrl-C (SIGINT) or SIGTERM, listened for from the moment it is made.
-struct Interrupt {
+pub(crate) struct Interrupt {
     #[cfg(unix)]
     int: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -335,7 +335,7 @@ struct Interrupt {
 
 impl Interrupt {
     #[cfg(unix)]
-    fn listen() -> std::io::Result<Self> {
+    pub fn listen() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Interrupt {
             int: signal(SignalKind::interrupt())?,
@@ -344,12 +344,12 @@ impl Interrupt {
     }
 
     #[cfg(not(unix))]
-    fn listen() -> std::io::Result<Self> {
+    pub fn listen() -> std::io::Result<Self> {
         Ok(Interrupt {})
     }
 
     #[cfg(unix)]
-    async fn wait(&mut self) {
+    pub async fn wait(&mut self) {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
@@ -357,7 +357,7 @@ impl Interrupt {
     }
 
     #[cfg(not(unix))]
-    async fn wait(&mut self) {
+    pub async fn wait(&mut self) {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -27,6 +27,10 @@ struct SubscriptionLine {
     running: bool,
     parked: u64,
     parked_streams: u64,
+    /// The process that holds the subscription's lease (on a store with leases), as
+    /// `host pid N`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holder: Option<String>,
     /// Set for a broker inbox: where it is in the broker's stream; its lag is the broker's
     /// count of messages it has not acknowledged.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,7 +68,7 @@ fn recorded_running(state: &SubscriptionState) -> bool {
 /// On a store that other processes share, refuses (unless `force`) to change a subscription
 /// that does not run here but whose last recorded state says it runs: it may run in another
 /// process, whose loop would fail on the changed checkpoint or go on with a stale parked list.
-async fn ensure_not_running_elsewhere(
+pub(super) async fn ensure_not_running_elsewhere(
     ctx: &Ctx<'_>,
     subscriptions: &Subscriptions,
     name: &str,
@@ -109,7 +113,7 @@ fn inbox_text(state: &str, inbox: &InboxProgress) -> String {
     text
 }
 
-fn describe(state: &SubscriptionState) -> String {
+pub(super) fn describe(state: &SubscriptionState) -> String {
     match state {
         SubscriptionState::Starting => "starting".into(),
         SubscriptionState::CatchingUp => "catching up".into(),
@@ -145,6 +149,14 @@ pub(crate) async fn list(
             let mut streams: Vec<&str> = parked.iter().map(|p| p.stream_id.as_str()).collect();
             streams.sort_unstable();
             streams.dedup();
+            let holder = match live.as_ref().and_then(|s| s.holder.as_ref()) {
+                Some(info) => Some(info.holder.to_string()),
+                None => match ctx.store.load_lease(&c.name).await {
+                    Ok(Some(info)) if info.held => Some(info.holder.to_string()),
+                    Ok(_) | Err(StoreError::Unsupported(_)) => None,
+                    Err(e) => return Err(e.into()),
+                },
+            };
             let checkpoint = live.as_ref().map_or(c.position, |s| s.checkpoint);
             let inbox = stored.as_ref().and_then(|s| s.inbox.clone());
             let mut state = state_text(live.as_ref(), stored.as_ref(), ctx.shared());
@@ -164,6 +176,7 @@ pub(crate) async fn list(
                 running: live.is_some(),
                 parked: parked.len() as u64,
                 parked_streams: streams.len() as u64,
+                holder,
                 inbox,
             };
             rows.row(
@@ -198,12 +211,63 @@ pub(crate) async fn list(
     Ok(EXIT_OK)
 }
 
+/// `subscriptions --watch`: the listing again every `every` until Ctrl-C or SIGTERM (exit 0).
+/// On a terminal each listing replaces the last one; otherwise (and with `--json`) they follow
+/// one another, a table headed by the time and the head.
+pub(crate) async fn watch(
+    ctx: &Ctx<'_>,
+    out: &mut dyn Write,
+    subscriptions: &Subscriptions,
+    every: std::time::Duration,
+) -> Result<u8, CliError> {
+    use std::io::IsTerminal;
+    let mut interrupt = super::read::Interrupt::listen()?;
+    let in_place = !ctx.json && std::io::stdout().is_terminal();
+    let mut first = true;
+    loop {
+        if in_place {
+            // Cursor home, clear the screen.
+            write!(out, "\x1b[H\x1b[2J")?;
+        } else if !first && !ctx.json {
+            writeln!(out)?;
+        }
+        if !ctx.json {
+            writeln!(
+                out,
+                "{}  head {}  (every {:.1} s; Ctrl-C stops)",
+                rfc3339(std::time::SystemTime::now()),
+                ctx.store.head(),
+                every.as_secs_f64()
+            )?;
+        }
+        list(ctx, out, subscriptions).await?;
+        out.flush()?;
+        first = false;
+        tokio::select! {
+            _ = interrupt.wait() => return Ok(EXIT_OK),
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// The stored checkpoint of `name`, or a not-found error that says how to list names.
-async fn checkpoint_of(ctx: &Ctx<'_>, name: &str) -> Result<u64, CliError> {
+pub(super) async fn checkpoint_of(ctx: &Ctx<'_>, name: &str) -> Result<u64, CliError> {
     ctx.store.load_checkpoint(name).await?.ok_or_else(|| {
         CliError::NotFound(format!(
             "no subscription named {name:?} in this store (`subscriptions` lists them)"
         ))
+    })
+}
+
+/// The framework's [`ResetTo`] for a target given on the command line.
+pub(super) fn reset_to(to: &ResetTarget) -> Result<ResetTo, CliError> {
+    Ok(match to {
+        ResetTarget::Beginning => ResetTo::Beginning,
+        ResetTarget::End => ResetTo::End,
+        ResetTarget::Position(p) => ResetTo::Position(*p),
+        ResetTarget::Time(t) => ResetTo::Timestamp(
+            parse_rfc3339(t).ok_or_else(|| CliError::Invalid(format!("bad time {t:?}")))?,
+        ),
     })
 }
 
@@ -239,14 +303,7 @@ pub(crate) async fn reset(
     } = how;
     let previous = checkpoint_of(ctx, name).await?;
     ensure_not_running_elsewhere(ctx, subscriptions, name, force).await?;
-    let target = match to {
-        ResetTarget::Beginning => ResetTo::Beginning,
-        ResetTarget::End => ResetTo::End,
-        ResetTarget::Position(p) => ResetTo::Position(*p),
-        ResetTarget::Time(t) => ResetTo::Timestamp(
-            parse_rfc3339(t).ok_or_else(|| CliError::Invalid(format!("bad time {t:?}")))?,
-        ),
-    };
+    let target = reset_to(to)?;
     let checkpoint = subscriptions.reset(name, target, clear_state).await?;
     let line = ResetLine {
         name,

@@ -9,8 +9,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::control;
 use super::failure::{
-    parked_in_store, request_replay_in_store, reset_in_store, skip_in_store, ControlError,
-    ParkedEvent, ReplayOutcome, ResetTo,
+    parked_in_store, preview_reset_in_store, request_replay_in_store, reset_in_store,
+    skip_in_store, ControlError, ParkedEvent, ReplayOutcome, ResetPreview, ResetTo,
 };
 use super::handler::EventHandler;
 use super::name::{SubscriptionName, SubscriptionNameError};
@@ -598,6 +598,32 @@ impl Subscriptions {
         let reset = reset_in_store(&*self.store, name, lease.as_ref(), to, clear_state).await;
         control::release(&*self.store, lease).await;
         Ok(reset?)
+    }
+
+    /// What [`reset`](Self::reset) with the same arguments would do, without doing it (a dry
+    /// run): the checkpoint before and after, the head, and how many entries of the handler's
+    /// state it would delete. Refused as the reset would be: [`ControlError::Running`] while it
+    /// runs here, [`ControlError::RunningElsewhere`] while another process holds its lease.
+    /// `Ok(None)` when the store has no checkpoint of that name.
+    ///
+    /// Takes no lock and no lease, so the reset itself may find things moved on (a subscription
+    /// started meanwhile is refused then; events appended meanwhile raise the head).
+    pub async fn reset_preview(
+        &self,
+        name: &str,
+        to: ResetTo,
+        clear_state: bool,
+    ) -> Result<Option<ResetPreview>, ControlError> {
+        if self.running(name).is_some() {
+            return Err(ControlError::Running(name.to_owned()));
+        }
+        if let Some(info) = control::holder_elsewhere(&*self.store, name).await? {
+            return Err(ControlError::RunningElsewhere {
+                name: name.to_owned(),
+                holder: info.holder.to_string(),
+            });
+        }
+        Ok(preview_reset_in_store(&*self.store, name, to, clear_state).await?)
     }
 
     /// The subscriptions a wait among `among` is for: every one started here and not stopped

@@ -395,17 +395,42 @@ pub(crate) async fn request_replay_in_store(
     Ok(waiting)
 }
 
-/// Moves a stopped subscription's checkpoint; with `clear_state`, deletes the handler's state
-/// (not the parked events or the status) in the same commit. Returns the new checkpoint.
-pub(crate) async fn reset_in_store(
+/// What a reset would do, worked out without changing anything: see
+/// [`Subscriptions::reset_preview`](super::Subscriptions::reset_preview).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResetPreview {
+    /// The checkpoint now.
+    pub previous_checkpoint: u64,
+    /// The checkpoint the reset would set: the subscription's first event after it is the
+    /// first at a position above it.
+    pub checkpoint: u64,
+    /// The durable head when the preview was made.
+    pub head: u64,
+    /// Entries of the handler's state the reset would delete (0 without `clear_state`; parked
+    /// events and the framework's own records are never deleted).
+    pub state_entries_deleted: u64,
+}
+
+impl ResetPreview {
+    /// Positions the subscription would handle again (when the checkpoint moves back).
+    pub fn handled_again(&self) -> u64 {
+        self.previous_checkpoint.saturating_sub(self.checkpoint)
+    }
+
+    /// Positions it would never handle (when the checkpoint moves forward).
+    pub fn skipped(&self) -> u64 {
+        self.checkpoint.saturating_sub(self.previous_checkpoint)
+    }
+}
+
+/// The checkpoint a reset `to` sets, against the durable `head`.
+async fn reset_checkpoint(
     store: &dyn EventStore,
-    name: &str,
-    lease: Option<&Lease>,
     to: ResetTo,
-    clear_state: bool,
+    head: u64,
 ) -> Result<u64, StoreError> {
-    let head = store.head();
-    let checkpoint = match to {
+    Ok(match to {
         ResetTo::Beginning => 0,
         ResetTo::End => head,
         ResetTo::Position(p) => p.saturating_sub(1).min(head),
@@ -416,15 +441,63 @@ pub(crate) async fn reset_in_store(
                 .unwrap_or(0);
             first_at_or_after(store, micros, head).await? - 1
         }
+    })
+}
+
+/// The deletions of the handler's state (every key outside [`RESERVED_PREFIX`]).
+async fn clear_state_writes(
+    store: &dyn EventStore,
+    name: &str,
+) -> Result<Vec<StateWrite>, StoreError> {
+    Ok(scan_all(store, name, b"")
+        .await?
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with(RESERVED_PREFIX))
+        .map(|(key, _)| StateWrite { key, value: None })
+        .collect())
+}
+
+/// What [`reset_in_store`] would do, from the stored checkpoint (`None` if there is none).
+pub(crate) async fn preview_reset_in_store(
+    store: &dyn EventStore,
+    name: &str,
+    to: ResetTo,
+    clear_state: bool,
+) -> Result<Option<ResetPreview>, StoreError> {
+    let Some(previous_checkpoint) = store.load_checkpoint(name).await? else {
+        return Ok(None);
     };
-    let mut writes = Vec::new();
-    if clear_state {
-        for (key, _) in scan_all(store, name, b"").await? {
-            if !key.starts_with(RESERVED_PREFIX) {
-                writes.push(StateWrite { key, value: None });
-            }
-        }
-    }
+    let head = store.head();
+    let checkpoint = reset_checkpoint(store, to, head).await?;
+    let state_entries_deleted = if clear_state {
+        clear_state_writes(store, name).await?.len() as u64
+    } else {
+        0
+    };
+    Ok(Some(ResetPreview {
+        previous_checkpoint,
+        checkpoint,
+        head,
+        state_entries_deleted,
+    }))
+}
+
+/// Moves a stopped subscription's checkpoint; with `clear_state`, deletes the handler's state
+/// (not the parked events or the status) in the same commit. Returns the new checkpoint.
+pub(crate) async fn reset_in_store(
+    store: &dyn EventStore,
+    name: &str,
+    lease: Option<&Lease>,
+    to: ResetTo,
+    clear_state: bool,
+) -> Result<u64, StoreError> {
+    let head = store.head();
+    let checkpoint = reset_checkpoint(store, to, head).await?;
+    let writes = if clear_state {
+        clear_state_writes(store, name).await?
+    } else {
+        Vec::new()
+    };
     commit_at_current(store, name, lease, writes, Some(checkpoint), None).await?;
     Ok(checkpoint)
 }

@@ -31,7 +31,7 @@ pub(crate) use self::failure::{
 };
 pub use self::failure::{
     parked_in_store, subscription_status_from_store, ControlError, FailurePolicy, ParkedEvent,
-    ReplayOutcome, ResetTo, RESERVED_PREFIX,
+    ReplayOutcome, ResetPreview, ResetTo, RESERVED_PREFIX,
 };
 pub use self::handler::{
     EventContext, EventHandler, HandleEvent, HandlerError, HandlerFailure, Refused, StartFrom,
