@@ -24,6 +24,7 @@ use self::commit::Committed;
 use self::round::{partition_of, RoundEnd};
 use self::step::Flow;
 use super::control;
+use super::distributed::Partition;
 use super::failure::{
     parked_in_store, parked_streams_in_store, replay_requests_in_store, ControlError, ReplayOutcome,
 };
@@ -154,6 +155,9 @@ pub(crate) struct Runner<H: EventHandler> {
     /// While a run holds the lease: set (with the reason) by the task that renews it when it
     /// is lost.
     pub lost: Option<watch::Receiver<Option<String>>>,
+    /// Set for one partition of a distributed subscription: the loop handles only the events
+    /// of its streams (the others count as filtered out).
+    pub partition: Option<Partition>,
 }
 
 /// The most entries [`Runner::cache`] keeps.
@@ -269,10 +273,14 @@ impl<H: EventHandler> Runner<H> {
                     .await?;
                 requests_seen = Some(Instant::now());
             }
-            let page = self
+            let mut page = self
                 .store
                 .read_all(checkpoint + 1, self.config.batch_size, &filter)
                 .await?;
+            if let Some(partition) = self.partition {
+                // The other partitions' events are examined and passed, as filtered out.
+                page.events.retain(|e| partition.owns(&e.stream_id));
+            }
             // The page's first event is the oldest not handled yet (none: caught up).
             self.status
                 .metrics()

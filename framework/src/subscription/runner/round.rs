@@ -306,16 +306,9 @@ fn shared_key_conflict(
     accesses.values().filter_map(|a| first_stale(a)).min()
 }
 
-/// The partition of a stream's events among `partitions`: FNV-1a of its id, so it is the same
-/// in every run and process.
+/// The partition (handler) of a stream's events among `partitions` (see
+/// [`partition_of`](crate::subscription::partition_of)).
 pub(crate) fn partition_of(stream: &str, partitions: usize) -> usize {
-    if partitions <= 1 {
-        return 0;
-    }
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in stream.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % partitions as u64) as usize
+    crate::subscription::partition_of(stream, u32::try_from(partitions).unwrap_or(u32::MAX))
+        as usize
 }
