@@ -50,7 +50,8 @@ impl<H: EventHandler> Runner<H> {
     }
 
     /// Commits on a stop request. The status cell says "stopped" only once this commit is done
-    /// (whoever waits for the stop relies on the checkpoint being saved); the record says it now.
+    /// and the lease is given up (whoever waits for the stop relies on the checkpoint being
+    /// saved, and may exit at once); the record says it now.
     pub(super) async fn commit_stopped(
         &mut self,
         committed: &mut Committed,

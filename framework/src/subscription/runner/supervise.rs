@@ -10,6 +10,14 @@ use crate::subscription::failure::subscription_status_from_store;
 use crate::subscription::handler::EventHandler;
 use crate::subscription::status::SubscriptionState;
 
+/// How a run that held the lease ended.
+pub(super) enum Ended {
+    /// Stopped or failed: the state to show once the lease is given up.
+    Final(SubscriptionState),
+    /// The lease was lost (why): back to standby.
+    LeaseLost(String),
+}
+
 impl<H: EventHandler> Runner<H> {
     /// Runs until stopped or failed; restarts after handler panics.
     pub async fn run(mut self) {
@@ -31,11 +39,14 @@ impl<H: EventHandler> Runner<H> {
                     }
                 }
                 match self.run_holding().await {
-                    None => {
+                    Ended::Final(state) => {
+                        // The lease first: whoever waits for the final state (a process about
+                        // to exit after a stop) may rely on a standby taking over at once.
                         self.release_lease().await;
+                        self.status.update(|s| s.state = state);
                         return;
                     }
-                    Some(reason) => {
+                    Ended::LeaseLost(reason) => {
                         warn!(reason = %reason, "lost the subscription's lease; standing by");
                         self.lease = None;
                         self.status.update(|s| {
@@ -50,9 +61,9 @@ impl<H: EventHandler> Runner<H> {
         .await
     }
 
-    /// Runs while holding the lease (or on a store without leases). Returns `None` when the
-    /// subscription stopped or failed, and why when the lease was lost.
-    pub(super) async fn run_holding(&mut self) -> Option<String> {
+    /// Runs while holding the lease (or on a store without leases), until it stops, fails or
+    /// loses the lease. The final state is for the caller to show once the lease is given up.
+    pub(super) async fn run_holding(&mut self) -> Ended {
         {
             // Attempts in a row that found the store unavailable (reset by a run that starts).
             let mut unavailable = 0u32;
@@ -61,16 +72,13 @@ impl<H: EventHandler> Runner<H> {
                     Ok(()) => break,
                     Err(e) if e.is_transient() => {
                         if self.wait_for_store(&mut unavailable, &e.to_string()).await {
-                            self.status.update(|s| s.state = SubscriptionState::Stopped);
-                            return None;
+                            return Ended::Final(SubscriptionState::Stopped);
                         }
                     }
                     Err(e) => {
                         let reason = format!("store error: {e}");
                         error!(reason = %reason, "subscription failed");
-                        self.status
-                            .update(|s| s.state = SubscriptionState::Failed(reason));
-                        return None;
+                        return Ended::Final(SubscriptionState::Failed(reason));
                     }
                 }
             }
@@ -83,18 +91,16 @@ impl<H: EventHandler> Runner<H> {
                     unavailable = 0;
                 }
                 match outcome {
-                    Err(Fault::LeaseLost(reason)) => return Some(reason),
+                    Err(Fault::LeaseLost(reason)) => return Ended::LeaseLost(reason),
                     Err(Fault::Unavailable(reason)) => {
                         if self.wait_for_store(&mut unavailable, &reason).await {
-                            self.status.update(|s| s.state = SubscriptionState::Stopped);
                             info!("subscription stopped while the store was unavailable");
-                            return None;
+                            return Ended::Final(SubscriptionState::Stopped);
                         }
                     }
                     Ok(()) => {
-                        self.status.update(|s| s.state = SubscriptionState::Stopped);
                         info!("subscription stopped");
-                        return None;
+                        return Ended::Final(SubscriptionState::Stopped);
                     }
                     Err(Fault::Panicked { position, message }) => {
                         restarts += 1;
@@ -108,21 +114,17 @@ impl<H: EventHandler> Runner<H> {
                             );
                             let state = SubscriptionState::Failed(reason);
                             self.record_final(state.clone()).await;
-                            self.status.update(|s| s.state = state);
-                            return None;
+                            return Ended::Final(state);
                         }
                         let backoff = self.config.restart_backoff * restarts.min(10) as u32;
                         if self.sleep_or_stop(backoff).await {
                             self.record_final(SubscriptionState::Stopped).await;
-                            self.status.update(|s| s.state = SubscriptionState::Stopped);
-                            return None;
+                            return Ended::Final(SubscriptionState::Stopped);
                         }
                     }
                     Err(Fault::Fatal(reason)) => {
                         error!(reason = %reason, "subscription failed");
-                        self.status
-                            .update(|s| s.state = SubscriptionState::Failed(reason));
-                        return None;
+                        return Ended::Final(SubscriptionState::Failed(reason));
                     }
                 }
             }
