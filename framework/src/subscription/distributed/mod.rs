@@ -247,12 +247,19 @@ impl DistributedHandle {
         self.shared.view.borrow().assigned.clone()
     }
 
-    /// The partitions whose loops run in this process now (started and not standing by).
+    /// The partitions whose loops run in this process now: past their start (holding their
+    /// lease, on a store with leases), not standing by, not finished.
     pub fn running(&self) -> Vec<u32> {
         self.shared
             .started()
             .iter()
-            .filter(|(_, h)| !h.is_finished() && h.status().state != SubscriptionState::Standby)
+            .filter(|(_, h)| {
+                !h.is_finished()
+                    && !matches!(
+                        h.status().state,
+                        SubscriptionState::Standby | SubscriptionState::Starting
+                    )
+            })
             .map(|(p, _)| *p)
             .collect()
     }
