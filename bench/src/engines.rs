@@ -22,6 +22,10 @@ pub enum Engine {
     RawSled,
     /// one file, write + fdatasync per group.
     RawFile,
+    /// one file pre-allocated in 64 MiB steps, `pwrite` at the tail + fdatasync per group: the
+    /// physical limit of one write and one device wait per group (a growing file also pays for
+    /// its size metadata on each fdatasync).
+    PresizedFile,
     /// tidings' PostgreSQL event store.
     Postgres,
     /// bare `INSERT`s on the same server, one transaction per append.
@@ -37,6 +41,16 @@ impl Engine {
         Engine::RawFile,
     ];
 
+    /// The engines of W1 on a local disk, tidings first: [`EMBEDDED`](Self::EMBEDDED) and the
+    /// pre-sized file limit.
+    pub const W1_EMBEDDED: [Engine; 5] = [
+        Engine::Tidings,
+        Engine::Sqlite,
+        Engine::RawSled,
+        Engine::RawFile,
+        Engine::PresizedFile,
+    ];
+
     /// The engines on a PostgreSQL server, tidings first.
     pub const POSTGRES: [Engine; 2] = [Engine::Postgres, Engine::PgInsert];
 
@@ -47,6 +61,7 @@ impl Engine {
             Engine::Sqlite => "SQLite WAL FULL",
             Engine::RawSled => "raw sled",
             Engine::RawFile => "raw file+fdatasync",
+            Engine::PresizedFile => "pre-sized file limit",
             Engine::Postgres => "tidings PostgreSQL",
             Engine::PgInsert => "PG bare INSERT",
         }
@@ -60,6 +75,7 @@ impl Engine {
             "sqlite" => Some(Engine::Sqlite),
             "sled" => Some(Engine::RawSled),
             "file" => Some(Engine::RawFile),
+            "presized" => Some(Engine::PresizedFile),
             _ => None,
         }
     }
@@ -71,6 +87,7 @@ impl Engine {
             Engine::Sqlite => "sqlite",
             Engine::RawSled => "sled",
             Engine::RawFile => "file",
+            Engine::PresizedFile => "presized",
             Engine::Postgres => "postgres",
             Engine::PgInsert => "pg-insert",
         }
@@ -158,6 +175,9 @@ impl Sink {
             }
             Engine::RawFile => Sink::Group(Arc::new(GroupWriter::start(
                 baseline::file::FileWriter::create(dir).map_err(|e| e.to_string())?,
+            ))),
+            Engine::PresizedFile => Sink::Group(Arc::new(GroupWriter::start(
+                baseline::file::FileWriter::create_presized(dir).map_err(|e| e.to_string())?,
             ))),
             Engine::Postgres | Engine::PgInsert => {
                 return Err(format!("{} needs a server, not a directory", engine.name()))

@@ -7,6 +7,7 @@
 //! cargo run --release -p tidings-bench -- --only W1,W3 --json
 //! cargo run --release -p tidings-bench -- --backend postgres   # W1, W3, W7 on PostgreSQL only
 //! cargo run --release -p tidings-bench -- --only W8            # the NATS relay vs a bare loop
+//! cargo run -p tidings-bench -- charts bench.json docs/images   # SVG charts of a --json run
 //! ```
 //!
 //! W1, W3 and W7 also run against tidings' PostgreSQL store when the server
@@ -19,6 +20,7 @@
 //! with a loud message, and the run fails if `TIDINGS_REQUIRE_NATS=1`.
 
 mod baseline;
+mod charts;
 mod data;
 mod dataset;
 mod domain;
@@ -135,9 +137,11 @@ impl Settings {
         match (self.quick, writers) {
             (true, 1) => 300,
             (true, _) => 3_000,
-            (false, 1) => 10_000,
-            (false, 16) => 100_000,
-            (false, _) => 300_000,
+            // Rounds of 5–10 s on this disk: at 1–3 s one stall of the shared disk decided a
+            // round (issue 15, "Benchmark fairness").
+            (false, 1) => 30_000,
+            (false, 16) => 300_000,
+            (false, _) => 600_000,
         }
     }
 
@@ -196,6 +200,7 @@ fn main() {
         Some(w6::CHILD) => Some(w6::child),
         Some(w45::CQRS_CHILD) => Some(w45::cqrs_child),
         Some(w6::SCAN_CHILD) => Some(w6::sled_scan_child),
+        Some(charts::COMMAND) => Some(charts::run),
         _ => None,
     };
     if let Some(child) = child {
@@ -259,6 +264,14 @@ type Child = fn(&[String]) -> Result<(), String>;
 
 /// The machine's load average, from `/proc/loadavg` (other work on a shared machine moves the
 /// figures: ratios from the same run hold up better than absolute numbers).
+/// The 1-minute load average (NaN where /proc/loadavg cannot be read).
+pub fn load_average_1min() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

@@ -231,20 +231,23 @@ pub fn w7(s: &Settings, server: &Server, d: &PgDataset, rows: &mut Vec<Row>) -> 
         n / t_secs,
         n / b_secs
     ));
-    rows.push(Row::vs(
-        "W7",
-        format!(
-            "PostgreSQL: {} of {STREAMS} streams, {} events each on average",
-            picks.len(),
-            t_events / picks.len() as u64
-        ),
-        "streams/s",
-        Better::Higher,
-        n / t_secs,
-        BARE_STREAM,
-        n / b_secs,
-        Target::RatioAtLeast(0.8),
-    ));
+    rows.push(
+        Row::vs(
+            "W7",
+            format!(
+                "PostgreSQL: {} of {STREAMS} streams, {} events each on average",
+                picks.len(),
+                t_events / picks.len() as u64
+            ),
+            "streams/s",
+            Better::Higher,
+            n / t_secs,
+            BARE_STREAM,
+            n / b_secs,
+            Target::RatioAtLeast(0.8),
+        )
+        .engine(Engine::Postgres.name()),
+    );
     Ok(())
 }
 
@@ -308,26 +311,32 @@ pub fn w3(s: &Settings, server: &Server, d: &PgDataset, rows: &mut Vec<Row>) -> 
         rate(scan_secs)
     ));
     let case = format!("PostgreSQL: {n} events, store read_all, pages of 1000");
-    rows.push(Row::vs(
-        "W3",
-        &case,
-        "events/s",
-        Better::Higher,
-        rate(t_secs),
-        BARE_PAGES,
-        rate(b_secs),
-        Target::RatioAtLeast(0.5),
-    ));
-    rows.push(Row::vs(
-        "W3",
-        &case,
-        "events/s",
-        Better::Higher,
-        rate(t_secs),
-        BARE_SCAN,
-        rate(scan_secs),
-        Target::None,
-    ));
+    rows.push(
+        Row::vs(
+            "W3",
+            &case,
+            "events/s",
+            Better::Higher,
+            rate(t_secs),
+            BARE_PAGES,
+            rate(b_secs),
+            Target::RatioAtLeast(0.5),
+        )
+        .engine(Engine::Postgres.name()),
+    );
+    rows.push(
+        Row::vs(
+            "W3",
+            &case,
+            "events/s",
+            Better::Higher,
+            rate(t_secs),
+            BARE_SCAN,
+            rate(scan_secs),
+            Target::None,
+        )
+        .engine(Engine::Postgres.name()),
+    );
     Ok(())
 }
 

@@ -31,6 +31,9 @@ pub enum Target {
 pub struct Row {
     /// W1..W7.
     pub workload: &'static str,
+    /// The engine behind tidings' figure: "tidings" (the embedded store) unless the row says
+    /// otherwise ("tidings PostgreSQL").
+    pub engine: &'static str,
     /// What was run, e.g. "256 writers".
     pub case: String,
     /// The unit of both figures.
@@ -49,6 +52,10 @@ pub struct Row {
     /// [`ratio`](Self::ratio) reports instead of the ratio of the two medians (a round's load
     /// falls on both sides of its ratio, so the paired figure shakes less on a busy machine).
     pub paired: Option<f64>,
+    /// The lowest and highest per-round ratio, when there were several rounds.
+    pub paired_range: Option<(f64, f64)>,
+    /// The 1-minute load average after each round, when the row has rounds.
+    pub round_loads: Vec<f64>,
 }
 
 impl Row {
@@ -66,6 +73,7 @@ impl Row {
     ) -> Row {
         Row {
             workload,
+            engine: "tidings",
             case: case.into(),
             unit,
             better,
@@ -74,12 +82,27 @@ impl Row {
             base,
             target,
             paired: None,
+            paired_range: None,
+            round_loads: Vec::new(),
         }
     }
 
     /// The same row with its ratio taken as `ratio`, the median of per-round ratios.
     pub fn paired(mut self, ratio: f64) -> Row {
         self.paired = Some(ratio);
+        self
+    }
+
+    /// The same row with the per-round ratios' range and the load after each round.
+    pub fn rounds(mut self, range: Option<(f64, f64)>, loads: Vec<f64>) -> Row {
+        self.paired_range = range;
+        self.round_loads = loads;
+        self
+    }
+
+    /// The same row with tidings' figure measured on `engine` (e.g. "tidings PostgreSQL").
+    pub fn engine(mut self, engine: &'static str) -> Row {
+        self.engine = engine;
         self
     }
 
@@ -177,10 +200,10 @@ pub fn table(rows: &[Row]) -> String {
                     r.baseline.to_string()
                 },
                 fmt_num(r.base),
-                if r.base.is_nan() {
-                    "-".into()
-                } else {
-                    format!("{:.2}", r.ratio())
+                match r.paired_range {
+                    _ if r.base.is_nan() => "-".into(),
+                    Some((lo, hi)) => format!("{:.2} ({lo:.2}–{hi:.2})", r.ratio()),
+                    None => format!("{:.2}", r.ratio()),
                 },
                 r.target_text(),
                 match r.met() {
@@ -226,6 +249,7 @@ pub fn json(rows: &[Row]) -> String {
             let num = |x: f64| if x.is_finite() { serde_json::json!(x) } else { serde_json::Value::Null };
             serde_json::json!({
                 "workload": r.workload,
+                "engine": r.engine,
                 "case": r.case,
                 "unit": r.unit,
                 "higher_is_better": r.better == Better::Higher,
@@ -233,6 +257,9 @@ pub fn json(rows: &[Row]) -> String {
                 "baseline": if r.baseline.is_empty() { serde_json::Value::Null } else { r.baseline.into() },
                 "baseline_value": num(r.base),
                 "ratio": num(r.ratio()),
+                "ratio_min": r.paired_range.map_or(serde_json::Value::Null, |(lo, _)| num(lo)),
+                "ratio_max": r.paired_range.map_or(serde_json::Value::Null, |(_, hi)| num(hi)),
+                "round_loads": r.round_loads,
                 "target": r.target_text(),
                 "met": r.met(),
             })
@@ -244,7 +271,12 @@ pub fn json(rows: &[Row]) -> String {
 /// The median of `xs` (which must not be empty).
 pub fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
+    let mid = xs.len() / 2;
+    if xs.len().is_multiple_of(2) {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    } else {
+        xs[mid]
+    }
 }
 
 /// The `q`-quantile (0..=1) of sorted samples, nearest rank.
@@ -271,6 +303,12 @@ mod tests {
     }
 
     #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [2.0, 1.0]), 1.5);
+    }
+
+    #[test]
     fn a_paired_ratio_replaces_the_ratio_of_the_medians() {
         let r = Row::vs(
             "W1",
@@ -286,7 +324,15 @@ mod tests {
         let r = r.paired(0.9);
         assert_eq!(r.ratio(), 0.9);
         assert_eq!(r.met(), Some(true));
-        assert!(table(&[r]).contains("0.90"));
+        assert!(table(std::slice::from_ref(&r)).contains("0.90"));
+        let r = r.rounds(Some((0.75, 0.92)), vec![1.5, 2.25]);
+        assert!(table(std::slice::from_ref(&r)).contains("0.90 (0.75–0.92)"));
+        let j = json(&[r]);
+        assert!(
+            j.contains("\"ratio_min\": 0.75") && j.contains("\"ratio_max\": 0.92"),
+            "{j}"
+        );
+        assert!(j.contains("2.25"), "{j}");
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub fn child(args: &[String]) -> Result<(), String> {
                 std::hint::black_box(&buf);
             }
         }
-        Engine::Postgres | Engine::PgInsert => {
+        Engine::Postgres | Engine::PgInsert | Engine::PresizedFile => {
             return Err("W6 measures the embedded engines only".into())
         }
     }

@@ -879,7 +879,13 @@ async fn a_late_listener_follows_appends_that_become_readable_later() {
     // (Asked on a connection of its own: a transaction sees one snapshot of the activity.)
     let watcher = pg::connect().await.unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while watcher.query_one(looked, &[]).await.unwrap().get::<_, i64>(0) < 2 {
+    while watcher
+        .query_one(looked, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        < 2
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the reader's listener never read the head"

@@ -1,4 +1,7 @@
-//! The disk's limit: the same records appended to one file, one `write` + `fdatasync` per group.
+//! The disk's limit: the same records appended to one file, one `write` + `fdatasync` per group,
+//! to a growing file ([`FileWriter::create`]) or to one pre-allocated ahead of the tail
+//! ([`FileWriter::create_presized`], the physical reference: a growing file's fdatasync also
+//! writes its new size, 222 µs against 111 µs for 4 KiB on this machine's disk).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -9,12 +12,17 @@ use std::time::Instant;
 use super::{Append, Backend, Outcome};
 use crate::data::{self, Payloads};
 
+/// How far ahead of the tail a pre-sized file is written with zeros.
+const PRESIZE_STEP: u64 = 64 << 20;
+
 /// Appends records to a file.
 pub struct FileWriter {
     file: File,
     heads: HashMap<String, u64>,
     next_position: u64,
     buf: Vec<u8>,
+    /// Pre-sized: the tail offset and how far the file is allocated (`None`: a growing file).
+    presized: Option<(u64, u64)>,
 }
 
 impl FileWriter {
@@ -29,7 +37,72 @@ impl FileWriter {
             heads: HashMap::new(),
             next_position: 1,
             buf: Vec::new(),
+            presized: None,
         })
+    }
+
+    /// Creates `dir/log` written with zeros [`PRESIZE_STEP`] ahead of its tail: each group is one
+    /// `pwrite` at the tail and one `fdatasync` that has no size or extent to record (the
+    /// zeros and the file's size are synced once per step, outside any group's time but its
+    /// own).
+    pub fn create_presized(dir: &Path) -> std::io::Result<FileWriter> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(dir.join("log"))?;
+        let mut w = FileWriter {
+            file,
+            heads: HashMap::new(),
+            next_position: 1,
+            buf: Vec::new(),
+            presized: Some((0, 0)),
+        };
+        w.allocate(0)?;
+        Ok(w)
+    }
+
+    /// Extends the pre-sized file with zeros up to `needed + PRESIZE_STEP` when `needed` passes
+    /// its end, and syncs them (once per step).
+    fn allocate(&mut self, needed: u64) -> std::io::Result<()> {
+        let Some((tail, allocated)) = self.presized else {
+            return Ok(());
+        };
+        if needed <= allocated && allocated > 0 {
+            return Ok(());
+        }
+        let end = needed + PRESIZE_STEP;
+        // Zeros written, not `posix_fallocate`: an allocated but unwritten extent must still be
+        // marked written (journalled) by the fdatasync after the first write into it.
+        use std::os::unix::fs::FileExt;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = allocated;
+        while at < end {
+            let n = (end - at).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        self.file.sync_all()?;
+        self.presized = Some((tail, end));
+        Ok(())
+    }
+
+    /// Writes the group's bytes: appended to a growing file, or at the tail of a pre-sized one.
+    fn write_group(&mut self) -> std::io::Result<()> {
+        match self.presized {
+            None => self.file.write_all(&self.buf),
+            Some((tail, _)) => {
+                use std::os::unix::fs::FileExt;
+                let end = tail + self.buf.len() as u64;
+                // (The first group's zeros are written in `create_presized`.)
+                self.allocate(end)?;
+                self.file.write_all_at(&self.buf, tail)?;
+                if let Some((t, _)) = self.presized.as_mut() {
+                    *t = end;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -54,7 +127,7 @@ impl Backend for FileWriter {
             self.heads.insert(a.stream.clone(), version);
             outcomes.push(Ok(version));
         }
-        self.file.write_all(&self.buf).map_err(|e| e.to_string())?;
+        self.write_group().map_err(|e| e.to_string())?;
         self.file.sync_data().map_err(|e| e.to_string())?;
         Ok(outcomes)
     }

@@ -1,5 +1,7 @@
 //! SQLite as an embedded user would set it up for an event store: WAL, `synchronous=FULL`, one
-//! `events` table with the position as rowid and a unique (stream, version) index.
+//! `events` table with the position as rowid and a unique (stream, version) index, and the
+//! same fields per event as tidings records (event id, category, schema version, correlation and
+//! causation ids, timestamp), so that time and bytes per event compare like for like.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +22,12 @@ pub fn open(dir: &Path) -> rusqlite::Result<Connection> {
             version INTEGER NOT NULL,
             type TEXT NOT NULL,
             payload BLOB NOT NULL,
+            event_id BLOB NOT NULL,
+            category TEXT NOT NULL,
+            schema_version INTEGER NOT NULL,
+            correlation_id BLOB,
+            causation_id BLOB,
+            timestamp_micros INTEGER NOT NULL,
             UNIQUE(stream, version)
         );",
     )?;
@@ -71,8 +79,13 @@ impl SqliteWriter {
         let mut position = self.next_position;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (position, stream, version, type, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO events (position, stream, version, type, payload, event_id, category, \
+                 schema_version, correlation_id, causation_id, timestamp_micros) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, NULL, NULL, ?8)",
             )?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
             for a in group {
                 let current = match overlay.get(&a.stream) {
                     Some(v) => *v,
@@ -85,13 +98,20 @@ impl SqliteWriter {
                     )));
                     continue;
                 }
+                let category = a
+                    .stream
+                    .split_once('-')
+                    .map_or(a.stream.as_str(), |(c, _)| c);
                 for (i, (event_type, payload)) in a.events.iter().enumerate() {
                     insert.execute(params![
                         position,
                         a.stream,
                         current + 1 + i as u64,
                         event_type,
-                        payload
+                        payload,
+                        uuid::Uuid::new_v4().as_bytes(),
+                        category,
+                        now
                     ])?;
                     position += 1;
                 }

@@ -32,7 +32,15 @@ pub(crate) struct AggregateActor<A: Aggregate> {
     idle_reported: bool,
     /// Set when user code panicked; the restart that follows is counted.
     panicked: bool,
+    /// Set when the instance was told to stop (idle, evicted, on request, registry shut down):
+    /// the registry no longer routes to it. Were it restarted by its supervisor (a caller still
+    /// held its address and sent it a command), it answers what it is sent and stops again as
+    /// soon as no address is left, instead of living on, unregistered, until its idle timeout.
+    passivated: bool,
 }
+
+/// How often a passivated instance that was restarted looks whether any address is left.
+const LINGER_CHECK: Duration = Duration::from_millis(20);
 
 impl<A: Aggregate> AggregateActor<A> {
     pub(crate) fn new(
@@ -56,6 +64,7 @@ impl<A: Aggregate> AggregateActor<A> {
             last_active: Instant::now(),
             idle_reported: false,
             panicked: false,
+            passivated: false,
         }
     }
 
@@ -91,6 +100,16 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if self.passivated {
+            // Restarted only to answer holders of its address (see `passivated`); the interval
+            // runs between messages, never during a command (a command waits atomically).
+            ctx.run_interval(LINGER_CHECK, |_, ctx| {
+                if !ctx.connected() {
+                    ctx.stop();
+                }
+            });
+            return;
+        }
         if let Some(timeout) = self.config.idle_timeout {
             // Stopped between `timeout` and 1.25 × `timeout` after the last message; a coarse
             // timer keeps thousands of idle instances cheap.
@@ -121,7 +140,8 @@ impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
             aggregate = A::CATEGORY,
             id = %self.id,
             command_id = %msg.envelope.command_id,
-            causation_id = ?msg.envelope.causation_id,
+            correlation_id = %msg.envelope.effective_correlation_id(),
+            causation_id = msg.envelope.causation_id.map(tracing::field::display),
         );
         let mut slot = self.loaded.take();
         let store = self.store.clone();
@@ -188,6 +208,7 @@ impl<A: Aggregate> Handler<Passivate> for AggregateActor<A> {
     type Result = ();
 
     fn handle(&mut self, _msg: Passivate, ctx: &mut Self::Context) {
+        self.passivated = true;
         ctx.stop();
     }
 }

@@ -12,6 +12,7 @@ mod lease;
 mod postgres;
 mod shared;
 mod sled;
+mod spans;
 mod types;
 
 pub(crate) use self::error::chain as error_chain;

@@ -52,10 +52,12 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
+use tracing::Instrument;
 
 use self::errors::pool_error;
 use self::keys::Keys;
 pub use self::schema::SCHEMA_VERSION;
+use super::spans;
 use super::{
     AppendResult, CheckpointInfo, EventData, EventStore, ExpectedVersion, Filter, HeadWatch, Lease,
     LeaseAttempt, LeaseHolder, LeaseInfo, ReadBatch, RecordedEvent, Result, Snapshot, StateWrite,
@@ -585,8 +587,12 @@ impl EventStore for PostgresEventStore {
         // Not through `call`: an append only queues for a committer (a task of the store's
         // runtime, alive while `self` is) and waits for its answer, so it needs no task of its
         // own there. Two fewer hops between threads per append (the whole cost of one at a time).
+        let span = spans::append("postgres", stream, events.len());
         let started = std::time::Instant::now();
-        let result = ops::append(&self.inner.shared, stream.to_owned(), expected, events).await;
+        let result = ops::append(&self.inner.shared, stream.to_owned(), expected, events)
+            .instrument(span.clone())
+            .await;
+        spans::appended(&span, &result);
         self.inner
             .shared
             .metrics
@@ -603,13 +609,16 @@ impl EventStore for PostgresEventStore {
         if stream.contains('\0') {
             return Ok(Vec::new()); // no such stream can exist
         }
+        let span = spans::read_stream("postgres", stream, from_version);
         let stream = stream.to_owned();
         let events = self
             .idempotent(move |shared| {
                 let stream = stream.clone();
                 async move { ops::read_stream(&shared, &stream, from_version, max_count).await }
             })
+            .instrument(span.clone())
             .await?;
+        spans::returned(&span, events.len());
         self.inner.shared.metrics.stream_read(events.len());
         Ok(events)
     }
@@ -632,13 +641,16 @@ impl EventStore for PostgresEventStore {
         max_count: usize,
         filter: &Filter,
     ) -> Result<ReadBatch> {
+        let span = spans::read_all("postgres", from_position);
         let filter = filter.clone();
         let page = self
             .idempotent(move |shared| {
                 let filter = filter.clone();
                 async move { ops::read_all(&shared, from_position, max_count, &filter).await }
             })
+            .instrument(span.clone())
             .await?;
+        spans::returned(&span, page.events.len());
         self.inner.shared.metrics.read_all_page();
         Ok(page)
     }

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::errors::pg_error;
@@ -529,6 +530,14 @@ fn expected_arg(expected: ExpectedVersion) -> i64 {
 
 /// Commits several appends (of different streams) in one transaction and answers each.
 async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
+    let span = crate::store::spans::commit("postgres", batch.len());
+    commit_batch_in(shared, batch, &span)
+        .instrument(span.clone())
+        .await
+}
+
+/// [`commit_batch`] inside its span, which it fills in.
+async fn commit_batch_in(shared: &Arc<Shared>, batch: Vec<Pending>, span: &tracing::Span) {
     let client = match shared.client().await {
         Ok(client) => client,
         Err(e) => {
@@ -668,6 +677,8 @@ async fn commit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
     if accepted > 0 {
         shared.metrics.group(accepted, events);
     }
+    span.record("appends", accepted);
+    span.record("events", events);
     let answers: Vec<_> = batch.into_iter().map(|p| p.reply).zip(results).collect();
     match xid.as_deref().and_then(|x| parse_xid(x).ok()) {
         Some(xid) => {
@@ -821,7 +832,16 @@ fn answer_when_visible(
 
 /// [`append_one`], answered through `reply` (once readable).
 async fn append_and_answer(shared: &Arc<Shared>, p: Pending) {
-    match append_one(shared, p.stream, p.expected, p.events).await {
+    let span = crate::store::spans::commit("postgres", 1);
+    let events = p.events.len();
+    let outcome = append_one(shared, p.stream, p.expected, p.events)
+        .instrument(span.clone())
+        .await;
+    if outcome.is_ok() {
+        span.record("appends", 1);
+        span.record("events", events);
+    }
+    match outcome {
         Ok((result, visible)) => answer_when_visible(shared, visible, vec![(p.reply, Ok(result))]),
         Err(e) => {
             let _ = p.reply.send(Err(e));

@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::{oneshot, watch};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use self::durable::{Durability, HeadFile, Marks};
 use self::writer::{Request, Writer, WriterSettings};
 use super::codec;
+use super::spans;
 use super::{
     validate_append, validate_commit, validate_import, validate_name, AppendResult, CheckpointInfo,
     EventData, EventStore, ExpectedVersion, Filter, HeadWatch, ReadBatch, RecordedEvent, Result,
@@ -597,6 +598,7 @@ impl EventStore for SledEventStore {
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
         validate_append(stream, &events)?;
+        let span = spans::append("sled", stream, events.len());
         let started = Instant::now();
         let (reply, rx) = oneshot::channel();
         self.send(Request::Append {
@@ -605,7 +607,11 @@ impl EventStore for SledEventStore {
             events,
             reply,
         })?;
-        let result = rx.await.map_err(|_| StoreError::Closed)?;
+        let result = rx
+            .instrument(span.clone())
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        spans::appended(&span, &result);
         self.inner
             .shared
             .metrics
@@ -619,10 +625,13 @@ impl EventStore for SledEventStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
+        let span = spans::read_stream("sled", stream, from_version);
         let stream = stream.to_owned();
         let events = self
             .blocking(move |s| s.read_stream(&stream, from_version, max_count))
+            .instrument(span.clone())
             .await?;
+        spans::returned(&span, events.len());
         self.inner.shared.metrics.stream_read(events.len());
         Ok(events)
     }
@@ -642,10 +651,13 @@ impl EventStore for SledEventStore {
         max_count: usize,
         filter: &Filter,
     ) -> Result<ReadBatch> {
+        let span = spans::read_all("sled", from_position);
         let filter = filter.clone();
         let page = self
             .blocking(move |s| s.read_all(from_position, max_count, &filter))
+            .instrument(span.clone())
             .await?;
+        spans::returned(&span, page.events.len());
         self.inner.shared.metrics.read_all_page();
         Ok(page)
     }

@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error};
 
+use crate::store::spans;
+
 use super::durable::{Durability, HeadFile};
 use super::keys;
 use super::Shared;
@@ -173,6 +175,8 @@ impl Writer {
     }
 
     fn commit(&mut self, group: Vec<Request>) {
+        let span = spans::commit("sled", group.len());
+        let _entered = span.enter();
         if let Some(reason) = &self.failed {
             let reason = reason.clone();
             for req in group {
@@ -456,6 +460,8 @@ impl Writer {
         if appends > 0 {
             self.shared.metrics.group(appends, appended);
         }
+        span.record("appends", appends);
+        span.record("events", appended);
         for reply in replies {
             reply.send();
         }
@@ -514,7 +520,9 @@ impl Writer {
         let started = std::time::Instant::now();
         self.shared.db.flush()?;
         self.durability.sync()?;
-        self.shared.metrics.committed(started.elapsed());
+        let took = started.elapsed();
+        self.shared.metrics.committed(took);
+        tracing::Span::current().record("fsync_micros", took.as_micros() as u64);
         Ok(())
     }
 

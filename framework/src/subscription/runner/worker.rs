@@ -82,7 +82,10 @@ impl<H: EventHandler> Worker<'_, H> {
                 "event",
                 position = event.position,
                 stream = %event.stream_id,
-                event_type = %event.event_type
+                event_type = %event.event_type,
+                event_id = %event.event_id,
+                correlation_id = event.correlation_id.map(tracing::field::display),
+                causation_id = event.causation_id.map(tracing::field::display),
             );
             let outcome = AssertUnwindSafe(self.handler.dispatch(event, &mut ctx))
                 .catch_unwind()
