@@ -296,6 +296,12 @@ fn subscriptions_shows_checkpoint_lag_state_and_parked_count() {
     assert_eq!(orders["parked"], 2);
     assert_eq!(orders["parked_streams"], 1);
     assert_eq!(orders["state"], "stopped");
+    assert_eq!(
+        orders["holder"],
+        serde_json::Value::Null,
+        "no leases on the embedded store"
+    );
+    assert_eq!(orders["partition_of"], serde_json::Value::Null);
     let reporting = rows.iter().find(|r| r["name"] == "reporting").unwrap();
     assert_eq!(reporting["checkpoint"], 2);
     assert_eq!(reporting["lag"], 4);

@@ -14,7 +14,7 @@ use serde_json::Value;
 use support::pg::{self, Schema};
 use support::{config, json_lines, ok, prepare, run_raw, Orders, ShopEvent, POISON};
 use tidings::store::{EventStore, ExpectedVersion};
-use tidings::subscription::Subscriptions;
+use tidings::subscription::{DistributedConfig, Subscriptions};
 use tidings::DomainEvent;
 use tidings_cli::{EXIT_IN_USE, EXIT_NOT_FOUND, EXIT_USAGE};
 
@@ -129,6 +129,12 @@ fn every_read_command_works_while_another_process_writes_and_runs_a_subscription
     assert_eq!(row["running"], false, "not in the CLI's process: {row}");
     let state = row["state"].as_str().unwrap();
     assert!(state.starts_with("last recorded: "), "{row}");
+    assert!(
+        state.ends_with(&format!(" pid {})", std::process::id())),
+        "the holder shows: {row}"
+    );
+    assert_eq!(row["holder"]["pid"], std::process::id(), "{row}");
+    assert_eq!(row["partition_of"], Value::Null, "{row}");
     let table = schema.ok(&["subscriptions"]);
     assert!(
         table.lines().nth(1).unwrap().starts_with("orders "),
@@ -172,6 +178,73 @@ enum Ask {
     StartFixed,
     /// End without stopping the subscription, as a killed process would.
     Vanish,
+}
+
+/// A distributed subscription run by the application: `subscriptions` lists each partition as a
+/// subscription of its own, with the partition it is and the process that holds it.
+#[test]
+fn the_partitions_of_a_distributed_subscription_show_with_their_holder() {
+    let Some(schema) = Schema::fresh("cli distributed subscription on PostgreSQL") else {
+        return;
+    };
+    let store = schema.open();
+    let stop = Arc::new(AtomicBool::new(false));
+    let app = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            actix::System::new().block_on(async move {
+                let store: Arc<dyn EventStore> = Arc::new(store);
+                for i in 0..8 {
+                    let (stream, cents) = order(i);
+                    let data = ShopEvent::OrderPlaced { cents }.to_event_data().unwrap();
+                    store
+                        .append(&stream, ExpectedVersion::Any, vec![data])
+                        .await
+                        .unwrap();
+                }
+                let subscriptions = Subscriptions::new(store.clone());
+                let broken = Arc::new(AtomicBool::new(false));
+                let handle = subscriptions
+                    .start_distributed(Orders(broken), config(), DistributedConfig::new(2))
+                    .unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                handle.stop().await;
+            });
+        })
+    };
+    let rows = wait_for("both partitions held and at the head", || {
+        let rows = json_lines(&schema.ok(&["--json", "subscriptions"]));
+        let ready = rows.len() == 2
+            && rows
+                .iter()
+                .all(|r| r["checkpoint"] == 8 && r["holder"].is_object());
+        ready.then_some(rows)
+    });
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["orders.p00of2", "orders.p01of2"]);
+    for (index, row) in rows.iter().enumerate() {
+        assert_eq!(row["partition_of"]["index"], index, "{row}");
+        assert_eq!(row["partition_of"]["count"], 2, "{row}");
+        assert_eq!(row["holder"]["pid"], std::process::id(), "{row}");
+        assert!(row["holder"]["generation"].as_u64().unwrap() >= 1, "{row}");
+    }
+    let table = schema.ok(&["subscriptions"]);
+    assert!(
+        table.contains(&format!(
+            "(held by {} pid {})",
+            rows[0]["holder"]["host"].as_str().unwrap(),
+            std::process::id()
+        )),
+        "{table}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    app.join().unwrap();
+    // Stopped: the leases were given up, so no holder shows.
+    let rows = json_lines(&schema.ok(&["--json", "subscriptions"]));
+    assert!(rows.iter().all(|r| r["holder"].is_null()), "{rows:?}");
+    assert!(!schema.ok(&["subscriptions"]).contains("held by"));
 }
 
 #[test]
@@ -226,7 +299,15 @@ fn changing_a_subscription_is_refused_while_another_process_may_run_it() {
     let row = wait_for("the subscription to handle all 20 events", || {
         orders_row(&schema).filter(|r| r["checkpoint"] == 20 && r["parked"] == 2)
     });
-    assert_eq!(row["state"], "last recorded: parked", "{row}");
+    assert_eq!(
+        row["state"],
+        format!(
+            "last recorded: parked (held by {} pid {})",
+            row["holder"]["host"].as_str().unwrap(),
+            std::process::id()
+        ),
+        "{row}"
+    );
 
     // A reset needs the subscription stopped, and the application runs it (it holds its
     // lease): refused, naming the process.

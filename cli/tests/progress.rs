@@ -44,9 +44,15 @@ fn export_import_and_verify_show_progress_only_on_a_terminal() {
     let file = file.to_str().unwrap();
 
     let shown = on_a_terminal(&store, &["export", "--output", file], None);
-    assert!(shown.contains("exporting"), "no progress on a terminal: {shown:?}");
+    assert!(
+        shown.contains("exporting"),
+        "no progress on a terminal: {shown:?}"
+    );
     assert!(shown.contains("events"), "{shown:?}");
-    assert!(shown.contains("exported 6 events"), "the summary stays: {shown:?}");
+    assert!(
+        shown.contains("exported 6 events"),
+        "the summary stays: {shown:?}"
+    );
 
     let off = on_a_terminal(&store, &["export", "--output", file], Some("0"));
     assert!(!off.contains("exporting"), "TIDINGS_PROGRESS=0: {off:?}");
@@ -54,7 +60,10 @@ fn export_import_and_verify_show_progress_only_on_a_terminal() {
 
     let piped = tidings(&store, &["export", "--output", file]);
     assert_eq!(piped.code, 0, "{piped:?}");
-    assert!(!piped.stderr.contains("exporting"), "drawn into a pipe: {piped:?}");
+    assert!(
+        !piped.stderr.contains("exporting"),
+        "drawn into a pipe: {piped:?}"
+    );
 
     let verify = on_a_terminal(&store, &["verify"], None);
     assert!(verify.contains("verifying the store"), "{verify:?}");
@@ -64,5 +73,8 @@ fn export_import_and_verify_show_progress_only_on_a_terminal() {
     let import = on_a_terminal(&target, &["import", file], None);
     assert!(import.contains("importing"), "{import:?}");
     let piped = tidings(&target, &["verify"]);
-    assert!(!piped.stderr.contains("verifying"), "drawn into a pipe: {piped:?}");
+    assert!(
+        !piped.stderr.contains("verifying"),
+        "drawn into a pipe: {piped:?}"
+    );
 }

@@ -35,9 +35,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tidings::store::{
     category_of, state_page_is_full, stream_page_is_full, AppendResult, CheckpointInfo, EventData,
-    EventStore, ExpectedVersion, Filter, ReadBatch, RecordedEvent, Result, Snapshot, StateWrite,
-    StoreError, StreamInfo, MAX_APPEND_BYTES, MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN,
-    MAX_STREAM_ID_LEN, READ_PAGE_BYTES,
+    EventStore, ExpectedVersion, Filter, LeaseAttempt, LeaseHolder, ReadBatch, RecordedEvent,
+    Result, Snapshot, StateWrite, StoreError, StreamInfo, MAX_APPEND_BYTES, MAX_EVENT_TYPE_LEN,
+    MAX_PAYLOAD_LEN, MAX_STREAM_ID_LEN, READ_PAGE_BYTES,
 };
 use uuid::Uuid;
 
@@ -158,6 +158,7 @@ macro_rules! conformance_suite {
             verify_reports_a_healthy_store,
             list_streams_pages_through_every_stream_once_with_its_version,
             list_checkpoints_pages_through_every_checkpoint_in_name_order,
+            leases_are_listed_by_prefix_in_name_order,
             import_reproduces_recorded_events_exactly_and_appends_continue_after_it,
             import_that_does_not_continue_the_log_writes_nothing,
         );
@@ -2257,6 +2258,108 @@ pub async fn list_checkpoints_pages_through_every_checkpoint_in_name_order<S: Ev
             assert_eq!(Some(&c.position), expected.get(&c.name), "checkpoint {c:?}");
         }
     }
+}
+
+/// A store with leases lists those under a prefix, held and expired alike, in byte order of
+/// their names, at most `limit`; one without leases refuses the listing as it refuses leases.
+pub async fn leases_are_listed_by_prefix_in_name_order<S: EventStore>(store: S) {
+    let holder = LeaseHolder::new("host-a", 7, Uuid::new_v4());
+    let long = Duration::from_secs(60);
+    match store
+        .acquire_lease("orders/members/001", &holder, long)
+        .await
+    {
+        Err(StoreError::Unsupported(_)) => {
+            assert!(
+                matches!(
+                    store.list_leases("orders/", 10).await,
+                    Err(StoreError::Unsupported(_))
+                ),
+                "a store without leases must refuse to list them"
+            );
+            return;
+        }
+        Ok(LeaseAttempt::Acquired(_)) => {}
+        other => panic!("taking a free lease: {other:?}"),
+    }
+    assert!(store.list_leases("nothing/", 10).await.unwrap().is_empty());
+    let names = [
+        "orders/members/000",
+        "orders/members/010",
+        "orders/members/002",
+        "orders.p00of6",
+        "orders/membersX",
+        "ordersZ/members/000",
+        "order/members/000",
+        "orders/members/\u{e9}",
+    ];
+    let mut expired = None;
+    for name in names {
+        let ttl = if name.ends_with("002") {
+            Duration::from_millis(1)
+        } else {
+            long
+        };
+        match store.acquire_lease(name, &holder, ttl).await.unwrap() {
+            LeaseAttempt::Acquired(lease) if ttl != long => expired = Some(lease),
+            LeaseAttempt::Acquired(_) => {}
+            other => panic!("taking the free lease {name:?}: {other:?}"),
+        }
+    }
+    // One released, one left to expire: both are still listed, as not held.
+    if let Some(lease) = &expired {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!store.load_lease(&lease.name).await.unwrap().unwrap().held);
+    }
+    let LeaseAttempt::Acquired(released) = store
+        .acquire_lease("orders/members/005", &holder, long)
+        .await
+        .unwrap()
+    else {
+        panic!("taking a free lease");
+    };
+    store.release_lease(&released).await.unwrap();
+
+    let listed = store.list_leases("orders/members/", 100).await.unwrap();
+    let listed_names: Vec<&str> = listed.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        listed_names,
+        [
+            "orders/members/000",
+            "orders/members/001",
+            "orders/members/002",
+            "orders/members/005",
+            "orders/members/010",
+            "orders/members/\u{e9}",
+        ],
+        "the leases under the prefix, in byte order of their names"
+    );
+    let held: Vec<bool> = listed.iter().map(|l| l.held).collect();
+    assert_eq!(
+        held,
+        [true, true, false, false, true, true],
+        "which are held"
+    );
+    for info in &listed {
+        assert_eq!(info.holder, holder, "lease {:?}", info.name);
+        assert!(info.generation >= 1);
+    }
+    let first_two = store.list_leases("orders/members/", 2).await.unwrap();
+    assert_eq!(
+        first_two
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect::<Vec<_>>(),
+        ["orders/members/000", "orders/members/001"],
+        "at most `limit`, the first in name order"
+    );
+    assert!(store.list_leases("orders/", 0).await.unwrap().is_empty());
+    let all = store.list_leases("", 100).await.unwrap();
+    assert_eq!(
+        all.len(),
+        names.len() + 2,
+        "an empty prefix lists every lease"
+    );
 }
 
 /// A recorded event made by hand, as an export from another store would give it.

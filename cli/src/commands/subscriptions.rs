@@ -3,15 +3,15 @@
 use std::io::Write;
 
 use serde::Serialize;
-use tidings::store::StoreError;
+use tidings::store::{LeaseInfo, StoreError};
 use tidings::subscription::{
-    parked_in_store, subscription_status_from_store, InboxProgress, ParkedEvent, ResetTo,
-    SubscriptionState, SubscriptionStatus, Subscriptions,
+    parked_in_store, subscription_status_from_store, InboxProgress, ParkedEvent, Partition,
+    ResetTo, SubscriptionState, SubscriptionStatus, Subscriptions,
 };
 
 use super::Ctx;
 use crate::error::{CliError, EXIT_OK};
-use crate::output::{json_line, parse_rfc3339, printable, rfc3339, Rows};
+use crate::output::{json_line, parse_rfc3339, printable, rfc3339, rfc3339_micros, Rows};
 use crate::ResetTarget;
 
 /// Checkpoints listed per page.
@@ -27,14 +27,54 @@ struct SubscriptionLine {
     running: bool,
     parked: u64,
     parked_streams: u64,
-    /// The process that holds the subscription's lease (on a store with leases), as
-    /// `host pid N`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    holder: Option<String>,
     /// Set for a broker inbox: where it is in the broker's stream; its lag is the broker's
     /// count of messages it has not acknowledged.
     #[serde(skip_serializing_if = "Option::is_none")]
     inbox: Option<InboxProgress>,
+    /// The process that holds the subscription's lease now (a store with leases), if any.
+    holder: Option<HolderLine>,
+    /// Set for a partition of a distributed subscription: which one, among how many.
+    partition_of: Option<Partition>,
+}
+
+/// Who holds a subscription's lease.
+#[derive(Serialize)]
+struct HolderLine {
+    host: String,
+    pid: u32,
+    /// The lease's generation (the holder's fencing token).
+    generation: u64,
+    /// Since when it holds the lease (RFC 3339).
+    since: String,
+}
+
+impl HolderLine {
+    fn new(lease: &LeaseInfo) -> Self {
+        HolderLine {
+            host: lease.holder.host.clone(),
+            pid: lease.holder.pid,
+            generation: lease.generation,
+            since: rfc3339_micros(lease.acquired_micros),
+        }
+    }
+}
+
+/// The holder of subscription `name`'s lease: the store's lease while it is held (any
+/// process), else the lease of a loop that runs here. `None` on a store without leases.
+async fn holder_of(
+    ctx: &Ctx<'_>,
+    name: &str,
+    live: Option<&SubscriptionStatus>,
+) -> Result<Option<HolderLine>, CliError> {
+    match ctx.store.load_lease(name).await {
+        Ok(Some(lease)) if lease.held => return Ok(Some(HolderLine::new(&lease))),
+        Ok(_) | Err(StoreError::Unsupported(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let running_here = live
+        .filter(|s| s.state != SubscriptionState::Standby)
+        .and_then(|s| s.holder.as_ref());
+    Ok(running_here.map(HolderLine::new))
 }
 
 /// How a state reads in the table: the live state of a subscription running in this process,
@@ -149,20 +189,20 @@ pub(crate) async fn list(
             let mut streams: Vec<&str> = parked.iter().map(|p| p.stream_id.as_str()).collect();
             streams.sort_unstable();
             streams.dedup();
-            let holder = match live.as_ref().and_then(|s| s.holder.as_ref()) {
-                Some(info) => Some(info.holder.to_string()),
-                None => match ctx.store.load_lease(&c.name).await {
-                    Ok(Some(info)) if info.held => Some(info.holder.to_string()),
-                    Ok(_) | Err(StoreError::Unsupported(_)) => None,
-                    Err(e) => return Err(e.into()),
-                },
-            };
             let checkpoint = live.as_ref().map_or(c.position, |s| s.checkpoint);
             let inbox = stored.as_ref().and_then(|s| s.inbox.clone());
             let mut state = state_text(live.as_ref(), stored.as_ref(), ctx.shared());
             if let Some(i) = &inbox {
                 state = inbox_text(&state, i);
             }
+            let holder = holder_of(ctx, &c.name, live.as_ref()).await?;
+            if let Some(h) = &holder {
+                state.push_str(&format!(" (held by {} pid {})", h.host, h.pid));
+            }
+            let partition_of = live
+                .as_ref()
+                .or(stored.as_ref())
+                .and_then(|s| s.partition_of);
             let line = SubscriptionLine {
                 name: c.name.clone(),
                 checkpoint,
@@ -176,8 +216,9 @@ pub(crate) async fn list(
                 running: live.is_some(),
                 parked: parked.len() as u64,
                 parked_streams: streams.len() as u64,
-                holder,
                 inbox,
+                holder,
+                partition_of,
             };
             rows.row(
                 || {

@@ -35,7 +35,7 @@ pub enum ShopEvent {
 }
 
 /// Counts orders in its state; fails on [`POISON`] while `broken`.
-#[derive(EventHandler)]
+#[derive(Clone, EventHandler)]
 #[event_handler(name = "orders", events(ShopEvent))]
 pub struct Orders(pub Arc<AtomicBool>);
 

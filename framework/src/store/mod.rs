@@ -258,6 +258,17 @@ pub trait EventStore: Send + Sync + 'static {
         Err(StoreError::Unsupported("leases"))
     }
 
+    /// The stored leases whose names start with `prefix` (held or expired, see
+    /// [`LeaseInfo::held`]), in name order (by bytes), at most `limit` of them.
+    ///
+    /// How a distributed subscription finds the processes that run it (their member leases).
+    /// Optional, like the other lease methods: the default fails with
+    /// [`StoreError::Unsupported`].
+    async fn list_leases(&self, prefix: &str, limit: usize) -> Result<Vec<LeaseInfo>> {
+        let _ = (prefix, limit);
+        Err(StoreError::Unsupported("leases"))
+    }
+
     /// [`commit_checkpoint`](EventStore::commit_checkpoint), only while `lease` is held: same
     /// generation, not expired. Otherwise fails with [`StoreError::Fenced`] and writes nothing.
     /// A new holder's first commit waits for a commit of the old holder that is in flight, so

@@ -8,6 +8,7 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::control;
+use super::distributed::{DistributedHandle, Partition};
 use super::failure::{
     parked_in_store, preview_reset_in_store, request_replay_in_store, reset_in_store,
     skip_in_store, ControlError, ParkedEvent, ReplayOutcome, ResetPreview, ResetTo,
@@ -178,6 +179,11 @@ impl SubscriptionHandle {
         self.send(|reply| Command::Flush { reply }).await
     }
 
+    /// Asks it to stop after the event in hand, without waiting (see [`stop`](Self::stop)).
+    pub(crate) fn request_stop(&self) {
+        self.stop.send_replace(true);
+    }
+
     /// Waits until it has stopped or failed.
     pub async fn finished(&self) -> SubscriptionStatus {
         let mut updates = self.status.watch();
@@ -231,6 +237,8 @@ pub struct Subscriptions {
     /// One lock per name: held by a running loop for its whole life, and by an operation on a
     /// stopped subscription's stored checkpoint, so that the two never interleave.
     guards: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The distributed subscriptions started here, by name (their partitions are in `running`).
+    distributed: Arc<Mutex<HashMap<SubscriptionName, DistributedHandle>>>,
 }
 
 impl std::fmt::Debug for Subscriptions {
@@ -265,6 +273,17 @@ pub enum StartError {
     /// with [`SubscriptionConfig::name`].
     #[error("the handler's name is not a valid subscription name")]
     InvalidName(#[from] SubscriptionNameError),
+    /// A distributed subscription needs 1 to `max` partitions
+    /// ([`MAX_PARTITIONS`](super::MAX_PARTITIONS)): start it with a number in that range.
+    #[error("distributed subscription {name:?} cannot have {requested} partitions (1 to {max})")]
+    Partitions {
+        /// The subscription.
+        name: SubscriptionName,
+        /// The number of partitions asked for.
+        requested: u32,
+        /// The most it can have.
+        max: u32,
+    },
 }
 
 impl Subscriptions {
@@ -275,6 +294,7 @@ impl Subscriptions {
             store: store.into_event_store(),
             running: Arc::default(),
             guards: Arc::default(),
+            distributed: Arc::default(),
         }
     }
 
@@ -313,7 +333,7 @@ impl Subscriptions {
         handler: H,
         config: SubscriptionConfig,
     ) -> Result<SubscriptionHandle, StartError> {
-        self.launch(vec![handler], config)
+        self.launch(vec![handler], config, None)
     }
 
     /// Starts `handler` with `partitions` copies of it working concurrently, the events spread
@@ -335,11 +355,28 @@ impl Subscriptions {
             return Err(StartError::NotPartitionable(Self::name_of::<H>(&config)?));
         }
         let handlers = vec![handler; partitions.max(1)];
-        self.launch(handlers, config)
+        self.launch(handlers, config, None)
+    }
+
+    /// The store the subscriptions run on.
+    pub(super) fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// The distributed subscriptions started here.
+    pub(super) fn distributed(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SubscriptionName, DistributedHandle>> {
+        self.distributed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a subscription of that name runs here.
+    pub(super) fn is_running(&self, name: &str) -> bool {
+        self.running(name).is_some()
     }
 
     /// The name a subscription of `H` started with `config` runs under.
-    fn name_of<H: EventHandler>(
+    pub(super) fn name_of<H: EventHandler>(
         config: &SubscriptionConfig,
     ) -> Result<SubscriptionName, StartError> {
         match &config.name {
@@ -348,10 +385,13 @@ impl Subscriptions {
         }
     }
 
-    fn launch<H: EventHandler>(
+    /// Starts a subscription's loop with `handlers` (its in-process partitions); with
+    /// `partition`, as that partition of a distributed subscription, handling only its streams.
+    pub(super) fn launch<H: EventHandler>(
         &self,
         handlers: Vec<H>,
         config: SubscriptionConfig,
+        partition: Option<Partition>,
     ) -> Result<SubscriptionHandle, StartError> {
         let name = Self::name_of::<H>(&config)?;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -361,7 +401,10 @@ impl Subscriptions {
         let (stop, stop_rx) = watch::channel(false);
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let status = StatusCell::new(&name);
-        status.update(|s| s.partitions = handlers.len() as u64);
+        status.update(|s| {
+            s.partitions = handlers.len() as u64;
+            s.partition_of = partition;
+        });
         let runner = Runner {
             name: name.clone(),
             handlers,
@@ -378,6 +421,7 @@ impl Subscriptions {
             holder: crate::store::LeaseHolder::this_process(),
             lease: None,
             lost: None,
+            partition,
         };
         SubscriptionActor {
             runner: Some(Box::new(runner)),
@@ -733,8 +777,13 @@ impl Subscriptions {
         }
     }
 
-    /// Stops every subscription and waits for each.
+    /// Stops every subscription and waits for each: the distributed ones first (each gives its
+    /// member lease up, then stops its partitions), then the others.
     pub async fn stop_all(&self) {
+        let distributed: Vec<DistributedHandle> = self.distributed().values().cloned().collect();
+        for d in distributed {
+            d.stop().await;
+        }
         let handles: Vec<_> = self
             .running
             .lock()

@@ -11,6 +11,7 @@
 
 mod actor;
 mod control;
+mod distributed;
 mod failure;
 mod handler;
 mod name;
@@ -23,6 +24,10 @@ use std::time::Duration;
 
 pub use self::actor::{
     GetStatus, StartError, Stop, SubscriptionActor, SubscriptionHandle, Subscriptions,
+};
+pub use self::distributed::{
+    partition_name, partition_of, DistributedConfig, DistributedHandle, Partition, MAX_MEMBERS,
+    MAX_PARTITIONS,
 };
 #[cfg(feature = "nats")]
 pub(crate) use self::failure::{

@@ -6,6 +6,7 @@ use tokio::sync::watch;
 
 use serde::{Deserialize, Serialize};
 
+use super::distributed::Partition;
 use crate::metrics::SubscriptionMetrics;
 use crate::store::LeaseInfo;
 
@@ -67,6 +68,12 @@ pub struct SubscriptionStatus {
     /// How many partitions (handlers working concurrently, by stream) it runs with.
     #[serde(default = "one")]
     pub partitions: u64,
+    /// Set for one partition of a distributed subscription
+    /// ([`Subscriptions::start_distributed`](super::Subscriptions::start_distributed)): which
+    /// one, among how many. It handles only the events of the streams that
+    /// [`partition_of`](super::partition_of) maps to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_of: Option<Partition>,
     /// Who runs the subscription, when the store has leases (PostgreSQL): this process's lease
     /// while it holds it, the holder's while it waits as a standby. `None` on a store without
     /// leases (the embedded store is open in one process only).
@@ -139,6 +146,7 @@ pub(crate) fn initial(name: &str) -> SubscriptionStatus {
         parked: 0,
         parked_streams: 0,
         partitions: 1,
+        partition_of: None,
         holder: None,
         inbox: None,
     }

@@ -92,7 +92,7 @@ async function refreshSubscriptions() {
       el("td", { class: "num" + (s.lag > 0 ? " lagging" : ""), "data-lag": s.lag }, s.lag),
       el("td", { class: "num" }, handled.toFixed(1)),
       el("td", { class: "num" }, s.parked === 0 ? "0" : s.parked + " in " + s.parked_streams + " stream" + (s.parked_streams === 1 ? "" : "s")),
-      el("td", {}, s.holder || ""),
+      el("td", {}, s.holder ? s.holder.host + " pid " + s.holder.pid : ""),
     );
     tr.addEventListener("click", () => select(s.name));
     rows.push(tr);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::ops::{execute, maybe, unsigned, Params};
+use super::ops::{execute, maybe, rows, unsigned, Params};
 use super::Shared;
 use crate::store::{Lease, LeaseAttempt, LeaseHolder, LeaseInfo, Result, StoreError};
 
@@ -26,6 +26,7 @@ pub struct LeaseSql {
     renew: String,
     release: String,
     load: String,
+    list: String,
     fence: String,
 }
 
@@ -56,6 +57,15 @@ impl LeaseSql {
             load: format!(
                 "SELECT generation, host, pid, instance, {}, {}, expires_at > clock_timestamp() \
                  FROM {s}.leases WHERE name = $1",
+                micros("acquired_at"),
+                micros("expires_at")
+            ),
+            // `starts_with` rather than LIKE: a prefix needs no escaping. The table holds a row
+            // per subscription, partition and member: small enough to filter.
+            list: format!(
+                "SELECT generation, host, pid, instance, {}, {}, expires_at > clock_timestamp(), name \
+                 FROM {s}.leases WHERE name >= $1 AND starts_with(name, $1) \
+                 ORDER BY name LIMIT $2",
                 micros("acquired_at"),
                 micros("expires_at")
             ),
@@ -158,6 +168,15 @@ async fn load_on(
         .await?
         .map(|row| info_from_row(name, &row))
         .transpose()
+}
+
+/// See [`EventStore::list_leases`](crate::store::EventStore::list_leases).
+pub async fn list(shared: &Shared, prefix: &str, limit: i64) -> Result<Vec<LeaseInfo>> {
+    let client = shared.client().await?;
+    let rows = rows(&client, &shared.lease_sql.list, &[&prefix, &limit]).await?;
+    rows.iter()
+        .map(|row| info_from_row(row.get::<_, &str>(7), row))
+        .collect()
 }
 
 /// Inside a commit's transaction: fails with [`StoreError::Fenced`] unless `lease` is still held

@@ -836,6 +836,19 @@ impl EventStore for PostgresEventStore {
         .await
     }
 
+    async fn list_leases(&self, prefix: &str, limit: usize) -> Result<Vec<LeaseInfo>> {
+        if prefix.contains('\0') || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = prefix.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.idempotent(move |shared| {
+            let prefix = prefix.clone();
+            async move { lease::list(&shared, &prefix, limit).await }
+        })
+        .await
+    }
+
     async fn commit_checkpoint_fenced(
         &self,
         held: &Lease,

@@ -1,0 +1,146 @@
+//! A handler with what it needs to handle one event: retries, backoff and the wait for an
+//! unavailable store.
+
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
+use tokio::sync::watch;
+use tracing::{info_span, warn, Instrument};
+
+use super::{
+    is_final, is_transient, sleep_or_stop, Attempt, Runner, MAX_UNAVAILABLE_BACKOFF,
+    UNAVAILABLE_PAUSE,
+};
+use crate::panic::panic_message;
+use crate::store::{EventStore, RecordedEvent};
+use crate::subscription::failure::FailurePolicy;
+use crate::subscription::handler::{EventContext, EventHandler, HandlerFailure, StateBatch};
+use crate::subscription::status::StatusCell;
+
+impl<H: EventHandler> Runner<H> {
+    /// The handler of `partition`, with what it needs to handle events.
+    pub(super) fn worker(&mut self, partition: usize) -> Worker<'_, H> {
+        Worker {
+            name: &self.name,
+            handler: &mut self.handlers[partition],
+            store: &*self.store,
+            policy: &self.config.failure_policy,
+            status: &self.status,
+            cache: &self.cache,
+            stop: self.stop.clone(),
+            reads: Vec::new(),
+            generation: self.lease.as_ref().map(|l| l.generation),
+        }
+    }
+}
+
+/// A handler with what it needs to handle events: one per partition.
+pub(super) struct Worker<'a, H> {
+    /// The subscription's name.
+    pub name: &'a str,
+    pub handler: &'a mut H,
+    pub store: &'a dyn EventStore,
+    pub policy: &'a FailurePolicy,
+    pub status: &'a StatusCell,
+    /// Values this run committed lately (see [`Runner::cache`]).
+    pub cache: &'a StateBatch,
+    pub stop: watch::Receiver<bool>,
+    /// With `track_reads`: the keys read by the attempts so far (the caller takes them).
+    pub reads: Vec<Vec<u8>>,
+    /// The generation of the lease the loop holds (the fencing token), if any.
+    pub generation: Option<u64>,
+}
+
+impl<H: EventHandler> Worker<'_, H> {
+    /// Handles one event, retrying a failure as the failure policy says. `round` is the
+    /// partition's uncommitted writes of this round (newer than `pending`); with `track_reads`
+    /// the keys the handler read are returned.
+    pub(super) async fn attempt(
+        &mut self,
+        event: &RecordedEvent,
+        pending: &StateBatch,
+        round: Option<&StateBatch>,
+        track_reads: bool,
+    ) -> Attempt {
+        let mut retry = 0u32;
+        let mut unavailable = 0u32;
+        loop {
+            let mut ctx = EventContext {
+                name: self.name,
+                event,
+                store: self.store,
+                pending,
+                round,
+                committed: self.cache,
+                writes: StateBatch::new(),
+                reads: track_reads.then(Default::default),
+                reserved: None,
+                fencing_token: self.generation,
+                recording: None,
+            };
+            let span = info_span!(
+                "event",
+                position = event.position,
+                stream = %event.stream_id,
+                event_type = %event.event_type,
+                event_id = %event.event_id,
+                correlation_id = event.correlation_id.map(tracing::field::display),
+                causation_id = event.causation_id.map(tracing::field::display),
+            );
+            let outcome = AssertUnwindSafe(self.handler.dispatch(event, &mut ctx))
+                .catch_unwind()
+                .instrument(span)
+                .await;
+            let writes = std::mem::take(&mut ctx.writes);
+            if let Some(reads) = ctx.reads.take() {
+                self.reads
+                    .extend(reads.into_inner().unwrap_or_else(|p| p.into_inner()));
+            }
+            let failure = match (outcome, ctx.reserved.take()) {
+                (Err(panic), _) => return Attempt::Panicked(panic_message(&*panic)),
+                (Ok(Ok(())), Some(key)) | (Ok(Err(_)), Some(key)) => {
+                    // Not retried: the same code writes the same key again.
+                    return Attempt::Failed(HandlerFailure::ReservedKey(
+                        String::from_utf8_lossy(&key).into_owned(),
+                    ));
+                }
+                (Ok(Ok(())), None) => return Attempt::Handled(writes),
+                (Ok(Err(failure)), None) => failure,
+            };
+            if is_transient(&failure) {
+                // The store (or a broker, a service) is unreachable, not the event at fault: wait
+                // for it as long as it takes (never park or skip for it), with a growing pause.
+                unavailable = unavailable.saturating_add(1);
+                let pause = UNAVAILABLE_PAUSE
+                    .saturating_mul(unavailable)
+                    .min(MAX_UNAVAILABLE_BACKOFF);
+                if unavailable == 1 || unavailable.is_power_of_two() {
+                    warn!(position = event.position, attempts = unavailable, ?pause, error = %failure, "the store (or a service the handler needs) is unavailable; retrying the event");
+                }
+                // Meanwhile the log goes on: the status shows the lag growing.
+                let head = self.store.head();
+                self.status.update(|s| s.head = s.head.max(head));
+                if sleep_or_stop(&mut self.stop, pause).await {
+                    return Attempt::Stopped;
+                }
+                continue;
+            }
+            let max_retries = match self.policy {
+                FailurePolicy::RetryThenPark { max_retries, .. } => *max_retries,
+                FailurePolicy::Stop => 0,
+            };
+            if retry >= max_retries || is_final(&failure) {
+                return Attempt::Failed(failure);
+            }
+            let seed = event.position ^ (event.event_id.as_u128() as u64);
+            let pause = self.policy.backoff(retry, seed);
+            retry += 1;
+            warn!(position = event.position, retry, ?pause, error = %failure, "handler failed; retrying");
+            self.status.update(|s| s.retries += 1);
+            self.status.metrics().retries.increment(1);
+            if sleep_or_stop(&mut self.stop, pause).await {
+                return Attempt::Stopped;
+            }
+        }
+    }
+}
