@@ -184,3 +184,132 @@ fn admin_runs_the_operations_cli_on_the_shop_store_with_payloads_decoded() {
     assert!(expect(&data, &["admin", "--help"], 0).contains("verify"));
     expect(&data, &["admin", "no-such-command"], 2);
 }
+
+/// `GET path` on the console at `addr`: the status code and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the console");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+#[test]
+fn the_story_with_console_serves_it_and_keeps_it_up_until_ctrl_c() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path().join("shop"))
+        .args([
+            "story",
+            "--fresh",
+            "--orders",
+            "6",
+            "--console",
+            "127.0.0.1:0",
+        ])
+        .env_remove("RUST_LOG")
+        .env_remove("TIDINGS_CONSOLE_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shop_example");
+    let (tx, lines) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut wait_for = |what: &str| -> String {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push(line.clone());
+                    if line.contains(what) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {what:?}; the story said:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+    };
+    // "console: http://127.0.0.1:PORT/ (token for replay, skip and reset: TOKEN)"
+    let line = wait_for("console: http://");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("token for replay, skip and reset: "),
+        "{line}"
+    );
+    wait_for("The console stays up at");
+
+    // After the report, with the services still running: every one caught up.
+    let (status, body) = http_get(&addr, "/api/subscriptions");
+    assert_eq!(status, 200, "{body}");
+    for service in ["fulfilment", "payments", "stock", "shop-view"] {
+        assert!(
+            body.contains(&format!("\"name\":\"{service}\"")),
+            "{service}: {body}"
+        );
+    }
+    assert!(body.contains("\"lag\":0"), "{body}");
+    // The log, decoded by the shop's own event types.
+    let (status, body) = http_get(&addr, "/api/events?stream=order-o-000001");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("OrderPlaced"), "{body}");
+    let (status, page) = http_get(&addr, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("<html"), "{page}");
+
+    // Ctrl-C ends it, with the story's own exit code.
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the story did not end after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0), "{}", seen.join("\n"));
+}

@@ -5,6 +5,7 @@
 //! the tests' child process does, and the story's service processes are then that program too.
 
 mod commands;
+mod console;
 mod nats;
 mod processes;
 mod report;

@@ -255,6 +255,13 @@ pub async fn run(url: &str, schema: &str, args: StoryArgs) -> Result<ExitCode, C
                 .into(),
         );
     }
+    if args.console.is_some() {
+        return Err(
+            "--console is for the embedded story: with --store, run `shop_example admin \
+             console` (or `tidings console --store URL --schema NAME`) beside it"
+                .into(),
+        );
+    }
     if args.fresh {
         drop_schema(url, schema).await?;
     }

@@ -41,6 +41,17 @@ pub struct StoryArgs {
     /// service retries them with backoff). Embedded store only.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub(super) gateway_failures: u32,
+    /// Serve the web console on ADDR (127.0.0.1:9870 when given without a value) while the
+    /// story runs, print its address and token, and keep it running after the report until
+    /// Ctrl-C, for a look at the services' lag over time, their parked events and the log.
+    /// Embedded store only (on PostgreSQL, `tidings console --store ...` beside the story).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_missing_value = "127.0.0.1:9870"
+    )]
+    pub(super) console: Option<std::net::SocketAddr>,
     /// Set from the global `--publish URL`: a NATS relay runs beside the services.
     #[arg(skip)]
     pub(super) publish: Option<super::nats::Publish>,
@@ -53,6 +64,7 @@ impl Default for StoryArgs {
             orders: 30,
             seed: None,
             gateway_failures: 0,
+            console: None,
             publish: None,
         }
     }
@@ -200,9 +212,16 @@ async fn run_embedded(dir: &Path, args: StoryArgs) -> Result<ExitCode, CliError>
         Some(to) => Some(super::nats::start_relay(&story.shop, to).await?),
         None => None,
     };
+    let console = match args.console {
+        Some(addr) => Some(super::console::start(&story.shop, addr)?),
+        None => None,
+    };
     let result = tell(&mut story, args.orders).await;
     if let (Some((_broker, relay)), Some(to)) = (&relay, &args.publish) {
         super::nats::finish_relay(&story.shop, relay, to).await;
+    }
+    if let Some(console) = console {
+        console.linger().await;
     }
     let Story { shop, .. } = story;
     shop.shutdown().await;
