@@ -194,15 +194,26 @@ fn find_next(
 ) -> LogResult<Option<(u64, u64, u64)>> {
     let mut at = from;
     while at + RECORD_HEADER_LEN as u64 <= limit {
-        let first = win.get(segment, at, 1, limit)?;
-        if first.first() == Some(&RECORD_MAGIC) {
-            if let Probe::Record(h, _) = probe(win, segment, at, limit, true)? {
-                if h.position >= min_position && h.group_first >= min_group {
-                    return Ok(Some((at, h.position, h.group_first)));
-                }
+        // Look at the magic byte of every aligned offset of a window's worth at once.
+        let chunk = win.get(segment, at, (limit - at) as usize, limit)?;
+        if chunk.is_empty() {
+            break;
+        }
+        let step = (chunk.len() as u64 / ALIGN).max(1) * ALIGN;
+        let magic = (0..chunk.len())
+            .step_by(ALIGN as usize)
+            .find(|&i| chunk[i] == RECORD_MAGIC);
+        let Some(i) = magic else {
+            at += step;
+            continue;
+        };
+        let candidate = at + i as u64;
+        if let Probe::Record(h, _) = probe(win, segment, candidate, limit, true)? {
+            if h.position >= min_position && h.group_first >= min_group {
+                return Ok(Some((candidate, h.position, h.group_first)));
             }
         }
-        at += ALIGN;
+        at = candidate + ALIGN;
     }
     Ok(None)
 }

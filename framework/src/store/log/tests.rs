@@ -599,7 +599,7 @@ fn sigkill_during_appends_keeps_every_acknowledged_group_and_no_garbage() {
         seed % n
     };
     let started = Instant::now();
-    let (mut acked_max, mut cuts) = (0u64, 0u64);
+    let (mut acked_max, mut cuts, mut half_created) = (0u64, 0u64, 0usize);
     for cycle in 0..cycles {
         let mut child = Command::new(&exe)
             .args(["--exact", name, "--nocapture", "--test-threads=1"])
@@ -646,6 +646,7 @@ fn sigkill_during_appends_keeps_every_acknowledged_group_and_no_garbage() {
             SegmentLog::open(&dir, config(32768)).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
         assert!(recovery.damaged.is_empty(), "cycle {cycle}: {recovery:?}");
         cuts += u64::from(recovery.cut_bytes > 0);
+        half_created += recovery.removed.len();
         let tail = log.tail();
         assert!(
             tail >= acked_max,
@@ -677,8 +678,10 @@ fn sigkill_during_appends_keeps_every_acknowledged_group_and_no_garbage() {
         );
     }
     eprintln!(
-        "{cycles} kills in {:.1?}: {acked_max} positions acknowledged, {cuts} torn tails cut",
-        started.elapsed()
+        "{cycles} kills in {:.1?}: {acked_max} positions acknowledged, {cuts} torn tails cut, \
+         {half_created} half-created segments removed, {} segments",
+        started.elapsed(),
+        segment_files(&dir).len()
     );
 }
 
