@@ -275,12 +275,25 @@ impl SegmentLog {
         let segment = match &self.active {
             Some(s) if self.tail_offset + total <= s.size => Arc::clone(s),
             Some(s) if self.tail_offset == SEGMENT_HEADER_LEN => {
-                return Err(LogError::Invalid(format!(
-                    "a commit group of {total} bytes does not fit in the empty segment {} \
-                     ({} bytes, created with a smaller segment size)",
-                    s.path.display(),
-                    s.size
-                )));
+                // An empty segment created with a smaller segment size (a crash right after a
+                // rollover, then a larger setting): it holds no record, so it is replaced by
+                // one of the current size under the same name.
+                let (old, sequence) = (s.path.clone(), s.sequence);
+                let replaced = std::fs::remove_file(&old)
+                    .map_err(|e| LogError::io("remove the empty segment", &old, e))
+                    .and_then(|()| segment::sync_dir(&self.shared.dir))
+                    .and_then(|()| {
+                        segment::create(
+                            &self.shared.dir,
+                            sequence,
+                            first,
+                            self.shared.config.segment_bytes,
+                        )
+                    });
+                match replaced {
+                    Ok(created) => self.install(created),
+                    Err(e) => return Err(self.fail(e)),
+                }
             }
             active => {
                 let sequence = active.as_ref().map_or(1, |s| s.sequence + 1);
@@ -290,18 +303,10 @@ impl SegmentLog {
                     first,
                     self.shared.config.segment_bytes,
                 );
-                let created = match created {
-                    Ok(s) => Arc::new(s),
+                match created {
+                    Ok(created) => self.install(created),
                     Err(e) => return Err(self.fail(e)),
-                };
-                self.shared
-                    .segments
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(first, Arc::clone(&created));
-                self.active = Some(Arc::clone(&created));
-                self.tail_offset = SEGMENT_HEADER_LEN;
-                created
+                }
             }
         };
         self.buf.clear();
@@ -334,6 +339,19 @@ impl SegmentLog {
             .last_position
             .store(first + records.len() as u64 - 1, Ordering::Release);
         Ok(addrs)
+    }
+
+    /// Makes `created` the segment being written (and readable).
+    fn install(&mut self, created: Segment) -> Arc<Segment> {
+        let created = Arc::new(created);
+        self.shared
+            .segments
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(created.id, Arc::clone(&created));
+        self.active = Some(Arc::clone(&created));
+        self.tail_offset = SEGMENT_HEADER_LEN;
+        created
     }
 
     fn fail(&mut self, e: LogError) -> LogError {

@@ -122,12 +122,14 @@ impl Scan {
             let Some((header, next)) = header else {
                 // The segment's records end here: on to the next segment, which must begin
                 // where this one ends.
+                // (An empty segment may have been replaced by one of the same name.)
                 let next = self
                     .shared
                     .segments()
-                    .range(segment.id + 1..)
-                    .next()
-                    .map(|(_, s)| Arc::clone(s));
+                    .range(segment.id..)
+                    .map(|(_, s)| s)
+                    .find(|s| !Arc::ptr_eq(s, &segment))
+                    .cloned();
                 match next {
                     Some(n) if n.id == self.expected => {
                         self.segment = Some(n);

@@ -312,6 +312,103 @@ fn a_torn_last_group_is_cut_at_every_length_and_earlier_groups_stay() {
 }
 
 #[test]
+fn a_torn_group_that_began_a_segment_leaves_it_empty_and_appends_go_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let (mut log, _) = SegmentLog::open(&dir, config(4096)).unwrap();
+    let mut all = Vec::new();
+    let torn = loop {
+        let group = append(&mut log, 4, aligned_body);
+        let starts_segment = group[0].1.offset == 64 && group[0].1.segment > 1;
+        all.extend(group.iter().copied());
+        if starts_segment {
+            break group;
+        }
+    };
+    drop(log);
+    // The group's last record reached the disk, its first did not.
+    let path = dir.join(segment::file_name(torn[0].1.segment));
+    let mut bytes = fs::read(&path).unwrap();
+    let first = torn[0].1;
+    bytes[first.offset as usize..first.next_offset() as usize].fill(0);
+    fs::write(&path, &bytes).unwrap();
+    let kept = all.len() - torn.len();
+    let (mut log, recovery) = SegmentLog::open(&dir, config(4096)).unwrap();
+    assert_eq!(recovery.cut_from_position, Some(torn[0].0));
+    assert_eq!(log.tail(), kept as u64);
+    assert_eq!(scan_all(&log.reader()).len(), kept);
+    // The empty segment takes the next group.
+    let next = append(&mut log, 2, aligned_body);
+    assert_eq!(next[0].1.segment, torn[0].1.segment);
+    drop(log);
+    // Cut again, then opened with a larger segment size than the empty segment has: the empty
+    // segment is replaced by one of the new size (a reader already at it reads on).
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[64..].fill(0);
+    fs::write(&path, &bytes).unwrap();
+    let (mut log, _) = SegmentLog::open(&dir, config(8192)).unwrap();
+    let reader = log.reader();
+    let mut scan = reader.scan(kept as u64);
+    assert_eq!(scan.next().unwrap().unwrap().position, kept as u64);
+    assert!(scan.next().is_none());
+    let big = vec![9u8; 5000];
+    let addrs = log.append_group(&[(kept as u64 + 1, &big)]).unwrap();
+    assert_eq!(addrs[0].segment, torn[0].1.segment);
+    assert_eq!(fs::metadata(&path).unwrap().len(), 8192);
+    assert_eq!(scan.next().unwrap().unwrap().body, big);
+    drop(log);
+    let (log, recovery) = SegmentLog::open(&dir, config(8192)).unwrap();
+    assert_eq!(recovery, Recovery::default());
+    assert_eq!(log.tail(), kept as u64 + 1);
+    assert_eq!(scan_all(&log.reader()).len(), kept + 1);
+}
+
+#[test]
+fn records_missing_at_the_end_of_an_earlier_segment_are_damage_at_their_position() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let mut all = Vec::new();
+    {
+        let (mut log, _) = SegmentLog::open(&dir, config(4096)).unwrap();
+        while all
+            .last()
+            .is_none_or(|(_, a): &(u64, RecordAddr)| a.segment < 100)
+        {
+            all.extend(append(&mut log, 2, aligned_body));
+        }
+    }
+    // The last record of the first segment is zeros (a lost page).
+    let (position, addr) = *all.iter().rfind(|(_, a)| a.segment == 1).unwrap();
+    let path = dir.join(segment::file_name(1));
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[addr.offset as usize..addr.next_offset() as usize].fill(0);
+    fs::write(&path, &bytes).unwrap();
+    let (log, recovery) = SegmentLog::open(&dir, config(4096)).unwrap();
+    assert_eq!(
+        recovery,
+        Recovery::default(),
+        "only the last segment is read at open"
+    );
+    let mut scan = log.reader().scan(1);
+    for p in 1..position {
+        assert_eq!(scan.next().unwrap().unwrap().position, p);
+    }
+    match scan.next() {
+        Some(Err(LogError::Damaged { position: p, .. })) if p == position => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        log.read_at(position, addr),
+        Err(LogError::Damaged { position: p, .. }) if p == position
+    ));
+    let (next, next_addr) = all[position as usize];
+    assert_eq!(
+        log.reader().scan_at(next, next_addr).unwrap().count(),
+        all.len() - position as usize
+    );
+}
+
+#[test]
 fn a_flipped_byte_in_a_middle_record_is_damage_at_its_position_and_the_rest_stays_readable() {
     let tmp = tempfile::tempdir().unwrap();
     let pristine = tmp.path().join("pristine");
