@@ -192,12 +192,28 @@ fn find_next(
     min_position: u64,
     min_group: u64,
 ) -> LogResult<Option<(u64, u64, u64)>> {
-    let mut at = from;
-    while at + RECORD_HEADER_LEN as u64 <= limit {
+    let (mut at, mut run_end) = (from, from);
+    loop {
+        if at >= run_end {
+            // Holes (the never-written rest of a segment) hold no record: skip them unread.
+            let Some((start, end)) = segment.data_run(at, limit) else {
+                return Ok(None);
+            };
+            at = start.div_ceil(ALIGN) * ALIGN;
+            run_end = end;
+        }
+        if at + RECORD_HEADER_LEN as u64 > limit {
+            return Ok(None);
+        }
         // Look at the magic byte of every aligned offset of a window's worth at once.
-        let chunk = win.get(segment, at, (limit - at) as usize, limit)?;
+        let chunk = win.get(
+            segment,
+            at,
+            run_end.saturating_sub(at).max(1) as usize,
+            limit,
+        )?;
         if chunk.is_empty() {
-            break;
+            return Ok(None);
         }
         let step = (chunk.len() as u64 / ALIGN).max(1) * ALIGN;
         let magic = (0..chunk.len())
@@ -215,7 +231,6 @@ fn find_next(
         }
         at = candidate + ALIGN;
     }
-    Ok(None)
 }
 
 /// The end (rounded up to [`ALIGN`]) of the last byte that is not zero in `from .. limit`, or
@@ -223,15 +238,21 @@ fn find_next(
 fn last_nonzero(win: &mut Window, segment: &Segment, from: u64, limit: u64) -> LogResult<u64> {
     let mut dirty = from;
     let mut at = from;
-    while at < limit {
-        let chunk = win.get(segment, at, (limit - at) as usize, limit)?;
-        if chunk.is_empty() {
-            break;
+    while let Some((start, end)) = segment.data_run(at, limit) {
+        at = start;
+        while at < end {
+            let chunk = win.get(segment, at, (end - at) as usize, limit)?;
+            if chunk.is_empty() {
+                break;
+            }
+            if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+                dirty = at + i as u64 + 1;
+            }
+            at += chunk.len() as u64;
         }
-        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
-            dirty = at + i as u64 + 1;
+        if at < end {
+            break; // the file ended early
         }
-        at += chunk.len() as u64;
     }
     Ok(dirty.div_ceil(ALIGN) * ALIGN)
 }

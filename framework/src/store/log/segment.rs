@@ -76,6 +76,23 @@ impl Segment {
         self.file.sync_data()
     }
 
+    /// The first run of data at or after `from` and before `limit` (`SEEK_DATA`, `SEEK_HOLE`):
+    /// holes and unwritten (allocated, never written) extents read as zeros and are passed over.
+    /// `None` when only holes are left. Where the file system cannot tell, the whole rest.
+    pub fn data_run(&self, from: u64, limit: u64) -> Option<(u64, u64)> {
+        use rustix::fs::{seek, SeekFrom};
+        let start = match seek(&self.file, SeekFrom::Data(from)) {
+            Ok(at) => at.max(from),
+            Err(e) if e == rustix::io::Errno::NXIO => return None,
+            Err(_) => from,
+        };
+        if start >= limit {
+            return None;
+        }
+        let end = seek(&self.file, SeekFrom::Hole(start)).unwrap_or(limit);
+        Some((start, end.clamp(start, limit)))
+    }
+
     /// Allocates the file up to its size again (after a cut of a file found shorter).
     pub fn reallocate(&self) -> LogResult<()> {
         preallocate(&self.file, self.size)

@@ -364,6 +364,42 @@ fn a_torn_group_that_began_a_segment_leaves_it_empty_and_appends_go_on() {
 }
 
 #[test]
+fn a_page_of_the_torn_group_far_after_the_tail_in_the_allocated_rest_is_found_and_cut() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let (mut log, _) = SegmentLog::open(&dir, config(1 << 20)).unwrap();
+    for _ in 0..3 {
+        append(&mut log, 2, aligned_body);
+    }
+    let tail = log.tail();
+    drop(log);
+    // The in-flight group was long: its first pages never landed, one far into the segment's
+    // never-written (allocated) rest did, holding a whole record of that group.
+    let mut record = Vec::new();
+    let b = aligned_body(tail + 900);
+    frame::RecordHeader {
+        last_of_group: false,
+        body_len: b.len() as u32,
+        position: tail + 900,
+        group_first: tail + 1,
+        body_crc: crc32fast::hash(&b),
+    }
+    .encode_record(&b, &mut record);
+    let path = dir.join(segment::file_name(1));
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&record, 700_000).unwrap();
+    drop(file);
+    let (log, recovery) = SegmentLog::open(&dir, config(1 << 20)).unwrap();
+    assert_eq!(log.tail(), tail);
+    assert_eq!(recovery.cut_from_position, Some(tail + 1));
+    assert!(recovery.cut_bytes >= 700_000 - 1_000, "{recovery:?}");
+    assert!(recovery.damaged.is_empty());
+    let bytes = fs::read(&path).unwrap();
+    assert!(bytes[600_000..].iter().all(|&b| b == 0));
+}
+
+#[test]
 fn records_missing_at_the_end_of_an_earlier_segment_are_damage_at_their_position() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("log");
@@ -849,7 +885,18 @@ fn append_rate() {
         }
         let log_rate = events as f64 / started.elapsed().as_secs_f64();
         drop(log);
+        // The open's cost: it reads the last segment whole.
+        let opening = Instant::now();
+        let (log, _) = SegmentLog::open(tmp.path().join("log"), LogConfig::default()).unwrap();
+        let open_time = opening.elapsed();
+        let tail = log.tail();
+        let segments = segment_files(&tmp.path().join("log")).len();
+        drop(log);
         drop(tmp);
+        println!(
+            "open after {tail} events in {segments} segment(s): {open_time:.1?} (the last \
+             segment read whole, page cache warm)"
+        );
         // A plain loop: the same bytes (framed size) appended to a growing file, fdatasync each.
         let tmp = tempfile::tempdir_in(&base).unwrap();
         let mut file = fs::File::create(tmp.path().join("plain")).unwrap();
