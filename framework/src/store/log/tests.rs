@@ -683,6 +683,9 @@ fn files_the_log_does_not_own_are_errors_naming_them_and_left_alone() {
     assert_eq!(segment_files(&pristine).len(), files.len());
 }
 
+/// The segment size of the crash test.
+const CRASH_SEGMENT: u64 = 256 << 10;
+
 /// The environment variable that makes the crash test's binary the child.
 const CRASH_CHILD: &str = "TIDINGS_LOG_CRASH_CHILD";
 
@@ -692,17 +695,23 @@ fn crash_group_size(first: u64) -> u64 {
     first.wrapping_mul(2654435761) % 23 + 1
 }
 
+/// The body of the crash child's record at `position`: up to ~4 KB, so that groups reach ~90 KB
+/// and a kill can land inside a `write` (Linux stops a write between pages for SIGKILL).
+fn crash_body(position: u64) -> Vec<u8> {
+    body(position).repeat((position % 64) as usize + 1)
+}
+
 /// The child: appends groups until killed (or 60 s pass), printing `ack <last position>` after
 /// each group is synced.
 fn crash_child(dir: &Path) {
     use std::io::Write;
-    let (mut log, _) = SegmentLog::open(dir, config(32768)).unwrap();
+    let (mut log, _) = SegmentLog::open(dir, config(CRASH_SEGMENT)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let stdout = std::io::stdout();
     while Instant::now() < deadline {
         let first = log.tail() + 1;
         let size = crash_group_size(first);
-        append(&mut log, size, body);
+        append(&mut log, size, crash_body);
         let mut out = stdout.lock();
         writeln!(out, "ack {}", log.tail()).unwrap();
         out.flush().unwrap();
@@ -775,8 +784,8 @@ fn sigkill_during_appends_keeps_every_acknowledged_group_and_no_garbage() {
             "{status:?}"
         );
 
-        let (log, recovery) =
-            SegmentLog::open(&dir, config(32768)).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        let (log, recovery) = SegmentLog::open(&dir, config(CRASH_SEGMENT))
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
         assert!(recovery.damaged.is_empty(), "cycle {cycle}: {recovery:?}");
         cuts += u64::from(recovery.cut_bytes > 0);
         half_created += recovery.removed.len();
@@ -789,7 +798,10 @@ fn sigkill_during_appends_keeps_every_acknowledged_group_and_no_garbage() {
         let mut position = 1;
         for record in log.reader().scan(1) {
             let record = record.unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
-            assert_eq!((record.position, &record.body), (position, &body(position)));
+            assert_eq!(
+                (record.position, &record.body),
+                (position, &crash_body(position))
+            );
             position += 1;
         }
         assert_eq!(position - 1, tail);
