@@ -8,6 +8,7 @@ mod codec;
 mod error;
 mod head;
 mod lease;
+mod log;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod shared;
