@@ -289,6 +289,10 @@ pub enum Command {
         /// visible to other users of the machine.
         #[arg(long, env = "TIDINGS_CONSOLE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// A host name the console answers to besides IP addresses and localhost (the name a
+        /// proxy in front of it forwards); repeat for more. Others are refused (DNS rebinding).
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
     },
     /// Import JSON lines written by `export` into an empty store (or continue one).
     Import {
@@ -329,8 +333,13 @@ where
 /// returns the exit code.
 pub fn execute(cli: Cli, registry: &Registry) -> ExitCode {
     #[cfg(feature = "console")]
-    if let Command::Console { bind, token } = &cli.command {
-        return match console::serve(&cli, registry, *bind, token.clone()) {
+    if let Command::Console {
+        bind,
+        token,
+        allow_hosts,
+    } = &cli.command
+    {
+        return match console::serve(&cli, registry, *bind, token.clone(), allow_hosts) {
             Ok(code) => ExitCode::from(code),
             Err(e) => report(&e),
         };

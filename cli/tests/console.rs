@@ -523,3 +523,35 @@ fn the_page_and_its_assets_are_served_with_a_strict_content_security_policy() {
         assert_eq!(res.status(), StatusCode::NOT_FOUND);
     });
 }
+
+#[test]
+fn requests_naming_another_host_are_refused_dns_rebinding() {
+    let dir = prepared();
+    actix_web::rt::System::new().block_on(async {
+        let store = open(&dir);
+        let subscriptions = Subscriptions::new(store.clone());
+        let options = ConsoleOptions::default().allow_host("console.internal");
+        let app = app(&console(&store, &subscriptions, options)).await;
+        let with_host = |path: &str, host: &str| {
+            test::TestRequest::get()
+                .uri(path)
+                .insert_header(("Host", host.to_owned()))
+        };
+        // A page of evil.example whose name now resolves to this machine reads nothing.
+        for path in ["/api/subscriptions", "/api/events?stream=order-1", "/metrics"] {
+            let (status, body) = call(&app, with_host(path, "evil.example:9870")).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+            assert!(
+                body["error"].as_str().unwrap().contains("evil.example"),
+                "{path}: {body}"
+            );
+        }
+        for host in ["127.0.0.1:9870", "localhost:9870", "[::1]:9870", "Console.Internal"] {
+            let (status, body) = call(&app, with_host("/api/subscriptions", host)).await;
+            assert_eq!(status, StatusCode::OK, "{host}: {body}");
+        }
+        // The page itself holds no data: it is served whatever the name.
+        let (status, _) = call(&app, with_host("/", "evil.example")).await;
+        assert_eq!(status, StatusCode::OK);
+    });
+}

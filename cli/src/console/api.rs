@@ -21,6 +21,7 @@ const MAX_LIMIT: u64 = 1000;
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api")
+            .wrap(actix_web::middleware::from_fn(super::host::check))
             .app_data(
                 web::JsonConfig::default()
                     .limit(BODY_LIMIT)
@@ -47,13 +48,13 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
 
 /// An error answer: its status and a message, as JSON.
 #[derive(Debug)]
-pub(super) struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: String) -> Self {
+    pub(crate) fn new(status: StatusCode, message: String) -> Self {
         ApiError { status, message }
     }
 

@@ -52,7 +52,10 @@ async fn to_directory(req: HttpRequest) -> HttpResponse {
 }
 
 /// Prometheus' text format, from the recorder handle the console was given.
-async fn metrics(console: web::Data<Console>) -> HttpResponse {
+async fn metrics(console: web::Data<Console>, req: HttpRequest) -> HttpResponse {
+    if let Some(refused) = super::host::refusal(&req) {
+        return actix_web::ResponseError::error_response(&refused);
+    }
     match &console.inner.options.prometheus {
         Some(handle) => {
             handle.run_upkeep();

@@ -42,6 +42,7 @@
 mod api;
 mod assets;
 mod history;
+mod host;
 mod serve;
 
 use std::sync::{Arc, Mutex};
@@ -70,6 +71,7 @@ pub struct ConsoleOptions {
     location: Option<(StoreLocation, Option<String>)>,
     sample_interval: Option<Duration>,
     record_lag_metrics: bool,
+    allowed_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for ConsoleOptions {
@@ -80,6 +82,7 @@ impl std::fmt::Debug for ConsoleOptions {
             .field("location", &self.location)
             .field("sample_interval", &self.sample_interval)
             .field("record_lag_metrics", &self.record_lag_metrics)
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }
@@ -109,6 +112,17 @@ impl ConsoleOptions {
     #[must_use]
     pub fn location(mut self, store: StoreLocation, schema: Option<String>) -> Self {
         self.location = Some((store, schema));
+        self
+    }
+
+    /// A host name the API and `/metrics` answer to besides IP addresses and `localhost` (the
+    /// name a proxy in front of the console forwards in `Host`). Requests naming any other host
+    /// are refused (403): a page elsewhere that had its own name resolve to this machine's
+    /// address (DNS rebinding) cannot read the store through the browser of someone who can
+    /// reach the console.
+    #[must_use]
+    pub fn allow_host(mut self, name: impl Into<String>) -> Self {
+        self.allowed_hosts.push(name.into());
         self
     }
 

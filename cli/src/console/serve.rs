@@ -17,10 +17,14 @@ pub(crate) fn serve(
     registry: &Registry,
     bind: SocketAddr,
     token: Option<String>,
+    allow_hosts: &[String],
 ) -> Result<u8, CliError> {
     let mut options = ConsoleOptions::default()
         .token(token)
         .record_lag_metrics(true);
+    for name in allow_hosts {
+        options = options.allow_host(name.clone());
+    }
     if let Some(store) = &cli.store {
         options = options.location(store.clone(), cli.schema.clone());
     }
