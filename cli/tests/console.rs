@@ -538,7 +538,11 @@ fn requests_naming_another_host_are_refused_dns_rebinding() {
                 .insert_header(("Host", host.to_owned()))
         };
         // A page of evil.example whose name now resolves to this machine reads nothing.
-        for path in ["/api/subscriptions", "/api/events?stream=order-1", "/metrics"] {
+        for path in [
+            "/api/subscriptions",
+            "/api/events?stream=order-1",
+            "/metrics",
+        ] {
             let (status, body) = call(&app, with_host(path, "evil.example:9870")).await;
             assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
             assert!(
@@ -546,7 +550,12 @@ fn requests_naming_another_host_are_refused_dns_rebinding() {
                 "{path}: {body}"
             );
         }
-        for host in ["127.0.0.1:9870", "localhost:9870", "[::1]:9870", "Console.Internal"] {
+        for host in [
+            "127.0.0.1:9870",
+            "localhost:9870",
+            "[::1]:9870",
+            "Console.Internal",
+        ] {
             let (status, body) = call(&app, with_host("/api/subscriptions", host)).await;
             assert_eq!(status, StatusCode::OK, "{host}: {body}");
         }

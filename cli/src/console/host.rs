@@ -1,7 +1,7 @@
 //! The `Host` check of the API and `/metrics` (DNS rebinding): a request must name the console
 //! by an IP address, `localhost`, or a name the options allow.
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
@@ -50,15 +50,17 @@ pub(crate) fn refusal(req: &HttpRequest) -> Option<ApiError> {
     ))
 }
 
-/// The middleware of the API scope.
+/// The middleware of the API scope: a refused request gets its 403 answer (as a response, not
+/// an error, so that every service stack shows it the same way).
 pub(crate) async fn check(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     if let Some(refused) = refusal(req.request()) {
-        return Err(refused.into());
+        let answer = actix_web::ResponseError::error_response(&refused);
+        return Ok(req.into_response(answer).map_into_right_body());
     }
-    next.call(req).await
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 #[cfg(test)]
