@@ -181,6 +181,17 @@ async fn appends_reads_commits_commands_and_events_have_spans_with_their_fields(
     .await;
     assert!(!lines[0].contains("first_position"), "{}", lines[0]);
 
+    // An append refused before it reaches the writer (an empty stream id) has its span too.
+    let invalid = store
+        .append(
+            "",
+            ExpectedVersion::Any,
+            vec![Ping { n: 8 }.to_event_data().unwrap()],
+        )
+        .await;
+    assert!(invalid.is_err());
+    until_closed("tidings.append", &["stream=\"\"", "error="]).await;
+
     // Reads: the page's start and size.
     assert_eq!(store.read_stream("ping-1", 2, 10).await.unwrap().len(), 2);
     until_closed(

@@ -16,11 +16,15 @@ use super::Console;
 pub(crate) fn allowed(host: Option<&str>, allowed: &[String]) -> bool {
     let Some(host) = host else { return true };
     let name = if let Some(rest) = host.strip_prefix('[') {
-        // [v6]:port
-        return rest
-            .split(']')
-            .next()
-            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        // [v6] or [v6]:port, nothing else after the bracket
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        return port_ok && ip.parse::<std::net::Ipv6Addr>().is_ok();
     } else {
         host.rsplit_once(':').map_or(host, |(name, _port)| name)
     };
@@ -32,7 +36,13 @@ pub(crate) fn allowed(host: Option<&str>, allowed: &[String]) -> bool {
 
 /// The refusal of a request naming another host, or `None`.
 pub(crate) fn refusal(req: &HttpRequest) -> Option<ApiError> {
-    let console = req.app_data::<web::Data<Console>>()?;
+    let Some(console) = req.app_data::<web::Data<Console>>() else {
+        // Never mounted through `Console::configure`: refuse rather than answer unchecked.
+        return Some(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the console is not configured (mount it with Console::configure)".into(),
+        ));
+    };
     let host = req
         .headers()
         .get(header::HOST)
@@ -89,6 +99,10 @@ mod tests {
             "localhost.evil.example",
             "127.0.0.1.evil.example",
             "[not-an-ip]:1",
+            "[::1]anything",
+            "[::1]:",
+            "[::1]:80x",
+            "[::1",
             "",
         ] {
             assert!(!allowed(Some(refused), &none), "{refused}");

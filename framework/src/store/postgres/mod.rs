@@ -579,15 +579,23 @@ impl EventStore for PostgresEventStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        super::validate_append(stream, &events)?;
-        storable_text("stream id", stream)?;
-        for e in &events {
-            storable_text("event type", &e.event_type)?;
+        // The span exists for every append, refused ones included, and records how it ended.
+        let span = spans::append("postgres", stream, events.len());
+        let checked = super::validate_append(stream, &events)
+            .and_then(|()| storable_text("stream id", stream))
+            .and_then(|()| {
+                events
+                    .iter()
+                    .try_for_each(|e| storable_text("event type", &e.event_type))
+            });
+        if let Err(refused) = checked {
+            let refused = Err(refused);
+            spans::appended(&span, &refused);
+            return refused;
         }
         // Not through `call`: an append only queues for a committer (a task of the store's
         // runtime, alive while `self` is) and waits for its answer, so it needs no task of its
         // own there. Two fewer hops between threads per append (the whole cost of one at a time).
-        let span = spans::append("postgres", stream, events.len());
         let started = std::time::Instant::now();
         let result = ops::append(&self.inner.shared, stream.to_owned(), expected, events)
             .instrument(span.clone())

@@ -597,25 +597,34 @@ impl EventStore for SledEventStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        validate_append(stream, &events)?;
+        // The span exists for every append, refused ones included, and records how it ended.
         let span = spans::append("sled", stream, events.len());
         let started = Instant::now();
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Append {
-            stream: stream.to_owned(),
-            expected,
-            events,
-            reply,
-        })?;
-        let result = rx
-            .instrument(span.clone())
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let answered = async {
+            validate_append(stream, &events)?;
+            let (reply, rx) = oneshot::channel();
+            self.send(Request::Append {
+                stream: stream.to_owned(),
+                expected,
+                events,
+                reply,
+            })?;
+            rx.await.map_err(|_| StoreError::Closed)
+        }
+        .instrument(span.clone())
+        .await;
+        let result = match answered {
+            // The metrics count the writer's answers, as before.
+            Ok(result) => {
+                self.inner
+                    .shared
+                    .metrics
+                    .appended(started.elapsed(), &result);
+                result
+            }
+            Err(refused) => Err(refused),
+        };
         spans::appended(&span, &result);
-        self.inner
-            .shared
-            .metrics
-            .appended(started.elapsed(), &result);
         result
     }
 
