@@ -13,10 +13,16 @@ use support::{prepare, tidings, TIDINGS};
 /// pseudo-terminal whose output `script` copies to its own standard output. Returns that output
 /// (standard output and standard error of the command, mixed, with the terminal's escapes).
 fn on_a_terminal(dir: &Path, args: &[&str], progress_env: Option<&str>) -> String {
-    let mut line = format!("{TIDINGS} --store {}", dir.display());
+    // `script -c` runs a shell command line: every word single-quoted (paths may hold spaces).
+    let quote = |w: &str| format!("'{}'", w.replace('\'', "'\\''"));
+    let mut line = format!(
+        "{} --store {}",
+        quote(TIDINGS),
+        quote(&dir.display().to_string())
+    );
     for a in args {
         line.push(' ');
-        line.push_str(a);
+        line.push_str(&quote(a));
     }
     let mut cmd = Command::new("script");
     cmd.args(["-q", "-e", "-c", &line, "/dev/null"])

@@ -297,3 +297,67 @@ async fn bad_settings_are_typed_errors() {
     assert_eq!(handle.partition_names()[2], "orders.p02of3");
     handle.stop().await;
 }
+
+/// Fails (policy `Stop`, the default) on the first event of stream `order-poison`.
+#[derive(Clone, Default, EventHandler)]
+#[event_handler(name = "fragile", events(OrderEvent))]
+struct Fragile;
+
+#[async_trait]
+impl HandleEvent<OrderEvent> for Fragile {
+    async fn handle(
+        &mut self,
+        _: OrderEvent,
+        ctx: &mut EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        if ctx.event().stream_id == "order-poison" {
+            return Err("poison".into());
+        }
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn waiting_for_every_partition_ends_at_once_when_one_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
+    fill(&store, 6, 2).await;
+    let poison = OrderEvent::OrderPlaced { cents: 1 };
+    store
+        .append(
+            "order-poison",
+            ExpectedVersion::Any,
+            vec![poison.to_event_data().unwrap()],
+        )
+        .await
+        .unwrap();
+    let subs = Subscriptions::new(store.clone());
+    let handle = subs
+        .start_distributed(Fragile, config(), DistributedConfig::new(N))
+        .unwrap();
+    let failing = partition_name(
+        &SubscriptionName::new("fragile").unwrap(),
+        partition_of("order-poison", N),
+        N,
+    )
+    .unwrap();
+    let started = Instant::now();
+    // A long timeout: the wait must end because the partition failed, not because time ran out.
+    let err = handle
+        .wait_until_handled(store.head(), Duration::from_secs(120))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "waited {:?}",
+        started.elapsed()
+    );
+    match err {
+        tidings::subscription::WaitError::Failed { name, reason, .. } => {
+            assert_eq!(name, failing.to_string());
+            assert!(reason.contains("poison"), "{reason}");
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    handle.stop().await;
+}

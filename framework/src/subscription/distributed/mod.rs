@@ -287,8 +287,9 @@ impl DistributedHandle {
     /// Waits until every partition, in whichever process it runs, has committed its checkpoint
     /// at `position` or beyond (so its state in the store shows every event up to there), at
     /// most `timeout`. Reads the stored checkpoints (every 20 ms): the partitions that run
-    /// elsewhere are seen only through the store. At the deadline, [`WaitError::Timeout`] names
-    /// the partitions behind with their stored status.
+    /// elsewhere are seen only through the store. A partition behind whose stored status says it
+    /// failed ends the wait at once with [`WaitError::Failed`]. At the deadline,
+    /// [`WaitError::Timeout`] names the partitions behind with their stored status.
     pub async fn wait_until_handled(
         &self,
         position: u64,
@@ -313,6 +314,25 @@ impl DistributedHandle {
                 .collect();
             if behind.is_empty() {
                 return Ok(());
+            }
+            // A partition that failed will not get there without an operator: say so at once
+            // (as `Subscriptions::wait_until_handled` does), wherever it runs.
+            for &i in &behind {
+                let name = &self.shared.names[i];
+                let stored = super::subscription_status_from_store(store, name)
+                    .await
+                    .map_err(failed(name))?;
+                if let Some(SubscriptionStatus {
+                    state: SubscriptionState::Failed(reason),
+                    ..
+                }) = stored
+                {
+                    return Err(WaitError::Failed {
+                        name: name.to_string(),
+                        position,
+                        reason,
+                    });
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 let mut statuses = Vec::new();
