@@ -102,8 +102,8 @@ impl<H: EventHandler> Runner<H> {
     /// One run of the loop while a task beside it renews the lease. When the lease is lost
     /// (a renewal finds it taken, or none succeeded for two thirds of its time-to-live, before
     /// it may expire), the loop stops at its next page or wait with [`Fault::LeaseLost`],
-    /// committing nothing more; one that does not stop within a third of the time-to-live (a
-    /// page of slow events) is dropped where it is. Commits are fenced as well, so a loop that
+    /// committing nothing more; one that does not stop within a sixth of the time-to-live (a
+    /// page of slow events) is dropped where it is, before the lease can expire on the store. Commits are fenced as well, so a loop that
     /// has not noticed yet cannot commit after a takeover.
     pub(super) async fn run_once_held(&mut self) -> Result<(), Fault> {
         let Some(lease) = self.lease.clone() else {
@@ -128,7 +128,10 @@ impl<H: EventHandler> Runner<H> {
         ));
         let outcome = tokio::select! {
             outcome = self.run_once() => outcome,
-            reason = backstop(lost_rx, ttl / 3) => Err(Fault::LeaseLost(reason)),
+            // Dropped by `confirmed + 5/6 ttl` at the latest: gone, with a margin for the
+            // scheduler, before the store's deadline (`confirmed + ttl` or later) lets a standby
+            // take the lease.
+            reason = backstop(lost_rx, ttl / 6) => Err(Fault::LeaseLost(reason)),
         };
         keeper.abort();
         self.lost = None;
