@@ -1,6 +1,6 @@
 //! W3C Trace Context on events and commands: the `traceparent` and `tracestate` headers
 //! (<https://www.w3.org/TR/trace-context/>), carried in an event's metadata
-//! ([`Metadata`](crate::store::Metadata)) and a command's envelope.
+//! ([`Metadata`]) and a command's envelope.
 //!
 //! tidings does not depend on OpenTelemetry: it carries the headers, checks `traceparent`'s
 //! format, copies the trace context from an event to the commands built from it
