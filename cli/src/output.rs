@@ -1,6 +1,7 @@
 //! Output: aligned tables for people, JSON lines for scripts, and how values are shown.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -353,6 +354,10 @@ pub struct EventLine {
     /// The same time in RFC 3339, for people (ignored by `import`).
     #[serde(default)]
     pub timestamp: String,
+    /// The event's metadata (string headers), left out when it has none, so that lines of
+    /// events without metadata are the same as before metadata existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
     /// The payload's length in bytes.
     pub payload_size: usize,
     /// How `payload` is written.
@@ -386,6 +391,7 @@ impl EventLine {
             causation_id: event.causation_id,
             timestamp_micros: event.timestamp_micros,
             timestamp: rfc3339_micros(event.timestamp_micros),
+            metadata: event.metadata.clone(),
             payload_size: event.payload.len(),
             payload_encoding,
             payload,

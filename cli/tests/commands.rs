@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use support::{all_events, json_lines, ok, prepare, run_raw, runtime, tidings, CORRELATION};
+use support::{
+    all_events, json_lines, ok, prepare, run_raw, runtime, tidings, CORRELATION, TRACEPARENT,
+};
 use tidings::store::{EventStore, SledEventStore};
 use tidings::subscription::{parked_in_store, Subscriptions};
 use tidings_cli::{EXIT_DAMAGED, EXIT_ERROR, EXIT_IN_USE, EXIT_NOT_FOUND, EXIT_USAGE};
@@ -110,6 +112,9 @@ fn read_shows_one_stream_with_metadata_and_payloads_only_when_asked() {
     assert_eq!(rows[1]["payload"]["note"], "a b");
     assert_eq!(rows[1]["correlation_id"], CORRELATION);
     assert_eq!(rows[1]["schema_version"], 3);
+    assert_eq!(rows[1]["metadata"]["tenant"], "acme");
+    assert_eq!(rows[1]["metadata"]["traceparent"], TRACEPARENT);
+    assert!(rows[0].get("metadata").is_none(), "no metadata, no field");
     let no_payload = json_lines(&ok(dir.path(), &["--json", "read", "payment-1"]));
     assert!(no_payload[0].get("payload").is_none());
     assert_eq!(no_payload[0]["payload_size"], 3);
@@ -603,6 +608,11 @@ fn export_then_import_reproduces_the_stores_events_exactly() {
         text.contains(r#""payload":{"note": "a b",  "n":1}"#),
         "a JSON payload is kept verbatim"
     );
+    // Metadata is written only for the event that has some, so exports of events without it
+    // are what they were before metadata existed.
+    assert_eq!(lines[5]["metadata"]["tenant"], "acme");
+    assert_eq!(lines[5]["metadata"]["traceparent"], TRACEPARENT);
+    assert_eq!(text.matches("\"metadata\"").count(), 1, "{text}");
 
     let copy = work.path().join("copy");
     let said = ok(&copy, &["import", file.to_str().unwrap()]);

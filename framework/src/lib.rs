@@ -16,6 +16,7 @@ mod panic;
 pub mod process;
 pub mod store;
 pub mod subscription;
+pub mod trace;
 
 pub use async_trait::async_trait;
 pub use event::{DomainEvent, EventDecodeError, UpcastError};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tidings::aggregate::{Aggregate, AggregateConfig, AggregateRegistry, CommandEnvelope};
-use tidings::store::{EventStore, ExpectedVersion, Filter, SledEventStore};
+use tidings::store::{EventStore, ExpectedVersion, Filter, RecordedEvent, SledEventStore};
 use tidings::subscription::{EventContext, HandleEvent, HandlerError, Subscriptions};
 use tidings::{async_trait, DomainEvent, EventHandler};
 use tracing_subscriber::fmt::format::FmtSpan;
@@ -93,6 +93,28 @@ struct Traced;
 #[async_trait]
 impl HandleEvent<Ping> for Traced {
     async fn handle(&mut self, _: Ping, _: &mut EventContext<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+/// Reacts to a `Ping` that carries a trace context with a command built from the event
+/// (`CommandEnvelope::caused_by`), as a process in the middle of a trace would.
+#[derive(EventHandler)]
+#[event_handler(name = "reactor", events(Ping))]
+struct Reactor {
+    tallies: AggregateRegistry<Tally>,
+}
+
+#[async_trait]
+impl HandleEvent<Ping> for Reactor {
+    async fn handle(&mut self, ping: Ping, ctx: &mut EventContext<'_>) -> Result<(), HandlerError> {
+        if ctx.event().traceparent().is_some() {
+            let command = CommandEnvelope::caused_by(ctx.event(), "react", ping.n);
+            self.tallies
+                .execute("reacted", command)
+                .await
+                .map_err(|e| HandlerError::from(e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -250,5 +272,80 @@ async fn appends_reads_commits_commands_and_events_have_spans_with_their_fields(
     )
     .await;
     handle.stop().await;
+
+    // W3C trace context: a command with a traceparent records events that carry it, and its
+    // span shows it.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let tallies = AggregateRegistry::<Tally>::start(store.clone(), AggregateConfig::default());
+    let command = CommandEnvelope::new(7)
+        .with_trace_context(traceparent, Some("vendor=1"))
+        .unwrap();
+    let command_id = command.command_id;
+    tallies.execute("traced", command).await.unwrap();
+    let recorded: Vec<RecordedEvent> = store.read_stream("tally-traced", 1, 10).await.unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].traceparent(), Some(traceparent));
+    assert_eq!(recorded[0].tracestate(), Some("vendor=1"));
+    until_closed(
+        "command",
+        &[
+            &format!("command_id={command_id}"),
+            &format!("traceparent=\"{traceparent}\""),
+        ],
+    )
+    .await;
+
+    // An event with a trace context: the subscription's `event` span shows it, and the handler
+    // that reacts with a command built from the event (`caused_by`) passes it on to the command
+    // (its span) and to the events that command records.
+    let data = Ping { n: 11 }
+        .to_event_data()
+        .unwrap()
+        .with_trace_context(traceparent, None)
+        .unwrap();
+    let event_id = data.event_id;
+    let at = store
+        .append("ping-3", ExpectedVersion::Any, vec![data])
+        .await
+        .unwrap();
+    let handle = subs
+        .start(Reactor {
+            tallies: tallies.clone(),
+        })
+        .unwrap();
+    handle
+        .wait_until_handled(at.last_position, Duration::from_secs(20))
+        .await
+        .unwrap();
+    until_closed(
+        "event",
+        &[
+            &format!("event_id={event_id}"),
+            &format!("traceparent=\"{traceparent}\""),
+        ],
+    )
+    .await;
+    let reacted = store.read_stream("tally-reacted", 1, 10).await.unwrap();
+    assert_eq!(reacted.len(), 1, "the reaction recorded one event");
+    assert_eq!(reacted[0].traceparent(), Some(traceparent));
+    assert!(reacted[0].causation_id.is_some());
+    until_closed(
+        "command",
+        &[
+            "id=reacted",
+            &format!("causation_id={event_id}"),
+            &format!("traceparent=\"{traceparent}\""),
+        ],
+    )
+    .await;
+    // Events without a trace context have no such field.
+    assert!(
+        closed("event", &["stream=ping-2"])
+            .iter()
+            .all(|l| !l.contains("traceparent")),
+        "an event without a trace context"
+    );
+    handle.stop().await;
+    tallies.shutdown().await;
     store.close().await;
 }

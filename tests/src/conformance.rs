@@ -35,9 +35,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tidings::store::{
     category_of, state_page_is_full, stream_page_is_full, AppendResult, CheckpointInfo, EventData,
-    EventStore, ExpectedVersion, Filter, LeaseAttempt, LeaseHolder, ReadBatch, RecordedEvent,
-    Result, Snapshot, StateWrite, StoreError, StreamInfo, MAX_APPEND_BYTES, MAX_EVENT_TYPE_LEN,
-    MAX_PAYLOAD_LEN, MAX_STREAM_ID_LEN, READ_PAGE_BYTES,
+    EventStore, ExpectedVersion, Filter, LeaseAttempt, LeaseHolder, Metadata, ReadBatch,
+    RecordedEvent, Result, Snapshot, StateWrite, StoreError, StreamInfo, MAX_APPEND_BYTES,
+    MAX_EVENT_TYPE_LEN, MAX_METADATA_KEY_LEN, MAX_METADATA_LEN, MAX_PAYLOAD_LEN, MAX_STREAM_ID_LEN,
+    READ_PAGE_BYTES,
 };
 use uuid::Uuid;
 
@@ -161,6 +162,7 @@ macro_rules! conformance_suite {
             leases_are_listed_by_prefix_in_name_order,
             import_reproduces_recorded_events_exactly_and_appends_continue_after_it,
             import_that_does_not_continue_the_log_writes_nothing,
+            metadata_round_trips_through_append_import_and_every_read,
         );
     };
     (@cases $runner:ident $factory:expr; $($case:ident),+ $(,)?) => {
@@ -2545,4 +2547,196 @@ pub async fn import_that_does_not_continue_the_log_writes_nothing<S: EventStore>
     let fitting = vec![recorded(3, "order-9", 1, ts), recorded(4, "order-1", 3, ts)];
     assert_eq!(store.import(fitting.clone()).await.unwrap(), 4);
     assert_eq!(all_events(&store).await[2..], fitting[..]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metadata
+// ---------------------------------------------------------------------------------------------
+
+/// Metadata of every kind a header can hold: a W3C trace context, non-ASCII keys and values, an
+/// empty value, characters JSON escapes.
+fn rich_metadata() -> Metadata {
+    [
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("tracestate", "vendor=abc,other=\"q\""),
+        ("tenant", "acme"),
+        ("ключ", "значение ✓"),
+        ("empty", ""),
+        ("quote\"and\\backslash", "{\"json\": [1]}"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Metadata given at append (alone and in concurrent appends, which a server backend commits
+/// together) and at import comes back unchanged from `read_stream` and every kind of
+/// `read_all`; events without metadata read with none; bad metadata is `InvalidInput` and
+/// writes nothing; metadata counts in a page's bytes exactly as `page_bytes` says.
+pub async fn metadata_round_trips_through_append_import_and_every_read<S: EventStore>(store: S) {
+    let rich = rich_metadata();
+    let given = vec![
+        ev("Placed", "a").with_metadata_map(rich.clone()),
+        ev("Placed", "b"),
+        ev("Shipped", "c").with_metadata("tenant", "other"),
+    ];
+    ok_append(&store, "meta-1", ExpectedVersion::NoStream, given.clone()).await;
+    let appends = (0..8).map(|i| {
+        let store = &store;
+        async move {
+            let stream = format!("metb-{i}");
+            let events = vec![ev("Placed", format!("{i}")).with_metadata("n", i.to_string())];
+            store
+                .append(&stream, ExpectedVersion::NoStream, events)
+                .await
+        }
+    });
+    for result in futures_util::future::join_all(appends).await {
+        result.expect("a concurrent append with metadata");
+    }
+    let read = store.read_stream("meta-1", 1, 10).await.unwrap();
+    let metadata: Vec<&Metadata> = read.iter().map(|e| &e.metadata).collect();
+    assert_eq!(
+        metadata,
+        given.iter().map(|d| &d.metadata).collect::<Vec<_>>(),
+        "read_stream"
+    );
+    assert!(read[1].metadata.is_empty());
+    for i in 0..8 {
+        let e = &store
+            .read_stream(&format!("metb-{i}"), 1, 10)
+            .await
+            .unwrap()[0];
+        assert_eq!(e.metadata.get("n"), Some(&i.to_string()), "metb-{i}");
+    }
+    let everything = all_events(&store).await;
+    assert_eq!(everything.len(), 11);
+    assert_eq!(
+        &everything[..3],
+        &read[..],
+        "read_all and read_stream disagree"
+    );
+    for filter in [
+        Filter::all().categories(["meta"]),
+        Filter::all().event_types(["Placed", "Shipped"]),
+        Filter::all()
+            .categories(["meta"])
+            .event_types(["Placed", "Shipped"]),
+    ] {
+        let page = store.read_all(1, 100, &filter).await.unwrap();
+        assert_eq!(&page.events[..3], &read[..], "read_all with {filter:?}");
+    }
+
+    // Bad metadata is refused before anything is written.
+    let head = store.head();
+    let bad = |key: &str, value: &str| ev("Placed", "x").with_metadata(key, value);
+    for (what, event) in [
+        ("an empty key", bad("", "v")),
+        (
+            "a key too long",
+            bad(&"k".repeat(MAX_METADATA_KEY_LEN + 1), "v"),
+        ),
+        ("a key with a newline", bad("a\nb", "v")),
+        ("a value with a NUL", bad("k", "a\0b")),
+        ("a value with a carriage return", bad("k", "a\rb")),
+        (
+            "metadata beyond its limit",
+            bad("k", &"v".repeat(MAX_METADATA_LEN)),
+        ),
+        (
+            "payload and metadata beyond an event's limit",
+            ev("Placed", vec![0u8; MAX_PAYLOAD_LEN - 10]).with_metadata("key", "0123456789"),
+        ),
+    ] {
+        assert_invalid(
+            store
+                .append("meta-2", ExpectedVersion::Any, vec![event])
+                .await,
+            what,
+        );
+    }
+    let longest_key = "k".repeat(MAX_METADATA_KEY_LEN);
+    ok_append(
+        &store,
+        "meta-2",
+        ExpectedVersion::NoStream,
+        vec![bad(&longest_key, "v")],
+    )
+    .await;
+    assert_eq!(store.head(), head + 1, "refused appends wrote nothing");
+
+    // Metadata counts in a page's bytes: an event one byte short of the budget with its
+    // metadata still lets the next one in; three events that fit without metadata make a page
+    // of two with it.
+    let overhead = "page-1".len() + "page".len() + "P".len();
+    let meta = |n: usize| Metadata::from([("m".to_owned(), "v".repeat(n - 1))]);
+    let first =
+        ev("P", vec![1u8; READ_PAGE_BYTES - 1 - overhead - 1000]).with_metadata_map(meta(1000));
+    assert_eq!(
+        RecordedEvent::new(1, "page-1", 1, first.clone()).page_bytes(),
+        READ_PAGE_BYTES - 1
+    );
+    ok_append(&store, "page-1", ExpectedVersion::NoStream, vec![first]).await;
+    ok_append(
+        &store,
+        "page-1",
+        ExpectedVersion::Exact(1),
+        vec![ev("P", "small")],
+    )
+    .await;
+    let page = store.read_stream("page-1", 1, 10).await.unwrap();
+    assert_eq!(
+        page.len(),
+        2,
+        "an event just under the budget with its metadata"
+    );
+    let half = READ_PAGE_BYTES / 2 - overhead - 1000;
+    for _ in 0..3 {
+        let e = ev("P", vec![2u8; half]).with_metadata_map(meta(2000));
+        ok_append(&store, "page-2", ExpectedVersion::Any, vec![e]).await;
+    }
+    let page = store.read_stream("page-2", 1, 10).await.unwrap();
+    assert_eq!(page.len(), 2, "a stream page counts metadata bytes");
+    assert!(stream_page_is_full(&page, 10));
+    let first_of_page_2 = page[0].position;
+    let page = store
+        .read_all(first_of_page_2, 10, &Filter::all().categories(["page"]))
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 2, "a global page counts metadata bytes");
+
+    // Import: metadata given comes back, and bad metadata is refused.
+    let next = store.head() + 1;
+    let last_ts = all_events(&store).await.last().unwrap().timestamp_micros;
+    let imported = vec![
+        RecordedEvent::new(
+            next,
+            "imp-1",
+            1,
+            ev("Imported", "i").with_metadata_map(rich.clone()),
+        )
+        .with_timestamp_micros(last_ts),
+        RecordedEvent::new(next + 1, "imp-1", 2, ev("Imported", "j"))
+            .with_timestamp_micros(last_ts),
+    ];
+    let bad_import = vec![RecordedEvent::new(
+        next,
+        "imp-1",
+        1,
+        ev("Imported", "i").with_metadata("bad\u{7f}key", "v"),
+    )
+    .with_timestamp_micros(last_ts)];
+    assert_invalid(
+        store.import(bad_import).await,
+        "an import with bad metadata",
+    );
+    assert_eq!(store.import(imported.clone()).await.unwrap(), next + 1);
+    assert_eq!(store.read_stream("imp-1", 1, 10).await.unwrap(), imported);
+    let page = store.read_all(next, 10, &Filter::all()).await.unwrap();
+    assert_eq!(page.events, imported, "read_all after import");
+    let report = store.verify().await.unwrap();
+    assert!(report.is_ok(), "verify: {:?}", report.problems);
 }

@@ -602,6 +602,71 @@ fn opening_a_new_schema_from_many_stores_at_once_migrates_it_once() {
     assert_eq!(appended, (1..=8).collect::<Vec<u64>>());
 }
 
+/// A schema at migration 5 (events written without metadata, by the previous build's
+/// `append_v5`) is migrated at open: its events read with empty metadata, and appends carry
+/// metadata from then on.
+#[test]
+fn a_schema_at_migration_5_migrates_and_its_events_read_without_metadata() {
+    let _shared = SERVER.blocking_read();
+    let Some(schema) = Schema::fresh("a_schema_at_migration_5_migrates") else {
+        return;
+    };
+    drop(schema.open(|c| c));
+    let name = schema.name().to_owned();
+    // Back to what migration 5 left (migration 6 only adds the column and two functions), then
+    // an append as a process of the previous build makes it.
+    pg::blocking(async move {
+        let client = pg::connect().await.unwrap();
+        client
+            .batch_execute(&format!(
+                "DROP FUNCTION \"{name}\".append_v6; DROP FUNCTION \"{name}\".append_batch_v6; \
+                 ALTER TABLE \"{name}\".events DROP COLUMN metadata; \
+                 DELETE FROM \"{name}\".migrations WHERE version = 6;"
+            ))
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!(
+                "SELECT * FROM \"{name}\".append_v5('order-1', 'order', -1, \
+                     ARRAY[gen_random_uuid()], ARRAY['Old'], ARRAY[1], ARRAY[NULL::uuid], \
+                     ARRAY[NULL::uuid], ARRAY['{{}}'::bytea]);"
+            ))
+            .await
+            .unwrap();
+    });
+    let store = schema.open(|c| c);
+    let versions = pg::blocking({
+        let name = schema.name().to_owned();
+        async move {
+            let client = pg::connect().await.unwrap();
+            let rows = client
+                .query(
+                    &format!("SELECT version FROM \"{name}\".migrations ORDER BY version"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>()
+        }
+    });
+    assert_eq!(versions, (1..=6).collect::<Vec<_>>());
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let events = pg::blocking(async move {
+        let new = EventData::new("New", b"{}".to_vec())
+            .with_trace_context(traceparent, None)
+            .unwrap();
+        store
+            .append("order-1", ExpectedVersion::Exact(1), vec![new])
+            .await
+            .unwrap();
+        store.read_stream("order-1", 1, 10).await.unwrap()
+    });
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].event_type, "Old");
+    assert!(events[0].metadata.is_empty());
+    assert_eq!(events[1].traceparent(), Some(traceparent));
+}
+
 /// A schema that a newer build migrated is refused with `UnsupportedFormat`, not used.
 #[test]
 fn a_schema_migrated_by_a_newer_build_is_refused() {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tidings::store::{
-    state_entry_bytes, state_page_is_full, EventData, Filter, RecordedEvent, StateWrite,
-    StoreError, MAX_APPEND_BYTES, MAX_PAYLOAD_LEN,
+    metadata_bytes, state_entry_bytes, state_page_is_full, EventData, Filter, RecordedEvent,
+    StateWrite, StoreError, MAX_APPEND_BYTES, MAX_METADATA_LEN, MAX_PAYLOAD_LEN,
 };
 use tidings::subscription::{ParkedEvent, SubscriptionStatus, RESERVED_PREFIX};
 
@@ -33,7 +33,11 @@ const IMPORT_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// [`MAX_PAYLOAD_LEN`] bytes in base64, 11.2 MB.
 pub const MAX_IMPORT_LINE_LEN: usize = 16 * 1024 * 1024;
 
-const _: () = assert!(MAX_PAYLOAD_LEN.div_ceil(3) * 4 + 64 * 1024 < MAX_IMPORT_LINE_LEN);
+// Metadata shares the event's MAX_PAYLOAD_LEN and is at most MAX_METADATA_LEN; written as JSON
+// it takes at most 8 bytes per byte (`"k":"",` for a one-byte key, escapes of `"` and `\`).
+const _: () = assert!(
+    MAX_PAYLOAD_LEN.div_ceil(3) * 4 + 8 * MAX_METADATA_LEN + 64 * 1024 < MAX_IMPORT_LINE_LEN
+);
 const _: () = assert!(IMPORT_BATCH_BYTES + MAX_PAYLOAD_LEN + 64 * 1024 < MAX_APPEND_BYTES);
 
 /// How reading one line of the input ended.
@@ -503,6 +507,7 @@ fn parse_line(text: &str) -> Result<RecordedEvent, String> {
     if let Some(id) = line.causation_id {
         data = data.with_causation_id(id);
     }
+    let data = data.with_metadata_map(line.metadata);
     // The category as exported: the import checks that it matches the stream id.
     Ok(
         RecordedEvent::new(line.position, line.stream_id, line.stream_version, data)
@@ -682,7 +687,9 @@ pub(crate) async fn import(
             skipped += 1;
             continue;
         }
-        batch.bytes += event.payload.len();
+        // What the store counts toward MAX_APPEND_BYTES.
+        batch.bytes +=
+            event.payload.len() + event.event_type.len() + metadata_bytes(&event.metadata);
         batch.events.push(event);
         batch.lines.push(number);
         if batch.events.len() >= IMPORT_BATCH_EVENTS || batch.bytes >= IMPORT_BATCH_BYTES {

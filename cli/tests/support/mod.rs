@@ -81,6 +81,9 @@ pub const CORRELATION: &str = "0190c0de-0000-7000-8000-000000000001";
 ///
 /// The subscription `orders` has handled everything and parked 2 and 4 (checkpoint 6); a plain
 /// consumer `reporting` has checkpoint 2.
+/// The W3C traceparent the fixture's `Note` event carries in its metadata.
+pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 pub fn prepare(dir: &Path) {
     actix::System::new().block_on(async {
         let store = Arc::new(SledEventStore::open(dir).expect("open the fixture store"));
@@ -107,7 +110,10 @@ pub fn prepare(dir: &Path) {
         let note = EventData::new("Note", br#"{"note": "a b",  "n":1}"#.to_vec())
             .with_correlation_id(CORRELATION.parse().unwrap())
             .with_causation_id(Uuid::now_v7())
-            .with_schema_version(3);
+            .with_schema_version(3)
+            .with_metadata("tenant", "acme")
+            .with_trace_context(TRACEPARENT, None)
+            .unwrap();
         store
             .append("payment-1", ExpectedVersion::Exact(1), vec![note])
             .await

@@ -142,6 +142,7 @@ impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
             command_id = %msg.envelope.command_id,
             correlation_id = %msg.envelope.effective_correlation_id(),
             causation_id = msg.envelope.causation_id.map(tracing::field::display),
+            traceparent = msg.envelope.traceparent(),
         );
         let mut slot = self.loaded.take();
         let store = self.store.clone();

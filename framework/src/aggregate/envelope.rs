@@ -2,7 +2,8 @@
 
 use uuid::Uuid;
 
-use crate::store::RecordedEvent;
+use crate::store::{Metadata, RecordedEvent};
+use crate::trace::{self, TraceContextError};
 
 /// A command with its id and metadata.
 ///
@@ -11,9 +12,11 @@ use crate::store::RecordedEvent;
 /// `docs/aggregates.md`, "Idempotence"). Give a retried request the same id; give a new request a
 /// new one.
 ///
-/// The events a command records carry `causation_id = command_id` and
-/// `correlation_id = self.correlation_id` (or the command id when there is none), so that one
-/// original request can be followed through every service it reaches.
+/// The events a command records carry `causation_id = command_id`,
+/// `correlation_id = self.correlation_id` (or the command id when there is none) and the
+/// envelope's `metadata`, so that one original request can be followed through every service it
+/// reaches; a W3C trace context ([`with_trace_context`](Self::with_trace_context)) travels in
+/// that metadata.
 ///
 /// ```
 /// use tidings::aggregate::CommandEnvelope;
@@ -35,6 +38,9 @@ pub struct CommandEnvelope<C> {
     /// The id of the event (or command) that caused this command, if any. Traced, not stored:
     /// the recorded events' causation id is the command id.
     pub causation_id: Option<Uuid>,
+    /// Headers the recorded events carry ([`Metadata`]: tenant, user, W3C trace context...);
+    /// checked by the store when they are appended.
+    pub metadata: Metadata,
     /// The command itself.
     pub command: C,
 }
@@ -52,6 +58,7 @@ impl<C> CommandEnvelope<C> {
             command_id,
             correlation_id: None,
             causation_id: None,
+            metadata: Metadata::new(),
             command,
         }
     }
@@ -63,14 +70,50 @@ impl<C> CommandEnvelope<C> {
     ///
     /// `name` tells apart the different commands one event causes (for example
     /// `"charge-payment"` and `"reserve-stock"`). The correlation id is the event's (or the
-    /// event's id when it has none); the causation id is the event's id.
+    /// event's id when it has none); the causation id is the event's id; the event's W3C trace
+    /// context (`traceparent`, `tracestate`: [`trace::TRACE_CONTEXT_KEYS`]) is copied to the
+    /// command's metadata, and so to the events it records. Other metadata is not copied
+    /// (add it with [`with_metadata`](Self::with_metadata)).
     pub fn caused_by(event: &RecordedEvent, name: &str, command: C) -> Self {
         CommandEnvelope {
             command_id: Uuid::new_v5(&event.event_id, name.as_bytes()),
             correlation_id: Some(event.correlation_id.unwrap_or(event.event_id)),
             causation_id: Some(event.event_id),
+            metadata: trace::context_of(&event.metadata),
             command,
         }
+    }
+
+    /// Sets one metadata header, which the recorded events carry.
+    #[must_use]
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the W3C trace context ([`crate::trace`]): `traceparent`, checked for its format,
+    /// and `tracestate` when given (removed when `None`). The `command` span records the
+    /// `traceparent`, and the recorded events carry both.
+    ///
+    /// ```
+    /// use tidings::aggregate::CommandEnvelope;
+    /// let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    /// let command = CommandEnvelope::new("deposit 10").with_trace_context(traceparent, None)?;
+    /// assert_eq!(command.traceparent(), Some(traceparent));
+    /// # Ok::<(), tidings::trace::TraceContextError>(())
+    /// ```
+    pub fn with_trace_context(
+        mut self,
+        traceparent: &str,
+        tracestate: Option<&str>,
+    ) -> Result<Self, TraceContextError> {
+        trace::set(&mut self.metadata, traceparent, tracestate)?;
+        Ok(self)
+    }
+
+    /// The W3C `traceparent` header, if the command carries one.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.metadata.get(trace::TRACEPARENT).map(String::as_str)
     }
 
     /// Sets the correlation id.
@@ -87,7 +130,7 @@ impl<C> CommandEnvelope<C> {
         self
     }
 
-    /// The same envelope (id, correlation, causation) around another command: for a router
+    /// The same envelope (id, correlation, causation, metadata) around another command: for a router
     /// that turns one command type into the command of the aggregate that takes it (a process
     /// manager's commands, see `tidings::process`).
     ///
@@ -102,6 +145,7 @@ impl<C> CommandEnvelope<C> {
             command_id: self.command_id,
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,
+            metadata: self.metadata,
             command: f(self.command),
         }
     }
@@ -129,6 +173,7 @@ mod tests {
             causation_id: None,
             timestamp_micros: 0,
             payload: vec![],
+            metadata: Default::default(),
         }
     }
 
@@ -151,6 +196,24 @@ mod tests {
             CommandEnvelope::caused_by(&event(Some(corr)), "x", ()).correlation_id,
             Some(corr)
         );
+    }
+
+    #[test]
+    fn caused_by_copies_the_trace_context_and_nothing_else() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut e = event(None);
+        e.metadata.insert("traceparent".into(), traceparent.into());
+        e.metadata.insert("tracestate".into(), "v=1".into());
+        e.metadata.insert("tenant".into(), "acme".into());
+        let c = CommandEnvelope::caused_by(&e, "x", ());
+        assert_eq!(c.traceparent(), Some(traceparent));
+        assert_eq!(c.metadata.len(), 2);
+        assert_eq!(c.metadata["tracestate"], "v=1");
+        let routed = c.with_metadata("tenant", "acme").map(|()| 1);
+        assert_eq!(routed.metadata.len(), 3);
+        assert!(CommandEnvelope::new(())
+            .with_trace_context("00-x", None)
+            .is_err());
     }
 
     #[test]

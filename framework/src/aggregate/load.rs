@@ -268,6 +268,7 @@ async fn decide<A: Aggregate>(
 ) -> Result<CommandOutcome, AggregateError<A::Error>> {
     let command_id = envelope.command_id;
     let correlation_id = envelope.effective_correlation_id();
+    let metadata = envelope.metadata.clone();
     let remember = remember && config.dedup_window > 0;
     let mut attempts = 0u32;
     loop {
@@ -366,6 +367,7 @@ async fn decide<A: Aggregate>(
             .map(|d| {
                 d.with_causation_id(command_id)
                     .with_correlation_id(correlation_id)
+                    .with_metadata_map(metadata.clone())
             })
             .collect();
         let before = loaded.version;

@@ -196,6 +196,7 @@ fn round_trip<E: DomainEvent>(event: &E) -> E {
         causation_id: None,
         timestamp_micros: 0,
         payload: data.payload,
+        metadata: Default::default(),
     };
     E::from_recorded(&recorded).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -237,6 +237,7 @@ mod tests {
             causation_id: cause,
             timestamp_micros: 0,
             payload: vec![],
+            metadata: Default::default(),
         }
     }
 

@@ -479,12 +479,8 @@ impl Recording {
             Some(reason) => Dispatched::Refused(reason.clone()),
             None => Dispatched::Accepted,
         };
-        let envelope = CommandEnvelope {
-            command_id: command.command_id,
-            correlation_id: command.correlation_id,
-            causation_id: command.causation_id,
-            command: to_json(&command.command)?,
-        };
+        let json = to_json(&command.command)?;
+        let envelope = command.map(|_| json);
         self.record(Recorded::Sent {
             instance: instance.to_owned(),
             step: step.to_owned(),

@@ -6,12 +6,16 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{RecordedEvent, Snapshot};
+use super::{Metadata, RecordedEvent, Snapshot};
 
 /// The format byte of a log chunk.
 pub const CHUNK_FORMAT: u8 = 1;
-/// The format byte of one event record inside a chunk.
+/// The format byte of one event record inside a chunk, for an event without metadata: the
+/// record as every build has written it.
 pub const RECORD_FORMAT: u8 = 1;
+/// The format byte of a record whose event carries metadata: a metadata section (its length,
+/// then bincode of the map) between the header and the payload.
+pub const RECORD_FORMAT_METADATA: u8 = 2;
 /// The format byte of index entries, checkpoints and snapshots.
 pub const VALUE_FORMAT: u8 = 1;
 
@@ -55,8 +59,8 @@ pub struct Header<'a> {
 }
 
 impl Header<'_> {
-    /// Joins the header with its payload into the public event type (the one copy).
-    pub fn into_event(self, payload: &[u8]) -> RecordedEvent {
+    /// Joins the header with its payload and metadata into the public event type (the one copy).
+    pub fn into_event(self, payload: &[u8], metadata: Metadata) -> RecordedEvent {
         RecordedEvent {
             position: self.position,
             stream_id: self.stream_id.to_owned(),
@@ -69,6 +73,7 @@ impl Header<'_> {
             causation_id: self.causation_id,
             timestamp_micros: self.timestamp_micros,
             payload: payload.to_vec(),
+            metadata,
         }
     }
 }
@@ -97,24 +102,40 @@ impl ChunkBuilder {
         self.count
     }
 
-    /// Appends one record.
-    pub fn push(&mut self, header: &HeaderOut<'_>, payload: &[u8]) {
+    /// Appends one record: format 1 when `metadata` is empty (the bytes every build has
+    /// written, so that a store whose events carry no metadata stays readable by older builds),
+    /// format 2 with a metadata section otherwise.
+    pub fn push(&mut self, header: &HeaderOut<'_>, metadata: &Metadata, payload: &[u8]) {
         let frame_start = self.buf.len();
         self.buf.extend_from_slice(&[0; FRAME_HEADER_LEN]);
         let body_start = self.buf.len();
-        self.buf.push(RECORD_FORMAT);
-        let header_len_at = self.buf.len();
-        self.buf.extend_from_slice(&[0; 4]);
+        self.buf.push(if metadata.is_empty() {
+            RECORD_FORMAT
+        } else {
+            RECORD_FORMAT_METADATA
+        });
         // Serializing plain integers, strings and uuids into a Vec cannot fail.
-        bincode::serialize_into(&mut self.buf, header).expect("encode event header");
-        let header_len = (self.buf.len() - header_len_at - 4) as u32;
-        self.buf[header_len_at..header_len_at + 4].copy_from_slice(&header_len.to_le_bytes());
+        self.push_section(|buf| bincode::serialize_into(buf, header).expect("encode header"));
+        if !metadata.is_empty() {
+            self.push_section(|buf| {
+                bincode::serialize_into(buf, metadata).expect("encode event metadata")
+            });
+        }
         self.buf.extend_from_slice(payload);
         let body_len = (self.buf.len() - body_start) as u32;
         let crc = crc32fast::hash(&self.buf[body_start..]);
         self.buf[frame_start..frame_start + 4].copy_from_slice(&body_len.to_le_bytes());
         self.buf[frame_start + 4..body_start].copy_from_slice(&crc.to_le_bytes());
         self.count += 1;
+    }
+
+    /// Appends a length (u32 LE) and the bytes `write` adds after it.
+    fn push_section(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let len_at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        write(&mut self.buf);
+        let len = (self.buf.len() - len_at - 4) as u32;
+        self.buf[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
     }
 
     /// The finished value.
@@ -170,15 +191,31 @@ pub struct RawRecord<'a> {
     /// Index of the record within its chunk.
     pub index: u32,
     header: &'a [u8],
+    /// The metadata section (empty in a format-1 record).
+    metadata: &'a [u8],
     /// The payload bytes.
     pub payload: &'a [u8],
 }
 
 impl<'a> RawRecord<'a> {
-    /// Decodes the record's metadata without copying its strings.
+    /// Decodes the record's header without copying its strings.
     pub fn header(&self) -> Result<Header<'a>, DecodeError> {
         bincode::deserialize(self.header)
             .map_err(|e| damaged(self.index, format!("event header does not decode: {e}")))
+    }
+
+    /// Decodes the event's metadata (empty for a format-1 record).
+    pub fn metadata(&self) -> Result<Metadata, DecodeError> {
+        if self.metadata.is_empty() {
+            return Ok(Metadata::new());
+        }
+        bincode::deserialize(self.metadata)
+            .map_err(|e| damaged(self.index, format!("event metadata does not decode: {e}")))
+    }
+
+    /// The whole event: `header` (this record's, decoded) with the payload and the metadata.
+    pub fn event(&self, header: Header<'_>) -> Result<RecordedEvent, DecodeError> {
+        Ok(header.into_event(self.payload, self.metadata()?))
     }
 }
 
@@ -260,20 +297,46 @@ impl<'a> ChunkIter<'a> {
         if body.len() < 5 {
             return Err(damaged(self.index, "record shorter than its header"));
         }
-        if body[0] != RECORD_FORMAT {
-            return Err(damaged(
-                self.index,
-                format!("unknown record format {}", body[0]),
-            ));
-        }
-        let header_len = u32::from_le_bytes(body[1..5].try_into().expect("4 bytes")) as usize;
-        if body.len() - 5 < header_len {
-            return Err(damaged(self.index, "event header longer than its record"));
-        }
+        let sections = match body[0] {
+            RECORD_FORMAT => 1,
+            RECORD_FORMAT_METADATA => 2,
+            other => {
+                return Err(damaged(
+                    self.index,
+                    format!("unknown record format {other}"),
+                ))
+            }
+        };
+        let mut rest = &body[1..];
+        let mut section = |what: &str| -> Result<&'a [u8], DecodeError> {
+            let Some((len, after)) = rest.split_first_chunk::<4>() else {
+                return Err(damaged(
+                    self.index,
+                    format!("record cut short before its {what}"),
+                ));
+            };
+            let len = u32::from_le_bytes(*len) as usize;
+            if after.len() < len {
+                return Err(damaged(
+                    self.index,
+                    format!("event {what} longer than its record"),
+                ));
+            }
+            let (bytes, after) = after.split_at(len);
+            rest = after;
+            Ok(bytes)
+        };
+        let header = section("header")?;
+        let metadata = if sections == 2 {
+            section("metadata")?
+        } else {
+            &[]
+        };
         let record = RawRecord {
             index: self.index,
-            header: &body[5..5 + header_len],
-            payload: &body[5 + header_len..],
+            header,
+            metadata,
+            payload: rest,
         };
         self.offset = start + len;
         self.index += 1;
@@ -423,6 +486,128 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Metadata for record `i`: none for even records, one header for odd ones, so that a chunk
+    /// mixes both record formats.
+    fn meta(i: u64) -> Metadata {
+        let mut m = Metadata::new();
+        if i % 2 == 1 {
+            m.insert(
+                "traceparent".into(),
+                format!("00-{:032x}-{:016x}-01", i + 1, i + 1),
+            );
+        }
+        m
+    }
+
+    /// A chunk of one record written by the code before metadata existed (record format 1),
+    /// its bytes built from docs/storage-format.md: position 7 of `order-42`, version 3,
+    /// `OrderPlaced` schema 2, event id 00..0f, correlation id 10..1f, no causation id,
+    /// timestamp 1_700_000_000_000_000, payload `{}`.
+    const FORMAT_1_CHUNK: &str = "0101000000c8b9fe4385000000e2ab2e50017e00000007000000000000000800\
+        0000000000006f726465722d3432030000000000000005000000000000006f726465720b000000000000004f72\
+        646572506c61636564020000001000000000000000000102030405060708090a0b0c0d0e0f0110000000000000\
+        00101112131415161718191a1b1c1d1e1f0000401e18240a06007b7d";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_format_1_record_decodes_with_empty_metadata() {
+        let value = unhex(FORMAT_1_CHUNK);
+        let records: Vec<_> = ChunkIter::new(&value)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(records.len(), 1);
+        let event = records[0].event(records[0].header().unwrap()).unwrap();
+        assert_eq!(event.position, 7);
+        assert_eq!(event.stream_id, "order-42");
+        assert_eq!(event.stream_version, 3);
+        assert_eq!(event.category, "order");
+        assert_eq!(event.event_type, "OrderPlaced");
+        assert_eq!(event.schema_version, 2);
+        assert_eq!(
+            event.event_id,
+            Uuid::from_bytes(core::array::from_fn(|i| i as u8))
+        );
+        assert_eq!(
+            event.correlation_id,
+            Some(Uuid::from_bytes(core::array::from_fn(|i| 16 + i as u8)))
+        );
+        assert_eq!(event.causation_id, None);
+        assert_eq!(event.timestamp_micros, 1_700_000_000_000_000);
+        assert_eq!(event.payload, b"{}");
+        assert!(event.metadata.is_empty());
+    }
+
+    #[test]
+    fn an_event_without_metadata_is_written_as_format_1_byte_for_byte() {
+        let mut chunk = ChunkBuilder::new();
+        let event_id = Uuid::from_bytes(core::array::from_fn(|i| i as u8));
+        let correlation = Uuid::from_bytes(core::array::from_fn(|i| 16 + i as u8));
+        chunk.push(
+            &HeaderOut {
+                position: 7,
+                stream_id: "order-42",
+                stream_version: 3,
+                category: "order",
+                event_type: "OrderPlaced",
+                schema_version: 2,
+                event_id,
+                correlation_id: Some(correlation),
+                causation_id: None,
+                timestamp_micros: 1_700_000_000_000_000,
+            },
+            &Metadata::new(),
+            b"{}",
+        );
+        assert_eq!(chunk.finish(), unhex(FORMAT_1_CHUNK));
+    }
+
+    #[test]
+    fn metadata_round_trips_in_a_format_2_record() {
+        let mut metadata = Metadata::new();
+        metadata.insert("tenant".into(), "acme".into());
+        metadata.insert(
+            "traceparent".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
+        metadata.insert("empty".into(), String::new());
+        let mut chunk = ChunkBuilder::new();
+        chunk.push(
+            &HeaderOut {
+                position: 1,
+                stream_id: "s-1",
+                stream_version: 1,
+                category: "s",
+                event_type: "E",
+                schema_version: 1,
+                event_id: Uuid::nil(),
+                correlation_id: None,
+                causation_id: None,
+                timestamp_micros: 7,
+            },
+            &metadata,
+            b"payload",
+        );
+        let value = chunk.finish();
+        let records: Vec<_> = ChunkIter::new(&value)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            value[CHUNK_HEADER_LEN + FRAME_HEADER_LEN],
+            RECORD_FORMAT_METADATA
+        );
+        let event = records[0].event(records[0].header().unwrap()).unwrap();
+        assert_eq!(event.metadata, metadata);
+        assert_eq!(event.payload, b"payload");
+    }
+
     fn header_strategy() -> impl Strategy<Value = (u64, String, u64, String, u32, u64, Vec<u8>)> {
         (
             any::<u64>(),
@@ -452,7 +637,7 @@ mod tests {
                     correlation_id: Some(*id),
                     causation_id: None,
                     timestamp_micros: *ts,
-                }, payload);
+                }, &meta(*pos), payload);
             }
             let value = chunk.finish();
             let decoded: Vec<_> = ChunkIter::new(&value).unwrap().collect::<Result<_, _>>().unwrap();
@@ -466,6 +651,7 @@ mod tests {
                 prop_assert_eq!(h.schema_version, *schema);
                 prop_assert_eq!(h.timestamp_micros, *ts);
                 prop_assert_eq!(raw.payload, &payload[..]);
+                prop_assert_eq!(raw.metadata().unwrap(), meta(*pos));
             }
         }
 
@@ -477,7 +663,7 @@ mod tests {
                     position: i + 1, stream_id: "s-1", stream_version: i + 1, category: "s",
                     event_type: "E", schema_version: 1, event_id: Uuid::nil(),
                     correlation_id: None, causation_id: None, timestamp_micros: 7,
-                }, &payload);
+                }, &meta(i), &payload);
             }
             let mut value = chunk.finish();
             let at = flip.index(value.len());
@@ -493,7 +679,7 @@ mod tests {
                 position: 1, stream_id: "s-1", stream_version: 1, category: "s",
                 event_type: "E", schema_version: 1, event_id: Uuid::nil(),
                 correlation_id: None, causation_id: None, timestamp_micros: 7,
-            }, &[9; 64]);
+            }, &meta(1), &[9; 64]);
             let value = chunk.finish();
             let cut = cut.min(value.len());
             let short = &value[..value.len() - cut];

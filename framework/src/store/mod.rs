@@ -32,10 +32,11 @@ pub use self::postgres::{
 pub use self::shared::IntoEventStore;
 pub use self::sled::{SledConfig, SledEventStore};
 pub use self::types::{
-    category_of, state_entry_bytes, state_page_is_full, stream_page_is_full, AppendResult,
-    CheckpointInfo, EventData, ExpectedVersion, Filter, ReadBatch, RecordedEvent, Snapshot,
-    StateWrite, StreamInfo, VerifyReport, MAX_APPEND_BYTES, MAX_EVENT_TYPE_LEN, MAX_PAYLOAD_LEN,
-    MAX_SNAPSHOT_LEN, MAX_STATE_KEY_LEN, MAX_STREAM_ID_LEN, READ_PAGE_BYTES,
+    category_of, metadata_bytes, state_entry_bytes, state_page_is_full, stream_page_is_full,
+    AppendResult, CheckpointInfo, EventData, ExpectedVersion, Filter, Metadata, ReadBatch,
+    RecordedEvent, Snapshot, StateWrite, StreamInfo, VerifyReport, MAX_APPEND_BYTES,
+    MAX_EVENT_TYPE_LEN, MAX_METADATA_KEY_LEN, MAX_METADATA_LEN, MAX_PAYLOAD_LEN, MAX_SNAPSHOT_LEN,
+    MAX_STATE_KEY_LEN, MAX_STREAM_ID_LEN, READ_PAGE_BYTES,
 };
 
 use std::time::Duration;
@@ -345,7 +346,7 @@ pub(crate) fn validate_import(events: &[RecordedEvent]) -> Result<()> {
     };
     let total: usize = events
         .iter()
-        .map(|e| e.payload.len() + e.event_type.len())
+        .map(|e| e.payload.len() + e.event_type.len() + metadata_bytes(&e.metadata))
         .sum();
     if total > MAX_APPEND_BYTES {
         return Err(StoreError::InvalidInput(format!(
@@ -365,7 +366,7 @@ pub(crate) fn validate_import(events: &[RecordedEvent]) -> Result<()> {
             reason,
         };
         validate_name("stream id", &e.stream_id)?;
-        validate_event(&e.event_type, e.payload.len())?;
+        validate_event(&e.event_type, e.payload.len(), &e.metadata)?;
         if e.position != first.position + i as u64 {
             return Err(reject(format!(
                 "expected position {} (positions must follow each other)",
@@ -404,18 +405,49 @@ pub(crate) fn validate_import(events: &[RecordedEvent]) -> Result<()> {
     Ok(())
 }
 
-fn validate_event(event_type: &str, payload_len: usize) -> Result<()> {
+fn validate_event(event_type: &str, payload_len: usize, metadata: &Metadata) -> Result<()> {
     if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_LEN {
         return Err(StoreError::InvalidInput(format!(
             "event type must be 1 to {MAX_EVENT_TYPE_LEN} bytes, got {event_type:?}"
         )));
     }
-    if payload_len > MAX_PAYLOAD_LEN {
+    let metadata_len = validate_metadata(metadata)?;
+    if payload_len + metadata_len > MAX_PAYLOAD_LEN {
         return Err(StoreError::InvalidInput(format!(
-            "payload of {payload_len} bytes exceeds the limit of {MAX_PAYLOAD_LEN}"
+            "payload of {payload_len} bytes and metadata of {metadata_len} bytes exceed the \
+             limit of {MAX_PAYLOAD_LEN} for one event"
         )));
     }
     Ok(())
+}
+
+/// Checks an event's metadata ([`Metadata`]) and returns its bytes.
+pub(crate) fn validate_metadata(metadata: &Metadata) -> Result<usize> {
+    for (key, value) in metadata {
+        if key.is_empty() || key.len() > MAX_METADATA_KEY_LEN {
+            return Err(StoreError::InvalidInput(format!(
+                "metadata key must be 1 to {MAX_METADATA_KEY_LEN} bytes, got {} bytes",
+                key.len()
+            )));
+        }
+        if key.chars().any(char::is_control) {
+            return Err(StoreError::InvalidInput(format!(
+                "metadata key {key:?} holds a control character"
+            )));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(StoreError::InvalidInput(format!(
+                "metadata value of key {key:?} holds a control character"
+            )));
+        }
+    }
+    let bytes = metadata_bytes(metadata);
+    if bytes > MAX_METADATA_LEN {
+        return Err(StoreError::InvalidInput(format!(
+            "metadata of {bytes} bytes exceeds the limit of {MAX_METADATA_LEN}"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Checks the parts of an append request that do not depend on the store's state.
@@ -428,7 +460,7 @@ pub(crate) fn validate_append(stream: &str, events: &[EventData]) -> Result<()> 
     }
     let total: usize = events
         .iter()
-        .map(|e| e.payload.len() + e.event_type.len())
+        .map(|e| e.payload.len() + e.event_type.len() + metadata_bytes(&e.metadata))
         .sum();
     if total > MAX_APPEND_BYTES {
         return Err(StoreError::InvalidInput(format!(
@@ -438,18 +470,7 @@ pub(crate) fn validate_append(stream: &str, events: &[EventData]) -> Result<()> 
         )));
     }
     for e in events {
-        if e.event_type.is_empty() || e.event_type.len() > MAX_EVENT_TYPE_LEN {
-            return Err(StoreError::InvalidInput(format!(
-                "event type must be 1 to {MAX_EVENT_TYPE_LEN} bytes, got {:?}",
-                e.event_type
-            )));
-        }
-        if e.payload.len() > MAX_PAYLOAD_LEN {
-            return Err(StoreError::InvalidInput(format!(
-                "payload of {} bytes exceeds the limit of {MAX_PAYLOAD_LEN}",
-                e.payload.len()
-            )));
-        }
+        validate_event(&e.event_type, e.payload.len(), &e.metadata)?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The values that travel through an [`EventStore`](super::EventStore).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +10,28 @@ use uuid::Uuid;
 pub const MAX_STREAM_ID_LEN: usize = 512;
 /// The longest event type name accepted, in bytes.
 pub const MAX_EVENT_TYPE_LEN: usize = 256;
+/// The longest metadata key accepted, in bytes (keys are also non-empty and hold no control
+/// characters).
+pub const MAX_METADATA_KEY_LEN: usize = 256;
+
+/// The most bytes one event's metadata may hold, keys and values added up ([`metadata_bytes`]):
+/// 64 KiB, headers rather than a second payload (HTTP servers and NATS allow less).
+pub const MAX_METADATA_LEN: usize = 64 * 1024;
+
+/// An event's metadata: string headers (tenant, user, W3C trace context, ...) beside its
+/// payload, as HTTP and NATS headers.
+///
+/// Keys are 1 to [`MAX_METADATA_KEY_LEN`] bytes, values any length; neither holds a control
+/// character (so that every header can travel as an HTTP or NATS header and as JSON). The map's
+/// bytes ([`metadata_bytes`]) are at most [`MAX_METADATA_LEN`] and count with the payload toward
+/// [`MAX_PAYLOAD_LEN`], an append's [`MAX_APPEND_BYTES`] and a page's [`READ_PAGE_BYTES`].
+/// Stores check this at append and import ([`StoreError::InvalidInput`](super::StoreError)).
+pub type Metadata = BTreeMap<String, String>;
+
+/// The bytes a metadata map counts for in the store's limits: its keys and values.
+pub fn metadata_bytes(metadata: &Metadata) -> usize {
+    metadata.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
 /// The largest payload accepted for one event, in bytes (like Kafka's `message.max.bytes`).
 pub const MAX_PAYLOAD_LEN: usize = 8 * 1024 * 1024;
 /// The largest snapshot payload accepted, in bytes: a snapshot is read whole when its aggregate
@@ -102,6 +125,8 @@ pub struct EventData {
     pub causation_id: Option<Uuid>,
     /// The encoded event.
     pub payload: Vec<u8>,
+    /// String headers that travel with the event (see [`Metadata`]); empty by default.
+    pub metadata: Metadata,
 }
 
 impl EventData {
@@ -114,7 +139,48 @@ impl EventData {
             correlation_id: None,
             causation_id: None,
             payload: payload.into(),
+            metadata: Metadata::new(),
         }
+    }
+
+    /// Sets one metadata header (replacing the key's value if it was set). The store checks
+    /// keys and sizes at append ([`Metadata`]).
+    ///
+    /// ```
+    /// use tidings::store::EventData;
+    /// let event = EventData::new("OrderPlaced", b"{}".to_vec()).with_metadata("tenant", "acme");
+    /// assert_eq!(event.metadata["tenant"], "acme");
+    /// ```
+    #[must_use]
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds every header of `metadata` (replacing keys already set).
+    #[must_use]
+    pub fn with_metadata_map(mut self, metadata: Metadata) -> Self {
+        self.metadata.extend(metadata);
+        self
+    }
+
+    /// Sets the W3C trace context headers ([`crate::trace`]): `traceparent`, checked for its
+    /// format, and `tracestate` when given (removed when `None`). Fails, changing nothing, when
+    /// either does not have the W3C format.
+    pub fn with_trace_context(
+        mut self,
+        traceparent: &str,
+        tracestate: Option<&str>,
+    ) -> Result<Self, crate::trace::TraceContextError> {
+        crate::trace::set(&mut self.metadata, traceparent, tracestate)?;
+        Ok(self)
+    }
+
+    /// The W3C `traceparent` header, if the event carries one.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.metadata
+            .get(crate::trace::TRACEPARENT)
+            .map(String::as_str)
     }
 
     /// Sets the event id (for example one derived from a command id, for idempotence).
@@ -175,6 +241,9 @@ pub struct RecordedEvent {
     pub timestamp_micros: u64,
     /// The encoded event.
     pub payload: Vec<u8>,
+    /// The metadata given at append (empty for events appended without any, and for every
+    /// event written before metadata existed).
+    pub metadata: Metadata,
 }
 
 impl RecordedEvent {
@@ -210,6 +279,7 @@ impl RecordedEvent {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
             payload: data.payload,
+            metadata: data.metadata,
         }
     }
 
@@ -227,15 +297,40 @@ impl RecordedEvent {
         self
     }
 
+    /// Sets its metadata (for tests of handlers and for tools that rebuild recorded events).
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The W3C `traceparent` header the event was appended with, if any ([`crate::trace`]).
+    pub fn traceparent(&self) -> Option<&str> {
+        self.metadata
+            .get(crate::trace::TRACEPARENT)
+            .map(String::as_str)
+    }
+
+    /// The W3C `tracestate` header the event was appended with, if any.
+    pub fn tracestate(&self) -> Option<&str> {
+        self.metadata
+            .get(crate::trace::TRACESTATE)
+            .map(String::as_str)
+    }
+
     /// When the store committed the event.
     pub fn timestamp(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_micros(self.timestamp_micros)
     }
 
     /// What the event counts for in a page's byte budget ([`READ_PAGE_BYTES`]): its payload,
-    /// stream id, category and type name.
+    /// stream id, category, type name and metadata ([`metadata_bytes`]).
     pub fn page_bytes(&self) -> usize {
-        self.payload.len() + self.stream_id.len() + self.category.len() + self.event_type.len()
+        self.payload.len()
+            + self.stream_id.len()
+            + self.category.len()
+            + self.event_type.len()
+            + metadata_bytes(&self.metadata)
     }
 }
 

@@ -270,6 +270,7 @@ impl<H: EventHandler> HandlerTest<H> {
             causation_id: None,
             timestamp_micros: FIRST_EVENT_TIME_MICROS + (position - 1) * 1_000_000,
             payload: data.payload,
+            metadata: Default::default(),
         });
     }
 
@@ -638,12 +639,7 @@ impl<P: ProcessManager> HandlerOutcome<P> {
                 } => Some(SentCommand {
                     instance: instance.clone(),
                     step: step.clone(),
-                    envelope: CommandEnvelope {
-                        command_id: envelope.command_id,
-                        correlation_id: envelope.correlation_id,
-                        causation_id: envelope.causation_id,
-                        command: Self::decode(&envelope.command),
-                    },
+                    envelope: envelope.clone().map(|c| Self::decode(&c)),
                     answer: answer.clone(),
                 }),
                 _ => None,

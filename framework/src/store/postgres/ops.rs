@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::errors::pg_error;
 use super::Shared;
 use crate::store::{
-    AppendResult, CheckpointInfo, EventData, ExpectedVersion, Filter, Lease, ReadBatch,
+    AppendResult, CheckpointInfo, EventData, ExpectedVersion, Filter, Lease, Metadata, ReadBatch,
     RecordedEvent, Result, Snapshot, StateWrite, StoreError, StreamInfo, VerifyReport,
     READ_PAGE_BYTES,
 };
@@ -36,7 +36,7 @@ const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())";
 /// The columns of an event, in the order [`event_from_row`] reads them.
 const EVENT_COLUMNS: &str = "e.position, e.stream_id, e.stream_version, e.category, \
      e.event_type, e.schema_version, e.event_id, e.correlation_id, e.causation_id, \
-     e.timestamp_micros, e.payload";
+     e.timestamp_micros, e.payload, e.metadata::text";
 
 /// The column `bytes_before`: the bytes of the page's rows before this one, in `order`, so
 /// that a page ends at the row that brings them to [`READ_PAGE_BYTES`]. `size` is a row's
@@ -50,9 +50,12 @@ fn bytes_before(size: &str, order: &str) -> String {
     )
 }
 
-/// An event's bytes in a page (see [`bytes_before`]).
+/// An event's bytes in a page (see [`bytes_before`]): its metadata counts its keys and values
+/// ([`metadata_bytes`](crate::store::metadata_bytes)), read only for events that have any.
 const EVENT_BYTES: &str = "octet_length(e.payload) + octet_length(e.stream_id) \
-     + octet_length(e.category) + octet_length(e.event_type)";
+     + octet_length(e.category) + octet_length(e.event_type) \
+     + CASE WHEN e.metadata IS NULL THEN 0 ELSE (SELECT coalesce(sum(octet_length(m.k) \
+         + octet_length(m.v)), 0) FROM jsonb_each_text(e.metadata) AS m(k, v)) END";
 
 /// A state entry's bytes in a page (see [`bytes_before`]).
 const ENTRY_BYTES: &str = "octet_length(key) + octet_length(value)";
@@ -108,11 +111,12 @@ impl Sql {
         Sql {
             append: format!(
                 "SELECT o_actual, o_first, o_xid, o_alone \
-                 FROM {s}.append_v5($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                 FROM {s}.append_v6($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text[]::jsonb[])"
             ),
             append_batch: format!(
                 "SELECT o_actual, o_first, o_xid, o_alone \
-                 FROM {s}.append_batch_v5($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                 FROM {s}.append_batch_v6($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                                          $11::text[]::jsonb[])"
             ),
             horizon: format!("SELECT {HORIZON}::text"),
             head: format!(
@@ -327,7 +331,22 @@ fn event_from_row(row: &Row, at: usize) -> Result<RecordedEvent> {
         timestamp_micros: u64::try_from(timestamp)
             .map_err(|_| damaged(format!("negative timestamp {timestamp}")))?,
         payload: get(row, at + 10)?,
+        metadata: match get::<Option<String>>(row, at + 11)? {
+            None => Metadata::new(),
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| damaged(format!("metadata is not an object of strings: {e}")))?,
+        },
     })
+}
+
+/// An event's metadata as the store's `metadata` column takes it: a JSON object, or NULL for
+/// none.
+fn metadata_json(metadata: &Metadata) -> Option<String> {
+    if metadata.is_empty() {
+        return None;
+    }
+    // A map of strings always encodes.
+    Some(serde_json::to_string(metadata).expect("encode metadata"))
 }
 
 /// A transaction id (xid8) as the server prints it.
@@ -564,6 +583,7 @@ async fn commit_batch_in(shared: &Arc<Shared>, batch: Vec<Pending>, span: &traci
     let mut correlations = Vec::with_capacity(n);
     let mut causations = Vec::with_capacity(n);
     let mut payloads: Vec<&[u8]> = Vec::with_capacity(n);
+    let mut metadata = Vec::with_capacity(n);
     for p in &batch {
         streams.push(p.stream.as_str());
         categories.push(crate::store::category_of(&p.stream));
@@ -576,9 +596,10 @@ async fn commit_batch_in(shared: &Arc<Shared>, batch: Vec<Pending>, span: &traci
             correlations.push(e.correlation_id);
             causations.push(e.causation_id);
             payloads.push(e.payload.as_slice());
+            metadata.push(metadata_json(&e.metadata));
         }
     }
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
         &streams,
         &categories,
         &expected,
@@ -589,6 +610,7 @@ async fn commit_batch_in(shared: &Arc<Shared>, batch: Vec<Pending>, span: &traci
         &correlations,
         &causations,
         &payloads,
+        &metadata,
     ];
     let outcome = match client.prepare_cached(&shared.sql.append_batch).await {
         Ok(append) => {
@@ -716,7 +738,9 @@ async fn append_one(
     let mut correlations = Vec::with_capacity(n);
     let mut causations = Vec::with_capacity(n);
     let mut payloads = Vec::with_capacity(n);
+    let mut metadata = Vec::with_capacity(n);
     for e in events {
+        metadata.push(metadata_json(&e.metadata));
         ids.push(e.event_id);
         types.push(e.event_type);
         schema_versions.push(i32::try_from(e.schema_version).map_err(|_| {
@@ -731,7 +755,7 @@ async fn append_one(
         .prepare_cached(&shared.sql.append)
         .await
         .map_err(pg_error)?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
         &stream,
         &category,
         &expected_arg,
@@ -741,6 +765,7 @@ async fn append_one(
         &correlations,
         &causations,
         &payloads,
+        &metadata,
     ];
     let started = std::time::Instant::now();
     let appended = client.query_one(&append, &params).await;
@@ -1386,11 +1411,12 @@ pub async fn import(shared: &Shared, events: Vec<RecordedEvent>) -> Result<u64> 
         &format!(
             "INSERT INTO {s}.events (position, xid, stream_id, stream_version, category, \
                  event_type, schema_version, event_id, correlation_id, causation_id, \
-                 timestamp_micros, payload) \
-             SELECT p, pg_current_xact_id(), sid, v, c, t, sv, id, cor, cau, ts, pl \
+                 timestamp_micros, payload, metadata) \
+             SELECT p, pg_current_xact_id(), sid, v, c, t, sv, id, cor, cau, ts, pl, md::jsonb \
              FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
                          $6::int[], $7::uuid[], $8::uuid[], $9::uuid[], $10::bigint[], \
-                         $11::bytea[]) AS t(p, sid, v, c, t, sv, id, cor, cau, ts, pl)"
+                         $11::bytea[], $12::text[]) \
+                  AS t(p, sid, v, c, t, sv, id, cor, cau, ts, pl, md)"
         ),
         &[
             &columns.positions,
@@ -1404,6 +1430,7 @@ pub async fn import(shared: &Shared, events: Vec<RecordedEvent>) -> Result<u64> 
             &columns.causations,
             &columns.timestamps,
             &columns.payloads,
+            &columns.metadata,
         ],
     )
     .await
@@ -1440,6 +1467,7 @@ struct ImportColumns {
     causations: Vec<Option<Uuid>>,
     timestamps: Vec<i64>,
     payloads: Vec<Vec<u8>>,
+    metadata: Vec<Option<String>>,
 }
 
 impl ImportColumns {
@@ -1456,6 +1484,7 @@ impl ImportColumns {
             causations: Vec::with_capacity(n),
             timestamps: Vec::with_capacity(n),
             payloads: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
         }
     }
 
@@ -1478,6 +1507,7 @@ impl ImportColumns {
         self.correlations.push(e.correlation_id);
         self.causations.push(e.causation_id);
         self.payloads.push(e.payload);
+        self.metadata.push(metadata_json(&e.metadata));
         Ok(())
     }
 }

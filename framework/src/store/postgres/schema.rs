@@ -12,7 +12,7 @@ use super::keys::Keys;
 use crate::store::{Result, StoreError};
 
 /// The newest migration this build knows (the schema version it reads and writes).
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// The statements of migration `version`, for the schema `s` (already quoted) with lock `keys`.
 fn migration(version: i32, s: &str, keys: &Keys) -> String {
@@ -430,6 +430,152 @@ BEGIN
            p_categories[a.ai], p_types[a.off + k.k], p_schema_versions[a.off + k.k],
            p_ids[a.off + k.k], p_correlation_ids[a.off + k.k], p_causation_ids[a.off + k.k],
            v_now, p_payloads[a.off + k.k]
+    FROM (SELECT g.ai, (sum(p_counts[g.ai]) OVER (ORDER BY g.ai) - p_counts[g.ai])::integer AS off
+          FROM generate_subscripts(p_streams, 1) AS g(ai)) AS a
+    CROSS JOIN LATERAL generate_series(1, p_counts[a.ai]) AS k(k)
+    WHERE v_first[a.ai] IS NOT NULL;
+    RETURN QUERY SELECT v_actual, v_first, v_xid::text, v_alone;
+END
+$fn$;
+"#,
+            class = keys.stream_class,
+            positions = keys.positions,
+        ),
+        6 => format!(
+            r#"
+-- Events carry a metadata map (string headers: tenant, user, W3C trace context; decision 56):
+-- a jsonb object of strings, NULL when the event has none. Adding a nullable column without a
+-- default changes only the catalog, so this migration does not rewrite the table, and every
+-- event written before reads as having no metadata.
+ALTER TABLE {s}.events ADD COLUMN metadata jsonb;
+
+-- append_v5 and append_batch_v5 again, as append_v6 and append_batch_v6, each taking one
+-- metadata object (or NULL) per event. New names, so that processes of the previous build
+-- keep calling the functions they know (their events have no metadata) until they are
+-- restarted.
+CREATE FUNCTION {s}.append_v6(
+    p_stream text, p_category text, p_expected bigint,
+    p_ids uuid[], p_types text[], p_schema_versions integer[],
+    p_correlation_ids uuid[], p_causation_ids uuid[], p_payloads bytea[], p_metadata jsonb[])
+RETURNS TABLE (o_actual bigint, o_first bigint, o_xid text, o_alone boolean)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_actual bigint;
+    v_n      bigint := cardinality(p_ids);
+    v_first  bigint;
+    v_xid    xid8;
+    v_now    bigint;
+    v_alone  boolean;
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'tidings: an append must be the first write of its transaction'
+            USING ERRCODE = '55000';
+    END IF;
+    PERFORM pg_advisory_xact_lock({class}, hashtext(p_stream));
+    SELECT coalesce(max(e.stream_version), 0) INTO v_actual
+        FROM {s}.events e WHERE e.stream_id = p_stream;
+    IF p_expected >= 0 AND v_actual <> p_expected THEN
+        RETURN QUERY SELECT v_actual, NULL::bigint, NULL::text, NULL::boolean;
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_lock({positions});
+    BEGIN
+        SELECT pg_current_xact_id(), nextval('{s}.positions') INTO v_xid, v_first;
+        IF v_n > 1 THEN
+            PERFORM setval('{s}.positions', v_first + v_n - 1);
+        END IF;
+        -- Timestamps never go down with position, even if the server's clock steps back. In
+        -- the same statement (a snapshot taken after this transaction took its id): whether any
+        -- older transaction is still running.
+        SELECT setval('{s}.clock', greatest((extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                                            c.last_value)),
+               pg_snapshot_xmin(pg_current_snapshot()) >= v_xid
+            INTO v_now, v_alone
+            FROM {s}.clock c;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_advisory_unlock({positions});
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock({positions});
+    INSERT INTO {s}.events (position, xid, stream_id, stream_version, category, event_type,
+                            schema_version, event_id, correlation_id, causation_id,
+                            timestamp_micros, payload, metadata)
+    SELECT v_first + i - 1, v_xid, p_stream, v_actual + i, p_category, p_types[i],
+           p_schema_versions[i], p_ids[i], p_correlation_ids[i], p_causation_ids[i],
+           v_now, p_payloads[i], p_metadata[i]
+    FROM generate_subscripts(p_ids, 1) AS i;
+    RETURN QUERY SELECT v_actual + v_n, v_first, v_xid::text, v_alone;
+END
+$fn$;
+
+CREATE FUNCTION {s}.append_batch_v6(
+    p_streams text[], p_categories text[], p_expected bigint[], p_counts integer[],
+    p_ids uuid[], p_types text[], p_schema_versions integer[],
+    p_correlation_ids uuid[], p_causation_ids uuid[], p_payloads bytea[], p_metadata jsonb[])
+RETURNS TABLE (o_actual bigint[], o_first bigint[], o_xid text, o_alone boolean)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_n      integer := cardinality(p_streams);
+    v_actual bigint[] := array_fill(0::bigint, ARRAY[cardinality(p_streams)]);
+    v_first  bigint[] := array_fill(NULL::bigint, ARRAY[cardinality(p_streams)]);
+    v_total  bigint := 0;
+    v_one    bigint;
+    v_base   bigint;
+    v_xid    xid8;
+    v_now    bigint;
+    v_alone  boolean;
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'tidings: an append must be the first write of its transaction'
+            USING ERRCODE = '55000';
+    END IF;
+    -- The streams' locks, taken in one order so that batches never wait on each other in a
+    -- cycle (a single append takes one lock, which cannot close a cycle either).
+    PERFORM pg_advisory_xact_lock({class}, l.h)
+        FROM (SELECT DISTINCT hashtext(t.s) AS h FROM unnest(p_streams) AS t(s) ORDER BY 1) AS l;
+    FOR v_i IN 1..v_n LOOP
+        SELECT coalesce(max(e.stream_version), 0) INTO v_one
+            FROM {s}.events e WHERE e.stream_id = p_streams[v_i];
+        v_actual[v_i] := v_one;
+        IF p_expected[v_i] < 0 OR v_one = p_expected[v_i] THEN
+            v_first[v_i] := v_total;
+            v_total := v_total + p_counts[v_i];
+        END IF;
+    END LOOP;
+    IF v_total = 0 THEN
+        RETURN QUERY SELECT v_actual, v_first, NULL::text, NULL::boolean;
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_lock({positions});
+    BEGIN
+        SELECT pg_current_xact_id(), nextval('{s}.positions') INTO v_xid, v_base;
+        IF v_total > 1 THEN
+            PERFORM setval('{s}.positions', v_base + v_total - 1);
+        END IF;
+        SELECT setval('{s}.clock', greatest((extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                                            c.last_value)),
+               pg_snapshot_xmin(pg_current_snapshot()) >= v_xid
+            INTO v_now, v_alone
+            FROM {s}.clock c;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_advisory_unlock({positions});
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock({positions});
+    FOR v_i IN 1..v_n LOOP
+        IF v_first[v_i] IS NOT NULL THEN
+            v_first[v_i] := v_base + v_first[v_i];
+        END IF;
+    END LOOP;
+    INSERT INTO {s}.events (position, xid, stream_id, stream_version, category, event_type,
+                            schema_version, event_id, correlation_id, causation_id,
+                            timestamp_micros, payload, metadata)
+    SELECT v_first[a.ai] + k.k - 1, v_xid, p_streams[a.ai], v_actual[a.ai] + k.k,
+           p_categories[a.ai], p_types[a.off + k.k], p_schema_versions[a.off + k.k],
+           p_ids[a.off + k.k], p_correlation_ids[a.off + k.k], p_causation_ids[a.off + k.k],
+           v_now, p_payloads[a.off + k.k], p_metadata[a.off + k.k]
     FROM (SELECT g.ai, (sum(p_counts[g.ai]) OVER (ORDER BY g.ai) - p_counts[g.ai])::integer AS off
           FROM generate_subscripts(p_streams, 1) AS g(ai)) AS a
     CROSS JOIN LATERAL generate_series(1, p_counts[a.ai]) AS k(k)

@@ -132,7 +132,7 @@ impl<'a> LogCursor<'a> {
                 reason: format!("record says it is at position {}", header.position),
             });
         }
-        let event = header.into_event(record.payload);
+        let event = record.event(header).map_err(|e| damaged(first, e))?;
         chunk.state = iter.state();
         Ok(event)
     }
@@ -272,7 +272,7 @@ impl Shared {
                 next = position + 1;
                 examined += 1;
                 if filter.matches(header.category, header.event_type) {
-                    let event = header.into_event(record.payload);
+                    let event = record.event(header).map_err(|e| damaged(first, e))?;
                     bytes += event.page_bytes();
                     events.push(event);
                 }
@@ -476,7 +476,12 @@ impl Shared {
             };
             expected = first + u64::from(iter.state_count());
             for record in iter {
-                match record.and_then(|r| r.header().map(|h| (r.index, h))) {
+                let checked = record.and_then(|r| {
+                    let header = r.header()?;
+                    r.metadata()?;
+                    Ok((r.index, header))
+                });
+                match checked {
                     Ok((index, header)) => {
                         report.events_checked += 1;
                         let position = first + u64::from(index);

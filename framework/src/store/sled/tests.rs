@@ -747,3 +747,48 @@ fn a_head_file_behind_the_store_opens_and_one_ahead_of_it_is_refused() {
         "counted from now on"
     );
 }
+
+#[test]
+fn a_store_with_and_without_metadata_reopens_and_reads_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let written = rt().block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        for i in 0..20u64 {
+            let mut event = EventData::new("Tick", format!("{i}").into_bytes());
+            if i % 3 == 0 {
+                event = event
+                    .with_trace_context(traceparent, Some("v=1"))
+                    .unwrap()
+                    .with_metadata("n", i.to_string());
+            }
+            store
+                .append("tick-1", ExpectedVersion::Exact(i), vec![event])
+                .await
+                .unwrap();
+        }
+        store.read_stream("tick-1", 1, 100).await.unwrap()
+    });
+    let chunks = chunk_keys(dir.path());
+    assert!(!chunks.is_empty());
+    rt().block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let read = store.read_stream("tick-1", 1, 100).await.unwrap();
+        assert_eq!(read, written, "the events after a reopen");
+        for (i, e) in read.iter().enumerate() {
+            if i % 3 == 0 {
+                assert_eq!(e.traceparent(), Some(traceparent));
+                assert_eq!(e.metadata.len(), 3);
+            } else {
+                assert!(e.metadata.is_empty());
+            }
+        }
+        assert_eq!(
+            store.read_all(1, 100, &Filter::all()).await.unwrap().events,
+            read
+        );
+        let report = store.verify().await.unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!(report.events_checked, 20);
+    });
+}

@@ -247,6 +247,7 @@ impl Writer {
                                 causation_id: event.causation_id,
                                 timestamp_micros,
                             },
+                            &event.metadata,
                             &event.payload,
                         );
                         position += 1;
@@ -334,6 +335,7 @@ impl Writer {
                                 causation_id: e.causation_id,
                                 timestamp_micros: e.timestamp_micros,
                             },
+                            &e.metadata,
                             &e.payload,
                         );
                         position += 1;

@@ -86,6 +86,7 @@ impl<H: EventHandler> Worker<'_, H> {
                 event_id = %event.event_id,
                 correlation_id = event.correlation_id.map(tracing::field::display),
                 causation_id = event.causation_id.map(tracing::field::display),
+                traceparent = event.traceparent(),
             );
             let outcome = AssertUnwindSafe(self.handler.dispatch(event, &mut ctx))
                 .catch_unwind()
