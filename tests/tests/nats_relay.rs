@@ -40,6 +40,12 @@ fn event(kind: &str, n: u64, size: usize) -> EventData {
     EventData::new(kind, payload)
         .with_correlation_id(uuid::Uuid::now_v7())
         .with_causation_id(uuid::Uuid::now_v7())
+        .with_metadata("tenant", format!("t{}", n % 3))
+        .with_metadata("user id", "ada")
+        .with_metadata(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
 }
 
 /// Appends `per_stream` events to each of `streams`, interleaved, one append each.
@@ -118,6 +124,14 @@ fn assert_published(
             header(m, headers::TIMESTAMP),
             Some(e.timestamp_micros.to_string().as_str())
         );
+        // The metadata, each key as a header (the trace context under its W3C names).
+        for (key, value) in &e.metadata {
+            assert_eq!(
+                header(m, &headers::metadata_header(key)),
+                Some(value.as_str()),
+                "metadata {key}"
+            );
+        }
         // Per stream, the broker holds the stream's events in order.
         let last = versions.entry(e.stream_id.clone()).or_insert(0);
         assert_eq!(

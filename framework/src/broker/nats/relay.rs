@@ -260,6 +260,11 @@ impl NatsPublisher {
             event.timestamp_micros.to_string().as_str(),
         );
         h.insert(headers::RELAY, self.relay.as_str());
+        // Metadata values hold no control characters (checked at append), so each is a valid
+        // header value as it is.
+        for (key, value) in &event.metadata {
+            h.insert(headers::metadata_header(key).as_str(), value.as_str());
+        }
         Ok((self.subjects.render(event), h))
     }
 
