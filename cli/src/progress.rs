@@ -1,4 +1,4 @@
-//! Progress of the long commands (export, import, verify) on standard error, drawn only when
+//! Progress of the long commands (export, import, verify, replay-parked) on standard error, drawn only when
 //! standard error is a terminal: a pipe, a file or a CI log sees nothing, and standard output
 //! (the command's output, JSON or not) is never touched. `TIDINGS_PROGRESS=0` turns it off on a
 //! terminal too.
@@ -56,6 +56,17 @@ impl Progress {
             "{spinner} {msg} {bytes} ({bytes_per_sec})"
         };
         Self::new(bar, template, message)
+    }
+
+    /// `total` steps (streams replayed, say): `set` takes the steps done.
+    pub(crate) fn count(message: &str, total: u64) -> Progress {
+        let bar = ProgressBar::with_draw_target(Some(total), Self::target());
+        Self::new(bar, "{msg} [{bar:30}] {pos}/{len} ({elapsed})", message)
+    }
+
+    /// Runs `f` (which prints to the terminal) with the bar lifted, then draws it again.
+    pub(crate) fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.0.suspend(f)
     }
 
     /// A command with no measure of its progress: a spinner and the time so far.

@@ -1,4 +1,4 @@
-//! Progress of export, import and verify on standard error: drawn when standard error is a
+//! Progress of export, import, verify and replay-parked on standard error: drawn when standard error is a
 //! terminal (the binary runs under `script`, which gives it a pseudo-terminal), never when it
 //! is a pipe, and not with `TIDINGS_PROGRESS=0`. What the commands print is the same either way.
 
@@ -82,5 +82,13 @@ fn export_import_and_verify_show_progress_only_on_a_terminal() {
     assert!(
         !piped.stderr.contains("verifying"),
         "drawn into a pipe: {piped:?}"
+    );
+
+    // replay-parked: a bar over the parked streams, the stream's line printed beside it.
+    let replay = on_a_terminal(&store, &["replay-parked", "orders"], None);
+    assert!(replay.contains("replaying"), "{replay:?}");
+    assert!(
+        replay.contains("order-2"),
+        "the stream's line stays: {replay:?}"
     );
 }

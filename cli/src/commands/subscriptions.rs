@@ -12,6 +12,7 @@ use tidings::subscription::{
 use super::Ctx;
 use crate::error::{CliError, EXIT_OK};
 use crate::output::{json_line, parse_rfc3339, printable, rfc3339, rfc3339_micros, Rows};
+use crate::progress::Progress;
 use crate::ResetTarget;
 
 /// Checkpoints listed per page.
@@ -460,8 +461,13 @@ pub(crate) async fn replay(
     let is_inbox = subscription_status_from_store(ctx.store, name)
         .await?
         .is_some_and(|s| s.inbox.is_some());
-    for s in streams {
+    let progress = Progress::count("replaying parked streams", streams.len() as u64);
+    for (i, s) in streams.into_iter().enumerate() {
+        progress.message(format!("replaying the parked events of {}", printable(s)));
         let outcome = subscriptions.replay_parked(name, s).await?;
+        progress.set(i as u64 + 1);
+        // Each stream's line printed with the bar lifted, so that the two never mix.
+        progress.suspend(|| -> Result<(), CliError> {
         let line = ReplayLine {
             name,
             stream_id: s,
@@ -512,6 +518,8 @@ pub(crate) async fn replay(
                 ))
             )?;
         }
+        Ok(())
+        })?;
     }
     Ok(EXIT_OK)
 }
