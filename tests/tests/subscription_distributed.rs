@@ -296,6 +296,25 @@ async fn bad_settings_are_typed_errors() {
         .unwrap();
     assert_eq!(handle.partition_names()[2], "orders.p02of3");
     handle.stop().await;
+    // A plain subscription may not take a partition's name (it would share its checkpoint,
+    // state and lease); names that only look alike are fine.
+    let taken = SubscriptionName::new("orders.p02of3").unwrap();
+    match subs.start_with(Orders::default(), config().name(taken)) {
+        Err(StartError::PartitionName(name)) => assert_eq!(name, "orders.p02of3"),
+        other => panic!("a partition's name: {other:?}"),
+    }
+    for free in [
+        "orders.p3of3",
+        "orders.pxof3",
+        "orders.p02of",
+        "orders.p01of2x",
+    ] {
+        let name = SubscriptionName::new(free).unwrap();
+        let h = subs
+            .start_with(Orders::default(), config().name(name))
+            .unwrap_or_else(|e| panic!("{free}: {e}"));
+        h.stop().await;
+    }
 }
 
 /// Fails (policy `Stop`, the default) on the first event of stream `order-poison`.

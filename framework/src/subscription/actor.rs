@@ -273,6 +273,13 @@ pub enum StartError {
     /// with [`SubscriptionConfig::name`].
     #[error("the handler's name is not a valid subscription name")]
     InvalidName(#[from] SubscriptionNameError),
+    /// The name has the shape of a partition of a distributed subscription (`NAME.pNNofM`):
+    /// started alone, it would share that partition's checkpoint, state and lease.
+    #[error(
+        "{0:?} is the name of a partition of a distributed subscription (NAME.pNNofM); start \
+         that with Subscriptions::start_distributed, or give this subscription another name"
+    )]
+    PartitionName(SubscriptionName),
     /// A distributed subscription needs 1 to `max` partitions
     /// ([`MAX_PARTITIONS`](super::MAX_PARTITIONS)): start it with a number in that range.
     #[error("distributed subscription {name:?} cannot have {requested} partitions (1 to {max})")]
@@ -394,6 +401,9 @@ impl Subscriptions {
         partition: Option<Partition>,
     ) -> Result<SubscriptionHandle, StartError> {
         let name = Self::name_of::<H>(&config)?;
+        if partition.is_none() && super::distributed::is_partition_name(name.as_str()) {
+            return Err(StartError::PartitionName(name));
+        }
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if running.get(&name).is_some_and(|h| !h.is_finished()) {
             return Err(StartError::AlreadyRunning(name));

@@ -117,6 +117,25 @@ pub fn partition_name(
     SubscriptionName::new(format!("{name}.p{index:02}of{count}"))
 }
 
+/// Whether `name` has the shape [`partition_name`] gives (`BASE.pNNofM`, NN below M): a plain
+/// subscription may not take it.
+pub(crate) fn is_partition_name(name: &str) -> bool {
+    let Some((base, tail)) = name.rsplit_once(".p") else {
+        return false;
+    };
+    let Some((index, count)) = tail.split_once("of") else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    !base.is_empty()
+        && digits(index)
+        && digits(count)
+        && matches!(
+            (index.parse::<u32>(), count.parse::<u32>()),
+            (Ok(i), Ok(n)) if i < n
+        )
+}
+
 /// The prefix of the member leases of the distributed subscription `name`.
 fn member_prefix(name: &SubscriptionName) -> String {
     format!("{name}/members/")
