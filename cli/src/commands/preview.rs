@@ -7,7 +7,9 @@ use serde::Serialize;
 use tidings::store::StoreError;
 use tidings::subscription::{ParkedEvent, Subscriptions};
 
-use super::subscriptions::{checkpoint_of, ensure_not_running_elsewhere, reset_to, ResetHow};
+use super::subscriptions::{
+    checkpoint_of, ensure_not_running_elsewhere, parked_streams, reset_to, ResetHow,
+};
 use super::Ctx;
 use crate::error::{CliError, EXIT_OK};
 use crate::output::{json_line, printable};
@@ -143,18 +145,7 @@ pub(crate) async fn replay(
 ) -> Result<u8, CliError> {
     checkpoint_of(ctx, name).await?;
     let parked = subscriptions.parked(name).await?;
-    let mut streams: Vec<&str> = Vec::new();
-    for p in &parked {
-        if stream.is_none_or(|s| s == p.stream_id) && !streams.contains(&p.stream_id.as_str()) {
-            streams.push(&p.stream_id);
-        }
-    }
-    if streams.is_empty() {
-        return Err(CliError::NotFound(match stream {
-            Some(s) => format!("subscription {name:?} has no parked events in stream {s:?}"),
-            None => format!("subscription {name:?} has no parked events"),
-        }));
-    }
+    let streams = parked_streams(&parked, name, stream)?;
     let (applied, holder) = where_applied(ctx, subscriptions, name).await?;
     for s in streams {
         let events: Vec<ParkedRef<'_>> = parked

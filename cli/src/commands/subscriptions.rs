@@ -436,18 +436,15 @@ struct ReplayLine<'a> {
     deferred: bool,
 }
 
-/// `replay-parked NAME [--stream S]`: handles parked events again, stream by stream.
-pub(crate) async fn replay(
-    ctx: &Ctx<'_>,
-    out: &mut dyn Write,
-    subscriptions: &Subscriptions,
+/// The streams whose parked events `replay-parked NAME [--stream S]` replays (a dry run
+/// previews), in the order of their first parked event; none is `NotFound` saying so.
+pub(super) fn parked_streams<'a>(
+    parked: &'a [ParkedEvent],
     name: &str,
     stream: Option<&str>,
-) -> Result<u8, CliError> {
-    checkpoint_of(ctx, name).await?;
-    let parked = subscriptions.parked(name).await?;
+) -> Result<Vec<&'a str>, CliError> {
     let mut streams: Vec<&str> = Vec::new();
-    for p in &parked {
+    for p in parked {
         if stream.is_none_or(|s| s == p.stream_id) && !streams.contains(&p.stream_id.as_str()) {
             streams.push(&p.stream_id);
         }
@@ -458,6 +455,20 @@ pub(crate) async fn replay(
             None => format!("subscription {name:?} has no parked events"),
         }));
     }
+    Ok(streams)
+}
+
+/// `replay-parked NAME [--stream S]`: handles parked events again, stream by stream.
+pub(crate) async fn replay(
+    ctx: &Ctx<'_>,
+    out: &mut dyn Write,
+    subscriptions: &Subscriptions,
+    name: &str,
+    stream: Option<&str>,
+) -> Result<u8, CliError> {
+    checkpoint_of(ctx, name).await?;
+    let parked = subscriptions.parked(name).await?;
+    let streams = parked_streams(&parked, name, stream)?;
     let is_inbox = subscription_status_from_store(ctx.store, name)
         .await?
         .is_some_and(|s| s.inbox.is_some());
