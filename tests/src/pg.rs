@@ -5,10 +5,15 @@
 //! When it cannot be reached a test prints a loud message and passes, unless
 //! `TIDINGS_REQUIRE_POSTGRES=1` (CI sets it), in which case it fails.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tidings::store::{PostgresConfig, PostgresEventStore};
+use tidings::store::{EventStore, ExpectedVersion, PostgresConfig, PostgresEventStore};
+use tidings::DomainEvent;
+
+use crate::domain::OrderEvent;
 
 /// The server used when `TIDINGS_TEST_POSTGRES_URL` is not set.
 pub const DEFAULT_URL: &str = "postgres://root@127.0.0.1:5432/test";
@@ -210,4 +215,63 @@ pub fn restart_server() -> bool {
             false
         }
     }
+}
+
+/// Appends one `OrderPlaced` at a time, round robin over `streams` streams named
+/// `{stream_prefix}{n}`, a millisecond apart, until `stop` (at most 200 000), in a thread with a
+/// runtime of its own; the thread returns how many it appended. The load of the failover and
+/// rebalancing tests.
+pub fn start_writer(
+    store: Arc<PostgresEventStore>,
+    stop: Arc<AtomicBool>,
+    streams: u64,
+    stream_prefix: &'static str,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        blocking(async move {
+            let mut appended = 0u64;
+            while !stop.load(Ordering::Relaxed) && appended < 200_000 {
+                let stream = format!("{stream_prefix}{}", appended % streams);
+                let event = OrderEvent::OrderPlaced { cents: appended }
+                    .to_event_data()
+                    .unwrap();
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![event])
+                    .await
+                    .expect("the writer's append");
+                appended += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            appended
+        })
+    })
+}
+
+/// The state subscription `name` committed under `prefix`, keys `{prefix}{position}` with JSON
+/// number values: position → value.
+pub fn committed_state(store: &PostgresEventStore, name: &str, prefix: &str) -> BTreeMap<u64, u64> {
+    blocking(async {
+        let mut out = BTreeMap::new();
+        let mut from = prefix.as_bytes().to_vec();
+        loop {
+            let page = store
+                .scan_state(name, prefix.as_bytes(), &from, 1000)
+                .await
+                .unwrap();
+            for (key, value) in &page {
+                let position: u64 = std::str::from_utf8(&key[prefix.len()..])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                out.insert(position, serde_json::from_slice(value).unwrap());
+            }
+            match page.last() {
+                Some((key, _)) if page.len() == 1000 => {
+                    from = key.clone();
+                    from.push(0);
+                }
+                _ => return out,
+            }
+        }
+    })
 }

@@ -25,10 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tidings::store::{EventStore, ExpectedVersion, PostgresEventStore};
+use tidings::store::{EventStore, PostgresEventStore};
 use tidings::subscription::{partition_name, partition_of, SubscriptionName};
-use tidings::DomainEvent;
-use tidings_tests::domain::OrderEvent;
 use tidings_tests::pg::{self, Schema};
 use tidings_tests::support::{env_or, LineChild};
 
@@ -238,66 +236,12 @@ fn wait_progress(procs: &mut [Proc], more: usize) {
     }
 }
 
-/// Appends one event at a time to [`STREAMS`] streams until stopped (in a thread with a
-/// runtime of its own).
-fn start_writer(
-    store: Arc<PostgresEventStore>,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        pg::blocking(async move {
-            let mut appended = 0u64;
-            while !stop.load(Ordering::Relaxed) && appended < 200_000 {
-                let stream = format!("order-d{}", appended % STREAMS);
-                let event = OrderEvent::OrderPlaced { cents: appended }
-                    .to_event_data()
-                    .unwrap();
-                store
-                    .append(&stream, ExpectedVersion::Any, vec![event])
-                    .await
-                    .expect("the writer's append");
-                appended += 1;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            appended
-        })
-    })
-}
-
 /// The names of the partitions' subscriptions.
 fn partition_names() -> Vec<SubscriptionName> {
     let name = SubscriptionName::new(NAME).unwrap();
     (0..N)
         .map(|p| partition_name(&name, p, N).unwrap())
         .collect()
-}
-
-/// The committed state of subscription `name` under `prefix`: position → value.
-fn committed(store: &PostgresEventStore, name: &str, prefix: &str) -> BTreeMap<u64, u64> {
-    pg::blocking(async {
-        let mut out = BTreeMap::new();
-        let mut from = prefix.as_bytes().to_vec();
-        loop {
-            let page = store
-                .scan_state(name, prefix.as_bytes(), &from, 1000)
-                .await
-                .unwrap();
-            for (key, value) in &page {
-                let position: u64 = std::str::from_utf8(&key[prefix.len()..])
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                out.insert(position, serde_json::from_slice(value).unwrap());
-            }
-            match page.last() {
-                Some((key, _)) if page.len() == 1000 => {
-                    from = key.clone();
-                    from.push(0);
-                }
-                _ => return out,
-            }
-        }
-    })
 }
 
 /// Stops the writer, waits until every partition committed its checkpoint at the head, kills
@@ -387,7 +331,7 @@ fn finish(
     // the partition of its stream; the tokens committed never go down with position.
     let mut counted: BTreeMap<u64, (u32, u64)> = BTreeMap::new();
     for (p, name) in names.iter().enumerate() {
-        for (position, count) in committed(store, name, "count/") {
+        for (position, count) in pg::committed_state(store, name.as_str(), "count/") {
             let stream = &stream_of[&position];
             assert_eq!(
                 partition_of(stream, N),
@@ -402,7 +346,7 @@ fn finish(
             }
         }
         let mut highest = 0;
-        for (position, token) in committed(store, name, "token/") {
+        for (position, token) in pg::committed_state(store, name.as_str(), "token/") {
             assert!(
                 token >= highest,
                 "partition {p}: position {position} was committed under token {token} after \
@@ -449,7 +393,7 @@ fn rebalancing_under_load_skips_nothing_and_keeps_each_stream_in_order() {
     };
     let store = Arc::new(schema.open(|c| c.pool_size(4)));
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = start_writer(store.clone(), stop.clone());
+    let writer = pg::start_writer(store.clone(), stop.clone(), STREAMS, "order-d");
     let cycles = env_or("TIDINGS_DISTRIBUTED_CYCLES", 1);
     let mut rng = rand::thread_rng();
     let mut printed = Vec::new();
@@ -506,7 +450,7 @@ fn a_member_that_stops_hands_its_partitions_over_without_waiting_for_its_leases_
     let ttl = Duration::from_secs(4);
     let store = Arc::new(schema.open(|c| c.pool_size(4)));
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = start_writer(store.clone(), stop.clone());
+    let writer = pg::start_writer(store.clone(), stop.clone(), STREAMS, "order-d");
     let mut procs = vec![Proc::spawn(&schema, ttl), Proc::spawn(&schema, ttl)];
     wait_shares(&mut procs, &[3, 3]);
     wait_progress(&mut procs, 100);

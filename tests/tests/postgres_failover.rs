@@ -15,16 +15,14 @@
 //! `TIDINGS_PG_FAILOVER_CYCLES` (default 20) sets the number of kills. Needs the test server
 //! (`tidings_tests::pg`); skips loudly without one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tidings::store::{EventStore, ExpectedVersion, PostgresEventStore};
-use tidings::DomainEvent;
-use tidings_tests::domain::OrderEvent;
+use tidings::store::{EventStore, PostgresEventStore};
 use tidings_tests::pg::{self, Schema};
 use tidings_tests::support::{env_or, LineChild};
 
@@ -162,60 +160,6 @@ fn parse_handled(line: &str) -> Option<Handled> {
     })
 }
 
-/// Appends one event at a time to [`STREAMS`] streams until stopped (in a thread with a
-/// runtime of its own).
-fn start_writer(
-    store: Arc<PostgresEventStore>,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        pg::blocking(async move {
-            let mut appended = 0u64;
-            while !stop.load(Ordering::Relaxed) && appended < 200_000 {
-                let stream = format!("order-f{}", appended % STREAMS);
-                let event = OrderEvent::OrderPlaced { cents: appended }
-                    .to_event_data()
-                    .unwrap();
-                store
-                    .append(&stream, ExpectedVersion::Any, vec![event])
-                    .await
-                    .expect("the writer's append");
-                appended += 1;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            appended
-        })
-    })
-}
-
-/// The committed state under `prefix`: position → value.
-fn committed(store: &PostgresEventStore, prefix: &str) -> BTreeMap<u64, u64> {
-    pg::blocking(async {
-        let mut out = BTreeMap::new();
-        let mut from = prefix.as_bytes().to_vec();
-        loop {
-            let page = store
-                .scan_state(NAME, prefix.as_bytes(), &from, 1000)
-                .await
-                .unwrap();
-            for (key, value) in &page {
-                let position: u64 = std::str::from_utf8(&key[prefix.len()..])
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                out.insert(position, serde_json::from_slice(value).unwrap());
-            }
-            match page.last() {
-                Some((key, _)) if page.len() == 1000 => {
-                    from = key.clone();
-                    from.push(0);
-                }
-                _ => return out,
-            }
-        }
-    })
-}
-
 /// Stops the writer, waits until the holder committed its checkpoint at the head, kills every
 /// child, and checks the invariants of the module's documentation over everything printed.
 fn finish(
@@ -253,7 +197,7 @@ fn finish(
     );
 
     // Exactly once, nothing skipped: one count per position, each 1.
-    let counts = committed(store, "count/");
+    let counts = pg::committed_state(store, NAME, "count/");
     assert_eq!(
         counts.keys().copied().collect::<Vec<_>>(),
         (1..=head).collect::<Vec<_>>(),
@@ -263,7 +207,7 @@ fn finish(
     assert!(repeated.is_empty(), "counted more than once: {repeated:?}");
 
     // Fencing: the tokens committed never go down with position.
-    let tokens = committed(store, "token/");
+    let tokens = pg::committed_state(store, NAME, "token/");
     let mut highest = 0;
     for (position, token) in &tokens {
         assert!(
@@ -330,7 +274,7 @@ fn killing_the_holder_hands_the_subscription_to_the_standby() {
     };
     let store = Arc::new(schema.open(|c| c));
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = start_writer(store.clone(), stop.clone());
+    let writer = pg::start_writer(store.clone(), stop.clone(), STREAMS, "order-f");
     let cycles = env_or("TIDINGS_PG_FAILOVER_CYCLES", 20);
     let mut rng = rand::thread_rng();
     let mut printed = Vec::new();
@@ -375,7 +319,7 @@ fn a_paused_holder_cannot_commit_after_the_standby_took_over() {
     };
     let store = Arc::new(schema.open(|c| c));
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = start_writer(store.clone(), stop.clone());
+    let writer = pg::start_writer(store.clone(), stop.clone(), STREAMS, "order-f");
     let mut paused = Proc::spawn(&schema);
     let first = paused.wait_line("HOLDING", 0, |l| l.starts_with("HOLDING "));
     let mut standby = Proc::spawn(&schema);
