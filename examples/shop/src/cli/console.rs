@@ -26,14 +26,10 @@ pub(super) fn start(shop: &SharedShop, addr: SocketAddr) -> Result<Running, CliE
         .ok()
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let registry = tidings_cli::Registry::new()
-        .register::<crate::order::OrderEvent>()
-        .register::<crate::payment::PaymentEvent>()
-        .register::<crate::stock::StockEvent>();
     let console = Console::new(
         shop.store().clone(),
         shop.subscriptions().clone(),
-        registry,
+        super::registry(),
         ConsoleOptions::default().token(Some(token.clone())),
     );
     let sampler = console.spawn_sampler();

@@ -180,15 +180,20 @@ pub(crate) async fn open_postgres(
     Ok(Arc::new(store))
 }
 
+/// The shop's event types, for the operations CLI and the console to decode payloads.
+pub(crate) fn registry() -> tidings_cli::Registry {
+    tidings_cli::Registry::new()
+        .register::<crate::order::OrderEvent>()
+        .register::<crate::payment::PaymentEvent>()
+        .register::<crate::stock::StockEvent>()
+}
+
 /// Runs `shop_example admin ...`: the tidings CLI over the shop's store (`--store` as given,
 /// with `--schema` for a PostgreSQL URL, or `--data-dir`; unless the arguments after `admin`
 /// name a store), with the shop's event types registered. It runs its own runtime, so it is
 /// called outside actix.
 fn admin(cli: &Cli, args: AdminArgs) -> ExitCode {
-    let registry = tidings_cli::Registry::new()
-        .register::<crate::order::OrderEvent>()
-        .register::<crate::payment::PaymentEvent>()
-        .register::<crate::stock::StockEvent>();
+    let registry = registry();
     let has_store = args
         .args
         .iter()
