@@ -7,6 +7,8 @@
 //! not touched since the last read would look alike, and waiting for the lag to reach 0 could
 //! not be told from reading it twice. The registry below keeps every value, as an exporter does.
 
+mod support;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_util::registry::{AtomicStorage, Registry};
-use serde::{Deserialize, Serialize};
-use tidings::aggregate::{Aggregate, AggregateConfig, AggregateRegistry, CommandEnvelope};
+use support::{Ping, Tally};
+use tidings::aggregate::{AggregateConfig, AggregateRegistry, CommandEnvelope};
 use tidings::metrics as m;
 use tidings::store::{EventStore, ExpectedVersion, Filter, SledEventStore};
 use tidings::subscription::{
@@ -212,11 +214,6 @@ async fn appends_on_sled_move_the_append_counters_and_histograms() {
     store.close().await;
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DomainEvent)]
-struct Ping {
-    n: u64,
-}
-
 /// The event the handler always fails on (parked), and the one it fails on once (retried).
 const POISON: u64 = 7;
 const FLAKY: u64 = 3;
@@ -326,39 +323,6 @@ async fn a_subscription_shows_handled_retried_parked_skipped_and_its_lag_going_t
     })
     .await;
     handle.stop().await;
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DomainEvent)]
-enum TallyEvent {
-    Added { by: u64 },
-}
-
-#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
-#[error("nothing to add")]
-struct NothingToAdd;
-
-#[derive(Default, Serialize, Deserialize)]
-struct Tally {
-    total: u64,
-}
-
-impl Aggregate for Tally {
-    const CATEGORY: &'static str = "tally";
-    type Command = u64;
-    type Event = TallyEvent;
-    type Error = NothingToAdd;
-
-    fn handle(&self, by: u64) -> Result<Vec<TallyEvent>, NothingToAdd> {
-        if by == 0 {
-            return Err(NothingToAdd);
-        }
-        Ok(vec![TallyEvent::Added { by }])
-    }
-
-    fn apply(&mut self, event: &TallyEvent) {
-        let TallyEvent::Added { by } = event;
-        self.total += by;
-    }
 }
 
 #[actix::test]

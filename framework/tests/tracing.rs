@@ -3,12 +3,14 @@
 //! this binary's global default (the sled writer's commit spans are on its own thread), so the
 //! binary holds one test.
 
+mod support;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tidings::aggregate::{Aggregate, AggregateConfig, AggregateRegistry, CommandEnvelope};
+use support::{Ping, Tally};
+use tidings::aggregate::{AggregateConfig, AggregateRegistry, CommandEnvelope};
 use tidings::store::{EventStore, ExpectedVersion, Filter, RecordedEvent, SledEventStore};
 use tidings::subscription::{EventContext, HandleEvent, HandlerError, Subscriptions};
 use tidings::{async_trait, DomainEvent, EventHandler};
@@ -81,11 +83,6 @@ async fn until_closed(name: &str, fields: &[&str]) -> Vec<String> {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DomainEvent)]
-struct Ping {
-    n: u64,
-}
-
 #[derive(EventHandler)]
 #[event_handler(name = "traced", events(Ping))]
 struct Traced;
@@ -116,36 +113,6 @@ impl HandleEvent<Ping> for Reactor {
                 .map_err(|e| HandlerError::from(e.to_string()))?;
         }
         Ok(())
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DomainEvent)]
-enum TallyEvent {
-    Added { by: u64 },
-}
-
-#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
-#[error("nothing to add")]
-struct NothingToAdd;
-
-#[derive(Default, Serialize, Deserialize)]
-struct Tally {
-    total: u64,
-}
-
-impl Aggregate for Tally {
-    const CATEGORY: &'static str = "tally";
-    type Command = u64;
-    type Event = TallyEvent;
-    type Error = NothingToAdd;
-
-    fn handle(&self, by: u64) -> Result<Vec<TallyEvent>, NothingToAdd> {
-        Ok(vec![TallyEvent::Added { by }])
-    }
-
-    fn apply(&mut self, event: &TallyEvent) {
-        let TallyEvent::Added { by } = event;
-        self.total += by;
     }
 }
 
