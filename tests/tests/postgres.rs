@@ -572,14 +572,7 @@ fn opening_a_new_schema_from_many_stores_at_once_migrates_it_once() {
     let name = schema.name().to_owned();
     let (migrations, appended) = pg::blocking(async move {
         let client = pg::connect().await.unwrap();
-        let rows = client
-            .query(
-                &format!("SELECT version FROM \"{name}\".migrations ORDER BY version"),
-                &[],
-            )
-            .await
-            .unwrap();
-        let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        let versions = recorded_migrations(&client, &name).await;
         let mut positions = Vec::new();
         for (i, store) in stores.iter().enumerate() {
             let r = store
@@ -600,6 +593,13 @@ fn opening_a_new_schema_from_many_stores_at_once_migrates_it_once() {
         "each migration recorded once"
     );
     assert_eq!(appended, (1..=8).collect::<Vec<u64>>());
+}
+
+/// The migrations recorded in schema `name`, in order.
+async fn recorded_migrations(client: &tokio_postgres::Client, name: &str) -> Vec<i32> {
+    let sql = format!("SELECT version FROM \"{name}\".migrations ORDER BY version");
+    let rows = client.query(&sql, &[]).await.unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
 }
 
 /// A schema at migration 5 (events written without metadata, by the previous build's
@@ -637,17 +637,7 @@ fn a_schema_at_migration_5_migrates_and_its_events_read_without_metadata() {
     let store = schema.open(|c| c);
     let versions = pg::blocking({
         let name = schema.name().to_owned();
-        async move {
-            let client = pg::connect().await.unwrap();
-            let rows = client
-                .query(
-                    &format!("SELECT version FROM \"{name}\".migrations ORDER BY version"),
-                    &[],
-                )
-                .await
-                .unwrap();
-            rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>()
-        }
+        async move { recorded_migrations(&pg::connect().await.unwrap(), &name).await }
     });
     assert_eq!(versions, (1..=6).collect::<Vec<_>>());
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
