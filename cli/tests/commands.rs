@@ -225,18 +225,7 @@ fn tail_follows_events_appended_while_it_waits_and_stops_at_its_limit() {
 #[test]
 fn tail_without_a_limit_exits_cleanly_on_ctrl_c() {
     let dir = prepared();
-    let mut child = std::process::Command::new(support::TIDINGS)
-        .args([
-            "--store",
-            dir.path().to_str().unwrap(),
-            "tail",
-            "--from",
-            "1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = support::spawn(dir.path(), &["tail", "--from", "1"]);
     // Wait until it has printed the existing events (so it is following), then interrupt it.
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut seen = String::new();
@@ -244,14 +233,11 @@ fn tail_without_a_limit_exits_cleanly_on_ctrl_c() {
         std::io::BufRead::read_line(&mut stdout, &mut seen).unwrap();
     }
     assert_eq!(first_column(&seen), ["1", "2", "3", "4", "5", "6"]);
-    // Ctrl-C is SIGINT; sent with the `kill` command (the workspace forbids unsafe code).
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "tail ends with 0 on Ctrl-C");
+    assert_eq!(
+        support::interrupt(child),
+        Some(0),
+        "tail ends with 0 on Ctrl-C"
+    );
 }
 
 #[test]
@@ -918,19 +904,10 @@ fn dry_runs_of_reset_skip_and_replay_show_what_would_change_and_change_nothing()
 #[test]
 fn subscriptions_watch_lists_again_at_each_interval_until_ctrl_c() {
     let dir = prepared();
-    let mut child = std::process::Command::new(support::TIDINGS)
-        .args([
-            "--store",
-            dir.path().to_str().unwrap(),
-            "subscriptions",
-            "--watch",
-            "--interval",
-            "0.2",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = support::spawn(
+        dir.path(),
+        &["subscriptions", "--watch", "--interval", "0.2"],
+    );
     // Three listings (each: a line with the time and head, the table's header, two rows).
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut seen = String::new();
@@ -948,13 +925,8 @@ fn subscriptions_watch_lists_again_at_each_interval_until_ctrl_c() {
             .any(|l| l.starts_with("reporting") && l.contains(" 4 ")),
         "{seen}"
     );
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
     assert_eq!(
-        child.wait().unwrap().code(),
+        support::interrupt(child),
         Some(0),
         "watch ends with 0 on Ctrl-C"
     );

@@ -190,6 +190,31 @@ pub fn run_raw(args: &[&str], stdin: Option<&[u8]>) -> Run {
     }
 }
 
+/// Starts `tidings --store DIR ARGS...` with its output piped, for a test that reads it while
+/// it runs (and ends it with [`interrupt`]).
+pub fn spawn(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(TIDINGS)
+        .arg("--store")
+        .arg(dir)
+        .args(args)
+        .env_remove("TIDINGS_STORE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tidings")
+}
+
+/// Sends `child` Ctrl-C (SIGINT, with the `kill` command: the workspace forbids unsafe code)
+/// and returns its exit code.
+pub fn interrupt(mut child: std::process::Child) -> Option<i32> {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -INT {}", child.id());
+    child.wait().expect("wait for tidings").code()
+}
+
 /// Runs and asserts exit code 0, returning standard output.
 pub fn ok(dir: &Path, args: &[&str]) -> String {
     let run = tidings(dir, args);
