@@ -34,10 +34,20 @@ fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// The stream and order value of the `i`th event (from 0) the application appends: four
-/// streams; the event at position [`POISON`] is the poison one.
-fn order(i: u64) -> (String, u64) {
-    (format!("order-{}", i % 4), i + 1)
+/// Appends the `i`th event (from 0) the application appends: an order of `i + 1` cents to one
+/// of four streams; the event at position [`POISON`] is the poison one.
+async fn append_order(store: &dyn EventStore, i: u64) {
+    let data = ShopEvent::OrderPlaced { cents: i + 1 }
+        .to_event_data()
+        .unwrap();
+    store
+        .append(
+            &format!("order-{}", i % 4),
+            ExpectedVersion::Any,
+            vec![data],
+        )
+        .await
+        .unwrap();
 }
 
 /// The `orders` row of `subscriptions --json`, if there is one.
@@ -67,12 +77,7 @@ fn every_read_command_works_while_another_process_writes_and_runs_a_subscription
                 let handle = subscriptions.start_with(Orders(broken), config()).unwrap();
                 let mut i = 0;
                 while !stop.load(Ordering::SeqCst) {
-                    let (stream, cents) = order(i);
-                    let data = ShopEvent::OrderPlaced { cents }.to_event_data().unwrap();
-                    store
-                        .append(&stream, ExpectedVersion::Any, vec![data])
-                        .await
-                        .unwrap();
+                    append_order(&*store, i).await;
                     i += 1;
                     appended.store(i, Ordering::SeqCst);
                 }
@@ -195,12 +200,7 @@ fn the_partitions_of_a_distributed_subscription_show_with_their_holder() {
             actix::System::new().block_on(async move {
                 let store: Arc<dyn EventStore> = Arc::new(store);
                 for i in 0..8 {
-                    let (stream, cents) = order(i);
-                    let data = ShopEvent::OrderPlaced { cents }.to_event_data().unwrap();
-                    store
-                        .append(&stream, ExpectedVersion::Any, vec![data])
-                        .await
-                        .unwrap();
+                    append_order(&*store, i).await;
                 }
                 let subscriptions = Subscriptions::new(store.clone());
                 let broken = Arc::new(AtomicBool::new(false));
@@ -260,12 +260,7 @@ fn changing_a_subscription_is_refused_while_another_process_may_run_it() {
             let mut asked = asked;
             let store: Arc<dyn EventStore> = Arc::new(store);
             for i in 0..20 {
-                let (stream, cents) = order(i);
-                let data = ShopEvent::OrderPlaced { cents }.to_event_data().unwrap();
-                store
-                    .append(&stream, ExpectedVersion::Any, vec![data])
-                    .await
-                    .unwrap();
+                append_order(&*store, i).await;
             }
             let subscriptions = Subscriptions::new(store.clone());
             let broken = Arc::new(AtomicBool::new(true));
