@@ -5,10 +5,10 @@ use std::io::Write;
 
 use serde::Serialize;
 use tidings::store::StoreError;
-use tidings::subscription::{ParkedEvent, Subscriptions};
+use tidings::subscription::Subscriptions;
 
 use super::subscriptions::{
-    checkpoint_of, ensure_not_running_elsewhere, parked_streams, reset_to, ResetHow,
+    checkpoint_of, ensure_not_running_elsewhere, parked_at, parked_streams, reset_to, ResetHow,
 };
 use super::Ctx;
 use crate::error::{CliError, EXIT_OK};
@@ -217,14 +217,7 @@ pub(crate) async fn skip(
     checkpoint_of(ctx, name).await?;
     ensure_not_running_elsewhere(ctx, subscriptions, name, force).await?;
     let parked = subscriptions.parked(name).await?;
-    let entry: &ParkedEvent = parked
-        .iter()
-        .find(|p| p.position == position)
-        .ok_or_else(|| {
-            CliError::NotFound(format!(
-                "subscription {name:?} has no event parked at position {position}"
-            ))
-        })?;
+    let entry = parked_at(&parked, name, position)?;
     let (applied, holder) = where_applied(ctx, subscriptions, name).await?;
     let line = SkipPreviewLine {
         name,

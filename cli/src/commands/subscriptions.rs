@@ -544,6 +544,25 @@ struct SkipLine<'a> {
     still_parked: u64,
 }
 
+/// The event parked at `position` (what `skip-parked NAME POS` drops, or its dry run
+/// previews).
+pub(super) fn parked_at<'a>(
+    parked: &'a [ParkedEvent],
+    name: &str,
+    position: u64,
+) -> Result<&'a ParkedEvent, CliError> {
+    parked
+        .iter()
+        .find(|p| p.position == position)
+        .ok_or_else(|| not_parked_at(name, position))
+}
+
+fn not_parked_at(name: &str, position: u64) -> CliError {
+    CliError::NotFound(format!(
+        "subscription {name:?} has no event parked at position {position}"
+    ))
+}
+
 /// `skip-parked NAME POS`: drops one parked event.
 pub(crate) async fn skip(
     ctx: &Ctx<'_>,
@@ -556,18 +575,9 @@ pub(crate) async fn skip(
     checkpoint_of(ctx, name).await?;
     ensure_not_running_elsewhere(ctx, subscriptions, name, force).await?;
     let parked = subscriptions.parked(name).await?;
-    let not_parked = || {
-        CliError::NotFound(format!(
-            "subscription {name:?} has no event parked at position {position}"
-        ))
-    };
-    let entry: ParkedEvent = parked
-        .iter()
-        .find(|p| p.position == position)
-        .cloned()
-        .ok_or_else(not_parked)?;
+    let entry = parked_at(&parked, name, position)?;
     if !subscriptions.skip_parked(name, position).await? {
-        return Err(not_parked());
+        return Err(not_parked_at(name, position));
     }
     let still_parked = parked_in_store(ctx.store, name).await?.len() as u64;
     let line = SkipLine {
