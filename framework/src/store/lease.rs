@@ -75,6 +75,23 @@ pub struct Lease {
     pub acquired_micros: u64,
 }
 
+impl Lease {
+    /// The lease as the store lists it right after it was taken for `ttl`: held, expiring
+    /// `ttl` after it was acquired.
+    pub(crate) fn held_info(&self, ttl: std::time::Duration) -> LeaseInfo {
+        LeaseInfo {
+            name: self.name.clone(),
+            generation: self.generation,
+            holder: self.holder.clone(),
+            acquired_micros: self.acquired_micros,
+            expires_micros: self
+                .acquired_micros
+                .saturating_add(u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX)),
+            held: true,
+        }
+    }
+}
+
 /// What an attempt to take a lease found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -138,7 +138,7 @@ impl<H: EventHandler + Clone> Coordinator<H> {
             });
         };
         if !live.iter().any(|l| l.name == lease.name) {
-            live.push(info_of(lease, ttl));
+            live.push(lease.held_info(ttl));
             live.sort_by(|a, b| a.name.cmp(&b.name));
         }
         let index = live
@@ -250,19 +250,5 @@ impl<H: EventHandler + Clone> Coordinator<H> {
 
     fn partitions(&self) -> u32 {
         self.shared.names.len() as u32
-    }
-}
-
-/// A held lease as the store would list it.
-fn info_of(lease: &Lease, ttl: Duration) -> LeaseInfo {
-    LeaseInfo {
-        name: lease.name.clone(),
-        generation: lease.generation,
-        holder: lease.holder.clone(),
-        acquired_micros: lease.acquired_micros,
-        expires_micros: lease
-            .acquired_micros
-            .saturating_add(u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX)),
-        held: true,
     }
 }

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::{Command, Fault, Runner};
-use crate::store::{EventStore, Lease, LeaseAttempt, LeaseInfo, StoreError};
+use crate::store::{EventStore, Lease, LeaseAttempt, StoreError};
 use crate::subscription::failure::ControlError;
 use crate::subscription::handler::EventHandler;
 use crate::subscription::status::{StatusCell, SubscriptionState};
@@ -37,16 +37,7 @@ impl<H: EventHandler> Runner<H> {
                         generation = lease.generation,
                         "took the subscription's lease"
                     );
-                    let info = LeaseInfo {
-                        name: lease.name.clone(),
-                        generation: lease.generation,
-                        holder: lease.holder.clone(),
-                        acquired_micros: lease.acquired_micros,
-                        expires_micros: lease
-                            .acquired_micros
-                            .saturating_add(u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX)),
-                        held: true,
-                    };
+                    let info = lease.held_info(ttl);
                     self.status.update(|s| {
                         s.state = SubscriptionState::Starting;
                         s.holder = Some(info);
