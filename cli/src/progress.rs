@@ -37,13 +37,11 @@ impl Progress {
     pub(crate) fn positions(message: &str, first: u64, last: u64) -> Progress {
         let len = (last + 1).saturating_sub(first);
         let bar = ProgressBar::with_draw_target(Some(len), Self::target());
-        let p = Self::new(
+        Self::new(
             bar,
             "{msg} [{bar:30}] {pos}/{len} events ({per_sec}, {eta} left)",
             message,
-        );
-        p.0.set_position(0);
-        p
+        )
     }
 
     /// Bytes of an input of `total` bytes, or of unknown size (standard input): `set` takes
