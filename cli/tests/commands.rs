@@ -480,17 +480,31 @@ fn verify_exits_0_on_a_healthy_store_and_3_naming_the_position_on_a_damaged_one(
     assert_eq!(healthy.code, 0, "{healthy:?}");
     assert!(healthy.stdout.contains("no damage found"), "{healthy:?}");
 
-    // Flip a payload byte of the event at position 3 (its own log chunk: one append each).
-    {
-        let db = sled::open(dir.path()).unwrap();
-        let mut key = vec![b'L'];
-        key.extend_from_slice(&3u64.to_be_bytes());
-        let mut value = db.get(&key).unwrap().expect("chunk of position 3").to_vec();
-        let last = value.len() - 1;
-        value[last] ^= 0x40;
-        db.insert(key, value).unwrap();
-        db.flush().unwrap();
-    }
+    // Flip the last payload byte of the event at position 3, in the event log's segment file
+    // (one append each, so a later group follows it: damage, not a torn tail).
+    let payload = runtime().block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let page = store
+            .read_all(3, 1, &tidings::store::Filter::all())
+            .await
+            .unwrap();
+        store.close().await;
+        page.events[0].payload.clone()
+    });
+    let segment = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a segment file");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes
+        .windows(payload.len())
+        .position(|w| w == payload.as_slice())
+        .expect("the payload in the segment")
+        + payload.len()
+        - 1;
+    bytes[at] ^= 0x40;
+    std::fs::write(&segment, bytes).unwrap();
     let damaged = tidings(dir.path(), &["verify"]);
     assert_eq!(damaged.code, i32::from(EXIT_DAMAGED), "{damaged:?}");
     assert!(damaged.stdout.contains("DAMAGE FOUND"), "{damaged:?}");

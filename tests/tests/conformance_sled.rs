@@ -22,23 +22,24 @@ mod default_settings {
     tidings_tests::conformance_suite!(|| fresh_store(|c| c));
 }
 
-/// Every event in a log chunk of its own, every request committed alone, no stream-head cache:
-/// each read crosses chunk boundaries and the writer reads every stream's version from the index.
-mod one_event_per_chunk {
+/// Every request committed alone, no stream-head cache, and the smallest read buffer: the
+/// writer reads every stream's version from the index, and reads of the log go window by window
+/// (a large event is read on its own).
+mod one_request_per_group {
     use super::*;
 
     tidings_tests::conformance_suite!(|| fresh_store(|c| c
-        .chunk_target_bytes(1)
         .max_group(1)
+        .read_buffer_bytes(4096)
         .stream_cache_capacity(0)));
 }
 
-/// Chunks of up to 256 KiB holding hundreds of events, and a stream-head cache of one entry that
-/// is cleared on almost every commit.
-mod big_chunks {
+/// Segments just large enough for the largest append (33 MiB: many rollovers in the suite), and
+/// a stream-head cache of one entry that is cleared on almost every commit.
+mod small_segments {
     use super::*;
 
     tidings_tests::conformance_suite!(|| fresh_store(|c| c
-        .chunk_target_bytes(256 * 1024)
+        .segment_bytes(33 << 20)
         .stream_cache_capacity(1)));
 }

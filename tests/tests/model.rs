@@ -161,17 +161,21 @@ fn check_event(got: &RecordedEvent, model: &Model, position: u64, context: &str)
     assert_eq!((got.correlation_id, got.causation_id), (None, None));
 }
 
-/// The store settings a case runs with: the defaults, one event per log chunk with every request
-/// committed alone and no stream-head cache, or small chunks with a one-entry cache.
+/// The store settings a case runs with: the defaults, the smallest log segments (4 KiB, a
+/// rollover every few events) with every request committed alone and no stream-head cache, or
+/// small segments and read buffers with a one-entry cache.
 fn open(path: &std::path::Path, settings: usize) -> SledEventStore {
     let config = SledConfig::new(path);
     let config = match settings {
         0 => config,
         1 => config
-            .chunk_target_bytes(1)
+            .segment_bytes(4096)
             .max_group(1)
             .stream_cache_capacity(0),
-        _ => config.chunk_target_bytes(100).stream_cache_capacity(1),
+        _ => config
+            .segment_bytes(64 * 1024)
+            .read_buffer_bytes(4096)
+            .stream_cache_capacity(1),
     };
     config
         .open()

@@ -6,7 +6,10 @@
 //!
 //! The child is `src/bin/crash_child.rs` (`fill` and `verify`), started through `sh -c` so that
 //! SIGXFSZ is ignored (the write then fails with `EFBIG`, as on a full disk it fails with
-//! `ENOSPC`) and `prlimit --fsize` sets the limit: no `unsafe` `setrlimit` in this workspace.
+//! `ENOSPC`). For `verify`, `prlimit --fsize` sets the limit from the start. `fill` sets it
+//! itself (rustix's safe `setrlimit`) after its first append: the event log allocates its first
+//! segment (64 MiB) then, and the limit makes the log's later writes past 600 000 bytes fail,
+//! as a full disk makes them fail.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,7 +19,7 @@ use tidings_tests::support::{open, runtime, Ended, LineChild};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_crash_child");
 
-/// The file size limit: sled's data file passes it after a few large events.
+/// The file size limit: the event log's segment passes it after a few large events.
 const LIMIT: u64 = 600_000;
 
 /// How long a child may take, at most, before it counts as hung.
@@ -25,7 +28,11 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// Runs `crash_child <args>` under the file size limit, and waits for it to exit, at most
 /// [`PATIENCE`]: a child still running then is killed and the test fails.
 fn run_limited(args: &[&str]) -> Ended {
-    let script = "trap '' XFSZ; limit=$1; shift; exec prlimit --fsize=\"$limit\" \"$@\"";
+    let script = if args[0] == "fill" {
+        "trap '' XFSZ; shift; exec \"$@\""
+    } else {
+        "trap '' XFSZ; limit=$1; shift; exec prlimit --fsize=\"$limit\" \"$@\""
+    };
     let mut command = Command::new("sh");
     command
         .arg("-c")
@@ -33,7 +40,8 @@ fn run_limited(args: &[&str]) -> Ended {
         .arg("sh")
         .arg(LIMIT.to_string())
         .arg(CHILD)
-        .args(args);
+        .args(args)
+        .env("TIDINGS_FSIZE_AFTER_FIRST", LIMIT.to_string());
     let mut child = LineChild::spawn(&mut command, "crash_child");
     let started = Instant::now();
     while child.process.try_wait().unwrap().is_none() {

@@ -78,28 +78,21 @@ impl Header<'_> {
     }
 }
 
-/// Builds one chunk value: a header followed by framed records.
+/// Builds one chunk value: a header followed by framed records (format 1: only tests write
+/// chunks now, to build stores of format 1 for the conversion).
+#[cfg(test)]
 pub struct ChunkBuilder {
     buf: Vec<u8>,
     count: u32,
 }
 
+#[cfg(test)]
 impl ChunkBuilder {
     /// An empty chunk.
     pub fn new() -> Self {
         let mut buf = Vec::with_capacity(8 * 1024);
         buf.extend_from_slice(&[0; CHUNK_HEADER_LEN]);
         ChunkBuilder { buf, count: 0 }
-    }
-
-    /// Bytes so far.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Records so far.
-    pub fn count(&self) -> u32 {
-        self.count
     }
 
     /// Appends one record: format 1 when `metadata` is empty (the bytes every build has
@@ -109,33 +102,12 @@ impl ChunkBuilder {
         let frame_start = self.buf.len();
         self.buf.extend_from_slice(&[0; FRAME_HEADER_LEN]);
         let body_start = self.buf.len();
-        self.buf.push(if metadata.is_empty() {
-            RECORD_FORMAT
-        } else {
-            RECORD_FORMAT_METADATA
-        });
-        // Serializing plain integers, strings and uuids into a Vec cannot fail.
-        self.push_section(|buf| bincode::serialize_into(buf, header).expect("encode header"));
-        if !metadata.is_empty() {
-            self.push_section(|buf| {
-                bincode::serialize_into(buf, metadata).expect("encode event metadata")
-            });
-        }
-        self.buf.extend_from_slice(payload);
+        encode_record(header, metadata, payload, &mut self.buf);
         let body_len = (self.buf.len() - body_start) as u32;
         let crc = crc32fast::hash(&self.buf[body_start..]);
         self.buf[frame_start..frame_start + 4].copy_from_slice(&body_len.to_le_bytes());
         self.buf[frame_start + 4..body_start].copy_from_slice(&crc.to_le_bytes());
         self.count += 1;
-    }
-
-    /// Appends a length (u32 LE) and the bytes `write` adds after it.
-    fn push_section(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        let len_at = self.buf.len();
-        self.buf.extend_from_slice(&[0; 4]);
-        write(&mut self.buf);
-        let len = (self.buf.len() - len_at - 4) as u32;
-        self.buf[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
     }
 
     /// The finished value.
@@ -146,6 +118,87 @@ impl ChunkBuilder {
         self.buf[5..9].copy_from_slice(&crc.to_le_bytes());
         self.buf
     }
+}
+
+/// Appends the body of one event record to `out`: format 1 when `metadata` is empty (the bytes
+/// every build has written, so that a store whose events carry no metadata stays readable by
+/// older builds), format 2 with a metadata section otherwise. The same bytes are a record of a
+/// format-1 log chunk (inside a frame) and a record of the format-2 segment log.
+pub fn encode_record(
+    header: &HeaderOut<'_>,
+    metadata: &Metadata,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.push(if metadata.is_empty() {
+        RECORD_FORMAT
+    } else {
+        RECORD_FORMAT_METADATA
+    });
+    // Serializing plain integers, strings and uuids into a Vec cannot fail.
+    push_section(out, |buf| {
+        bincode::serialize_into(buf, header).expect("encode header")
+    });
+    if !metadata.is_empty() {
+        push_section(out, |buf| {
+            bincode::serialize_into(buf, metadata).expect("encode event metadata")
+        });
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Appends a length (u32 LE) and the bytes `write` adds after it.
+fn push_section(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    write(out);
+    let len = (out.len() - len_at - 4) as u32;
+    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Splits the body of one event record (see [`encode_record`]) into its sections, without
+/// copying; `index` is what errors name (the record's index in its chunk, or 0).
+pub fn parse_record<'a>(body: &'a [u8], index: u32) -> Result<RawRecord<'a>, DecodeError> {
+    if body.len() < 5 {
+        return Err(damaged(index, "record shorter than its header"));
+    }
+    let sections = match body[0] {
+        RECORD_FORMAT => 1,
+        RECORD_FORMAT_METADATA => 2,
+        other => return Err(damaged(index, format!("unknown record format {other}"))),
+    };
+    let mut rest = &body[1..];
+    let mut section = |what: &str| -> Result<&'a [u8], DecodeError> {
+        let Some((len, after)) = rest.split_first_chunk::<4>() else {
+            return Err(damaged(
+                index,
+                format!("record cut short before its {what}"),
+            ));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if after.len() < len {
+            return Err(damaged(
+                index,
+                format!("event {what} longer than its record"),
+            ));
+        }
+        let (bytes, after) = after.split_at(len);
+        rest = after;
+        Ok(bytes)
+    };
+    let header = section("header")?;
+    let metadata = if sections == 2 {
+        section("metadata")?
+    } else {
+        &[]
+    };
+    Ok(RawRecord {
+        index,
+        body,
+        header,
+        metadata,
+        payload: rest,
+    })
 }
 
 /// A problem found while decoding: what it is, and at which record of the chunk (0-based).
@@ -190,6 +243,8 @@ pub fn chunk_count(value: &[u8]) -> Result<u32, DecodeError> {
 pub struct RawRecord<'a> {
     /// Index of the record within its chunk.
     pub index: u32,
+    /// The whole body (what [`encode_record`] wrote).
+    pub body: &'a [u8],
     header: &'a [u8],
     /// The metadata section (empty in a format-1 record).
     metadata: &'a [u8],
@@ -243,27 +298,6 @@ impl<'a> ChunkIter<'a> {
         })
     }
 
-    /// Resumes reading a chunk where an earlier iterator stood (see [`ChunkIter::state`]).
-    pub fn resume(value: &'a [u8], count: u32, (offset, index): (usize, u32)) -> Self {
-        ChunkIter {
-            value,
-            offset,
-            index,
-            count,
-            failed: false,
-        }
-    }
-
-    /// The number of records the chunk header announces.
-    pub fn state_count(&self) -> u32 {
-        self.count
-    }
-
-    /// Where the iterator stands: byte offset and index of the next record.
-    pub fn state(&self) -> (usize, u32) {
-        (self.offset, self.index)
-    }
-
     /// Skips `n` records without checking their checksums (their frames are still bounds-checked).
     pub fn skip_records(&mut self, n: u32) -> Result<(), DecodeError> {
         for _ in 0..n.min(self.count - self.index) {
@@ -294,50 +328,7 @@ impl<'a> ChunkIter<'a> {
         if crc32fast::hash(body) != crc {
             return Err(damaged(self.index, "record checksum mismatch"));
         }
-        if body.len() < 5 {
-            return Err(damaged(self.index, "record shorter than its header"));
-        }
-        let sections = match body[0] {
-            RECORD_FORMAT => 1,
-            RECORD_FORMAT_METADATA => 2,
-            other => {
-                return Err(damaged(
-                    self.index,
-                    format!("unknown record format {other}"),
-                ))
-            }
-        };
-        let mut rest = &body[1..];
-        let mut section = |what: &str| -> Result<&'a [u8], DecodeError> {
-            let Some((len, after)) = rest.split_first_chunk::<4>() else {
-                return Err(damaged(
-                    self.index,
-                    format!("record cut short before its {what}"),
-                ));
-            };
-            let len = u32::from_le_bytes(*len) as usize;
-            if after.len() < len {
-                return Err(damaged(
-                    self.index,
-                    format!("event {what} longer than its record"),
-                ));
-            }
-            let (bytes, after) = after.split_at(len);
-            rest = after;
-            Ok(bytes)
-        };
-        let header = section("header")?;
-        let metadata = if sections == 2 {
-            section("metadata")?
-        } else {
-            &[]
-        };
-        let record = RawRecord {
-            index: self.index,
-            header,
-            metadata,
-            payload: rest,
-        };
+        let record = parse_record(body, self.index)?;
         self.offset = start + len;
         self.index += 1;
         Ok(record)
@@ -392,33 +383,92 @@ fn unseal(value: &[u8]) -> Result<&[u8], String> {
     Ok(body)
 }
 
-/// A stream-index entry: one append's events, at consecutive positions.
+/// A stream-index entry of format 2: a run of one stream's events at consecutive positions and
+/// versions (one append, or a part of one), and where the run is in the segment log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IndexEntry {
-    /// The position of the append's first event.
+pub struct RunEntry {
+    /// The position of the run's first event.
     pub first_position: u64,
-    /// How many events the append holds.
+    /// How many events the run holds.
     pub count: u32,
+    /// The segment holding the run (its first position).
+    pub segment: u64,
+    /// The byte offset of the run's first record in the segment file.
+    pub offset: u32,
+    /// The run's length in bytes, from its first record's header to the end of its last
+    /// record's body.
+    pub bytes: u32,
 }
 
-/// Encodes an index entry.
-pub fn encode_index(entry: IndexEntry) -> Vec<u8> {
-    let mut body = Vec::with_capacity(12);
+/// The length of a [`RunEntry`]'s body.
+const RUN_ENTRY_LEN: usize = 8 + 4 + 8 + 4 + 4;
+
+/// Encodes a format-2 index entry.
+pub fn encode_run(entry: RunEntry) -> Vec<u8> {
+    let mut body = Vec::with_capacity(RUN_ENTRY_LEN);
     body.extend_from_slice(&entry.first_position.to_be_bytes());
     body.extend_from_slice(&entry.count.to_be_bytes());
+    body.extend_from_slice(&entry.segment.to_be_bytes());
+    body.extend_from_slice(&entry.offset.to_be_bytes());
+    body.extend_from_slice(&entry.bytes.to_be_bytes());
     seal(body)
 }
 
-/// Decodes an index entry.
-pub fn decode_index(value: &[u8]) -> Result<IndexEntry, String> {
+/// Decodes a format-2 index entry.
+pub fn decode_run(value: &[u8]) -> Result<RunEntry, String> {
+    let body = unseal(value)?;
+    if body.len() != RUN_ENTRY_LEN {
+        return Err(format!(
+            "index entry of {} bytes, expected {RUN_ENTRY_LEN}",
+            body.len()
+        ));
+    }
+    let u64_at = |i: usize| u64::from_be_bytes(body[i..i + 8].try_into().expect("8 bytes"));
+    let u32_at = |i: usize| u32::from_be_bytes(body[i..i + 4].try_into().expect("4 bytes"));
+    let entry = RunEntry {
+        first_position: u64_at(0),
+        count: u32_at(8),
+        segment: u64_at(12),
+        offset: u32_at(20),
+        bytes: u32_at(24),
+    };
+    if entry.count == 0 {
+        return Err("index entry holds no events".into());
+    }
+    Ok(entry)
+}
+
+/// Encodes where a record of the segment log is (a group-start entry): segment and offset.
+pub fn encode_place(segment: u64, offset: u32) -> Vec<u8> {
+    let mut body = Vec::with_capacity(12);
+    body.extend_from_slice(&segment.to_be_bytes());
+    body.extend_from_slice(&offset.to_be_bytes());
+    seal(body)
+}
+
+/// Decodes what [`encode_place`] wrote.
+pub fn decode_place(value: &[u8]) -> Result<(u64, u32), String> {
     let body = unseal(value)?;
     if body.len() != 12 {
-        return Err(format!("index entry of {} bytes, expected 12", body.len()));
+        return Err(format!("log address of {} bytes, expected 12", body.len()));
     }
-    Ok(IndexEntry {
-        first_position: u64::from_be_bytes(body[0..8].try_into().expect("8 bytes")),
-        count: u32::from_be_bytes(body[8..12].try_into().expect("4 bytes")),
-    })
+    Ok((
+        u64::from_be_bytes(body[0..8].try_into().expect("8 bytes")),
+        u32::from_be_bytes(body[8..12].try_into().expect("4 bytes")),
+    ))
+}
+
+/// Encodes a position (the index's high-water mark).
+pub fn encode_position(position: u64) -> Vec<u8> {
+    seal(position.to_be_bytes().to_vec())
+}
+
+/// Decodes what [`encode_position`] wrote.
+pub fn decode_position(value: &[u8]) -> Result<u64, String> {
+    let body = unseal(value)?;
+    Ok(u64::from_be_bytes(body.try_into().map_err(|_| {
+        format!("position of {} bytes, expected 8", body.len())
+    })?))
 }
 
 /// Encodes a checkpoint.
@@ -689,8 +739,10 @@ mod tests {
 
         #[test]
         fn small_values_round_trip(pos in any::<u64>(), count in any::<u32>(), version in any::<u64>(), payload in proptest::collection::vec(any::<u8>(), 0..100)) {
-            let entry = IndexEntry { first_position: pos, count };
-            prop_assert_eq!(decode_index(&encode_index(entry)).unwrap(), entry);
+            let entry = RunEntry { first_position: pos, count: count.max(1), segment: version, offset: count, bytes: count / 3 };
+            prop_assert_eq!(decode_run(&encode_run(entry)).unwrap(), entry);
+            prop_assert_eq!(decode_place(&encode_place(version, count)).unwrap(), (version, count));
+            prop_assert_eq!(decode_position(&encode_position(pos)).unwrap(), pos);
             prop_assert_eq!(decode_checkpoint(&encode_checkpoint(pos)).unwrap(), pos);
             let snap = Snapshot { stream_version: version, schema_version: count, payload };
             prop_assert_eq!(decode_snapshot(&encode_snapshot(&snap)).unwrap(), snap);

@@ -11,7 +11,6 @@ mod lease;
 // Format 2's segment log (decision 54), not yet used by the store. It calls Linux's fallocate,
 // SEEK_DATA and fadvise through rustix; until it is wired in (and given fallbacks for other
 // systems), it is built on Linux only, so that tidings keeps building wherever sled does.
-#[cfg(target_os = "linux")]
 mod log;
 #[cfg(feature = "postgres")]
 mod postgres;

@@ -86,6 +86,9 @@ fn fill(dir: &Path, bytes: usize) {
                 Ok(result) => {
                     version = result.stream_version;
                     say(format_args!("ACK {}", result.first_position));
+                    if result.first_position == 1 {
+                        limit_file_size();
+                    }
                 }
                 Err(e) => {
                     say(format_args!("FAILED {e}"));
@@ -99,6 +102,27 @@ fn fill(dir: &Path, bytes: usize) {
     });
     drop(runtime);
     say(format_args!("DROPPED"));
+}
+
+/// Sets the file size limit (`RLIMIT_FSIZE`) to `TIDINGS_FSIZE_AFTER_FIRST` bytes, if set: what
+/// `fill` does once the event log has allocated its first segment.
+fn limit_file_size() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let Some(limit) = std::env::var("TIDINGS_FSIZE_AFTER_FIRST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    else {
+        return;
+    };
+    let maximum = getrlimit(Resource::Fsize).maximum;
+    setrlimit(
+        Resource::Fsize,
+        Rlimit {
+            current: Some(limit),
+            maximum,
+        },
+    )
+    .unwrap_or_else(|e| die(&e));
 }
 
 /// The `verify` mode: what `tidings verify` and `tidings export` do, through the library.

@@ -7,10 +7,8 @@
 //! Opening the log cuts the torn tail a crash left and reports damage before acknowledged
 //! records ([`Recovery`]).
 //!
-//! The sled store does not use it yet: format 2 wires it in (the sled index of stream and
-//! version to [`RecordAddr`], the index catching up from the log's tail at open, migration from
-//! format 1).
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+//! The sled store keeps its events here (storage format 2): its index in sled maps stream and
+//! version to [`RecordAddr`]es and catches up from the log's tail at open.
 
 mod error;
 mod frame;
@@ -30,8 +28,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 pub(crate) use self::error::{LogError, LogResult};
 use self::frame::{framed_len, RecordHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 pub(crate) use self::reader::LogReader;
-pub(crate) use self::recover::{Damage, Recovery};
-pub(crate) use self::scan::{RecordRef, Scan};
+pub(crate) use self::recover::Recovery;
+pub(crate) use self::scan::Scan;
 use self::segment::Segment;
 
 /// Settings of a [`SegmentLog`].
@@ -46,6 +44,9 @@ pub(crate) struct LogConfig {
     /// one record, when a record is larger), whatever the size of the log. Default 1 MiB; at
     /// least 4 KiB.
     pub read_buffer_bytes: usize,
+    /// The last position the caller knows was acknowledged (0 if it knows none): opening never
+    /// cuts it as a torn tail (see [`SegmentLog::open`]).
+    pub acknowledged: u64,
 }
 
 impl Default for LogConfig {
@@ -53,6 +54,7 @@ impl Default for LogConfig {
         LogConfig {
             segment_bytes: 64 << 20,
             read_buffer_bytes: 1 << 20,
+            acknowledged: 0,
         }
     }
 }
@@ -75,6 +77,18 @@ impl LogConfig {
     }
 }
 
+/// The file name of the segment whose first position is `id` (for tests that damage it).
+#[cfg(test)]
+pub(crate) fn segment_file_name(id: u64) -> String {
+    segment::file_name(id)
+}
+
+/// The bytes a record with a body of `body_len` bytes takes in the log, its header and padding
+/// included.
+pub(crate) fn framed_size(body_len: u64) -> u64 {
+    framed_len(body_len)
+}
+
 /// Where a record is: what the store's index keeps, so that reading one event is one `pread`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RecordAddr {
@@ -88,6 +102,7 @@ pub(crate) struct RecordAddr {
 
 impl RecordAddr {
     /// The address where the next record of the same segment would begin.
+    #[cfg(test)]
     pub fn next_offset(&self) -> u64 {
         u64::from(self.offset) + framed_len(u64::from(self.len) - RECORD_HEADER_LEN as u64)
     }
@@ -141,6 +156,9 @@ impl SegmentLog {
     /// Opens the log in `dir` (created 0700 if missing, with its parent synced), recovering the
     /// last segment: a torn tail is cut, damage before acknowledged records is reported.
     ///
+    /// A torn tail that would take a position at or below `config.acknowledged` is not cut:
+    /// the open fails with [`LogError::Damaged`] and changes nothing.
+    ///
     /// Errors: [`LogError::BadPath`] for a symbolic link or a file the log does not own in the
     /// directory, [`LogError::BadSegment`] for a segment that cannot be one (wrong magic, size or
     /// name, a gap in the sequence of segments), [`LogError::Invalid`] for bad settings.
@@ -192,8 +210,13 @@ impl SegmentLog {
         let (active, tail_offset, last_position) = match last {
             None => (None, SEGMENT_HEADER_LEN, 0),
             Some((seg, len)) => {
-                let found =
-                    recover::recover_last(&seg, len, config.read_buffer_bytes, &mut recovery)?;
+                let found = recover::recover_last(
+                    &seg,
+                    len,
+                    config.read_buffer_bytes,
+                    config.acknowledged,
+                    &mut recovery,
+                )?;
                 if len < seg.size {
                     seg.reallocate()?;
                 }
@@ -227,6 +250,12 @@ impl SegmentLog {
     /// The last acknowledged position (0 for an empty log).
     pub fn tail(&self) -> u64 {
         self.shared.last_position.load(Ordering::Acquire)
+    }
+
+    /// The most framed bytes one [`append_group`](Self::append_group) can take (a group never
+    /// spans two segments).
+    pub fn capacity(&self) -> u64 {
+        self.shared.config.segment_bytes - SEGMENT_HEADER_LEN
     }
 
     /// The directory of the log.
@@ -357,6 +386,7 @@ impl SegmentLog {
 
     /// Reads the record at `position`, which the index says is at `addr`
     /// (see [`LogReader::read_at`]).
+    #[cfg(test)]
     pub fn read_at(&self, position: u64, addr: RecordAddr) -> LogResult<Record> {
         self.reader().read_at(position, addr)
     }

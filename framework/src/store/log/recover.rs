@@ -77,10 +77,15 @@ struct Pending {
 
 /// Recovers `segment` (the log's last), whose file is `file_len` bytes long: finds its end, cuts
 /// a torn tail (zeroing it) and reports damage before acknowledged records in `recovery`.
+///
+/// `acknowledged` is the last position the caller knows was acknowledged: a tail that would cut
+/// it (damage in the last group, which no later group proves durable) is not cut but refused
+/// with [`LogError::Damaged`], the file left as it was.
 pub(super) fn recover_last(
     segment: &Segment,
     file_len: u64,
     window: usize,
+    acknowledged: u64,
     recovery: &mut Recovery,
 ) -> LogResult<Recovered> {
     let limit = file_len.min(segment.size) / ALIGN * ALIGN;
@@ -165,6 +170,29 @@ pub(super) fn recover_last(
     };
     // Up to the file's end, not the last whole record's: a short write may end mid-word.
     let dirty_end = last_nonzero(&mut win, segment, end, file_len.min(segment.size))?;
+    if last_position < acknowledged {
+        let reason = if dirty_end > end {
+            format!(
+                "the log's last commit group (from position {}) is damaged, and it was \
+                 acknowledged (positions up to {acknowledged} were): it is not cut as a torn \
+                 tail, and nothing was changed. Restore the store from a backup",
+                last_position + 1
+            )
+        } else {
+            format!(
+                "the log ends at position {last_position}, but positions up to {acknowledged} \
+                 were acknowledged: acknowledged records are missing (a segment file was cut \
+                 short, replaced or deleted); nothing was changed. Restore the store from a \
+                 backup"
+            )
+        };
+        return Err(LogError::Damaged {
+            position: last_position + 1,
+            file: segment.path.clone(),
+            offset: end,
+            reason,
+        });
+    }
     if dirty_end > end {
         recovery.cut_bytes = dirty_end - end;
         recovery.cut_records = count_records(&mut win, segment, end, limit, last_position + 1)?;

@@ -71,6 +71,11 @@ impl Scan {
         }
     }
 
+    /// Passes over the records below `position` (their headers are still checked).
+    pub fn skip_below(&mut self, position: u64) {
+        self.skip_below = position;
+    }
+
     /// The position the next record will have.
     pub fn next_position(&self) -> u64 {
         self.expected

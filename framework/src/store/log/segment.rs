@@ -79,6 +79,7 @@ impl Segment {
     /// The first run of data at or after `from` and before `limit` (`SEEK_DATA`, `SEEK_HOLE`):
     /// holes and unwritten (allocated, never written) extents read as zeros and are passed over.
     /// `None` when only holes are left. Where the file system cannot tell, the whole rest.
+    #[cfg(target_os = "linux")]
     pub fn data_run(&self, from: u64, limit: u64) -> Option<(u64, u64)> {
         use rustix::fs::{seek, SeekFrom};
         let start = match seek(&self.file, SeekFrom::Data(from)) {
@@ -91,6 +92,12 @@ impl Segment {
         }
         let end = seek(&self.file, SeekFrom::Hole(start)).unwrap_or(limit);
         Some((start, end.clamp(start, limit)))
+    }
+
+    /// The whole rest (`SEEK_DATA` is used on Linux only).
+    #[cfg(not(target_os = "linux"))]
+    pub fn data_run(&self, from: u64, limit: u64) -> Option<(u64, u64)> {
+        (from < limit).then_some((from, limit))
     }
 
     /// Allocates the file up to its size again (after a cut of a file found shorter).
@@ -283,6 +290,7 @@ pub(super) fn create(
 /// Allocates `size` bytes to `file` (`fallocate`, so that writes inside it change neither the
 /// file's size nor its block map, and `fdatasync` has no metadata to write); `set_len` where the
 /// file system cannot allocate.
+#[cfg(target_os = "linux")]
 fn preallocate(file: &File, size: u64) -> io::Result<()> {
     use rustix::fs::{fallocate, FallocateFlags};
     match fallocate(file, FallocateFlags::empty(), 0, size) {
@@ -297,9 +305,20 @@ fn preallocate(file: &File, size: u64) -> io::Result<()> {
 /// of their own. It also keeps the never-written rest of a segment out of the page cache, where
 /// its zero pages would count as data for `SEEK_DATA` and make the open read all of it. Advice
 /// only: a failure changes nothing.
+#[cfg(target_os = "linux")]
 fn no_readahead(file: &File) {
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Random);
 }
+
+/// `set_len` (fallocate is used on Linux only).
+#[cfg(not(target_os = "linux"))]
+fn preallocate(file: &File, size: u64) -> io::Result<()> {
+    file.set_len(size)
+}
+
+/// Nothing (fadvise is used on Linux only).
+#[cfg(not(target_os = "linux"))]
+fn no_readahead(_file: &File) {}
 
 /// fsyncs a directory, so that the names it holds are durable.
 pub(super) fn sync_dir(dir: &Path) -> LogResult<()> {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use super::recover::Damage;
+use super::scan::RecordRef;
 use super::*;
 use crate::store::StoreError;
 
@@ -18,6 +20,7 @@ fn config(segment_bytes: u64) -> LogConfig {
     LogConfig {
         segment_bytes,
         read_buffer_bytes: 4096,
+        acknowledged: 0,
     }
 }
 

@@ -1,5 +1,9 @@
 //! The sled key layout. Everything lives in sled's default tree, so that one `apply_batch` is
-//! atomic across the log, the stream index, checkpoints and snapshots.
+//! atomic across the stream index, checkpoints, state and snapshots.
+//!
+//! Format 2 keeps the events in the segment log (`store::log`); sled holds the index derived
+//! from it (`X` runs, `G` group starts, the `I` mark) and everything else. The `L` chunks and
+//! `S` entries of format 1 exist only in a store that is being converted (`migrate.rs`).
 
 /// The key of the store's format number.
 pub const FORMAT_KEY: &[u8] = b"F";
@@ -7,10 +11,20 @@ pub const FORMAT_KEY: &[u8] = b"F";
 /// Written in every batch, so that a commit sled drops lowers it. `N` sorts just after the log,
 /// so the counter usually shares a leaf with the newest log chunks, which an append writes anyway.
 pub const COMMITS_KEY: &[u8] = b"N";
-/// Prefix of log chunks: `L` + first position (u64 big-endian).
+/// The key of the index's high-water mark (format 2): the last position whose record the index
+/// covers. Written in every batch that adds index entries.
+pub const INDEXED_KEY: &[u8] = b"I";
+/// Prefix of format-1 log chunks: `L` + first position (u64 big-endian).
 pub const LOG: u8 = b'L';
-/// Prefix of stream-index entries: `S` + stream id length (u16 BE) + stream id + first version (u64 BE).
+/// Prefix of format-1 stream-index entries: `S` + stream id length (u16 BE) + stream id + first
+/// version (u64 BE).
 pub const INDEX: u8 = b'S';
+/// Prefix of format-2 stream-index entries (runs): `X` + stream id length (u16 BE) + stream id +
+/// first version (u64 BE).
+pub const RUNS: u8 = b'X';
+/// Prefix of format-2 group starts: `G` + position (u64 BE), whose record's address is the value:
+/// where a sequential read of the log from a position begins.
+pub const GROUP: u8 = b'G';
 /// Prefix of checkpoints: `C` + name.
 pub const CHECKPOINT: u8 = b'C';
 /// Prefix of snapshots: `P` + stream id.
@@ -33,16 +47,58 @@ pub fn log_key_position(key: &[u8]) -> Option<u64> {
     }
 }
 
-/// The prefix shared by every index entry of `stream`.
+/// The key of the group start at `position`.
+pub fn group_key(position: u64) -> [u8; 9] {
+    let mut key = [GROUP; 9];
+    key[1..].copy_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// The position of a group-start key, if it is a well-formed one.
+pub fn group_key_position(key: &[u8]) -> Option<u64> {
+    match key {
+        [GROUP, rest @ ..] if rest.len() == 8 => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// The prefix shared by every run of `stream` in the format-2 index.
+pub fn run_prefix(stream: &str) -> Vec<u8> {
+    prefixed_stream(RUNS, stream)
+}
+
+/// The key of the run of `stream` whose first event has `version`.
+pub fn run_key(stream: &str, version: u64) -> Vec<u8> {
+    let mut key = run_prefix(stream);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// Splits a run key into stream id and first version.
+pub fn parse_run_key(key: &[u8]) -> Option<(&str, u64)> {
+    match key.first() {
+        Some(&RUNS) => parse_stream_key(key),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+/// The prefix shared by every format-1 index entry of `stream`.
 pub fn stream_prefix(stream: &str) -> Vec<u8> {
+    prefixed_stream(INDEX, stream)
+}
+
+/// `tag` + stream id length (u16 BE) + stream id.
+fn prefixed_stream(tag: u8, stream: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(3 + stream.len() + 8);
-    key.push(INDEX);
+    key.push(tag);
     // Stream ids are at most MAX_STREAM_ID_LEN (512) bytes, checked before any write.
     key.extend_from_slice(&(stream.len() as u16).to_be_bytes());
     key.extend_from_slice(stream.as_bytes());
     key
 }
 
+#[cfg(test)]
 /// The key of the index entry of `stream` whose first event has `version`.
 pub fn index_key(stream: &str, version: u64) -> Vec<u8> {
     let mut key = stream_prefix(stream);
@@ -50,9 +106,18 @@ pub fn index_key(stream: &str, version: u64) -> Vec<u8> {
     key
 }
 
-/// Splits an index key into stream id and first version.
+#[cfg(test)]
+/// Splits a format-1 index key into stream id and first version.
 pub fn parse_index_key(key: &[u8]) -> Option<(&str, u64)> {
-    let [INDEX, a, b, rest @ ..] = key else {
+    match key.first() {
+        Some(&INDEX) => parse_stream_key(key),
+        _ => None,
+    }
+}
+
+/// Splits a key of a stream prefix (any tag) into stream id and version.
+fn parse_stream_key(key: &[u8]) -> Option<(&str, u64)> {
+    let [_, a, b, rest @ ..] = key else {
         return None;
     };
     let len = u16::from_be_bytes([*a, *b]) as usize;
@@ -111,5 +176,9 @@ mod tests {
             Some(("order-1", 7))
         );
         assert_eq!(log_key_position(&log_key(42)), Some(42));
+        assert_eq!(parse_run_key(&run_key("order-1", 7)), Some(("order-1", 7)));
+        assert_eq!(parse_run_key(&index_key("order-1", 7)), None);
+        assert!(!run_key("a-b", 1).starts_with(&run_prefix("a")));
+        assert_eq!(group_key_position(&group_key(9)), Some(9));
     }
 }

@@ -1,7 +1,9 @@
 //! The embedded event store on sled.
 
 mod durable;
+mod index;
 mod keys;
+mod migrate;
 mod read;
 mod writer;
 
@@ -22,6 +24,7 @@ use tracing::{info, warn, Instrument};
 use self::durable::{Durability, HeadFile, Marks};
 use self::writer::{Request, Writer, WriterSettings};
 use super::codec;
+use super::log::{LogConfig, LogReader, SegmentLog};
 use super::spans;
 use super::{
     validate_append, validate_commit, validate_import, validate_name, AppendResult, CheckpointInfo,
@@ -29,8 +32,12 @@ use super::{
     Snapshot, StateWrite, StoreError, StreamInfo, VerifyReport,
 };
 
-/// The storage format this build reads and writes.
-pub const STORAGE_FORMAT: u32 = 1;
+/// The storage format this build writes. It also opens stores of format 1, which it converts
+/// (docs/storage-format.md, "Converting a format-1 store").
+pub const STORAGE_FORMAT: u32 = 2;
+
+/// The directory of the event log (format 2) inside the store's directory.
+const LOG_DIR: &str = "log";
 
 /// The name of the lock file that keeps a second process out.
 const LOCK_FILE: &str = "tidings.lock";
@@ -46,9 +53,17 @@ pub struct SledConfig {
     pub cache_capacity_bytes: u64,
     /// The most requests (appends, checkpoints, snapshots) committed together. Default 1024.
     pub max_group: usize,
-    /// A log chunk is closed once it holds this many bytes. Default 4 KiB: small enough that a
-    /// sled leaf of 16 chunks stays under sled's blob threshold.
-    pub chunk_target_bytes: usize,
+    /// The size of the event log's segment files, allocated when a segment is created. Default
+    /// 64 MiB; at least 4 KiB, at most 1 GiB, a multiple of 8. One append must fit in a segment
+    /// (a larger one is refused with [`StoreError::InvalidInput`]); with the default every
+    /// append within [`MAX_APPEND_BYTES`](crate::store::MAX_APPEND_BYTES) does, unless it holds
+    /// hundreds of thousands of tiny events. Segments keep the size they were created with.
+    pub segment_bytes: u64,
+    /// The buffer of a sequential read of the event log (`read_all`, the catch-up at open,
+    /// `verify`), and the largest run of one stream's events read with one `pread`: reads hold
+    /// this much (and one event, when an event is larger), whatever the size of the log.
+    /// Default 1 MiB; at least 4 KiB.
+    pub read_buffer_bytes: usize,
     /// How many stream heads the writer keeps in memory. Default 100 000; a miss costs one index
     /// lookup.
     pub stream_cache_capacity: usize,
@@ -61,7 +76,8 @@ impl SledConfig {
             path: path.into(),
             cache_capacity_bytes: 64 * 1024 * 1024,
             max_group: 1024,
-            chunk_target_bytes: 4 * 1024,
+            segment_bytes: 64 << 20,
+            read_buffer_bytes: 1 << 20,
             stream_cache_capacity: 100_000,
         }
     }
@@ -80,10 +96,19 @@ impl SledConfig {
         self
     }
 
-    /// Sets the size at which a log chunk is closed.
+    /// Sets the size of new segment files of the event log (see
+    /// [`segment_bytes`](Self::segment_bytes)).
     #[must_use]
-    pub fn chunk_target_bytes(mut self, bytes: usize) -> Self {
-        self.chunk_target_bytes = bytes.max(1);
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes;
+        self
+    }
+
+    /// Sets the buffer of sequential reads of the event log (see
+    /// [`read_buffer_bytes`](Self::read_buffer_bytes)).
+    #[must_use]
+    pub fn read_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.read_buffer_bytes = bytes;
         self
     }
 
@@ -103,6 +128,10 @@ impl SledConfig {
 /// State shared by the writer thread and readers.
 pub(crate) struct Shared {
     db: sled::Db,
+    /// The event log, for reads.
+    log: LogReader,
+    /// See [`SledConfig::read_buffer_bytes`].
+    read_buffer_bytes: usize,
     path: PathBuf,
     /// The position of the last durable event. Readers never go past it.
     durable_head: AtomicU64,
@@ -153,7 +182,8 @@ impl Shared {
     }
 }
 
-/// The embedded event store: a durable log on sled, with group commit.
+/// The embedded event store: a durable log of segment files with an index on sled, with group
+/// commit.
 ///
 /// Cheap to clone: clones share one store. The store closes when the last clone is dropped (or on
 /// [`close`](SledEventStore::close)). See the [`EventStore`] trait for the operations, and
@@ -208,15 +238,42 @@ impl SledEventStore {
             .flush_every_ms(None);
         check_blobs(&path)?;
         let db = open_sled(&sled_config, &path)?;
-        check_format(&db, &path)?;
+        let format = check_format(&db, &path)?;
         let mut durability = Durability::open(&path).map_err(|e| path_error(&path, e))?;
         db.flush().map_err(|e| engine_error(e, &path))?;
         durability.sync().map_err(|e| path_error(&path, e))?;
 
-        let (head, last_timestamp) = read::recover_tail(&db)?;
-        let commits = read::recover_commits(&db)?;
+        // What the store knows was acknowledged, so that opening the log never cuts it as a
+        // torn tail: the head file's head, and the index's mark.
         let head_path = path.join(durable::HEAD_FILE);
         let recorded = HeadFile::read(&path).map_err(|e| path_error(&head_path, e))?;
+        let indexed = match db.get(keys::INDEXED_KEY)? {
+            Some(value) => codec::decode_position(&value).unwrap_or(0),
+            None => 0,
+        };
+        let log_config = LogConfig {
+            segment_bytes: config.segment_bytes,
+            read_buffer_bytes: config.read_buffer_bytes,
+            // (A format-1 store's head file counts the events in sled, not in the log.)
+            acknowledged: if format == 1 {
+                0
+            } else {
+                recorded.as_ref().map_or(0, |m| m.head).max(indexed)
+            },
+        };
+        let (mut log, recovery) = SegmentLog::open(path.join(LOG_DIR), log_config)?;
+        report_recovery(&recovery, &path);
+        if format == 1 {
+            migrate::from_format_1(&db, &mut log, || {
+                durability.sync().map_err(|e| path_error(&path, e))
+            })?;
+        }
+        migrate::remove_format_1_keys(&db)?;
+        let caught = index::catch_up(&db, &log.reader())?;
+        db.flush().map_err(|e| engine_error(e, &path))?;
+        durability.sync().map_err(|e| path_error(&path, e))?;
+        let (head, last_timestamp) = (caught.head, caught.last_timestamp);
+        let commits = read::recover_commits(&db)?;
         if let Some(recorded) = &recorded {
             check_marks(recorded, head, commits, &head_path)?;
         }
@@ -252,6 +309,8 @@ impl SledEventStore {
         let (head_tx, head_rx) = watch::channel(head);
         let shared = Arc::new(Shared {
             db,
+            log: log.reader(),
+            read_buffer_bytes: config.read_buffer_bytes,
             path,
             durable_head: AtomicU64::new(head),
             engine_leaked: AtomicBool::new(false),
@@ -262,11 +321,11 @@ impl SledEventStore {
         });
         let settings = WriterSettings {
             max_group: config.max_group.max(1),
-            chunk_target_bytes: config.chunk_target_bytes.max(1),
             stream_cache_capacity: config.stream_cache_capacity,
         };
         let writer = Writer::new(
             shared.clone(),
+            log,
             durability,
             head_file,
             head_tx,
@@ -461,7 +520,14 @@ fn prepare_dir(path: &Path) -> Result<()> {
 
 /// The names of the files and directories that the store or sled write in the store's
 /// directory (sled's `snap.*` files are written under a temporary name and renamed over).
-const WRITTEN_NAMES: [&str; 5] = [LOCK_FILE, durable::HEAD_FILE, "db", "conf", "blobs"];
+const WRITTEN_NAMES: [&str; 6] = [
+    LOCK_FILE,
+    durable::HEAD_FILE,
+    "db",
+    "conf",
+    "blobs",
+    LOG_DIR,
+];
 
 /// Refuses a store whose files are symbolic links: writing through one would write outside the
 /// store (the files the store opens itself are also opened with `O_NOFOLLOW`, for a link made
@@ -558,7 +624,8 @@ fn remove_torn_snapshots(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn check_format(db: &sled::Db, path: &Path) -> Result<()> {
+/// The store's format: 1 (converted at this open) or 2. An empty store is marked as format 2.
+fn check_format(db: &sled::Db, path: &Path) -> Result<u32> {
     match db.get(keys::FORMAT_KEY)? {
         Some(value) => {
             let found =
@@ -566,18 +633,18 @@ fn check_format(db: &sled::Db, path: &Path) -> Result<()> {
                     what: "storage format".into(),
                     reason,
                 })?;
-            if found != STORAGE_FORMAT {
+            if !(1..=STORAGE_FORMAT).contains(&found) {
                 return Err(StoreError::UnsupportedFormat {
                     path: path.to_path_buf(),
                     found,
                     supported: STORAGE_FORMAT,
                 });
             }
-            Ok(())
+            Ok(found)
         }
         None if db.is_empty() => {
             db.insert(keys::FORMAT_KEY, codec::encode_format(STORAGE_FORMAT))?;
-            Ok(())
+            Ok(STORAGE_FORMAT)
         }
         None => Err(StoreError::DamagedMetadata {
             what: "storage format".into(),
@@ -586,6 +653,28 @@ fn check_format(db: &sled::Db, path: &Path) -> Result<()> {
                 path.display()
             ),
         }),
+    }
+}
+
+/// Logs what opening the event log found: a torn tail cut, damage before acknowledged records.
+fn report_recovery(recovery: &super::log::Recovery, path: &Path) {
+    if recovery.cut_bytes > 0 {
+        warn!(
+            path = %path.display(),
+            bytes = recovery.cut_bytes,
+            records = recovery.cut_records,
+            from_position = ?recovery.cut_from_position,
+            "cut the torn tail of the event log (a commit group that was never acknowledged)"
+        );
+    }
+    for damage in &recovery.damaged {
+        warn!(
+            path = %path.display(),
+            first_position = damage.first_position,
+            resumes_position = damage.resumes_position,
+            "the event log is damaged before acknowledged records: reads of these positions \
+             fail with Damaged; restore the store from a backup"
+        );
     }
 }
 

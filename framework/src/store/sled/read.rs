@@ -1,13 +1,13 @@
-//! Reading the sled layout: the log, the stream index, checkpoints, snapshots, and `verify`.
+//! Reading the store: events from the segment log through the sled index (format 2),
+//! checkpoints, state and snapshots from sled, and `verify`.
 
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
-use sled::IVec;
-
 use super::keys;
 use super::Shared;
-use crate::store::codec::{self, ChunkIter, DecodeError, IndexEntry};
+use crate::store::codec::{self, DecodeError, RunEntry};
+use crate::store::log::{LogError, RecordAddr};
 use crate::store::{
     category_of, state_entry_bytes, CheckpointInfo, Filter, ReadBatch, RecordedEvent, Result,
     Snapshot, StoreError, StreamInfo, VerifyReport, READ_PAGE_BYTES,
@@ -18,35 +18,12 @@ const SCAN_LIMIT: u64 = 16 * 1024;
 /// `verify` lists at most this many problems (then counts the rest).
 const MAX_PROBLEMS: usize = 1000;
 
-fn damaged(first: u64, e: DecodeError) -> StoreError {
+/// A record that does not decode, as the store's error naming its position.
+pub(super) fn damaged(position: u64, e: DecodeError) -> StoreError {
     StoreError::Damaged {
-        position: first + u64::from(e.index),
+        position: position + u64::from(e.index),
         reason: e.reason,
     }
-}
-
-/// The last position in the log (from the last chunk's checksummed header, so that a damaged
-/// record cannot make the store unopenable) and the timestamp of the last record that still
-/// decodes (0 if none does; it only keeps timestamps from going down).
-pub fn recover_tail(db: &sled::Db) -> Result<(u64, u64)> {
-    let Some(item) = db.scan_prefix([keys::LOG]).next_back() else {
-        return Ok((0, 0));
-    };
-    let (key, value) = item?;
-    let first = keys::log_key_position(&key).ok_or_else(|| StoreError::DamagedMetadata {
-        what: "log key".into(),
-        reason: format!("malformed key {key:?}"),
-    })?;
-    let count = codec::chunk_count(&value).map_err(|e| damaged(first, e))?;
-    if count == 0 {
-        return Err(damaged(first, DecodeError::at(0, "empty log chunk")));
-    }
-    let timestamp = ChunkIter::new(&value)
-        .map_err(|e| damaged(first, e))?
-        .map_while(|r| r.ok().and_then(|r| r.header().ok()))
-        .last()
-        .map_or(0, |h| h.timestamp_micros);
-    Ok((first + u64::from(count) - 1, timestamp))
 }
 
 /// The store's commit counter (0 in a store written before commits were counted).
@@ -62,93 +39,53 @@ pub fn recover_commits(db: &sled::Db) -> Result<u64> {
     }
 }
 
-/// A chunk held by a [`LogCursor`], with where its iterator stands.
-struct Loaded {
-    first: u64,
-    count: u32,
-    value: IVec,
-    state: (usize, u32),
-}
-
-/// Random access to events by position, cheap for consecutive positions.
-pub struct LogCursor<'a> {
-    db: &'a sled::Db,
-    chunk: Option<Loaded>,
-}
-
-impl<'a> LogCursor<'a> {
-    /// A cursor over the log of `db`.
-    pub fn new(db: &'a sled::Db) -> Self {
-        LogCursor { db, chunk: None }
-    }
-
-    fn load(&mut self, position: u64) -> Result<&mut Loaded> {
-        let found = self
-            .db
-            .range(keys::log_key(0)..=keys::log_key(position))
-            .next_back()
-            .transpose()?;
-        let missing = || StoreError::Damaged {
+/// Decodes the event in the log record at `position`.
+pub(super) fn decode_event(position: u64, body: &[u8]) -> Result<RecordedEvent> {
+    let record = codec::parse_record(body, 0).map_err(|e| damaged(position, e))?;
+    let header = record.header().map_err(|e| damaged(position, e))?;
+    if header.position != position {
+        return Err(StoreError::Damaged {
             position,
-            reason: "no log chunk holds this position".into(),
-        };
-        let (key, value) = found.ok_or_else(missing)?;
-        let first = keys::log_key_position(&key).ok_or_else(missing)?;
-        let count = codec::chunk_count(&value).map_err(|e| damaged(first, e))?;
-        if position >= first + u64::from(count) {
-            return Err(missing());
-        }
-        let state = ChunkIter::new(&value)
-            .map_err(|e| damaged(first, e))?
-            .state();
-        Ok(self.chunk.insert(Loaded {
-            first,
-            count,
-            value,
-            state,
-        }))
+            reason: format!("record says it is at position {}", header.position),
+        });
     }
+    record.event(header).map_err(|e| damaged(position, e))
+}
 
-    /// The event at `position`, header and payload decoded.
-    pub fn get(&mut self, position: u64) -> Result<RecordedEvent> {
-        let reusable = matches!(&self.chunk, Some(c)
-            if position >= c.first + u64::from(c.state.1) && position < c.first + u64::from(c.count));
-        let chunk = match self.chunk.as_mut() {
-            Some(c) if reusable => c,
-            _ => self.load(position)?,
-        };
-        let first = chunk.first;
-        let mut iter = ChunkIter::resume(&chunk.value, chunk.count, chunk.state);
-        let skip = (position - first) as u32 - chunk.state.1;
-        iter.skip_records(skip).map_err(|e| damaged(first, e))?;
-        let record = match iter.next() {
-            Some(r) => r.map_err(|e| damaged(first, e))?,
-            None => return Err(damaged(first, DecodeError::at(skip, "record missing"))),
-        };
-        let header = record.header().map_err(|e| damaged(first, e))?;
-        if header.position != position {
-            return Err(StoreError::Damaged {
-                position,
-                reason: format!("record says it is at position {}", header.position),
-            });
-        }
-        let event = record.event(header).map_err(|e| damaged(first, e))?;
-        chunk.state = iter.state();
-        Ok(event)
+/// The address in the log of a run's first record, with the run's length.
+pub(super) fn run_addr(run: &RunEntry) -> RecordAddr {
+    RecordAddr {
+        segment: run.segment,
+        offset: run.offset,
+        len: run.bytes,
     }
 }
 
 impl Shared {
     /// The version of `stream` counting only appends whose events are at or below `max_position`.
     pub fn last_index_entry(&self, stream: &str, max_position: u64) -> Result<u64> {
-        for item in self.db.scan_prefix(keys::stream_prefix(stream)).rev() {
+        Ok(self
+            .last_visible(stream, max_position)?
+            .map_or(0, |(version, _)| version))
+    }
+
+    /// The version and last position of `stream` counting only events at or below `head`.
+    fn last_visible(&self, stream: &str, head: u64) -> Result<Option<(u64, u64)>> {
+        for item in self.db.scan_prefix(keys::run_prefix(stream)).rev() {
             let (key, value) = item?;
-            let (first_version, entry) = decode_index_item(&key, &value)?;
-            if entry.first_position <= max_position {
-                return Ok(first_version + u64::from(entry.count) - 1);
+            let (first_version, run) = decode_run_item(&key, &value)?;
+            if run.first_position <= head {
+                let last = u64::from(run.count) - 1;
+                return Ok(Some((first_version + last, run.first_position + last)));
             }
         }
-        Ok(0)
+        Ok(None)
+    }
+
+    /// Where a sequential read of the log that begins at `position` starts: the group start at
+    /// or before it, and its address.
+    pub(super) fn group_start(&self, position: u64) -> Result<Option<(u64, RecordAddr)>> {
+        super::index::group_start(&self.db, position)
     }
 
     /// See [`EventStore::read_stream`](crate::store::EventStore::read_stream).
@@ -160,21 +97,20 @@ impl Shared {
     ) -> Result<Vec<RecordedEvent>> {
         let head = self.durable_head.load(Ordering::Acquire);
         let from = from_version.max(1);
-        let prefix = keys::stream_prefix(stream);
+        let prefix = keys::run_prefix(stream);
         let mut out = Vec::new();
         let mut bytes = 0usize;
         if max_count == 0 {
             return Ok(out);
         }
-        // The entry holding `from`: the last one at or below it. From version 1 that is the
-        // stream's first entry, so the reverse lookup (a third of a short stream's read, by
-        // callgrind) is skipped.
+        // The run holding `from`: the last one at or below it. From version 1 that is the
+        // stream's first run, so the reverse lookup is skipped.
         let start = if from == 1 {
             prefix.clone()
         } else {
             match self
                 .db
-                .range(prefix.clone()..=keys::index_key(stream, from))
+                .range(prefix.clone()..=keys::run_key(stream, from))
                 .next_back()
                 .transpose()?
             {
@@ -182,37 +118,68 @@ impl Shared {
                 None => prefix.clone(),
             }
         };
-        let mut cursor = LogCursor::new(&self.db);
+        let mut buf = Vec::new();
         for item in self.db.range(start..) {
             let (key, value) = item?;
             if !key.starts_with(&prefix) {
                 break;
             }
-            let (first_version, entry) = decode_index_item(&key, &value)?;
-            if entry.first_position > head {
+            let (first_version, run) = decode_run_item(&key, &value)?;
+            if run.first_position > head {
                 break;
             }
-            for i in 0..entry.count {
-                let version = first_version + u64::from(i);
-                if version < from {
-                    continue;
-                }
-                let position = entry.first_position + u64::from(i);
-                let event = cursor.get(position)?;
-                if event.stream_id != stream || event.stream_version != version {
-                    return Err(StoreError::Damaged {
-                        position,
-                        reason: format!(
-                            "index says {stream:?} version {version}, record says {:?} version {}",
-                            event.stream_id, event.stream_version
-                        ),
-                    });
-                }
-                bytes += event.page_bytes();
-                out.push(event);
-                if out.len() >= max_count || bytes >= READ_PAGE_BYTES {
-                    return Ok(out);
-                }
+            let skip = from.saturating_sub(first_version);
+            if skip >= u64::from(run.count) {
+                continue;
+            }
+            let mut failed = None;
+            let mut full = false;
+            self.log
+                .read_run(
+                    run.first_position,
+                    run_addr(&run),
+                    run.count,
+                    &mut buf,
+                    self.read_buffer_bytes,
+                    |position, body| {
+                        let i = position - run.first_position;
+                        if i < skip {
+                            return true;
+                        }
+                        let version = first_version + i;
+                        match decode_event(position, body) {
+                            Ok(event)
+                                if event.stream_id == stream && event.stream_version == version =>
+                            {
+                                bytes += event.page_bytes();
+                                out.push(event);
+                                full = out.len() >= max_count || bytes >= READ_PAGE_BYTES;
+                                !full
+                            }
+                            Ok(event) => {
+                                failed = Some(StoreError::Damaged {
+                                    position,
+                                    reason: format!(
+                                        "index says {stream:?} version {version}, record says \
+                                         {:?} version {}",
+                                        event.stream_id, event.stream_version
+                                    ),
+                                });
+                                false
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                false
+                            }
+                        }
+                    },
+                )
+                .map_err(StoreError::from)?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if full {
+                break;
             }
         }
         Ok(out)
@@ -233,53 +200,45 @@ impl Shared {
         let scan_limit = SCAN_LIMIT.max(max_count as u64);
         let mut examined = 0u64;
         let mut bytes = 0usize;
-        let start = self
-            .db
-            .range(keys::log_key(0)..=keys::log_key(next))
-            .next_back()
-            .transpose()?
-            .map_or(keys::log_key(next), |(k, _)| {
-                keys::log_key(keys::log_key_position(&k).unwrap_or(next))
-            });
-        'chunks: for item in self.db.range(start..=keys::log_key(head)) {
-            let (key, value) = item?;
-            let first = keys::log_key_position(&key).ok_or_else(|| StoreError::Damaged {
+        let Some((start, addr)) = self.group_start(next)? else {
+            return Err(StoreError::Damaged {
                 position: next,
-                reason: format!("malformed log key {key:?}"),
-            })?;
-            let mut iter = ChunkIter::new(&value).map_err(|e| damaged(first, e))?;
-            if first > next {
+                reason: "the index has no entry where a read of the log from here can begin".into(),
+            });
+        };
+        let mut scan = self.log.scan_from(next, start, addr)?;
+        while let Some(record) = scan.next_record() {
+            let record = record?;
+            let position = record.position;
+            if position > head {
+                break;
+            }
+            let raw = codec::parse_record(record.body, 0).map_err(|e| damaged(position, e))?;
+            let header = raw.header().map_err(|e| damaged(position, e))?;
+            if header.position != position {
                 return Err(StoreError::Damaged {
-                    position: next,
-                    reason: format!("log chunk missing (next chunk starts at {first})"),
+                    position,
+                    reason: format!("record says it is at position {}", header.position),
                 });
             }
-            iter.skip_records((next - first) as u32)
-                .map_err(|e| damaged(first, e))?;
-            for record in iter {
-                let record = record.map_err(|e| damaged(first, e))?;
-                let position = first + u64::from(record.index);
-                if position > head {
-                    break 'chunks;
-                }
-                let header = record.header().map_err(|e| damaged(first, e))?;
-                if header.position != position {
-                    return Err(StoreError::Damaged {
-                        position,
-                        reason: format!("record says it is at position {}", header.position),
-                    });
-                }
-                next = position + 1;
-                examined += 1;
-                if filter.matches(header.category, header.event_type) {
-                    let event = record.event(header).map_err(|e| damaged(first, e))?;
-                    bytes += event.page_bytes();
-                    events.push(event);
-                }
-                if events.len() >= max_count || examined >= scan_limit || bytes >= READ_PAGE_BYTES {
-                    break 'chunks;
-                }
+            next = position + 1;
+            examined += 1;
+            if filter.matches(header.category, header.event_type) {
+                let event = raw.event(header).map_err(|e| damaged(position, e))?;
+                bytes += event.page_bytes();
+                events.push(event);
             }
+            if events.len() >= max_count || examined >= scan_limit || bytes >= READ_PAGE_BYTES {
+                break;
+            }
+        }
+        if next <= head && examined == 0 {
+            // The scan ended before the head without an error: the log holds less than the
+            // index and the head say.
+            return Err(StoreError::Damaged {
+                position: next,
+                reason: "the log ends before this acknowledged position".into(),
+            });
         }
         Ok(ReadBatch {
             events,
@@ -294,19 +253,19 @@ impl Shared {
         let head = self.durable_head.load(Ordering::Acquire);
         let mut out = Vec::new();
         let mut from = match after {
-            Some(stream) => Bound::Excluded(keys::index_key(stream, u64::MAX)),
-            None => Bound::Included(vec![keys::INDEX]),
+            Some(stream) => Bound::Excluded(keys::run_key(stream, u64::MAX)),
+            None => Bound::Included(vec![keys::RUNS]),
         };
         while out.len() < limit {
             let Some(item) = self.db.range((from, Bound::Unbounded)).next() else {
                 break;
             };
             let (key, _) = item?;
-            if key.first() != Some(&keys::INDEX) {
+            if key.first() != Some(&keys::RUNS) {
                 break;
             }
             let (stream, _) =
-                keys::parse_index_key(&key).ok_or_else(|| StoreError::DamagedMetadata {
+                keys::parse_run_key(&key).ok_or_else(|| StoreError::DamagedMetadata {
                     what: "stream index key".into(),
                     reason: format!("malformed key {key:?}"),
                 })?;
@@ -318,22 +277,9 @@ impl Shared {
                     last_position,
                 });
             }
-            from = Bound::Excluded(keys::index_key(stream, u64::MAX));
+            from = Bound::Excluded(keys::run_key(stream, u64::MAX));
         }
         Ok(out)
-    }
-
-    /// The version and last position of `stream` counting only events at or below `head`.
-    fn last_visible(&self, stream: &str, head: u64) -> Result<Option<(u64, u64)>> {
-        for item in self.db.scan_prefix(keys::stream_prefix(stream)).rev() {
-            let (key, value) = item?;
-            let (first_version, entry) = decode_index_item(&key, &value)?;
-            if entry.first_position <= head {
-                let last = u64::from(entry.count) - 1;
-                return Ok(Some((first_version + last, entry.first_position + last)));
-            }
-        }
-        Ok(None)
     }
 
     /// See [`EventStore::list_checkpoints`](crate::store::EventStore::list_checkpoints).
@@ -452,66 +398,101 @@ impl Shared {
         };
         let mut problems = Problems::default();
 
-        // 1. The log: contiguous chunks, every record intact and where it says it is.
+        // 1. The log: every record intact and where it says it is, from 1 to the head. Past a
+        // damaged record the check goes on at the next group start the index knows.
+        let mut scan = self.log.scan(1);
         let mut expected = 1u64;
-        for item in self.db.range(keys::log_key(0)..=keys::log_key(head)) {
-            let (key, value) = item?;
-            let Some(first) = keys::log_key_position(&key) else {
-                problems.push(format!("malformed log key {key:?}"));
-                continue;
-            };
-            if first != expected {
-                problems.push(format!(
-                    "positions {expected}..{} are missing from the log",
-                    first.saturating_sub(1)
-                ));
-            }
-            let iter = match ChunkIter::new(&value) {
-                Ok(iter) => iter,
-                Err(e) => {
-                    problems.push(damaged(first, e).to_string());
-                    expected = first + 1;
-                    continue;
+        while expected <= head {
+            match scan.next_record() {
+                Some(Ok(record)) => {
+                    let position = record.position;
+                    if position > head {
+                        break;
+                    }
+                    expected = position + 1;
+                    let checked = codec::parse_record(record.body, 0).and_then(|r| {
+                        let header = r.header()?;
+                        r.metadata()?;
+                        Ok(header.position)
+                    });
+                    match checked {
+                        Ok(at) if at == position => report.events_checked += 1,
+                        Ok(at) => problems
+                            .push(format!("record at position {position} says it is at {at}")),
+                        Err(e) => problems.push(damaged(position, e).to_string()),
+                    }
                 }
-            };
-            expected = first + u64::from(iter.state_count());
-            for record in iter {
-                let checked = record.and_then(|r| {
-                    let header = r.header()?;
-                    r.metadata()?;
-                    Ok((r.index, header))
-                });
-                match checked {
-                    Ok((index, header)) => {
-                        report.events_checked += 1;
-                        let position = first + u64::from(index);
-                        if header.position != position {
+                Some(Err(e)) => {
+                    let at = match &e {
+                        LogError::Damaged { position, .. } => *position,
+                        _ => expected,
+                    };
+                    problems.push(StoreError::from(e).to_string());
+                    // On at the next group start after the damage.
+                    let next = self
+                        .db
+                        .range(keys::group_key(at + 1)..=keys::group_key(head))
+                        .next()
+                        .transpose()?;
+                    let Some((key, value)) = next else {
+                        if at < head {
                             problems.push(format!(
-                                "record at position {position} says it is at {}",
-                                header.position
+                                "positions {}..={head} were not checked (no index entry to read \
+                                 on from after the damage)",
+                                at + 1
                             ));
                         }
+                        break;
+                    };
+                    let Some(start) = keys::group_key_position(&key) else {
+                        problems.push(format!("malformed group start key {key:?}"));
+                        break;
+                    };
+                    let Ok((segment, offset)) = codec::decode_place(&value) else {
+                        problems.push(format!("group start at {start} does not decode"));
+                        break;
+                    };
+                    if start > at + 1 {
+                        problems.push(format!(
+                            "positions {}..={} were not checked (after the damage, the check \
+                             goes on at the next group start)",
+                            at + 1,
+                            start - 1
+                        ));
                     }
-                    Err(e) => problems.push(damaged(first, e).to_string()),
+                    let addr = RecordAddr {
+                        segment,
+                        offset,
+                        len: 0,
+                    };
+                    match self.log.scan_at(start, addr) {
+                        Ok(s) => scan = s,
+                        Err(e) => {
+                            problems.push(StoreError::from(e).to_string());
+                            break;
+                        }
+                    }
+                    expected = start;
+                }
+                None => {
+                    problems.push(format!(
+                        "the log ends at position {} but the head is {head}",
+                        expected - 1
+                    ));
+                    break;
                 }
             }
         }
-        if expected != head + 1 {
-            problems.push(format!(
-                "the log ends at position {} but the head is {head}",
-                expected - 1
-            ));
-        }
 
-        // 2. The stream index: contiguous versions per stream, each entry pointing at its events.
-        let mut cursor = LogCursor::new(&self.db);
+        // 2. The stream index: contiguous versions per stream, each run pointing at its events.
         let mut previous: Option<(String, u64)> = None;
         let mut indexed = 0u64;
-        for item in self.db.scan_prefix([keys::INDEX]) {
+        let mut buf = Vec::new();
+        for item in self.db.scan_prefix([keys::RUNS]) {
             let (key, value) = item?;
-            let (stream, first_version, entry) = match keys::parse_index_key(&key)
+            let (stream, first_version, run) = match keys::parse_run_key(&key)
                 .ok_or_else(|| "malformed index key".to_string())
-                .and_then(|(s, v)| codec::decode_index(&value).map(|e| (s, v, e)))
+                .and_then(|(s, v)| codec::decode_run(&value).map(|e| (s, v, e)))
             {
                 Ok(x) => x,
                 Err(reason) => {
@@ -519,11 +500,11 @@ impl Shared {
                     continue;
                 }
             };
-            if entry.first_position > head {
+            if run.first_position > head {
                 continue;
             }
             report.index_entries_checked += 1;
-            indexed += u64::from(entry.count);
+            indexed += u64::from(run.count);
             let expected_version = match &previous {
                 Some((s, last)) if s == stream => last + 1,
                 _ => 1,
@@ -534,28 +515,57 @@ impl Shared {
                     first_version.saturating_sub(1)
                 ));
             }
-            for i in 0..entry.count {
-                let position = entry.first_position + u64::from(i);
-                let version = first_version + u64::from(i);
-                match cursor.get(position) {
-                    Ok(e) if e.stream_id == stream && e.stream_version == version => {}
-                    Ok(e) => problems.push(format!(
-                        "index says {stream:?} version {version} is at {position}, \
-                         which holds {:?} version {}",
-                        e.stream_id, e.stream_version
-                    )),
-                    Err(e) => problems.push(format!("index of {stream:?} version {version}: {e}")),
-                }
+            let read = self.log.read_run(
+                run.first_position,
+                run_addr(&run),
+                run.count,
+                &mut buf,
+                self.read_buffer_bytes,
+                |position, body| {
+                    let version = first_version + (position - run.first_position);
+                    match decode_event(position, body) {
+                        Ok(e) if e.stream_id == stream && e.stream_version == version => {}
+                        Ok(e) => problems.push(format!(
+                            "index says {stream:?} version {version} is at {position}, \
+                             which holds {:?} version {}",
+                            e.stream_id, e.stream_version
+                        )),
+                        Err(e) => {
+                            problems.push(format!("index of {stream:?} version {version}: {e}"))
+                        }
+                    }
+                    true
+                },
+            );
+            if let Err(e) = read {
+                problems.push(format!(
+                    "index of {stream:?} versions {first_version}..: {}",
+                    StoreError::from(e)
+                ));
             }
-            previous = Some((
-                stream.to_owned(),
-                first_version + u64::from(entry.count) - 1,
-            ));
+            previous = Some((stream.to_owned(), first_version + u64::from(run.count) - 1));
         }
         if indexed != head {
             problems.push(format!(
                 "the stream index covers {indexed} events but the log holds {head}"
             ));
+        }
+        match self.db.get(keys::INDEXED_KEY)? {
+            Some(value) => match codec::decode_position(&value) {
+                Ok(mark) if mark < head => problems.push(format!(
+                    "the index's mark says it covers positions up to {mark}, but the head is {head}"
+                )),
+                Ok(_) => {}
+                Err(reason) => problems.push(format!("the index's mark: {reason}")),
+            },
+            None if head > 0 => problems.push("the index's mark is missing".into()),
+            None => {}
+        }
+        for item in self.db.scan_prefix([keys::GROUP]) {
+            let (key, value) = item?;
+            if keys::group_key_position(&key).is_none() || codec::decode_place(&value).is_err() {
+                problems.push(format!("group start {key:?} does not decode"));
+            }
         }
 
         // 3. The commit counter, checkpoints, snapshots and consumer state decode.
@@ -591,23 +601,17 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn decode_index_item(key: &[u8], value: &[u8]) -> Result<(u64, IndexEntry)> {
+fn decode_run_item(key: &[u8], value: &[u8]) -> Result<(u64, RunEntry)> {
     let (_, first_version) =
-        keys::parse_index_key(key).ok_or_else(|| StoreError::DamagedMetadata {
+        keys::parse_run_key(key).ok_or_else(|| StoreError::DamagedMetadata {
             what: "stream index key".into(),
             reason: format!("malformed key {key:?}"),
         })?;
-    let entry = codec::decode_index(value).map_err(|reason| StoreError::DamagedMetadata {
+    let run = codec::decode_run(value).map_err(|reason| StoreError::DamagedMetadata {
         what: format!("stream index entry {:?}", lossy(key)),
         reason,
     })?;
-    if entry.count == 0 {
-        return Err(StoreError::DamagedMetadata {
-            what: format!("stream index entry {:?}", lossy(key)),
-            reason: "entry holds no events".into(),
-        });
-    }
-    Ok((first_version, entry))
+    Ok((first_version, run))
 }
 
 /// A bounded list of problems.

@@ -1,8 +1,9 @@
 //! Damage and recovery tests that need to reach under the store, into sled's keys.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::keys;
+use crate::store::codec::{self, RunEntry};
 use crate::store::{EventData, EventStore, ExpectedVersion, Filter, SledEventStore, StoreError};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -38,16 +39,33 @@ fn tamper(dir: &Path, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
     db.flush().unwrap();
 }
 
-/// The keys of the log chunks, in order.
-fn chunk_keys(dir: &Path) -> Vec<Vec<u8>> {
+/// The raw value under `key` in the closed store at `dir`.
+fn read_key(dir: &Path, key: &[u8]) -> Vec<u8> {
     let db = sled::open(dir).unwrap();
-    let keys = db
-        .scan_prefix([keys::LOG])
-        .keys()
-        .map(|k| k.unwrap().to_vec())
-        .collect();
+    let value = db.get(key).unwrap().expect("key present").to_vec();
     drop(db);
-    keys
+    value
+}
+
+/// The index entry of the run of `stream` that begins at `version`, in the closed store at `dir`.
+fn run_of(dir: &Path, stream: &str, version: u64) -> RunEntry {
+    codec::decode_run(&read_key(dir, &keys::run_key(stream, version))).unwrap()
+}
+
+/// The segment file of the event log that holds `run`, and the run's byte range in it.
+fn run_bytes(dir: &Path, run: &RunEntry) -> (PathBuf, std::ops::Range<usize>) {
+    let file = dir
+        .join(super::LOG_DIR)
+        .join(crate::store::log::segment_file_name(run.segment));
+    let start = run.offset as usize;
+    (file, start..start + run.bytes as usize)
+}
+
+/// Changes the bytes of `file` with `f`.
+fn damage_file(file: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = std::fs::read(file).unwrap();
+    f(&mut bytes);
+    std::fs::write(file, bytes).unwrap();
 }
 
 async fn read_everything(store: &SledEventStore) -> Result<u64, StoreError> {
@@ -67,12 +85,9 @@ async fn read_everything(store: &SledEventStore) -> Result<u64, StoreError> {
 fn a_flipped_byte_in_a_record_is_reported_at_its_position_and_nothing_before_it_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     prepare(dir.path(), 4, 1);
-    // One group per append: chunk N holds position N alone. Damage position 3's payload.
-    let key = keys::log_key(3);
-    tamper(dir.path(), &key, |v| {
-        let last = v.len() - 1;
-        v[last] ^= 0x40;
-    });
+    // One group per append. Damage position 3's payload (the last byte of its record).
+    let (file, range) = run_bytes(dir.path(), &run_of(dir.path(), "tick-2", 1));
+    damage_file(&file, |b| b[range.end - 1] ^= 0x40);
     rt().block_on(async {
         let store = SledEventStore::open(dir.path()).unwrap();
         match store.read_all(1, 100, &Filter::all()).await {
@@ -105,31 +120,41 @@ fn a_flipped_byte_in_a_record_is_reported_at_its_position_and_nothing_before_it_
     });
 }
 
+/// A segment file cut short in the middle of the log (acknowledged records gone): the open is
+/// refused with the position where the loss begins, not a panic, and the file is left as it was.
 #[test]
-fn a_truncated_chunk_is_reported_as_damage_not_a_panic() {
+fn a_segment_cut_short_in_the_middle_of_the_log_is_refused_at_open_naming_the_position() {
     let dir = tempfile::tempdir().unwrap();
     prepare(dir.path(), 2, 2);
-    let chunks = chunk_keys(dir.path());
-    let victim = chunks[1].clone();
-    let first = keys::log_key_position(&victim).unwrap();
-    tamper(dir.path(), &victim, |v| v.truncate(v.len() - 7));
-    rt().block_on(async {
-        let store = SledEventStore::open(dir.path()).unwrap();
-        match read_everything(&store).await {
-            Err(StoreError::Damaged { position, .. }) => assert_eq!(position, first),
-            other => panic!("expected damage at {first}, got {other:?}"),
+    let (file, range) = run_bytes(dir.path(), &run_of(dir.path(), "tick-1", 1));
+    let cut = range.start as u64 + 7;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    match SledEventStore::open(dir.path()) {
+        Err(StoreError::Damaged { position, reason }) => {
+            assert_eq!(position, 2, "{reason}");
         }
-        let report = store.verify().await.unwrap();
-        assert!(!report.is_ok());
-    });
+        other => panic!("expected damage at 2, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().len(),
+        cut,
+        "the file was changed"
+    );
 }
 
 #[test]
-fn a_damaged_chunk_header_and_a_damaged_index_entry_are_typed_errors() {
+fn a_damaged_record_header_and_a_damaged_index_entry_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     prepare(dir.path(), 2, 2);
-    tamper(dir.path(), &keys::log_key(1), |v| v[2] ^= 1);
-    tamper(dir.path(), &keys::index_key("tick-1", 2), |v| v[6] ^= 1);
+    // The header of position 1's record (its position field), and tick-1's second index entry.
+    let (file, range) = run_bytes(dir.path(), &run_of(dir.path(), "tick-0", 1));
+    damage_file(&file, |b| b[range.start + 9] ^= 1);
+    tamper(dir.path(), &keys::run_key("tick-1", 2), |v| v[6] ^= 1);
     rt().block_on(async {
         let store = SledEventStore::open(dir.path()).unwrap();
         assert!(matches!(
@@ -150,11 +175,12 @@ fn an_index_entry_pointing_at_another_streams_event_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     prepare(dir.path(), 2, 1);
     // Point tick-0's first entry at position 2, which holds tick-1.
-    let forged = crate::store::codec::encode_index(crate::store::codec::IndexEntry {
-        first_position: 2,
-        count: 1,
-    });
-    tamper(dir.path(), &keys::index_key("tick-0", 1), |v| *v = forged);
+    let mut entry =
+        crate::store::codec::decode_run(&read_key(dir.path(), &keys::run_key("tick-1", 1)))
+            .unwrap();
+    entry.count = 1;
+    let forged = crate::store::codec::encode_run(entry);
+    tamper(dir.path(), &keys::run_key("tick-0", 1), |v| *v = forged);
     rt().block_on(async {
         let store = SledEventStore::open(dir.path()).unwrap();
         assert!(matches!(
@@ -165,19 +191,34 @@ fn an_index_entry_pointing_at_another_streams_event_is_caught() {
     });
 }
 
-/// Flips one bit of sled's data file, inside a stored payload or anywhere, then opens and reads everything. Whatever sled's own checks make of it, the store must
-/// not panic and must never hand out an event whose payload differs from what was appended.
+/// Flips one bit of the event log's segment file, then of sled's data file, inside a stored
+/// payload or anywhere written, then opens and reads everything. Whatever the checks make of it,
+/// the store must not panic and must never hand out an event whose payload differs from what
+/// was appended.
 #[test]
-fn flipped_bits_in_the_data_file_never_panic_and_never_return_wrong_data() {
+fn flipped_bits_in_the_log_and_the_data_file_never_panic_and_never_return_wrong_data() {
     let pristine = tempfile::tempdir().unwrap();
     prepare(pristine.path(), 8, 8);
-    let image = std::fs::read(pristine.path().join("db")).unwrap();
+    let segment = {
+        let run = run_of(pristine.path(), "tick-0", 1);
+        let (file, _) = run_bytes(pristine.path(), &run);
+        file.strip_prefix(pristine.path()).unwrap().to_owned()
+    };
+    for target in [segment, PathBuf::from("db")] {
+        flip_bits_in(pristine.path(), &target);
+    }
+}
+
+/// Flips bits of the file `target` of copies of the store in `pristine` (8 streams of 8 events)
+/// and checks each copy as the test above says.
+fn flip_bits_in(pristine: &Path, target: &Path) {
+    let image = std::fs::read(pristine.join(target)).unwrap();
+    let written = data_end(&image);
     // Every place where a payload ("s<stream> v<version>") sits in the file.
-    let spots: Vec<usize> = (0..image.len().saturating_sub(5))
+    let spots: Vec<usize> = (0..written.saturating_sub(5))
         .filter(|&i| image[i] == b's' && image[i + 1].is_ascii_digit() && image[i + 2] == b' ')
         .collect();
-    assert!(!spots.is_empty(), "payloads not found in the data file");
-    eprintln!("{} payload copies in the data file", spots.len());
+    eprintln!("{}: {} payload copies", target.display(), spots.len());
     let rounds: usize = std::env::var("TIDINGS_DAMAGE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -187,16 +228,16 @@ fn flipped_bits_in_the_data_file_never_panic_and_never_return_wrong_data() {
     for round in 0..rounds {
         // With `blobs/` too: without it every copy was refused for the missing directory
         // (S18) before sled ever read the damaged file.
-        let dir = copy_store(pristine.path());
+        let dir = copy_store(pristine);
         let mut damaged = image.clone();
-        // Even rounds hit a payload; odd rounds any byte of the file.
-        let at = if round % 2 == 0 {
+        // Even rounds hit a payload (where there are any); odd rounds any written byte.
+        let at = if round % 2 == 0 && !spots.is_empty() {
             spots[(round * 7919) % spots.len()] + 1 + round % 4
         } else {
-            (round * 104_729) % damaged.len()
+            (round * 104_729) % written
         };
         damaged[at] ^= 1 << (round % 8);
-        std::fs::write(dir.path().join("db"), &damaged).unwrap();
+        std::fs::write(dir.path().join(target), &damaged).unwrap();
 
         let store = match SledEventStore::open(dir.path()) {
             Ok(store) => store,
@@ -254,9 +295,10 @@ fn flipped_bits_in_the_data_file_never_panic_and_never_return_wrong_data() {
         });
     }
     eprintln!(
-        "{rounds} damaged copies: {refused} refused at open, {reported} opened with the damage \
-         reported, {clean} opened and read clean (the flipped copy was not the live one); \
-         refusals: {refusals:?}"
+        "{}: {rounds} damaged copies: {refused} refused at open, {reported} opened with the \
+         damage reported, {clean} opened and read clean (the flipped byte was not live data); \
+         refusals: {refusals:?}",
+        target.display()
     );
 }
 
@@ -284,24 +326,58 @@ fn a_directory_of_some_other_sled_database_is_not_taken_for_a_store() {
     ));
 }
 
+/// Damage in the log's last commit group cannot be told from a torn write by the log alone; the
+/// store knows the group was acknowledged (its head file and index say so), so the open refuses
+/// with the position instead of cutting it, and changes nothing.
 #[test]
-fn damage_in_the_last_chunk_leaves_the_store_openable_and_the_events_before_it_readable() {
+fn damage_in_the_last_acknowledged_group_is_refused_at_open_and_nothing_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     prepare(dir.path(), 4, 1);
-    tamper(dir.path(), &keys::log_key(4), |v| {
-        let last = v.len() - 1;
-        v[last] ^= 0x01;
-    });
+    let (file, range) = run_bytes(dir.path(), &run_of(dir.path(), "tick-3", 1));
+    damage_file(&file, |b| b[range.end - 1] ^= 0x01);
+    let before = std::fs::read(&file).unwrap();
+    match SledEventStore::open(dir.path()) {
+        Err(StoreError::Damaged {
+            position: 4,
+            reason,
+        }) => {
+            assert!(reason.contains("acknowledged"), "{reason}")
+        }
+        other => panic!("expected damage at 4, got {other:?}"),
+    }
+    assert!(
+        std::fs::read(&file).unwrap() == before,
+        "the segment was changed"
+    );
+}
+
+/// Damage in a group that a later group follows is reported by position when read, and every
+/// other event stays readable, before and after it.
+#[test]
+fn damage_before_the_last_group_leaves_the_store_openable_and_the_other_events_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    prepare(dir.path(), 4, 1);
+    let (file, range) = run_bytes(dir.path(), &run_of(dir.path(), "tick-2", 1));
+    damage_file(&file, |b| b[range.end - 1] ^= 0x01);
     rt().block_on(async {
-        let store =
-            SledEventStore::open(dir.path()).expect("a damaged last record must not stop the open");
+        let store = SledEventStore::open(dir.path()).expect("damage before the last group opens");
         assert_eq!(store.head(), 4);
-        let page = store.read_all(1, 3, &Filter::all()).await.unwrap();
-        assert_eq!(page.events.len(), 3);
+        let page = store.read_all(1, 2, &Filter::all()).await.unwrap();
+        assert_eq!(page.events.len(), 2);
         assert!(matches!(
-            store.read_all(4, 10, &Filter::all()).await,
-            Err(StoreError::Damaged { position: 4, .. })
+            store.read_all(3, 10, &Filter::all()).await,
+            Err(StoreError::Damaged { position: 3, .. })
         ));
+        assert_eq!(
+            store
+                .read_all(4, 10, &Filter::all())
+                .await
+                .unwrap()
+                .events
+                .len(),
+            1
+        );
+        assert_eq!(store.read_stream("tick-3", 1, 10).await.unwrap().len(), 1);
         assert!(!store.verify().await.unwrap().is_ok());
     });
 }
@@ -434,15 +510,17 @@ fn a_missing_blobs_directory_is_reported_as_damage_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let store = SledEventStore::open(dir.path()).unwrap();
-        // A chunk larger than a quarter of sled's segment goes to a blob file.
-        // With this many, sled 0.34.7 panics at open once they are gone.
+        // A value larger than a quarter of sled's segment goes to a blob file: here the
+        // snapshots (the events are in the log). With this many, sled 0.34.7 panics at open
+        // once they are gone.
         for i in 0..20 {
-            let big = EventData::new("Big", vec![7u8; 300 * 1024]);
+            let big = crate::store::Snapshot {
+                stream_version: 1,
+                schema_version: 1,
+                payload: vec![7u8; 300 * 1024],
+            };
+            store.save_snapshot(&format!("big-{i}"), big).await.unwrap();
             let small = EventData::new("Small", vec![1u8; 100]);
-            store
-                .append(&format!("big-{i}"), ExpectedVersion::NoStream, vec![big])
-                .await
-                .unwrap();
             store
                 .append(
                     &format!("small-{i}"),
@@ -552,7 +630,7 @@ async fn acknowledged(store: &SledEventStore) -> Result<Acknowledged, StoreError
     })
 }
 
-/// Copies the store in `from` (files and `blobs/`) to a new directory.
+/// Copies the store in `from` (files, `blobs/` and the event log) to a new directory.
 fn copy_store(from: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -561,14 +639,12 @@ fn copy_store(from: &Path) -> tempfile::TempDir {
             std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
         }
     }
-    std::fs::create_dir_all(dir.path().join("blobs")).unwrap();
-    for entry in std::fs::read_dir(from.join("blobs")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(
-            entry.path(),
-            dir.path().join("blobs").join(entry.file_name()),
-        )
-        .unwrap();
+    for sub in ["blobs", super::LOG_DIR] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        for entry in std::fs::read_dir(from.join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
+        }
     }
     dir
 }
@@ -726,7 +802,9 @@ fn a_head_file_behind_the_store_opens_and_one_ahead_of_it_is_refused() {
     match SledEventStore::open(dir.path()) {
         Err(e @ StoreError::DamagedMetadata { .. }) => {
             let text = e.to_string();
-            assert!(text.contains("commits 3 to 3 are lost"), "{text}");
+            // Appends are not counted (the log is checked on its own): the checkpoint commit
+            // was the first, so the forged one is the second.
+            assert!(text.contains("commits 2 to 2 are lost"), "{text}");
             assert!(text.contains("held checkpoints"), "{text}");
             assert!(!text.contains("snapshots"), "{text}");
         }
@@ -743,7 +821,7 @@ fn a_head_file_behind_the_store_opens_and_one_ahead_of_it_is_refused() {
     let marks = super::durable::HeadFile::read(dir.path()).unwrap().unwrap();
     assert_eq!(
         (marks.head, marks.commits),
-        (1, Some(2)),
+        (1, Some(1)),
         "counted from now on"
     );
 }
@@ -769,8 +847,7 @@ fn a_store_with_and_without_metadata_reopens_and_reads_both() {
         }
         store.read_stream("tick-1", 1, 100).await.unwrap()
     });
-    let chunks = chunk_keys(dir.path());
-    assert!(!chunks.is_empty());
+    assert!(run_of(dir.path(), "tick-1", 1).count >= 1);
     rt().block_on(async {
         let store = SledEventStore::open(dir.path()).unwrap();
         let read = store.read_stream("tick-1", 1, 100).await.unwrap();
@@ -791,4 +868,111 @@ fn a_store_with_and_without_metadata_reopens_and_reads_both() {
         assert!(report.is_ok(), "{:?}", report.problems);
         assert_eq!(report.events_checked, 20);
     });
+}
+
+/// The store of format 1 in `framework/tests/fixtures/format1-store`, written by the build
+/// before format 2 (commit ffa5b06): 12 events over order-0..2 (the 2nd, 6th and 10th carry a
+/// `tenant` metadata entry), 2 events of payment-1 in one append, checkpoint `shipping` at 9,
+/// checkpoint `billing` at 11 with state `count` = "11", and a snapshot of order-0 at version 4.
+fn format_1_fixture() -> tempfile::TempDir {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1-store");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    // sled's (empty) directory of large pages, which git does not keep.
+    std::fs::create_dir(dir.path().join("blobs")).unwrap();
+    dir
+}
+
+/// Checks that the store at `dir` holds the fixture's data, as format 2, and takes appends.
+fn check_converted(dir: &Path) {
+    rt().block_on(async {
+        let store = SledEventStore::open(dir).unwrap();
+        assert_eq!(store.head(), 14);
+        let all = store.read_all(1, 100, &Filter::all()).await.unwrap().events;
+        assert_eq!(all.len(), 14);
+        for (i, e) in all.iter().take(12).enumerate() {
+            assert_eq!(e.position, i as u64 + 1);
+            assert_eq!(e.stream_id, format!("order-{}", i % 3));
+            assert_eq!(e.stream_version, i as u64 / 3 + 1);
+            assert_eq!(e.payload, format!("{{\"n\":{i}}}").into_bytes());
+            let tenant = e.metadata.get("tenant").cloned();
+            assert_eq!(tenant, (i % 4 == 1).then(|| format!("t{i}")), "event {i}");
+        }
+        let payments = store.read_stream("payment-1", 1, 10).await.unwrap();
+        assert_eq!(payments, all[12..].to_vec());
+        assert_eq!(store.read_stream("order-1", 2, 10).await.unwrap().len(), 3);
+        assert_eq!(store.load_checkpoint("shipping").await.unwrap(), Some(9));
+        assert_eq!(store.load_checkpoint("billing").await.unwrap(), Some(11));
+        assert_eq!(
+            store.load_state("billing", b"count").await.unwrap(),
+            Some(b"11".to_vec())
+        );
+        let snapshot = store.load_snapshot("order-0").await.unwrap().unwrap();
+        assert_eq!(snapshot.stream_version, 4);
+        let report = store.verify().await.unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!((report.events_checked, report.head), (14, 14));
+        let next = EventData::new("OrderPlaced", b"{}".to_vec());
+        let appended = store
+            .append("order-0", ExpectedVersion::Exact(4), vec![next])
+            .await
+            .unwrap();
+        assert_eq!((appended.first_position, appended.stream_version), (15, 5));
+        store.close().await;
+    });
+    let db = sled::open(dir).unwrap();
+    let format = codec::decode_format(&db.get(keys::FORMAT_KEY).unwrap().unwrap()).unwrap();
+    assert_eq!(format, super::STORAGE_FORMAT);
+    assert!(
+        db.scan_prefix([keys::LOG]).next().is_none(),
+        "format-1 chunks left"
+    );
+    assert!(
+        db.scan_prefix([keys::INDEX]).next().is_none(),
+        "format-1 index left"
+    );
+}
+
+#[test]
+fn a_store_written_by_format_1_is_converted_at_open_with_everything_in_it() {
+    let dir = format_1_fixture();
+    check_converted(dir.path());
+    // And opens again as format 2, nothing to convert.
+    rt().block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        assert_eq!(store.head(), 15);
+        assert!(store.verify().await.unwrap().is_ok());
+    });
+}
+
+/// A conversion stopped after it copied part of the log (a kill, a full disk) goes on from
+/// where the log ends at the next open: each event once, in order.
+#[test]
+fn an_interrupted_conversion_goes_on_at_the_next_open() {
+    use crate::store::log::{LogConfig, SegmentLog};
+    let dir = format_1_fixture();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let (mut log, _) =
+            SegmentLog::open(dir.path().join(super::LOG_DIR), LogConfig::default()).unwrap();
+        let mut bodies = Vec::new();
+        for item in db.scan_prefix([keys::LOG]) {
+            let (key, value) = item.unwrap();
+            let first = keys::log_key_position(&key).unwrap();
+            for record in codec::ChunkIter::new(&value).unwrap() {
+                let record = record.unwrap();
+                let position = first + u64::from(record.index);
+                if position <= 5 {
+                    bodies.push((position, record.body.to_vec()));
+                }
+            }
+        }
+        let group: Vec<(u64, &[u8])> = bodies.iter().map(|(p, b)| (*p, &b[..])).collect();
+        log.append_group(&group).unwrap();
+        assert_eq!(log.tail(), 5);
+    }
+    check_converted(dir.path());
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error};
@@ -13,10 +13,11 @@ use crate::store::spans;
 use super::durable::{Durability, HeadFile};
 use super::keys;
 use super::Shared;
-use crate::store::codec::{self, ChunkBuilder, HeaderOut, IndexEntry};
+use crate::store::codec::{self, HeaderOut, RunEntry};
+use crate::store::log::{self, LogError, RecordAddr, SegmentLog};
 use crate::store::{
-    category_of, AppendResult, EventData, ExpectedVersion, RecordedEvent, Result, Snapshot,
-    StateWrite, StoreError,
+    category_of, AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, Result,
+    Snapshot, StateWrite, StoreError,
 };
 
 /// A request to the writer.
@@ -58,13 +59,24 @@ pub enum Request {
 /// Settings the writer needs.
 pub struct WriterSettings {
     pub max_group: usize,
-    pub chunk_target_bytes: usize,
     pub stream_cache_capacity: usize,
 }
+
+/// The index is flushed to sled's files once this many events were indexed since the last
+/// flush, or once [`INDEX_FLUSH_INTERVAL`] passed: it is derived from the log, so an index that
+/// was not flushed costs only the catch-up at the next open (bounded by these two).
+const INDEX_FLUSH_EVENTS: u64 = 64 * 1024;
+/// See [`INDEX_FLUSH_EVENTS`].
+const INDEX_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// A group start (`G` entry) is written at least every this many records, so that a sequential
+/// read from any position passes over at most this many records to find it.
+pub const GROUP_START_EVERY: u64 = 256;
 
 /// The writer's state; runs on its own thread.
 pub struct Writer {
     shared: Arc<Shared>,
+    /// The event log (format 2).
+    log: SegmentLog,
     durability: Durability,
     head_file: HeadFile,
     head_tx: watch::Sender<u64>,
@@ -79,6 +91,9 @@ pub struct Writer {
     /// The timestamp given to the last commit; timestamps never go down with position.
     last_timestamp: u64,
     failed: Option<String>,
+    /// Events indexed since sled was last flushed, and when it was.
+    unflushed: u64,
+    flushed_at: Instant,
 }
 
 /// The kinds of write a commit group holds, for the head file (`durable::Marks`).
@@ -125,6 +140,7 @@ impl Reply {
 impl Writer {
     pub fn new(
         shared: Arc<Shared>,
+        log: SegmentLog,
         durability: Durability,
         head_file: HeadFile,
         head_tx: watch::Sender<u64>,
@@ -133,6 +149,7 @@ impl Writer {
     ) -> Self {
         Writer {
             shared,
+            log,
             durability,
             head_file,
             head_tx,
@@ -142,6 +159,8 @@ impl Writer {
             next_position: head + 1,
             last_timestamp,
             failed: None,
+            unflushed: 0,
+            flushed_at: Instant::now(),
         }
     }
 
@@ -157,6 +176,19 @@ impl Writer {
                 }
             }
             self.commit(group);
+            self.flush_index_if_due();
+        }
+        if self.failed.is_none() && self.unflushed > 0 {
+            // A clean close leaves nothing for the next open to catch up.
+            let synced = self
+                .shared
+                .db
+                .flush()
+                .map_err(StoreError::from)
+                .and_then(|_| self.durability.sync().map_err(StoreError::from));
+            if let Err(e) = synced {
+                error!(error = %e, "could not flush the stream index at close");
+            }
         }
         if let Err(e) = self.head_file.sync() {
             error!(error = %e, "could not sync the head file at close");
@@ -197,8 +229,9 @@ impl Writer {
         let mut checkpoints: HashMap<String, Option<u64>> = HashMap::new();
         let mut replies = Vec::with_capacity(group.len());
         let mut position = self.next_position;
-        let mut chunk = ChunkBuilder::new();
-        let mut chunk_first = position;
+        // The group's records for the log and its runs for the index.
+        let mut pending = Pending::default();
+        let capacity = self.log.capacity();
         let mut kinds = Kinds::default();
         // Appends accepted in this group, for the group size metrics.
         let (mut appends, mut appended) = (0usize, 0usize);
@@ -233,8 +266,10 @@ impl Writer {
                     }
                     let first_position = position;
                     let category = category_of(&stream);
+                    let mark = pending.mark();
                     for (i, event) in events.iter().enumerate() {
-                        chunk.push(
+                        pending.run(&stream, current + 1 + i as u64);
+                        pending.push(
                             &HeaderOut {
                                 position,
                                 stream_id: &stream,
@@ -251,23 +286,13 @@ impl Writer {
                             &event.payload,
                         );
                         position += 1;
-                        if chunk.len() >= self.settings.chunk_target_bytes {
-                            let full = std::mem::replace(&mut chunk, ChunkBuilder::new());
-                            batch.insert(&keys::log_key(chunk_first)[..], full.finish());
-                            writes += 1;
-                            chunk_first = position;
-                        }
                     }
-                    let count = events.len() as u32;
-                    batch.insert(
-                        keys::index_key(&stream, current + 1),
-                        codec::encode_index(IndexEntry {
-                            first_position,
-                            count,
-                        }),
-                    );
-                    writes += 1;
-                    let version = current + u64::from(count);
+                    if let Err(e) = pending.fit(mark, capacity) {
+                        position = first_position;
+                        replies.push(Reply::Append(reply, Err(e)));
+                        continue;
+                    }
+                    let version = current + events.len() as u64;
                     appends += 1;
                     appended += events.len();
                     overlay.insert(stream, version);
@@ -287,7 +312,7 @@ impl Writer {
                     reply,
                 } => {
                     // The head includes the events placed earlier in this group: they are
-                    // written in the same atomic batch.
+                    // written to the log before the checkpoint reaches sled.
                     if let Err(e) = check_checkpoint(&name, p, position - 1) {
                         replies.push(Reply::Unit(reply, Err(e)));
                         continue;
@@ -319,10 +344,10 @@ impl Writer {
                             continue;
                         }
                     };
-                    // One index entry per run of consecutive events of one stream.
-                    let mut run: Option<(&str, u64, u64, u32)> = None;
+                    let (mark, first_position) = (pending.mark(), position);
                     for e in &events {
-                        chunk.push(
+                        pending.run(&e.stream_id, e.stream_version);
+                        pending.push(
                             &HeaderOut {
                                 position,
                                 stream_id: &e.stream_id,
@@ -339,27 +364,11 @@ impl Writer {
                             &e.payload,
                         );
                         position += 1;
-                        if chunk.len() >= self.settings.chunk_target_bytes {
-                            let full = std::mem::replace(&mut chunk, ChunkBuilder::new());
-                            batch.insert(&keys::log_key(chunk_first)[..], full.finish());
-                            writes += 1;
-                            chunk_first = position;
-                        }
-                        match &mut run {
-                            Some((s, _, _, count)) if *s == e.stream_id => *count += 1,
-                            _ => {
-                                if let Some(done) =
-                                    run.replace((&e.stream_id, e.stream_version, e.position, 1))
-                                {
-                                    insert_index_run(&mut batch, done);
-                                    writes += 1;
-                                }
-                            }
-                        }
                     }
-                    if let Some(done) = run {
-                        insert_index_run(&mut batch, done);
-                        writes += 1;
+                    if let Err(e) = pending.fit(mark, capacity) {
+                        position = first_position;
+                        replies.push(Reply::Head(reply, Err(e)));
+                        continue;
                     }
                     overlay.extend(versions);
                     if let Some(last) = events.last() {
@@ -415,33 +424,42 @@ impl Writer {
                 }
             }
         }
-        if chunk.count() > 0 {
-            batch.insert(&keys::log_key(chunk_first)[..], chunk.finish());
-            writes += 1;
-        }
 
-        kinds.events = position != self.next_position;
+        kinds.events = !pending.records.is_empty();
+        let started = Instant::now();
+        // 1. The events, to the log: one write and one fdatasync (one per segment's worth, for
+        // a group larger than what a segment holds).
+        if kinds.events {
+            match pending.write(&mut self.log) {
+                Ok(addrs) => {
+                    index_group(&mut batch, &pending, &addrs);
+                    self.unflushed += addrs.len() as u64;
+                }
+                Err(e) => return self.fail_group(StoreError::from(e), replies),
+            }
+        }
+        // 2. The index (derived from the log, so not synced for itself) and what only sled
+        // holds: checkpoints, state and snapshots, synced.
         if writes > 0 {
-            // Every durable commit raises the counter, in its own batch: a commit that sled
+            // Every synced commit raises the counter, in its own batch: a commit that sled
             // drops later takes its increment with it (see `check_marks`).
             let commit = self.head_file.marks().commits.unwrap_or(0) + 1;
             batch.insert(keys::COMMITS_KEY, codec::encode_commits(commit));
             if let Err(e) = self.write_durably(batch) {
-                let reason = match &e {
-                    StoreError::Io(io) if is_full(io) => format!(
-                        "{e} (the disk is full, or a file size limit or quota is reached): free \
-                         space, then open the store again in a new process"
-                    ),
-                    _ => e.to_string(),
-                };
-                error!(error = %reason, "event store commit failed; refusing further writes");
-                self.failed = Some(reason.clone());
-                self.shared.never_flush_on_drop();
-                for reply in replies {
-                    reply.fail(StoreError::Failed(reason.clone()));
-                }
-                return;
+                return self.fail_group(e, replies);
             }
+            self.unflushed = 0;
+            self.flushed_at = Instant::now();
+        } else if kinds.events {
+            if let Err(e) = self.shared.db.apply_batch(batch) {
+                return self.fail_group(StoreError::from(e), replies);
+            }
+        }
+
+        if writes > 0 || kinds.events {
+            let took = started.elapsed();
+            self.shared.metrics.committed(took);
+            span.record("fsync_micros", took.as_micros() as u64);
         }
 
         let head = position - 1;
@@ -456,8 +474,8 @@ impl Writer {
             self.last_timestamp = group_ts;
             self.head_tx.send_replace(head);
         }
-        if writes > 0 {
-            self.record(head, &kinds);
+        if writes > 0 || kinds.events {
+            self.record(head, &kinds, writes > 0);
         }
         if appends > 0 {
             self.shared.metrics.group(appends, appended);
@@ -466,6 +484,46 @@ impl Writer {
         span.record("events", appended);
         for reply in replies {
             reply.send();
+        }
+    }
+
+    /// After a write that failed: refuses every later write, and answers the group's requests
+    /// with the reason.
+    fn fail_group(&mut self, e: StoreError, replies: Vec<Reply>) {
+        let reason = match &e {
+            StoreError::Io(io) if is_full(io) => format!(
+                "{e} (the disk is full, or a file size limit or quota is reached): free \
+                 space, then open the store again in a new process"
+            ),
+            _ => e.to_string(),
+        };
+        error!(error = %reason, "event store commit failed; refusing further writes");
+        self.failed = Some(reason.clone());
+        self.shared.never_flush_on_drop();
+        for reply in replies {
+            reply.fail(StoreError::Failed(reason.clone()));
+        }
+    }
+
+    /// Flushes sled's copy of the index once enough was indexed since the last flush (or long
+    /// enough ago), so that the catch-up at the next open stays short. Not for durability: the
+    /// log is synced, and the index is derived from it.
+    fn flush_index_if_due(&mut self) {
+        if self.failed.is_some() || self.unflushed == 0 {
+            return;
+        }
+        if self.unflushed < INDEX_FLUSH_EVENTS && self.flushed_at.elapsed() < INDEX_FLUSH_INTERVAL {
+            return;
+        }
+        match self.shared.db.flush() {
+            Ok(_) => {
+                self.unflushed = 0;
+                self.flushed_at = Instant::now();
+            }
+            Err(e) => {
+                let replies = Vec::new();
+                self.fail_group(StoreError::from(e), replies);
+            }
         }
     }
 
@@ -519,20 +577,17 @@ impl Writer {
     fn write_durably(&mut self, batch: sled::Batch) -> Result<()> {
         let _gate = self.shared.committing();
         self.shared.db.apply_batch(batch)?;
-        let started = std::time::Instant::now();
         self.shared.db.flush()?;
         self.durability.sync()?;
-        let took = started.elapsed();
-        self.shared.metrics.committed(took);
-        tracing::Span::current().record("fsync_micros", took.as_micros() as u64);
         Ok(())
     }
 
-    /// Records a durable commit holding `kinds` in the head file: called only after
-    /// `write_durably` returned, so that the file is never ahead of what sled holds on disk.
-    fn record(&mut self, head: u64, kinds: &Kinds) {
+    /// Records a durable commit holding `kinds` in the head file: called only after the log's
+    /// fdatasync and (when `synced`, a commit that counts) `write_durably` returned, so that the
+    /// file is never ahead of what the log and sled hold on disk.
+    fn record(&mut self, head: u64, kinds: &Kinds, synced: bool) {
         let mut marks = self.head_file.marks();
-        let commit = marks.commits.unwrap_or(0) + 1;
+        let commit = marks.commits.unwrap_or(0) + u64::from(synced);
         marks.head = head;
         marks.commits = Some(commit);
         for (written, last) in [
@@ -567,18 +622,35 @@ fn check_checkpoint(name: &str, position: u64, head: u64) -> Result<()> {
     Ok(())
 }
 
-/// Writes the index entry of an imported run: (stream, first version, first position, count).
-fn insert_index_run(
-    batch: &mut sled::Batch,
-    (stream, version, first_position, count): (&str, u64, u64, u32),
-) {
-    batch.insert(
-        keys::index_key(stream, version),
-        codec::encode_index(IndexEntry {
-            first_position,
-            count,
-        }),
-    );
+/// Adds the index entries of a group the log took at `addrs`: each run of one stream (see
+/// [`RunEntry`]), a group start at the group's first record and every [`GROUP_START_EVERY`]
+/// records, and the index's high-water mark.
+fn index_group(batch: &mut sled::Batch, pending: &Pending, addrs: &[RecordAddr]) {
+    let records = &pending.records;
+    for (stream, version, first, count) in &pending.runs {
+        let (start, last) = (addrs[*first], addrs[first + *count as usize - 1]);
+        batch.insert(
+            keys::run_key(stream, *version),
+            codec::encode_run(RunEntry {
+                first_position: records[*first].0,
+                count: *count,
+                segment: start.segment,
+                offset: start.offset,
+                bytes: last.offset + last.len - start.offset,
+            }),
+        );
+    }
+    for (i, (position, _)) in records.iter().enumerate() {
+        if i == 0 || pending.cuts.contains(&i) || position % GROUP_START_EVERY == 0 {
+            batch.insert(
+                &keys::group_key(*position)[..],
+                codec::encode_place(addrs[i].segment, addrs[i].offset),
+            );
+        }
+    }
+    if let Some((last, _)) = records.last() {
+        batch.insert(keys::INDEXED_KEY, codec::encode_position(*last));
+    }
 }
 
 /// Whether `e` says that the disk (or a file size limit, or a quota) is full.
@@ -597,5 +669,126 @@ fn fail(req: Request, err: StoreError) {
         Request::Checkpoint { reply, .. }
         | Request::Snapshot { reply, .. }
         | Request::Commit { reply, .. } => Reply::Unit(reply, Err(err)).send(),
+    }
+}
+
+/// A group's records for the log (their bodies one after another) and its runs for the index.
+#[derive(Default)]
+struct Pending {
+    bodies: Vec<u8>,
+    /// Each record's position and the end of its body in `bodies`.
+    records: Vec<(u64, usize)>,
+    /// Runs of one stream at consecutive versions: (stream, first version, first record, count).
+    runs: Vec<(String, u64, usize, u32)>,
+    /// The records where a log write other than the first begins: a write never spans two
+    /// segments, so a group larger than a segment holds is written in parts.
+    cuts: Vec<usize>,
+    /// The framed bytes of the current part.
+    part_bytes: u64,
+}
+
+/// Where a [`Pending`] stood before a request's records (to take them back).
+#[derive(Clone, Copy)]
+struct Mark {
+    bodies: usize,
+    records: usize,
+    runs: usize,
+}
+
+impl Pending {
+    fn mark(&self) -> Mark {
+        Mark {
+            bodies: self.bodies.len(),
+            records: self.records.len(),
+            runs: self.runs.len(),
+        }
+    }
+
+    /// Adds the next record to the run of `stream`, or begins a run.
+    fn run(&mut self, stream: &str, version: u64) {
+        let next = self.records.len();
+        match self.runs.last_mut() {
+            Some((s, first_version, first, count))
+                if s == stream
+                    && *first + *count as usize == next
+                    && *first_version + u64::from(*count) == version =>
+            {
+                *count += 1;
+            }
+            _ => self.runs.push((stream.to_owned(), version, next, 1)),
+        }
+    }
+
+    /// Encodes one record.
+    fn push(&mut self, header: &HeaderOut<'_>, metadata: &Metadata, payload: &[u8]) {
+        codec::encode_record(header, metadata, payload, &mut self.bodies);
+        self.records.push((header.position, self.bodies.len()));
+    }
+
+    /// Places the records added since `mark` (one request's, written all or nothing) in the
+    /// current part, or begins a new part; refuses them (and takes them back) when they do not
+    /// fit in one segment of `capacity` bytes.
+    fn fit(&mut self, mark: Mark, capacity: u64) -> Result<()> {
+        let mut start = mark.bodies;
+        let mut bytes = 0u64;
+        for &(_, end) in &self.records[mark.records..] {
+            bytes += log::framed_size((end - start) as u64);
+            start = end;
+        }
+        if bytes > capacity {
+            let count = self.records.len() - mark.records;
+            self.bodies.truncate(mark.bodies);
+            self.records.truncate(mark.records);
+            self.runs.truncate(mark.runs);
+            return Err(StoreError::InvalidInput(format!(
+                "{count} events take {bytes} bytes in the log, more than one log segment holds \
+                 ({capacity} bytes): append them in several calls, or raise \
+                 SledConfig::segment_bytes"
+            )));
+        }
+        if self.part_bytes + bytes > capacity {
+            // A run never spans two parts (they may be in two segments): split the one that
+            // these records continued.
+            if let Some(k) = self.runs[..mark.runs.min(self.runs.len())]
+                .len()
+                .checked_sub(1)
+            {
+                let (stream, version, first, count) = self.runs[k].clone();
+                let before = mark.records.saturating_sub(first) as u32;
+                if first < mark.records && before < count {
+                    self.runs[k].3 = before;
+                    let rest = (
+                        stream,
+                        version + u64::from(before),
+                        mark.records,
+                        count - before,
+                    );
+                    self.runs.insert(k + 1, rest);
+                }
+            }
+            self.cuts.push(mark.records);
+            self.part_bytes = 0;
+        }
+        self.part_bytes += bytes;
+        Ok(())
+    }
+
+    /// Writes the records to `log`, part by part; returns each record's address.
+    fn write(&self, log: &mut SegmentLog) -> std::result::Result<Vec<RecordAddr>, LogError> {
+        let mut addrs = Vec::with_capacity(self.records.len());
+        let mut bounds = self.cuts.clone();
+        bounds.push(self.records.len());
+        let (mut from, mut start) = (0, 0);
+        let mut part = Vec::new();
+        for to in bounds {
+            part.clear();
+            for &(position, end) in &self.records[from..to] {
+                part.push((position, &self.bodies[start..end]));
+                start = end;
+            }
+            addrs.extend(log.append_group(&part)?);
+            from = to;
+        }
+        Ok(addrs)
     }
 }

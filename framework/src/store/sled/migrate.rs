@@ -1,0 +1,177 @@
+//! Converting a store of format 1 (events in sled, in log chunks) to format 2 (events in the
+//! segment log), at open.
+//!
+//! The conversion can be interrupted at any point and resumed by the next open:
+//! 1. The records of the format-1 chunks are copied to the segment log, from the position after
+//!    the log's tail (a resumed conversion goes on where the last one stopped), in groups of up
+//!    to [`COPY_GROUP_BYTES`], each synced. The chunks stay the store's events until step 2.
+//! 2. One synced sled batch marks the store as format 2.
+//! 3. Every open of a format-2 store removes format-1 keys that are left (`L` chunks, `S` index
+//!    entries), in batches; then the index catches up with the log (`index.rs`), which builds
+//!    the whole format-2 index after a conversion.
+
+use tracing::info;
+
+use super::keys;
+use super::read::damaged;
+use crate::store::codec::{self, ChunkIter, DecodeError};
+use crate::store::log::SegmentLog;
+use crate::store::{Result, StoreError};
+
+/// The most record bytes copied in one group (one write and one fdatasync).
+const COPY_GROUP_BYTES: usize = 4 << 20;
+/// How many format-1 keys one batch of the clean-up removes.
+const REMOVE_BATCH: usize = 10_000;
+
+/// The last position of a format-1 log (from the last chunk's checksummed header).
+fn format_1_head(db: &sled::Db) -> Result<u64> {
+    let Some(item) = db.scan_prefix([keys::LOG]).next_back() else {
+        return Ok(0);
+    };
+    let (key, value) = item?;
+    let first = keys::log_key_position(&key).ok_or_else(|| StoreError::DamagedMetadata {
+        what: "log key".into(),
+        reason: format!("malformed key {key:?}"),
+    })?;
+    let count = codec::chunk_count(&value).map_err(|e| damaged(first, e))?;
+    if count == 0 {
+        return Err(damaged(first, DecodeError::at(0, "empty log chunk")));
+    }
+    Ok(first + u64::from(count) - 1)
+}
+
+/// Copies the events of a format-1 store into `log` and marks the store as format 2 (steps 1
+/// and 2 above). A damaged chunk stops the conversion with [`StoreError::Damaged`] naming the
+/// position, before the store is marked: the store stays format 1, and an older build still
+/// opens it.
+pub fn from_format_1(
+    db: &sled::Db,
+    log: &mut SegmentLog,
+    sync: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let head = format_1_head(db)?;
+    let done = log.tail();
+    if done > head {
+        return Err(StoreError::DamagedMetadata {
+            what: format!("the event log in {}", log.dir().display()),
+            reason: format!(
+                "it holds {done} events, and the store (format 1) only {head}: it is not this \
+                 store's log. Move the directory away and open the store again"
+            ),
+        });
+    }
+    if done < head {
+        info!(
+            events = head - done,
+            "converting the store from storage format 1 to format 2 (events move to the \
+             segment log)"
+        );
+    }
+    let mut next = done + 1;
+    let mut bodies: Vec<u8> = Vec::new();
+    let mut ends: Vec<(u64, usize)> = Vec::new();
+    let start = db
+        .range(keys::log_key(0)..=keys::log_key(next))
+        .next_back()
+        .transpose()?
+        .map_or(keys::log_key(next), |(k, _)| {
+            keys::log_key(keys::log_key_position(&k).unwrap_or(next))
+        });
+    for item in db.range(start..=keys::log_key(head)) {
+        let (key, value) = item?;
+        let first = keys::log_key_position(&key).ok_or_else(|| StoreError::Damaged {
+            position: next,
+            reason: format!("malformed log key {key:?}"),
+        })?;
+        if first > next {
+            return Err(StoreError::Damaged {
+                position: next,
+                reason: format!("log chunk missing (the next chunk starts at {first})"),
+            });
+        }
+        let mut iter = ChunkIter::new(&value).map_err(|e| damaged(first, e))?;
+        iter.skip_records((next - first) as u32)
+            .map_err(|e| damaged(first, e))?;
+        for record in iter {
+            let record = record.map_err(|e| damaged(first, e))?;
+            let position = first + u64::from(record.index);
+            let header = record.header().map_err(|e| damaged(first, e))?;
+            if header.position != position {
+                return Err(StoreError::Damaged {
+                    position,
+                    reason: format!("record says it is at position {}", header.position),
+                });
+            }
+            bodies.extend_from_slice(record.body);
+            ends.push((position, bodies.len()));
+            next = position + 1;
+            if bodies.len() >= COPY_GROUP_BYTES.min(log.capacity() as usize / 2) {
+                copy(log, &mut bodies, &mut ends)?;
+            }
+        }
+    }
+    copy(log, &mut bodies, &mut ends)?;
+    if log.tail() != head {
+        return Err(StoreError::Damaged {
+            position: log.tail() + 1,
+            reason: format!(
+                "the format-1 log ends at {} but its head is {head}",
+                log.tail()
+            ),
+        });
+    }
+    let mut batch = sled::Batch::default();
+    batch.insert(keys::FORMAT_KEY, codec::encode_format(2));
+    batch.insert(keys::INDEXED_KEY, codec::encode_position(0));
+    db.apply_batch(batch)?;
+    db.flush()?;
+    sync()
+}
+
+/// Appends the records gathered in `bodies` to the log as one group.
+fn copy(log: &mut SegmentLog, bodies: &mut Vec<u8>, ends: &mut Vec<(u64, usize)>) -> Result<()> {
+    if ends.is_empty() {
+        return Ok(());
+    }
+    let mut start = 0;
+    let group: Vec<(u64, &[u8])> = ends
+        .iter()
+        .map(|&(position, end)| {
+            let body = &bodies[start..end];
+            start = end;
+            (position, body)
+        })
+        .collect();
+    log.append_group(&group)?;
+    bodies.clear();
+    ends.clear();
+    Ok(())
+}
+
+/// Removes the format-1 keys a conversion left (step 3 above), in batches; returns how many.
+pub fn remove_format_1_keys(db: &sled::Db) -> Result<u64> {
+    let mut removed = 0u64;
+    for prefix in [keys::LOG, keys::INDEX] {
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for item in db.scan_prefix([prefix]).keys().take(REMOVE_BATCH) {
+                batch.remove(item?);
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            db.apply_batch(batch)?;
+            removed += n as u64;
+        }
+    }
+    if removed > 0 {
+        db.flush()?;
+        info!(
+            keys = removed,
+            "removed the format-1 log and index after the conversion"
+        );
+    }
+    Ok(removed)
+}
