@@ -458,17 +458,48 @@ pub fn decode_place(value: &[u8]) -> Result<(u64, u32), String> {
     ))
 }
 
-/// Encodes a position (the index's high-water mark).
-pub fn encode_position(position: u64) -> Vec<u8> {
-    seal(position.to_be_bytes().to_vec())
+/// The index's mark (format 2): the last position the index covers, where the record after it
+/// begins in the log, and the timestamp of the record at the mark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexMark {
+    /// The last position whose record is indexed (0: none).
+    pub position: u64,
+    /// The segment where the record after it begins (0 when `position` is 0).
+    pub segment: u64,
+    /// Its offset in that segment (the segment's end when the next record begins the next
+    /// segment).
+    pub offset: u64,
+    /// The timestamp of the record at `position` (0 when `position` is 0).
+    pub timestamp_micros: u64,
 }
 
-/// Decodes what [`encode_position`] wrote.
-pub fn decode_position(value: &[u8]) -> Result<u64, String> {
+/// Encodes the index's mark.
+pub fn encode_mark(mark: IndexMark) -> Vec<u8> {
+    let mut body = Vec::with_capacity(32);
+    for n in [
+        mark.position,
+        mark.segment,
+        mark.offset,
+        mark.timestamp_micros,
+    ] {
+        body.extend_from_slice(&n.to_be_bytes());
+    }
+    seal(body)
+}
+
+/// Decodes what [`encode_mark`] wrote.
+pub fn decode_mark(value: &[u8]) -> Result<IndexMark, String> {
     let body = unseal(value)?;
-    Ok(u64::from_be_bytes(body.try_into().map_err(|_| {
-        format!("position of {} bytes, expected 8", body.len())
-    })?))
+    if body.len() != 32 {
+        return Err(format!("index mark of {} bytes, expected 32", body.len()));
+    }
+    let at = |i: usize| u64::from_be_bytes(body[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    Ok(IndexMark {
+        position: at(0),
+        segment: at(1),
+        offset: at(2),
+        timestamp_micros: at(3),
+    })
 }
 
 /// Encodes a checkpoint.
@@ -742,7 +773,8 @@ mod tests {
             let entry = RunEntry { first_position: pos, count: count.max(1), segment: version, offset: count, bytes: count / 3 };
             prop_assert_eq!(decode_run(&encode_run(entry)).unwrap(), entry);
             prop_assert_eq!(decode_place(&encode_place(version, count)).unwrap(), (version, count));
-            prop_assert_eq!(decode_position(&encode_position(pos)).unwrap(), pos);
+            let mark = IndexMark { position: pos, segment: version, offset: u64::from(count), timestamp_micros: pos ^ version };
+            prop_assert_eq!(decode_mark(&encode_mark(mark)).unwrap(), mark);
             prop_assert_eq!(decode_checkpoint(&encode_checkpoint(pos)).unwrap(), pos);
             let snap = Snapshot { stream_version: version, schema_version: count, payload };
             prop_assert_eq!(decode_snapshot(&encode_snapshot(&snap)).unwrap(), snap);

@@ -1,5 +1,5 @@
 //! The bytes of the segment log: a segment's header and each record's frame
-//! (docs/storage-format.md, "Format 2 (in progress): the segment log").
+//! (docs/storage-format.md, "The segment log").
 //!
 //! Integers are little-endian. Checksums are CRC-32 (IEEE, `crc32fast`).
 

@@ -1,5 +1,5 @@
 //! The event log of storage format 2: append-only segment files owned by tidings (issue 15,
-//! decision 54, docs/storage-format.md "Format 2 (in progress): the segment log").
+//! decision 54, docs/storage-format.md "The segment log").
 //!
 //! The log holds opaque record bodies at gap-free positions. One writer appends commit groups
 //! (one `write` and one `fdatasync` per group); readers on other threads read records at exact
@@ -250,6 +250,13 @@ impl SegmentLog {
     /// The last acknowledged position (0 for an empty log).
     pub fn tail(&self) -> u64 {
         self.shared.last_position.load(Ordering::Acquire)
+    }
+
+    /// Where the next record will be written: the segment being written and the offset after
+    /// its last record (`None` before the first record). When the next group does not fit
+    /// there, it begins the next segment instead, which a scan from this address finds.
+    pub fn end(&self) -> Option<(u64, u64)> {
+        self.active.as_ref().map(|s| (s.id, self.tail_offset))
     }
 
     /// The most framed bytes one [`append_group`](Self::append_group) can take (a group never

@@ -1,7 +1,7 @@
 //! The stream index of format 2 catches up with the log at open.
 //!
 //! The writer adds a group's index entries to sled after the log has synced the group, and sled
-//! is flushed only now and then for them (decision 57): the index is derived from the log, so
+//! is flushed only now and then for them (decision 58): the index is derived from the log, so
 //! after a crash it may lag behind it. Opening the store reads the records after the index's
 //! mark (`I`) and indexes them before anything else runs.
 
@@ -10,8 +10,8 @@ use tracing::info;
 use super::keys;
 use super::read::damaged;
 use super::writer::GROUP_START_EVERY;
-use crate::store::codec::{self, RunEntry};
-use crate::store::log::{LogReader, RecordAddr};
+use crate::store::codec::{self, IndexMark, RunEntry};
+use crate::store::log::{self, LogError, LogReader, RecordAddr};
 use crate::store::{Result, StoreError};
 
 /// How many records one batch of the catch-up indexes.
@@ -32,42 +32,56 @@ pub struct CaughtUp {
 pub fn catch_up(db: &sled::Db, log: &LogReader) -> Result<CaughtUp> {
     let mark = match db.get(keys::INDEXED_KEY)? {
         Some(value) => {
-            codec::decode_position(&value).map_err(|reason| StoreError::DamagedMetadata {
+            codec::decode_mark(&value).map_err(|reason| StoreError::DamagedMetadata {
                 what: "the stream index's mark".into(),
                 reason,
             })?
         }
-        None => 0,
+        None => IndexMark::default(),
     };
     let tail = log.tail();
-    if mark > tail {
+    if mark.position > tail {
         return Err(StoreError::Damaged {
             position: tail + 1,
             reason: format!(
-                "the stream index covers the events up to position {mark}, but the event log \
+                "the stream index covers the events up to position {}, but the event log \
                  ends at {tail}: the log lost acknowledged events (a segment file was truncated, \
-                 replaced or deleted). Restore the store from a backup"
+                 replaced or deleted). Restore the store from a backup",
+                mark.position
             ),
         });
     }
-    // The last record's timestamp, read again even when there is nothing to index.
-    let from = if mark == tail { tail } else { mark + 1 };
     let mut caught = CaughtUp {
         head: tail,
-        last_timestamp: 0,
+        last_timestamp: mark.timestamp_micros,
         indexed: 0,
     };
-    if tail == 0 {
+    if mark.position == tail {
         return Ok(caught);
     }
-    let mut scan = match group_start(db, from)? {
-        Some((start, addr)) => log.scan_from(from, start, addr)?,
-        None => log.scan(from),
+    // From the record after the mark, whose address the mark holds: the records before it are
+    // not read again (damage there is reported by the reads that meet it, not here).
+    let mut scan = if mark.position == 0 {
+        log.scan(1)
+    } else {
+        let addr = RecordAddr {
+            segment: mark.segment,
+            offset: u32::try_from(mark.offset).map_err(|_| StoreError::DamagedMetadata {
+                what: "the stream index's mark".into(),
+                reason: format!("offset {} is beyond any segment", mark.offset),
+            })?,
+            len: 0,
+        };
+        log.scan_at(mark.position + 1, addr).map_err(|e| match e {
+            LogError::Invalid(why) => StoreError::DamagedMetadata {
+                what: "the stream index's mark".into(),
+                reason: why,
+            },
+            other => other.into(),
+        })?
     };
     let mut batch = sled::Batch::default();
     let mut in_batch = 0u64;
-    let mut run: Option<(String, u64, RunEntry)> = None;
-    let mut last_segment = None;
     while let Some(record) = scan.next_record() {
         let record = record?;
         let position = record.position;
@@ -80,50 +94,38 @@ pub fn catch_up(db: &sled::Db, log: &LogReader) -> Result<CaughtUp> {
             });
         }
         caught.last_timestamp = header.timestamp_micros;
-        if position <= mark {
-            continue;
-        }
+        // One entry per record, not merged into runs: entries of the writer after the mark
+        // may be in sled already (applied, not flushed), and one per record overwrites a run
+        // the writer began at the same version and adds the rest, never overlapping it (the
+        // mark is always at the end of a commit group, so no run of the writer straddles it).
         let addr = record.addr;
-        let continues = matches!(&run, Some((stream, version, entry))
-            if stream == header.stream_id
-                && *version + u64::from(entry.count) == header.stream_version
-                && entry.first_position + u64::from(entry.count) == position
-                && entry.segment == addr.segment);
-        if continues {
-            let (_, _, entry) = run.as_mut().expect("a run continues");
-            entry.count += 1;
-            entry.bytes = addr.offset + addr.len - entry.offset;
-        } else {
-            if let Some(done) = run.take() {
-                insert_run(&mut batch, done);
-            }
-            run = Some((
-                header.stream_id.to_owned(),
-                header.stream_version,
-                RunEntry {
-                    first_position: position,
-                    count: 1,
-                    segment: addr.segment,
-                    offset: addr.offset,
-                    bytes: addr.len,
-                },
-            ));
-        }
-        if in_batch == 0 || position % GROUP_START_EVERY == 0 || last_segment != Some(addr.segment)
-        {
+        batch.insert(
+            keys::run_key(header.stream_id, header.stream_version),
+            codec::encode_run(RunEntry {
+                first_position: position,
+                count: 1,
+                segment: addr.segment,
+                offset: addr.offset,
+                bytes: addr.len,
+            }),
+        );
+        if position == 1 || position % GROUP_START_EVERY == 0 {
             batch.insert(
                 &keys::group_key(position)[..],
                 codec::encode_place(addr.segment, addr.offset),
             );
         }
-        last_segment = Some(addr.segment);
         in_batch += 1;
         caught.indexed += 1;
-        if in_batch >= BATCH_RECORDS {
-            if let Some(done) = run.take() {
-                insert_run(&mut batch, done);
-            }
-            batch.insert(keys::INDEXED_KEY, codec::encode_position(position));
+        if in_batch >= BATCH_RECORDS || position >= tail {
+            let next = u64::from(addr.offset) + log::framed_size(u64::from(addr.len) - 32);
+            let mark = IndexMark {
+                position,
+                segment: addr.segment,
+                offset: next,
+                timestamp_micros: header.timestamp_micros,
+            };
+            batch.insert(keys::INDEXED_KEY, codec::encode_mark(mark));
             db.apply_batch(std::mem::take(&mut batch))?;
             in_batch = 0;
         }
@@ -131,16 +133,11 @@ pub fn catch_up(db: &sled::Db, log: &LogReader) -> Result<CaughtUp> {
             break;
         }
     }
-    if let Some(done) = run.take() {
-        insert_run(&mut batch, done);
-    }
     if caught.indexed > 0 {
-        batch.insert(keys::INDEXED_KEY, codec::encode_position(tail));
-        db.apply_batch(batch)?;
         db.flush()?;
         info!(
             events = caught.indexed,
-            from = mark + 1,
+            from = mark.position + 1,
             to = tail,
             "the stream index caught up with the event log"
         );
@@ -152,10 +149,6 @@ pub fn catch_up(db: &sled::Db, log: &LogReader) -> Result<CaughtUp> {
         });
     }
     Ok(caught)
-}
-
-fn insert_run(batch: &mut sled::Batch, (stream, version, entry): (String, u64, RunEntry)) {
-    batch.insert(keys::run_key(&stream, version), codec::encode_run(entry));
 }
 
 /// The group start at or before `position`: where a sequential read of the log that begins at

@@ -7,9 +7,9 @@
 
 /// The key of the store's format number.
 pub const FORMAT_KEY: &[u8] = b"F";
-/// The key of the commit counter: how many durable commits (sled batches) the store has made.
-/// Written in every batch, so that a commit sled drops lowers it. `N` sorts just after the log,
-/// so the counter usually shares a leaf with the newest log chunks, which an append writes anyway.
+/// The key of the commit counter: how many synced commits of sled (batches holding checkpoints,
+/// consumer state or snapshots) the store has made. Written in each of them, so that a commit
+/// sled drops lowers it. Appends do not raise it: they are checked through the log.
 pub const COMMITS_KEY: &[u8] = b"N";
 /// The key of the index's high-water mark (format 2): the last position whose record the index
 /// covers. Written in every batch that adds index entries.

@@ -6,16 +6,17 @@
 //!    the log's tail (a resumed conversion goes on where the last one stopped), in groups of up
 //!    to [`COPY_GROUP_BYTES`], each synced. The chunks stay the store's events until step 2.
 //! 2. One synced sled batch marks the store as format 2.
-//! 3. Every open of a format-2 store removes format-1 keys that are left (`L` chunks, `S` index
-//!    entries), in batches; then the index catches up with the log (`index.rs`), which builds
-//!    the whole format-2 index after a conversion.
+//! 3. Every open of a format-2 store lets the index catch up with the log (`index.rs`), which
+//!    builds the whole format-2 index after a conversion, reading back and checking every record
+//!    copied; then it removes the format-1 keys that are left (`L` chunks, `S` index entries),
+//!    in batches.
 
 use tracing::info;
 
 use super::keys;
 use super::read::damaged;
 use crate::store::codec::{self, ChunkIter, DecodeError};
-use crate::store::log::SegmentLog;
+use crate::store::log::{self, SegmentLog};
 use crate::store::{Result, StoreError};
 
 /// The most record bytes copied in one group (one write and one fdatasync).
@@ -102,12 +103,18 @@ pub fn from_format_1(
                     reason: format!("record says it is at position {}", header.position),
                 });
             }
+            // A group must fit in a segment with its framing: write the one gathered so far
+            // when this record would take it past that (or past COPY_GROUP_BYTES).
+            // (Each record's header and padding take at most 40 bytes besides its body.)
+            let gathered = bodies.len() as u64 + ends.len() as u64 * 40;
+            let adding = log::framed_size(record.body.len() as u64);
+            let limit = (COPY_GROUP_BYTES as u64).min(log.capacity());
+            if !ends.is_empty() && gathered + adding > limit {
+                copy(log, &mut bodies, &mut ends)?;
+            }
             bodies.extend_from_slice(record.body);
             ends.push((position, bodies.len()));
             next = position + 1;
-            if bodies.len() >= COPY_GROUP_BYTES.min(log.capacity() as usize / 2) {
-                copy(log, &mut bodies, &mut ends)?;
-            }
         }
     }
     copy(log, &mut bodies, &mut ends)?;
@@ -122,7 +129,10 @@ pub fn from_format_1(
     }
     let mut batch = sled::Batch::default();
     batch.insert(keys::FORMAT_KEY, codec::encode_format(2));
-    batch.insert(keys::INDEXED_KEY, codec::encode_position(0));
+    batch.insert(
+        keys::INDEXED_KEY,
+        codec::encode_mark(codec::IndexMark::default()),
+    );
     db.apply_batch(batch)?;
     db.flush()?;
     sync()

@@ -57,7 +57,9 @@ pub struct SledConfig {
     /// 64 MiB; at least 4 KiB, at most 1 GiB, a multiple of 8. One append must fit in a segment
     /// (a larger one is refused with [`StoreError::InvalidInput`]); with the default every
     /// append within [`MAX_APPEND_BYTES`](crate::store::MAX_APPEND_BYTES) does, unless it holds
-    /// hundreds of thousands of tiny events. Segments keep the size they were created with.
+    /// tens of thousands of tiny events (each record repeats the stream id and category: with
+    /// ids of 512 bytes, some 60 000 empty events fill 64 MiB). Segments keep the size they were
+    /// created with.
     pub segment_bytes: u64,
     /// The buffer of a sequential read of the event log (`read_all`, the catch-up at open,
     /// `verify`), and the largest run of one stream's events read with one `pread`: reads hold
@@ -248,7 +250,7 @@ impl SledEventStore {
         let head_path = path.join(durable::HEAD_FILE);
         let recorded = HeadFile::read(&path).map_err(|e| path_error(&head_path, e))?;
         let indexed = match db.get(keys::INDEXED_KEY)? {
-            Some(value) => codec::decode_position(&value).unwrap_or(0),
+            Some(value) => codec::decode_mark(&value).map_or(0, |m| m.position),
             None => 0,
         };
         let log_config = LogConfig {
@@ -268,8 +270,10 @@ impl SledEventStore {
                 durability.sync().map_err(|e| path_error(&path, e))
             })?;
         }
-        migrate::remove_format_1_keys(&db)?;
+        // The index catches up first: it reads back (and checks) every record a conversion
+        // copied, before the format-1 copy of the events is removed.
         let caught = index::catch_up(&db, &log.reader())?;
+        migrate::remove_format_1_keys(&db)?;
         db.flush().map_err(|e| engine_error(e, &path))?;
         durability.sync().map_err(|e| path_error(&path, e))?;
         let (head, last_timestamp) = (caught.head, caught.last_timestamp);
@@ -380,9 +384,10 @@ impl SledEventStore {
     }
 }
 
-/// Compares what sled recovered (the log's `head`, the commit counter `commits`) with what the
-/// head file at `head_path` says was acknowledged. The file is written only after sled's data
-/// file was fsynced, so it is never ahead of sled unless sled dropped acknowledged commits.
+/// Compares what was recovered (the event log's `head`, sled's commit counter `commits`) with
+/// what the head file at `head_path` says was acknowledged. The file is written only after the
+/// log's fdatasync (and sled's, for a commit that counts), so it is never ahead of them unless
+/// acknowledged data was lost.
 fn check_marks(recorded: &Marks, head: u64, commits: u64, head_path: &Path) -> Result<()> {
     let lost = match recorded.commits {
         Some(acknowledged) if acknowledged > commits => {
@@ -410,8 +415,8 @@ fn check_marks(recorded: &Marks, head: u64, commits: u64, head_path: &Path) -> R
         return Err(StoreError::Damaged {
             position: head + 1,
             reason: format!(
-                "the log ends at position {head}, but {} events were acknowledged: the \
-                 storage engine dropped a damaged part of its log{also}. {accept}",
+                "the log ends at position {head}, but {} events were acknowledged: a damaged \
+                 or missing part of the event log was lost{also}. {accept}",
                 recorded.head
             ),
         });

@@ -174,7 +174,7 @@ impl Shared {
                         }
                     },
                 )
-                .map_err(StoreError::from)?;
+                .map_err(|e| index_error(e, stream, first_version))?;
             if let Some(e) = failed {
                 return Err(e);
             }
@@ -201,12 +201,17 @@ impl Shared {
         let mut examined = 0u64;
         let mut bytes = 0usize;
         let Some((start, addr)) = self.group_start(next)? else {
-            return Err(StoreError::Damaged {
-                position: next,
-                reason: "the index has no entry where a read of the log from here can begin".into(),
+            return Err(StoreError::DamagedMetadata {
+                what: "the stream index's group starts".into(),
+                reason: format!(
+                    "none at or before position {next}: a read of the log cannot begin there"
+                ),
             });
         };
-        let mut scan = self.log.scan_from(next, start, addr)?;
+        let mut scan = self
+            .log
+            .scan_from(next, start, addr)
+            .map_err(|e| group_start_error(e, start))?;
         while let Some(record) = scan.next_record() {
             let record = record?;
             let position = record.position;
@@ -538,10 +543,7 @@ impl Shared {
                 },
             );
             if let Err(e) = read {
-                problems.push(format!(
-                    "index of {stream:?} versions {first_version}..: {}",
-                    StoreError::from(e)
-                ));
+                problems.push(index_error(e, stream, first_version).to_string());
             }
             previous = Some((stream.to_owned(), first_version + u64::from(run.count) - 1));
         }
@@ -550,16 +552,18 @@ impl Shared {
                 "the stream index covers {indexed} events but the log holds {head}"
             ));
         }
-        match self.db.get(keys::INDEXED_KEY)? {
-            Some(value) => match codec::decode_position(&value) {
-                Ok(mark) if mark < head => problems.push(format!(
-                    "the index's mark says it covers positions up to {mark}, but the head is {head}"
+        // The mark lags behind the head while the store runs (it is written when sled is
+        // flushed); it must decode, and never be ahead of the log.
+        if let Some(value) = self.db.get(keys::INDEXED_KEY)? {
+            match codec::decode_mark(&value) {
+                Ok(mark) if mark.position > self.log.tail() => problems.push(format!(
+                    "the index's mark says it covers positions up to {}, but the log ends at {}",
+                    mark.position,
+                    self.log.tail()
                 )),
                 Ok(_) => {}
                 Err(reason) => problems.push(format!("the index's mark: {reason}")),
-            },
-            None if head > 0 => problems.push("the index's mark is missing".into()),
-            None => {}
+            }
         }
         for item in self.db.scan_prefix([keys::GROUP]) {
             let (key, value) = item?;
@@ -599,6 +603,30 @@ impl Shared {
 
 fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// An error of the log met at an address the index gave for `stream`'s run from `version`: an
+/// address outside the log is damage to the index ([`StoreError::DamagedMetadata`]), not a
+/// caller's mistake; damage to a record stays [`StoreError::Damaged`].
+fn index_error(e: LogError, stream: &str, version: u64) -> StoreError {
+    match e {
+        LogError::Invalid(why) => StoreError::DamagedMetadata {
+            what: format!("the stream index entry of {stream:?} from version {version}"),
+            reason: why,
+        },
+        other => other.into(),
+    }
+}
+
+/// As [`index_error`], for the group start at `position`.
+fn group_start_error(e: LogError, position: u64) -> StoreError {
+    match e {
+        LogError::Invalid(why) => StoreError::DamagedMetadata {
+            what: format!("the stream index's group start at position {position}"),
+            reason: why,
+        },
+        other => other.into(),
+    }
 }
 
 fn decode_run_item(key: &[u8], value: &[u8]) -> Result<(u64, RunEntry)> {

@@ -14,7 +14,8 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// A store with `streams` streams of `per_stream` events each, appended one event at a time and
-/// round robin, so that every chunk mixes streams. Returns the store dropped (files closed).
+/// round robin (one commit group each), so that the log interleaves the streams. Returns the
+/// store dropped (files closed).
 fn prepare(dir: &Path, streams: u64, per_stream: u64) {
     rt().block_on(async {
         let store = SledEventStore::open(dir).unwrap();
@@ -847,7 +848,9 @@ fn a_store_with_and_without_metadata_reopens_and_reads_both() {
         }
         store.read_stream("tick-1", 1, 100).await.unwrap()
     });
-    assert!(run_of(dir.path(), "tick-1", 1).count >= 1);
+    // Every append is its own run in the index, with the record's exact length.
+    let first = run_of(dir.path(), "tick-1", 1);
+    assert_eq!((first.first_position, first.count), (1, 1));
     rt().block_on(async {
         let store = SledEventStore::open(dir.path()).unwrap();
         let read = store.read_stream("tick-1", 1, 100).await.unwrap();

@@ -62,14 +62,15 @@ pub struct WriterSettings {
     pub stream_cache_capacity: usize,
 }
 
-/// The index is flushed to sled's files once this many events were indexed since the last
-/// flush, or once [`INDEX_FLUSH_INTERVAL`] passed: it is derived from the log, so an index that
-/// was not flushed costs only the catch-up at the next open (bounded by these two).
+/// The index is flushed to sled's files (with its mark `I`) once this many events were indexed
+/// since the last flush, or at the first commit after [`INDEX_FLUSH_INTERVAL`]: it is derived
+/// from the log, so an index that was not flushed costs only the catch-up at the next open
+/// (bounded by these two).
 const INDEX_FLUSH_EVENTS: u64 = 64 * 1024;
 /// See [`INDEX_FLUSH_EVENTS`].
 const INDEX_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-/// A group start (`G` entry) is written at least every this many records, so that a sequential
-/// read from any position passes over at most this many records to find it.
+/// A group start (`G` entry) is written at position 1 and at each multiple of this, so that a
+/// sequential read from any position passes over fewer than this many records to reach it.
 pub const GROUP_START_EVERY: u64 = 256;
 
 /// The writer's state; runs on its own thread.
@@ -94,6 +95,9 @@ pub struct Writer {
     /// Events indexed since sled was last flushed, and when it was.
     unflushed: u64,
     flushed_at: Instant,
+    /// The last position whose index entries are in sled (applied, maybe not flushed): what
+    /// the mark `I` says once written. Always the end of a commit group.
+    indexed: u64,
 }
 
 /// The kinds of write a commit group holds, for the head file (`durable::Marks`).
@@ -161,6 +165,7 @@ impl Writer {
             failed: None,
             unflushed: 0,
             flushed_at: Instant::now(),
+            indexed: head,
         }
     }
 
@@ -181,10 +186,8 @@ impl Writer {
         if self.failed.is_none() && self.unflushed > 0 {
             // A clean close leaves nothing for the next open to catch up.
             let synced = self
-                .shared
-                .db
-                .flush()
-                .map_err(StoreError::from)
+                .mark_indexed()
+                .and_then(|()| self.shared.db.flush().map_err(StoreError::from))
                 .and_then(|_| self.durability.sync().map_err(StoreError::from));
             if let Err(e) = synced {
                 error!(error = %e, "could not flush the stream index at close");
@@ -445,15 +448,22 @@ impl Writer {
             // drops later takes its increment with it (see `check_marks`).
             let commit = self.head_file.marks().commits.unwrap_or(0) + 1;
             batch.insert(keys::COMMITS_KEY, codec::encode_commits(commit));
+            // The batch is flushed: the index's mark can say so.
+            batch.insert(
+                keys::INDEXED_KEY,
+                self.mark_value(position - 1, group_ts.max(self.last_timestamp)),
+            );
             if let Err(e) = self.write_durably(batch) {
                 return self.fail_group(e, replies);
             }
             self.unflushed = 0;
             self.flushed_at = Instant::now();
+            self.indexed = position - 1;
         } else if kinds.events {
             if let Err(e) = self.shared.db.apply_batch(batch) {
                 return self.fail_group(StoreError::from(e), replies);
             }
+            self.indexed = position - 1;
         }
 
         if writes > 0 || kinds.events {
@@ -515,16 +525,38 @@ impl Writer {
         if self.unflushed < INDEX_FLUSH_EVENTS && self.flushed_at.elapsed() < INDEX_FLUSH_INTERVAL {
             return;
         }
-        match self.shared.db.flush() {
+        let flushed = self
+            .mark_indexed()
+            .and_then(|()| self.shared.db.flush().map_err(StoreError::from));
+        match flushed {
             Ok(_) => {
                 self.unflushed = 0;
                 self.flushed_at = Instant::now();
             }
-            Err(e) => {
-                let replies = Vec::new();
-                self.fail_group(StoreError::from(e), replies);
-            }
+            Err(e) => self.fail_group(e, Vec::new()),
         }
+    }
+
+    /// Writes the index's mark `I`: every entry up to `indexed` is in sled, applied before this
+    /// write (sled recovers its writes in order, so a crash keeps the mark only with the entries
+    /// it covers). Written with each flush, not with each group: one sled write less per commit.
+    /// The catch-up at open starts after it, at the end of a group.
+    fn mark_indexed(&self) -> Result<()> {
+        let value = self.mark_value(self.indexed, self.last_timestamp);
+        self.shared.db.insert(keys::INDEXED_KEY, value)?;
+        Ok(())
+    }
+
+    /// The mark saying that the index covers the records up to `position`, the last one the log
+    /// took (whose timestamp is `timestamp_micros`): with where the next record begins.
+    fn mark_value(&self, position: u64, timestamp_micros: u64) -> Vec<u8> {
+        let (segment, offset) = self.log.end().unwrap_or((0, 0));
+        codec::encode_mark(codec::IndexMark {
+            position,
+            segment,
+            offset,
+            timestamp_micros,
+        })
     }
 
     /// Checks that an import continues the log at `position` (after events of this group whose
@@ -591,7 +623,9 @@ impl Writer {
         marks.head = head;
         marks.commits = Some(commit);
         for (written, last) in [
-            (kinds.events, &mut marks.last_events),
+            // Events are checked through the log and the head, not the counter: a commit
+            // "holds events" for the counter only when it was synced in sled.
+            (kinds.events && synced, &mut marks.last_events),
             (kinds.checkpoints, &mut marks.last_checkpoints),
             (kinds.state, &mut marks.last_state),
             (kinds.snapshots, &mut marks.last_snapshots),
@@ -623,8 +657,8 @@ fn check_checkpoint(name: &str, position: u64, head: u64) -> Result<()> {
 }
 
 /// Adds the index entries of a group the log took at `addrs`: each run of one stream (see
-/// [`RunEntry`]), a group start at the group's first record and every [`GROUP_START_EVERY`]
-/// records, and the index's high-water mark.
+/// [`RunEntry`]), and a group start at position 1 and each multiple of [`GROUP_START_EVERY`].
+/// The index's mark is written with the next flush (`Writer::mark_indexed`).
 fn index_group(batch: &mut sled::Batch, pending: &Pending, addrs: &[RecordAddr]) {
     let records = &pending.records;
     for (stream, version, first, count) in &pending.runs {
@@ -641,15 +675,12 @@ fn index_group(batch: &mut sled::Batch, pending: &Pending, addrs: &[RecordAddr])
         );
     }
     for (i, (position, _)) in records.iter().enumerate() {
-        if i == 0 || pending.cuts.contains(&i) || position % GROUP_START_EVERY == 0 {
+        if *position == 1 || position % GROUP_START_EVERY == 0 {
             batch.insert(
                 &keys::group_key(*position)[..],
                 codec::encode_place(addrs[i].segment, addrs[i].offset),
             );
         }
-    }
-    if let Some((last, _)) = records.last() {
-        batch.insert(keys::INDEXED_KEY, codec::encode_position(*last));
     }
 }
 
@@ -693,6 +724,8 @@ struct Mark {
     bodies: usize,
     records: usize,
     runs: usize,
+    /// The count of the last run then: a request's first record may continue it.
+    last_run_count: Option<u32>,
 }
 
 impl Pending {
@@ -701,6 +734,7 @@ impl Pending {
             bodies: self.bodies.len(),
             records: self.records.len(),
             runs: self.runs.len(),
+            last_run_count: self.runs.last().map(|r| r.3),
         }
     }
 
@@ -740,6 +774,9 @@ impl Pending {
             self.bodies.truncate(mark.bodies);
             self.records.truncate(mark.records);
             self.runs.truncate(mark.runs);
+            if let (Some(run), Some(count)) = (self.runs.last_mut(), mark.last_run_count) {
+                run.3 = count;
+            }
             return Err(StoreError::InvalidInput(format!(
                 "{count} events take {bytes} bytes in the log, more than one log segment holds \
                  ({capacity} bytes): append them in several calls, or raise \
@@ -790,5 +827,74 @@ impl Pending {
             from = to;
         }
         Ok(addrs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn push(p: &mut Pending, position: u64, stream: &str, version: u64, payload: usize) -> Mark {
+        let mark = p.mark();
+        p.run(stream, version);
+        p.push(
+            &HeaderOut {
+                position,
+                stream_id: stream,
+                stream_version: version,
+                category: category_of(stream),
+                event_type: "E",
+                schema_version: 1,
+                event_id: Uuid::nil(),
+                correlation_id: None,
+                causation_id: None,
+                timestamp_micros: 1,
+            },
+            &Metadata::new(),
+            &vec![7; payload],
+        );
+        mark
+    }
+
+    #[test]
+    fn a_refused_append_takes_back_what_it_added_to_the_run_it_continued() {
+        let mut p = Pending::default();
+        let mark = push(&mut p, 1, "s", 1, 10);
+        p.fit(mark, 4096).unwrap();
+        // The same stream again, too large for a segment: refused, and the run of the first
+        // append keeps its count (it was 2 for a moment).
+        let mark = push(&mut p, 2, "s", 2, 5000);
+        assert!(matches!(
+            p.fit(mark, 4096),
+            Err(StoreError::InvalidInput(_))
+        ));
+        assert_eq!(p.runs, [("s".to_owned(), 1, 0, 1)]);
+        assert_eq!(p.records.len(), 1);
+        assert_eq!(p.bodies.len(), p.records[0].1);
+        // And the next append continues it.
+        let mark = push(&mut p, 2, "s", 2, 10);
+        p.fit(mark, 4096).unwrap();
+        assert_eq!(p.runs, [("s".to_owned(), 1, 0, 2)]);
+    }
+
+    #[test]
+    fn a_run_is_split_where_a_group_is_cut_into_parts() {
+        let mut p = Pending::default();
+        for (position, stream) in [(1, "s"), (2, "s"), (3, "s"), (4, "t")] {
+            let mark = push(&mut p, position, stream, position.min(3), 1000);
+            p.fit(mark, 2500).unwrap();
+        }
+        // Two records of ~1.1 KB fit in 2 500 bytes, a third does not: a cut before it, and
+        // the run of "s" split there, so that no run spans two parts.
+        assert_eq!(p.cuts, [2]);
+        assert_eq!(
+            p.runs,
+            [
+                ("s".to_owned(), 1, 0, 2),
+                ("s".to_owned(), 3, 2, 1),
+                ("t".to_owned(), 3, 3, 1)
+            ]
+        );
     }
 }
