@@ -1149,8 +1149,7 @@ async fn an_append_failing_under_the_positions_lock_releases_it() {
 #[actix::test]
 async fn appends_whose_commits_overlap_are_readable_when_acknowledged() {
     let _shared = SERVER.read().await;
-    let Some((_schema, store)) = open("overlapping_commits", "overlap", |c| c.committers(2))
-    else {
+    let Some((_schema, store)) = open("overlapping_commits", "overlap", |c| c.committers(2)) else {
         return;
     };
     let writers: Vec<_> = (0..16u64)
@@ -1163,9 +1162,16 @@ async fn appends_whose_commits_overlap_are_readable_when_acknowledged() {
                         .append(&stream, ExpectedVersion::Exact(i), vec![order(i)])
                         .await
                         .unwrap();
-                    assert!(store.head() >= r.last_position, "head behind an acknowledged append");
+                    assert!(
+                        store.head() >= r.last_position,
+                        "head behind an acknowledged append"
+                    );
                     let mine = store.read_stream(&stream, 1, 100).await.unwrap();
-                    assert_eq!(mine.len() as u64, i + 1, "stream read after acknowledgement");
+                    assert_eq!(
+                        mine.len() as u64,
+                        i + 1,
+                        "stream read after acknowledgement"
+                    );
                     let page = store
                         .read_all(r.last_position, 1, &Filter::all())
                         .await

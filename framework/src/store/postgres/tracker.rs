@@ -66,7 +66,11 @@ pub async fn announce(shared: Arc<Shared>) {
             Ok(client) => {
                 let mut running = shared.finished.start();
                 let sent = ops::one(&client, sql, &[&shared.keys.channel, &payload]).await;
-                if let Some(xid) = sent.as_ref().ok().and_then(|row| row.get::<_, &str>(2).parse().ok()) {
+                if let Some(xid) = sent
+                    .as_ref()
+                    .ok()
+                    .and_then(|row| row.get::<_, &str>(2).parse().ok())
+                {
                     running.finished_as(xid);
                 }
                 sent
