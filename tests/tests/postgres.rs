@@ -613,15 +613,16 @@ fn a_schema_at_migration_5_migrates_and_its_events_read_without_metadata() {
     };
     drop(schema.open(|c| c));
     let name = schema.name().to_owned();
-    // Back to what migration 5 left (migration 6 only adds the column and two functions), then
-    // an append as a process of the previous build makes it.
+    // Back to what migration 5 left (migrations 6 and 7 only add the column and functions),
+    // then an append as a process of that build makes it.
     pg::blocking(async move {
         let client = pg::connect().await.unwrap();
         client
             .batch_execute(&format!(
-                "DROP FUNCTION \"{name}\".append_v6; DROP FUNCTION \"{name}\".append_batch_v6; \
+                "DROP FUNCTION \"{name}\".append_v7; DROP FUNCTION \"{name}\".append_batch_v7; \
+                 DROP FUNCTION \"{name}\".append_v6; DROP FUNCTION \"{name}\".append_batch_v6; \
                  ALTER TABLE \"{name}\".events DROP COLUMN metadata; \
-                 DELETE FROM \"{name}\".migrations WHERE version = 6;"
+                 DELETE FROM \"{name}\".migrations WHERE version >= 6;"
             ))
             .await
             .unwrap();
@@ -639,7 +640,7 @@ fn a_schema_at_migration_5_migrates_and_its_events_read_without_metadata() {
         let name = schema.name().to_owned();
         async move { recorded_migrations(&pg::connect().await.unwrap(), &name).await }
     });
-    assert_eq!(versions, (1..=6).collect::<Vec<_>>());
+    assert_eq!(versions, (1..=7).collect::<Vec<_>>());
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let events = pg::blocking(async move {
         let new = EventData::new("New", b"{}".to_vec())
@@ -655,6 +656,91 @@ fn a_schema_at_migration_5_migrates_and_its_events_read_without_metadata() {
     assert_eq!(events[0].event_type, "Old");
     assert!(events[0].metadata.is_empty());
     assert_eq!(events[1].traceparent(), Some(traceparent));
+}
+
+/// A schema at migration 6 is migrated at open, and processes of the previous build, which call
+/// `append_v6` and `append_batch_v6`, go on appending beside those of this one, which call the
+/// `_v7` functions: the versions and positions of both follow each other.
+#[test]
+fn a_schema_at_migration_6_migrates_and_appends_of_the_previous_build_go_on() {
+    let _shared = SERVER.blocking_read();
+    let Some(schema) = Schema::fresh("a_schema_at_migration_6_migrates") else {
+        return;
+    };
+    drop(schema.open(|c| c));
+    let name = schema.name().to_owned();
+    let old_append = format!(
+        "SELECT o_actual, o_first FROM \"{name}\".append_v6('order-1', 'order', -1, \
+             ARRAY[gen_random_uuid()], ARRAY['Old'], ARRAY[1], ARRAY[NULL::uuid], \
+             ARRAY[NULL::uuid], ARRAY['{{}}'::bytea], ARRAY[NULL::jsonb])"
+    );
+    let old_batch = format!(
+        "SELECT o_actual, o_first FROM \"{name}\".append_batch_v6( \
+             ARRAY['order-1', 'order-2'], ARRAY['order', 'order'], ARRAY[-1, 0]::bigint[], \
+             ARRAY[1, 1], ARRAY[gen_random_uuid(), gen_random_uuid()], ARRAY['Old', 'Old'], \
+             ARRAY[1, 1], ARRAY[NULL::uuid, NULL], ARRAY[NULL::uuid, NULL], \
+             ARRAY['{{}}'::bytea, '{{}}'], ARRAY[NULL::jsonb, NULL])"
+    );
+    // Back to what migration 6 left (migration 7 only adds two functions), then an append as a
+    // process of the previous build makes it.
+    let first = pg::blocking({
+        let (name, old_append) = (name.clone(), old_append.clone());
+        async move {
+            let client = pg::connect().await.unwrap();
+            client
+                .batch_execute(&format!(
+                    "DROP FUNCTION \"{name}\".append_v7; \
+                     DROP FUNCTION \"{name}\".append_batch_v7; \
+                     DELETE FROM \"{name}\".migrations WHERE version = 7;"
+                ))
+                .await
+                .unwrap();
+            let row = client.query_one(&old_append, &[]).await.unwrap();
+            (row.get::<_, i64>(0), row.get::<_, Option<i64>>(1))
+        }
+    });
+    assert_eq!(first, (1, Some(1)));
+    let store = schema.open(|c| c);
+    let (versions, events) = pg::blocking(async move {
+        let client = pg::connect().await.unwrap();
+        let versions = recorded_migrations(&client, &name).await;
+        let r = store
+            .append("order-1", ExpectedVersion::Exact(1), vec![order(2)])
+            .await
+            .unwrap();
+        assert_eq!((r.first_position, r.stream_version), (2, 2));
+        // The previous build's process appends again, alone and in a batch.
+        let row = client.query_one(&old_append, &[]).await.unwrap();
+        assert_eq!(
+            (row.get::<_, i64>(0), row.get::<_, Option<i64>>(1)),
+            (3, Some(3))
+        );
+        let row = client.query_one(&old_batch, &[]).await.unwrap();
+        assert_eq!(row.get::<_, Vec<i64>>(0), vec![3, 0]);
+        assert_eq!(row.get::<_, Vec<Option<i64>>>(1), vec![Some(4), Some(5)]);
+        let r = store
+            .append("order-2", ExpectedVersion::Exact(1), vec![order(6)])
+            .await
+            .unwrap();
+        assert_eq!((r.first_position, r.stream_version), (6, 2));
+        (versions, log(&store).await)
+    });
+    assert_eq!(versions, (1..=7).collect::<Vec<_>>());
+    let stored: Vec<(u64, &str, u64)> = events
+        .iter()
+        .map(|e| (e.position, e.stream_id.as_str(), e.stream_version))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            (1, "order-1", 1),
+            (2, "order-1", 2),
+            (3, "order-1", 3),
+            (4, "order-1", 4),
+            (5, "order-2", 1),
+            (6, "order-2", 2),
+        ]
+    );
 }
 
 /// A schema that a newer build migrated is refused with `UnsupportedFormat`, not used.
@@ -1022,32 +1108,87 @@ async fn an_append_failing_under_the_positions_lock_releases_it() {
     .await
     .unwrap();
     let ids = vec![Uuid::new_v4()];
-    let failed = raw
-        .query_one(
-            &format!(
-                "SELECT o_first FROM \"{}\".append('order-2', 'order', -1, $1, \
-                 ARRAY['OrderPlaced'], ARRAY[1], ARRAY[NULL::uuid], ARRAY[NULL::uuid], \
-                 ARRAY['{{}}'::bytea])",
-                schema.name()
-            ),
-            &[&ids],
-        )
-        .await
-        .expect_err("an exhausted positions sequence must fail the append");
-    assert!(
-        failed.to_string().contains("maximum value")
-            || format!("{:?}", failed.as_db_error()).contains("maximum value"),
-        "unexpected error: {failed:?}"
-    );
-    let held: i64 = raw
-        .query_one(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(held, 0, "the failed append left an advisory lock held");
+    // The first version of the function, and the one the store calls now.
+    let calls = [
+        "append('order-2', 'order', -1, $1, ARRAY['OrderPlaced'], ARRAY[1], \
+         ARRAY[NULL::uuid], ARRAY[NULL::uuid], ARRAY['{}'::bytea])",
+        "append_v7('order-2', 'order', -1, $1, ARRAY['OrderPlaced'], ARRAY[1], \
+         ARRAY[NULL::uuid], ARRAY[NULL::uuid], ARRAY['{}'::bytea], ARRAY[NULL::jsonb])",
+    ];
+    for call in calls {
+        let failed = raw
+            .query_one(
+                &format!("SELECT o_first FROM \"{}\".{call}", schema.name()),
+                &[&ids],
+            )
+            .await
+            .expect_err("an exhausted positions sequence must fail the append");
+        assert!(
+            failed.to_string().contains("maximum value")
+                || format!("{:?}", failed.as_db_error()).contains("maximum value"),
+            "unexpected error: {failed:?}"
+        );
+        let held: i64 = raw
+            .query_one(
+                "SELECT count(*) FROM pg_locks \
+                 WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(held, 0, "the failed {call} left an advisory lock held");
+    }
+}
+
+/// An acknowledged append is readable at once, also when its commit overlapped others of the
+/// same process (two committers, 16 writers: the older commit is often still flushing when the
+/// next takes its transaction id, and the store answers the younger one when it sees the older
+/// end, without asking the server). Each writer reads its own stream and the global log right
+/// after each acknowledgement.
+#[actix::test]
+async fn appends_whose_commits_overlap_are_readable_when_acknowledged() {
+    let _shared = SERVER.read().await;
+    let Some((_schema, store)) = open("overlapping_commits", "overlap", |c| c.committers(2)) else {
+        return;
+    };
+    let writers: Vec<_> = (0..16u64)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = format!("order-o{w}");
+                for i in 0..25u64 {
+                    let r = store
+                        .append(&stream, ExpectedVersion::Exact(i), vec![order(i)])
+                        .await
+                        .unwrap();
+                    assert!(
+                        store.head() >= r.last_position,
+                        "head behind an acknowledged append"
+                    );
+                    let mine = store.read_stream(&stream, 1, 100).await.unwrap();
+                    assert_eq!(
+                        mine.len() as u64,
+                        i + 1,
+                        "stream read after acknowledgement"
+                    );
+                    let page = store
+                        .read_all(r.last_position, 1, &Filter::all())
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        page.events.first().map(|e| e.position),
+                        Some(r.last_position),
+                        "global read after acknowledgement"
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(log(&store).await.len(), 16 * 25);
 }
 
 /// Appends that arrive together commit together (group commit), and each still gets its own

@@ -37,6 +37,7 @@
 //! ```
 
 mod errors;
+mod finished;
 mod keys;
 mod lease;
 mod ops;
@@ -337,6 +338,9 @@ struct Shared {
     queue: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ops::Pending>>,
     /// The store's metric handles (taken at open).
     metrics: crate::metrics::StoreMetrics,
+    /// This process's writes that have finished, for appends that wait for them
+    /// ([`finished`]).
+    finished: finished::Finished,
 }
 
 impl Shared {
@@ -489,6 +493,7 @@ impl PostgresEventStore {
             appends,
             queue: tokio::sync::Mutex::new(queue),
             metrics: crate::metrics::StoreMetrics::new("postgres"),
+            finished: finished::Finished::new(),
         });
         let opening = {
             let shared = shared.clone();

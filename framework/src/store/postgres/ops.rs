@@ -110,12 +110,12 @@ impl Sql {
         };
         Sql {
             append: format!(
-                "SELECT o_actual, o_first, o_xid, o_alone \
-                 FROM {s}.append_v6($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text[]::jsonb[])"
+                "SELECT o_actual, o_first, o_xid, o_older \
+                 FROM {s}.append_v7($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text[]::jsonb[])"
             ),
             append_batch: format!(
-                "SELECT o_actual, o_first, o_xid, o_alone \
-                 FROM {s}.append_batch_v6($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                "SELECT o_actual, o_first, o_xid, o_older \
+                 FROM {s}.append_batch_v7($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
                                           $11::text[]::jsonb[])"
             ),
             horizon: format!("SELECT {HORIZON}::text"),
@@ -384,23 +384,44 @@ async fn horizon(client: &tokio_postgres::Client, sql: &Sql) -> Result<u64> {
 /// Waits until transaction `xid` (committed) is below the read horizon, then moves the head to
 /// `last`; gives up with a warning after the visibility timeout (the events are durable, but
 /// global readers see them only once the transactions that hold the horizon back finish).
-/// Holds no connection while it waits: each look at the horizon (the first one at once) takes
-/// one from the pool for that one query.
-async fn wait_visible(shared: &Shared, xid: u64, last: u64) -> Result<()> {
+///
+/// `older`, when known, lists the transactions older than `xid` that were running when it took
+/// its id (see [`Finished`](super::finished::Finished)): once each has finished, so has every
+/// transaction below `xid`, and the wait ends without asking the server. Those of this
+/// process's own writes end while it waits (each wakes it); for the others it reads the
+/// horizon: at once when no write of this process is running (nothing here will end them), else
+/// after a pause, which doubles up to 50 ms.
+/// Holds no connection while it waits: each look at the horizon takes one from the pool for
+/// that one query.
+async fn wait_visible(shared: &Shared, xid: u64, older: Option<&[u64]>, last: u64) -> Result<()> {
     let deadline = tokio::time::Instant::now() + shared.config.visibility_timeout;
     let mut head = shared.watch();
+    // Subscribed before the first check, so that no end between the check and the wait is missed.
+    let mut ended = shared.finished.subscribe();
+    let mut listening = older.is_some();
     let mut pause = Duration::from_millis(1);
+    let mut look_at = match older {
+        Some(_) if shared.finished.any_running() => tokio::time::Instant::now() + pause,
+        _ => tokio::time::Instant::now(),
+    };
     loop {
-        // A look that fails (no connection free, a lost one) is tried again until the
-        // deadline: the append must not return before its events are readable.
-        let looked = match shared.client().await {
-            Ok(client) => horizon(&client, &shared.sql).await,
-            Err(e) => Err(e),
-        };
-        match looked {
-            Ok(h) if h > xid => break,
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "could not read the horizon; trying again"),
+        if older.is_some_and(|older| shared.finished.all(older)) {
+            break;
+        }
+        if tokio::time::Instant::now() >= look_at {
+            // A look that fails (no connection free, a lost one) is tried again until the
+            // deadline: the append must not return before its events are readable.
+            let looked = match shared.client().await {
+                Ok(client) => horizon(&client, &shared.sql).await,
+                Err(e) => Err(e),
+            };
+            match looked {
+                Ok(h) if h > xid => break,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "could not read the horizon; trying again"),
+            }
+            look_at = tokio::time::Instant::now() + pause;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
         if head.current() >= last {
             return Ok(());
@@ -415,10 +436,13 @@ async fn wait_visible(shared: &Shared, xid: u64, last: u64) -> Result<()> {
             return Ok(());
         }
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep_until(look_at.min(deadline)) => {}
             _ = head.wait_for(last) => return Ok(()),
+            changed = ended.changed(), if listening => {
+                // (The sender lives as long as `shared`: an error cannot happen.)
+                listening = changed.is_ok();
+            }
         }
-        pause = (pause * 2).min(Duration::from_millis(50));
     }
     shared.bump_head(last);
     Ok(())
@@ -612,9 +636,11 @@ async fn commit_batch_in(shared: &Arc<Shared>, batch: Vec<Pending>, span: &traci
         &payloads,
         &metadata,
     ];
+    let mut running = None;
     let outcome = match client.prepare_cached(&shared.sql.append_batch).await {
         Ok(append) => {
             let started = std::time::Instant::now();
+            running = Some(shared.finished.start());
             let appended = client.query_one(&append, &params).await;
             if appended.is_ok() {
                 shared.metrics.committed(started.elapsed());
@@ -626,6 +652,7 @@ async fn commit_batch_in(shared: &Arc<Shared>, batch: Vec<Pending>, span: &traci
     let row = match outcome {
         Ok(done) => done,
         Err(e) => {
+            drop(running);
             // The function releases the positions lock when it fails holding it; the
             // connection is closed anyway (see `append_one`).
             drop(deadpool_postgres::Object::take(client));
@@ -650,15 +677,22 @@ async fn commit_batch_in(shared: &Arc<Shared>, batch: Vec<Pending>, span: &traci
         let actual: Vec<i64> = row.try_get(0).map_err(pg_error)?;
         let first: Vec<Option<i64>> = row.try_get(1).map_err(pg_error)?;
         let xid: Option<String> = row.try_get(2).map_err(pg_error)?;
-        let alone: Option<bool> = row.try_get(3).map_err(pg_error)?;
+        let older: Option<Vec<i64>> = row.try_get(3).map_err(pg_error)?;
         if actual.len() != batch.len() || first.len() != batch.len() {
             return Err(StoreError::engine_message(
                 "postgres append_batch returned the wrong number of results",
             ));
         }
-        Ok((actual, first, xid, alone == Some(true)))
+        let xid = xid.as_deref().map(parse_xid).transpose()?;
+        Ok((actual, first, xid, older_xids(older)))
     })();
-    let (actual, first, xid, alone) = match decoded {
+    if let (Some(running), Ok((_, _, Some(xid), _))) = (running.as_mut(), &decoded) {
+        running.finished_as(*xid);
+    }
+    // The transaction has ended (the answer comes after the commit): appends that wait for it
+    // may go.
+    drop(running);
+    let (actual, first, xid, older) = match decoded {
         Ok(decoded) => decoded,
         Err(e) => {
             let message = crate::store::error_chain(&e);
@@ -702,11 +736,11 @@ async fn commit_batch_in(shared: &Arc<Shared>, batch: Vec<Pending>, span: &traci
     span.record("appends", accepted);
     span.record("events", events);
     let answers: Vec<_> = batch.into_iter().map(|p| p.reply).zip(results).collect();
-    match xid.as_deref().and_then(|x| parse_xid(x).ok()) {
+    match xid {
         Some(xid) => {
             shared.announce(last_of_batch);
             let visible = Visible {
-                alone,
+                older,
                 xid,
                 last: last_of_batch,
             };
@@ -768,6 +802,7 @@ async fn append_one(
         &metadata,
     ];
     let started = std::time::Instant::now();
+    let mut running = shared.finished.start();
     let appended = client.query_one(&append, &params).await;
     if appended.is_ok() {
         shared.metrics.committed(started.elapsed());
@@ -775,6 +810,7 @@ async fn append_one(
     let row = match appended {
         Ok(row) => row,
         Err(e) => {
+            drop(running);
             let unique = e.code() == Some(&SqlState::UNIQUE_VIOLATION);
             // The function releases the session lock on positions when it fails while holding
             // it; closing the connection (instead of pooling it) also covers a failure between
@@ -791,16 +827,26 @@ async fn append_one(
             return Err(pg_error(e));
         }
     };
+    let xid = row
+        .try_get::<_, Option<&str>>(2)
+        .map_err(pg_error)?
+        .map(parse_xid)
+        .transpose()?;
+    if let Some(xid) = xid {
+        running.finished_as(xid);
+    }
+    // The transaction has ended (the answer comes after the commit): appends that wait for it
+    // may go.
+    drop(running);
     let actual = unsigned(row.get(0), "stream version")?;
-    let Some(first) = row.get::<_, Option<i64>>(1) else {
+    let (Some(first), Some(xid)) = (row.get::<_, Option<i64>>(1), xid) else {
         return Err(StoreError::WrongExpectedVersion {
             stream,
             expected,
             actual,
         });
     };
-    let xid = parse_xid(row.get::<_, &str>(2))?;
-    let alone = row.get::<_, Option<bool>>(3) == Some(true);
+    let older = older_xids(row.try_get(3).map_err(pg_error)?);
     let first = unsigned(first, "position")?;
     let last = first + n as u64 - 1;
     shared.metrics.group(1, n);
@@ -811,33 +857,43 @@ async fn append_one(
         last_position: last,
         stream_version: actual,
     };
-    Ok((result, Visible { alone, xid, last }))
+    Ok((result, Visible { older, xid, last }))
 }
 
 /// What an answer waits for after a commit: its transaction below the read horizon.
 struct Visible {
-    /// No older transaction was running when the committing one took its id (the append
-    /// function's `o_alone`): then its events are below every reader's horizon from its commit
-    /// on, since no transaction can take an older id later.
-    alone: bool,
+    /// The transactions older than the committing one that were still running when it took its
+    /// id (the append function's `o_older`); when none was, its events are below every reader's
+    /// horizon from its commit on, since no transaction can take an older id later.
+    older: Vec<u64>,
     /// The committing transaction.
     xid: u64,
     /// The last position it wrote.
     last: u64,
 }
 
+/// The ids an append function returned as `o_older`.
+fn older_xids(older: Option<Vec<i64>>) -> Vec<u64> {
+    older
+        .unwrap_or_default()
+        .into_iter()
+        .map(|x| x as u64)
+        .collect()
+}
+
 /// Answers the appends of one commit once its events are readable (or the visibility timeout
-/// passed): at once when no older transaction was running (the usual case), otherwise in a task
-/// of its own that reads the horizon until it passes them, so that the committer goes on with
-/// the next batch.
+/// passed): at once when every older transaction had finished (the usual case: none was
+/// running, or only this process's own commits, which ended before), otherwise in a task of its
+/// own that waits for them (see [`wait_visible`]), so that the committer goes on with the next
+/// batch.
 fn answer_when_visible(
     shared: &Arc<Shared>,
     visible: Visible,
     answers: Vec<(oneshot::Sender<Result<AppendResult>>, Result<AppendResult>)>,
 ) {
-    let Visible { alone, xid, last } = visible;
-    if alone {
-        // Readable from the commit on: answered at once, without a task of its own.
+    let Visible { older, xid, last } = visible;
+    if shared.finished.all(&older) {
+        // Readable from now on: answered at once, without a task of its own.
         shared.bump_head(last);
         for (reply, result) in answers {
             let _ = reply.send(result);
@@ -846,7 +902,7 @@ fn answer_when_visible(
     }
     let shared = shared.clone();
     tokio::spawn(async move {
-        if let Err(e) = wait_visible(&shared, xid, last).await {
+        if let Err(e) = wait_visible(&shared, xid, Some(&older), last).await {
             tracing::warn!(error = %e, position = last, "could not wait for appends to be readable");
         }
         for (reply, result) in answers {
@@ -1450,7 +1506,7 @@ pub async fn import(shared: &Shared, events: Vec<RecordedEvent>) -> Result<u64> 
     tx.commit().await.map_err(pg_error)?;
     shared.announce(last_position);
     drop(client);
-    wait_visible(shared, xid, last_position).await?;
+    wait_visible(shared, xid, None, last_position).await?;
     Ok(last_position)
 }
 

@@ -12,7 +12,7 @@ use super::keys::Keys;
 use crate::store::{Result, StoreError};
 
 /// The newest migration this build knows (the schema version it reads and writes).
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// The statements of migration `version`, for the schema `s` (already quoted) with lock `keys`.
 fn migration(version: i32, s: &str, keys: &Keys) -> String {
@@ -581,6 +581,156 @@ BEGIN
     CROSS JOIN LATERAL generate_series(1, p_counts[a.ai]) AS k(k)
     WHERE v_first[a.ai] IS NOT NULL;
     RETURN QUERY SELECT v_actual, v_first, v_xid::text, v_alone;
+END
+$fn$;
+"#,
+            class = keys.stream_class,
+            positions = keys.positions,
+        ),
+        7 => format!(
+            r#"
+-- append_v6 and append_batch_v6 again, as append_v7 and append_batch_v7, each returning,
+-- instead of whether its transaction was the oldest one running when it took its id, the ids
+-- of the older transactions that were still running then (`o_older`; empty: the oldest). The
+-- store answers an append once each of them has finished: when they are its own appends (the
+-- other committer's, whose commits it sees end), at once, without reading the horizon from the
+-- server (decision 57). The snapshot that lists them is taken after this transaction took its
+-- id, so every older transaction not listed had already finished, and none can take an older
+-- id later. Also: the functions return one row through OUT parameters (no result set to
+-- materialize), and append_batch_v7 reads the versions of all its streams in one statement
+-- instead of one per stream. New names, so that processes of the previous build keep calling
+-- the functions they know until they are restarted.
+CREATE FUNCTION {s}.append_v7(
+    p_stream text, p_category text, p_expected bigint,
+    p_ids uuid[], p_types text[], p_schema_versions integer[],
+    p_correlation_ids uuid[], p_causation_ids uuid[], p_payloads bytea[], p_metadata jsonb[],
+    OUT o_actual bigint, OUT o_first bigint, OUT o_xid text, OUT o_older bigint[])
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_n      bigint := cardinality(p_ids);
+    v_xid    xid8;
+    v_now    bigint;
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'tidings: an append must be the first write of its transaction'
+            USING ERRCODE = '55000';
+    END IF;
+    PERFORM pg_advisory_xact_lock({class}, hashtext(p_stream));
+    SELECT coalesce(max(e.stream_version), 0) INTO o_actual
+        FROM {s}.events e WHERE e.stream_id = p_stream;
+    IF p_expected >= 0 AND o_actual <> p_expected THEN
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_lock({positions});
+    BEGIN
+        SELECT pg_current_xact_id(), nextval('{s}.positions') INTO v_xid, o_first;
+        IF v_n > 1 THEN
+            PERFORM setval('{s}.positions', o_first + v_n - 1);
+        END IF;
+        -- Timestamps never go down with position, even if the server's clock steps back. In
+        -- the same statement (a snapshot taken after this transaction took its id): the older
+        -- transactions still running. Those are the ones the snapshot lists below this one, and
+        -- every id from its xmax (one past the newest transaction that had finished) up to this
+        -- one: the snapshot does not list those, it counts them all as running.
+        SELECT setval('{s}.clock', greatest((extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                                            c.last_value)),
+               ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(n.s) AS x WHERE x < v_xid
+                     UNION ALL
+                     SELECT generate_series(pg_snapshot_xmax(n.s)::text::bigint,
+                                            v_xid::text::bigint - 1))
+            INTO v_now, o_older
+            FROM {s}.clock c, pg_current_snapshot() AS n(s);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_advisory_unlock({positions});
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock({positions});
+    INSERT INTO {s}.events (position, xid, stream_id, stream_version, category, event_type,
+                            schema_version, event_id, correlation_id, causation_id,
+                            timestamp_micros, payload, metadata)
+    SELECT o_first + i - 1, v_xid, p_stream, o_actual + i, p_category, p_types[i],
+           p_schema_versions[i], p_ids[i], p_correlation_ids[i], p_causation_ids[i],
+           v_now, p_payloads[i], p_metadata[i]
+    FROM generate_subscripts(p_ids, 1) AS i;
+    o_actual := o_actual + v_n;
+    o_xid := v_xid::text;
+END
+$fn$;
+
+CREATE FUNCTION {s}.append_batch_v7(
+    p_streams text[], p_categories text[], p_expected bigint[], p_counts integer[],
+    p_ids uuid[], p_types text[], p_schema_versions integer[],
+    p_correlation_ids uuid[], p_causation_ids uuid[], p_payloads bytea[], p_metadata jsonb[],
+    OUT o_actual bigint[], OUT o_first bigint[], OUT o_xid text, OUT o_older bigint[])
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_n      integer := cardinality(p_streams);
+    v_total  bigint := 0;
+    v_base   bigint;
+    v_xid    xid8;
+    v_now    bigint;
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'tidings: an append must be the first write of its transaction'
+            USING ERRCODE = '55000';
+    END IF;
+    -- The streams' locks, taken in one order so that batches never wait on each other in a
+    -- cycle (a single append takes one lock, which cannot close a cycle either).
+    PERFORM pg_advisory_xact_lock({class}, l.h)
+        FROM (SELECT DISTINCT hashtext(t.s) AS h FROM unnest(p_streams) AS t(s) ORDER BY 1) AS l;
+    -- Every stream's version in one statement (its snapshot is taken after the locks).
+    SELECT array_agg(coalesce(m.v, 0) ORDER BY t.i) INTO o_actual
+        FROM unnest(p_streams) WITH ORDINALITY AS t(s, i)
+        LEFT JOIN LATERAL (SELECT max(e.stream_version) AS v FROM {s}.events e
+                           WHERE e.stream_id = t.s) AS m ON true;
+    o_first := array_fill(NULL::bigint, ARRAY[v_n]);
+    FOR v_i IN 1..v_n LOOP
+        IF p_expected[v_i] < 0 OR o_actual[v_i] = p_expected[v_i] THEN
+            o_first[v_i] := v_total;
+            v_total := v_total + p_counts[v_i];
+        END IF;
+    END LOOP;
+    IF v_total = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_lock({positions});
+    BEGIN
+        SELECT pg_current_xact_id(), nextval('{s}.positions') INTO v_xid, v_base;
+        IF v_total > 1 THEN
+            PERFORM setval('{s}.positions', v_base + v_total - 1);
+        END IF;
+        SELECT setval('{s}.clock', greatest((extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                                            c.last_value)),
+               ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(n.s) AS x WHERE x < v_xid
+                     UNION ALL
+                     SELECT generate_series(pg_snapshot_xmax(n.s)::text::bigint,
+                                            v_xid::text::bigint - 1))
+            INTO v_now, o_older
+            FROM {s}.clock c, pg_current_snapshot() AS n(s);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_advisory_unlock({positions});
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock({positions});
+    FOR v_i IN 1..v_n LOOP
+        IF o_first[v_i] IS NOT NULL THEN
+            o_first[v_i] := v_base + o_first[v_i];
+        END IF;
+    END LOOP;
+    INSERT INTO {s}.events (position, xid, stream_id, stream_version, category, event_type,
+                            schema_version, event_id, correlation_id, causation_id,
+                            timestamp_micros, payload, metadata)
+    SELECT o_first[a.ai] + k.k - 1, v_xid, p_streams[a.ai], o_actual[a.ai] + k.k,
+           p_categories[a.ai], p_types[a.off + k.k], p_schema_versions[a.off + k.k],
+           p_ids[a.off + k.k], p_correlation_ids[a.off + k.k], p_causation_ids[a.off + k.k],
+           v_now, p_payloads[a.off + k.k], p_metadata[a.off + k.k]
+    FROM (SELECT g.ai, (sum(p_counts[g.ai]) OVER (ORDER BY g.ai) - p_counts[g.ai])::integer AS off
+          FROM generate_subscripts(p_streams, 1) AS g(ai)) AS a
+    CROSS JOIN LATERAL generate_series(1, p_counts[a.ai]) AS k(k)
+    WHERE o_first[a.ai] IS NOT NULL;
+    o_xid := v_xid::text;
 END
 $fn$;
 "#,

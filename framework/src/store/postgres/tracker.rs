@@ -41,7 +41,10 @@ const STUCK_POLL: Duration = Duration::from_secs(1);
 /// is sent again after a pause that grows up to [`RECONNECT_MAX`].
 pub async fn announce(shared: Arc<Shared>) {
     let mut appended = shared.appended.subscribe();
-    let sql = "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)";
+    // Its transaction id is recorded once it has committed, for appends whose commits
+    // overlapped it ([`super::finished`]).
+    let sql = "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2), \
+               pg_current_xact_id()::text";
     let mut sent = 0u64;
     let mut failures = 0u32;
     loop {
@@ -60,7 +63,18 @@ pub async fn announce(shared: Arc<Shared>) {
         // read the head for it (its appends move the head themselves).
         let payload = format!("{position} {}", shared.instance);
         let result = match shared.client().await {
-            Ok(client) => ops::execute(&client, sql, &[&shared.keys.channel, &payload]).await,
+            Ok(client) => {
+                let mut running = shared.finished.start();
+                let sent = ops::one(&client, sql, &[&shared.keys.channel, &payload]).await;
+                if let Some(xid) = sent
+                    .as_ref()
+                    .ok()
+                    .and_then(|row| row.get::<_, &str>(2).parse().ok())
+                {
+                    running.finished_as(xid);
+                }
+                sent
+            }
             Err(e) => Err(e),
         };
         let pause = match result {
