@@ -8,7 +8,7 @@
 use tracing::info;
 
 use super::keys;
-use super::read::damaged;
+use super::read::record_at;
 use super::writer::GROUP_START_EVERY;
 use crate::store::codec::{self, IndexMark, RunEntry};
 use crate::store::log::{self, LogError, LogReader, RecordAddr};
@@ -85,14 +85,7 @@ pub fn catch_up(db: &sled::Db, log: &LogReader) -> Result<CaughtUp> {
     while let Some(record) = scan.next_record() {
         let record = record?;
         let position = record.position;
-        let raw = codec::parse_record(record.body, 0).map_err(|e| damaged(position, e))?;
-        let header = raw.header().map_err(|e| damaged(position, e))?;
-        if header.position != position {
-            return Err(StoreError::Damaged {
-                position,
-                reason: format!("record says it is at position {}", header.position),
-            });
-        }
+        let (_, header) = record_at(position, record.body)?;
         caught.last_timestamp = header.timestamp_micros;
         // One entry per record, not merged into runs: entries of the writer after the mark
         // may be in sled already (applied, not flushed), and one per record overwrites a run

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::keys;
 use super::Shared;
-use crate::store::codec::{self, DecodeError, RunEntry};
+use crate::store::codec::{self, DecodeError, Header, RawRecord, RunEntry};
 use crate::store::log::{LogError, RecordAddr};
 use crate::store::{
     category_of, state_entry_bytes, CheckpointInfo, Filter, ReadBatch, RecordedEvent, Result,
@@ -41,6 +41,13 @@ pub fn recover_commits(db: &sled::Db) -> Result<u64> {
 
 /// Decodes the event in the log record at `position`.
 pub(super) fn decode_event(position: u64, body: &[u8]) -> Result<RecordedEvent> {
+    let (record, header) = record_at(position, body)?;
+    record.event(header).map_err(|e| damaged(position, e))
+}
+
+/// Splits the body of the log record at `position` and decodes its header (borrowing its
+/// strings), checking that the record says it is at `position`.
+pub(super) fn record_at(position: u64, body: &[u8]) -> Result<(RawRecord<'_>, Header<'_>)> {
     let record = codec::parse_record(body, 0).map_err(|e| damaged(position, e))?;
     let header = record.header().map_err(|e| damaged(position, e))?;
     if header.position != position {
@@ -49,7 +56,7 @@ pub(super) fn decode_event(position: u64, body: &[u8]) -> Result<RecordedEvent> 
             reason: format!("record says it is at position {}", header.position),
         });
     }
-    record.event(header).map_err(|e| damaged(position, e))
+    Ok((record, header))
 }
 
 /// The address in the log of a run's first record, with the run's length.
@@ -86,6 +93,19 @@ impl Shared {
     /// or before it, and its address.
     pub(super) fn group_start(&self, position: u64) -> Result<Option<(u64, RecordAddr)>> {
         super::index::group_start(&self.db, position)
+    }
+
+    /// Reads the records of `run` from the log into `buf` (see `LogReader::read_run`).
+    fn read_run(
+        &self,
+        run: &RunEntry,
+        buf: &mut Vec<u8>,
+        each: impl FnMut(u64, &[u8]) -> bool,
+    ) -> std::result::Result<(), LogError> {
+        let addr = run_addr(run);
+        let max = self.read_buffer_bytes;
+        self.log
+            .read_run(run.first_position, addr, run.count, buf, max, each)
     }
 
     /// See [`EventStore::read_stream`](crate::store::EventStore::read_stream).
@@ -134,47 +154,37 @@ impl Shared {
             }
             let mut failed = None;
             let mut full = false;
-            self.log
-                .read_run(
-                    run.first_position,
-                    run_addr(&run),
-                    run.count,
-                    &mut buf,
-                    self.read_buffer_bytes,
-                    |position, body| {
-                        let i = position - run.first_position;
-                        if i < skip {
-                            return true;
-                        }
-                        let version = first_version + i;
-                        match decode_event(position, body) {
-                            Ok(event)
-                                if event.stream_id == stream && event.stream_version == version =>
-                            {
-                                bytes += event.page_bytes();
-                                out.push(event);
-                                full = out.len() >= max_count || bytes >= READ_PAGE_BYTES;
-                                !full
-                            }
-                            Ok(event) => {
-                                failed = Some(StoreError::Damaged {
-                                    position,
-                                    reason: format!(
-                                        "index says {stream:?} version {version}, record says \
+            self.read_run(&run, &mut buf, |position, body| {
+                let i = position - run.first_position;
+                if i < skip {
+                    return true;
+                }
+                let version = first_version + i;
+                match decode_event(position, body) {
+                    Ok(event) if event.stream_id == stream && event.stream_version == version => {
+                        bytes += event.page_bytes();
+                        out.push(event);
+                        full = out.len() >= max_count || bytes >= READ_PAGE_BYTES;
+                        !full
+                    }
+                    Ok(event) => {
+                        failed = Some(StoreError::Damaged {
+                            position,
+                            reason: format!(
+                                "index says {stream:?} version {version}, record says \
                                          {:?} version {}",
-                                        event.stream_id, event.stream_version
-                                    ),
-                                });
-                                false
-                            }
-                            Err(e) => {
-                                failed = Some(e);
-                                false
-                            }
-                        }
-                    },
-                )
-                .map_err(|e| index_error(e, stream, first_version))?;
+                                event.stream_id, event.stream_version
+                            ),
+                        });
+                        false
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })
+            .map_err(|e| index_error(e, stream, first_version))?;
             if let Some(e) = failed {
                 return Err(e);
             }
@@ -218,14 +228,7 @@ impl Shared {
             if position > head {
                 break;
             }
-            let raw = codec::parse_record(record.body, 0).map_err(|e| damaged(position, e))?;
-            let header = raw.header().map_err(|e| damaged(position, e))?;
-            if header.position != position {
-                return Err(StoreError::Damaged {
-                    position,
-                    reason: format!("record says it is at position {}", header.position),
-                });
-            }
+            let (raw, header) = record_at(position, record.body)?;
             next = position + 1;
             examined += 1;
             if filter.matches(header.category, header.event_type) {
@@ -520,28 +523,19 @@ impl Shared {
                     first_version.saturating_sub(1)
                 ));
             }
-            let read = self.log.read_run(
-                run.first_position,
-                run_addr(&run),
-                run.count,
-                &mut buf,
-                self.read_buffer_bytes,
-                |position, body| {
-                    let version = first_version + (position - run.first_position);
-                    match decode_event(position, body) {
-                        Ok(e) if e.stream_id == stream && e.stream_version == version => {}
-                        Ok(e) => problems.push(format!(
-                            "index says {stream:?} version {version} is at {position}, \
+            let read = self.read_run(&run, &mut buf, |position, body| {
+                let version = first_version + (position - run.first_position);
+                match decode_event(position, body) {
+                    Ok(e) if e.stream_id == stream && e.stream_version == version => {}
+                    Ok(e) => problems.push(format!(
+                        "index says {stream:?} version {version} is at {position}, \
                              which holds {:?} version {}",
-                            e.stream_id, e.stream_version
-                        )),
-                        Err(e) => {
-                            problems.push(format!("index of {stream:?} version {version}: {e}"))
-                        }
-                    }
-                    true
-                },
-            );
+                        e.stream_id, e.stream_version
+                    )),
+                    Err(e) => problems.push(format!("index of {stream:?} version {version}: {e}")),
+                }
+                true
+            });
             if let Err(e) = read {
                 problems.push(index_error(e, stream, first_version).to_string());
             }
