@@ -151,7 +151,7 @@ impl RecordHeader {
 }
 
 /// The bytes a record with a body of `body_len` bytes takes in a segment, padding included.
-pub(super) fn framed_len(body_len: u64) -> u64 {
+pub(crate) fn framed_len(body_len: u64) -> u64 {
     align_up(RECORD_HEADER_LEN as u64 + body_len)
 }
 

@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 pub(crate) use self::error::{LogError, LogResult};
-use self::frame::{framed_len, RecordHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+pub(crate) use self::frame::framed_len;
+use self::frame::{RecordHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 pub(crate) use self::reader::LogReader;
 pub(crate) use self::recover::Recovery;
 pub(crate) use self::scan::Scan;
@@ -83,12 +84,6 @@ pub(crate) fn segment_file_name(id: u64) -> String {
     segment::file_name(id)
 }
 
-/// The bytes a record with a body of `body_len` bytes takes in the log, its header and padding
-/// included.
-pub(crate) fn framed_size(body_len: u64) -> u64 {
-    framed_len(body_len)
-}
-
 /// Where a record is: what the store's index keeps, so that reading one event is one `pread`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RecordAddr {
@@ -102,7 +97,6 @@ pub(crate) struct RecordAddr {
 
 impl RecordAddr {
     /// The address where the next record of the same segment would begin.
-    #[cfg(test)]
     pub fn next_offset(&self) -> u64 {
         u64::from(self.offset) + framed_len(u64::from(self.len) - RECORD_HEADER_LEN as u64)
     }

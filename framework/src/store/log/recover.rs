@@ -198,13 +198,6 @@ pub(super) fn recover_last(
         recovery.cut_records = count_records(&mut win, segment, end, limit, last_position + 1)?;
         recovery.cut_from_position = Some(last_position + 1);
         zero(segment, end, dirty_end, win.capacity())?;
-        tracing::warn!(
-            segment = %segment.path.display(),
-            offset = end,
-            bytes = recovery.cut_bytes,
-            records = recovery.cut_records,
-            "cut the torn tail of the event log (a group that was never acknowledged)"
-        );
     }
     Ok(Recovered { end, last_position })
 }

@@ -8,10 +8,10 @@
 use tracing::info;
 
 use super::keys;
-use super::read::record_at;
+use super::read::{index_error, record_at};
 use super::writer::GROUP_START_EVERY;
 use crate::store::codec::{self, IndexMark, RunEntry};
-use crate::store::log::{self, LogError, LogReader, RecordAddr};
+use crate::store::log::{LogReader, RecordAddr};
 use crate::store::{Result, StoreError};
 
 /// How many records one batch of the catch-up indexes.
@@ -28,17 +28,20 @@ pub struct CaughtUp {
     pub indexed: u64,
 }
 
-/// Indexes the records of `log` after the index's mark, in batches, and flushes sled.
-pub fn catch_up(db: &sled::Db, log: &LogReader) -> Result<CaughtUp> {
-    let mark = match db.get(keys::INDEXED_KEY)? {
-        Some(value) => {
-            codec::decode_mark(&value).map_err(|reason| StoreError::DamagedMetadata {
-                what: "the stream index's mark".into(),
-                reason,
-            })?
-        }
-        None => IndexMark::default(),
-    };
+/// The index's mark (`IndexMark::default()` when there is none: a new store, or one of
+/// format 1).
+pub fn read_mark(db: &sled::Db) -> Result<IndexMark> {
+    match db.get(keys::INDEXED_KEY)? {
+        Some(value) => codec::decode_mark(&value).map_err(|reason| StoreError::DamagedMetadata {
+            what: "the stream index's mark".into(),
+            reason,
+        }),
+        None => Ok(IndexMark::default()),
+    }
+}
+
+/// Indexes the records of `log` after the index's `mark`, in batches (the caller flushes sled).
+pub fn catch_up(db: &sled::Db, log: &LogReader, mark: IndexMark) -> Result<CaughtUp> {
     let tail = log.tail();
     if mark.position > tail {
         return Err(StoreError::Damaged {
@@ -72,13 +75,8 @@ pub fn catch_up(db: &sled::Db, log: &LogReader) -> Result<CaughtUp> {
             })?,
             len: 0,
         };
-        log.scan_at(mark.position + 1, addr).map_err(|e| match e {
-            LogError::Invalid(why) => StoreError::DamagedMetadata {
-                what: "the stream index's mark".into(),
-                reason: why,
-            },
-            other => other.into(),
-        })?
+        log.scan_at(mark.position + 1, addr)
+            .map_err(|e| index_error(e, || "the stream index's mark".into()))?
     };
     let mut batch = sled::Batch::default();
     let mut in_batch = 0u64;
@@ -111,11 +109,10 @@ pub fn catch_up(db: &sled::Db, log: &LogReader) -> Result<CaughtUp> {
         in_batch += 1;
         caught.indexed += 1;
         if in_batch >= BATCH_RECORDS || position >= tail {
-            let next = u64::from(addr.offset) + log::framed_size(u64::from(addr.len) - 32);
             let mark = IndexMark {
                 position,
                 segment: addr.segment,
-                offset: next,
+                offset: addr.next_offset(),
                 timestamp_micros: header.timestamp_micros,
             };
             batch.insert(keys::INDEXED_KEY, codec::encode_mark(mark));
@@ -127,7 +124,6 @@ pub fn catch_up(db: &sled::Db, log: &LogReader) -> Result<CaughtUp> {
         }
     }
     if caught.indexed > 0 {
-        db.flush()?;
         info!(
             events = caught.indexed,
             from = mark.position + 1,

@@ -15,6 +15,7 @@ use tracing::info;
 
 use super::keys;
 use super::read::damaged;
+use super::writer::append_bodies;
 use crate::store::codec::{self, ChunkIter, DecodeError};
 use crate::store::log::{self, SegmentLog};
 use crate::store::{Result, StoreError};
@@ -107,7 +108,7 @@ pub fn from_format_1(
             // when this record would take it past that (or past COPY_GROUP_BYTES).
             // (Each record's header and padding take at most 40 bytes besides its body.)
             let gathered = bodies.len() as u64 + ends.len() as u64 * 40;
-            let adding = log::framed_size(record.body.len() as u64);
+            let adding = log::framed_len(record.body.len() as u64);
             let limit = (COPY_GROUP_BYTES as u64).min(log.capacity());
             if !ends.is_empty() && gathered + adding > limit {
                 copy(log, &mut bodies, &mut ends)?;
@@ -143,22 +144,14 @@ fn copy(log: &mut SegmentLog, bodies: &mut Vec<u8>, ends: &mut Vec<(u64, usize)>
     if ends.is_empty() {
         return Ok(());
     }
-    let mut start = 0;
-    let group: Vec<(u64, &[u8])> = ends
-        .iter()
-        .map(|&(position, end)| {
-            let body = &bodies[start..end];
-            start = end;
-            (position, body)
-        })
-        .collect();
-    log.append_group(&group)?;
+    append_bodies(log, bodies, ends, 0)?;
     bodies.clear();
     ends.clear();
     Ok(())
 }
 
-/// Removes the format-1 keys a conversion left (step 3 above), in batches; returns how many.
+/// Removes the format-1 keys a conversion left (step 3 above), in batches; returns how many
+/// (the caller flushes sled).
 pub fn remove_format_1_keys(db: &sled::Db) -> Result<u64> {
     let mut removed = 0u64;
     for prefix in [keys::LOG, keys::INDEX] {
@@ -177,7 +170,6 @@ pub fn remove_format_1_keys(db: &sled::Db) -> Result<u64> {
         }
     }
     if removed > 0 {
-        db.flush()?;
         info!(
             keys = removed,
             "removed the format-1 log and index after the conversion"

@@ -249,10 +249,7 @@ impl SledEventStore {
         // torn tail: the head file's head, and the index's mark.
         let head_path = path.join(durable::HEAD_FILE);
         let recorded = HeadFile::read(&path).map_err(|e| path_error(&head_path, e))?;
-        let indexed = match db.get(keys::INDEXED_KEY)? {
-            Some(value) => codec::decode_mark(&value).map_or(0, |m| m.position),
-            None => 0,
-        };
+        let mark = index::read_mark(&db)?;
         let log_config = LogConfig {
             segment_bytes: config.segment_bytes,
             read_buffer_bytes: config.read_buffer_bytes,
@@ -260,19 +257,21 @@ impl SledEventStore {
             acknowledged: if format == 1 {
                 0
             } else {
-                recorded.as_ref().map_or(0, |m| m.head).max(indexed)
+                recorded.as_ref().map_or(0, |m| m.head).max(mark.position)
             },
         };
         let (mut log, recovery) = SegmentLog::open(path.join(LOG_DIR), log_config)?;
         report_recovery(&recovery, &path);
         if format == 1 {
+            // (It leaves the mark at nothing indexed, which `mark` already is: a format-1
+            // store has none.)
             migrate::from_format_1(&db, &mut log, || {
                 durability.sync().map_err(|e| path_error(&path, e))
             })?;
         }
         // The index catches up first: it reads back (and checks) every record a conversion
         // copied, before the format-1 copy of the events is removed.
-        let caught = index::catch_up(&db, &log.reader())?;
+        let caught = index::catch_up(&db, &log.reader(), mark)?;
         migrate::remove_format_1_keys(&db)?;
         db.flush().map_err(|e| engine_error(e, &path))?;
         durability.sync().map_err(|e| path_error(&path, e))?;

@@ -184,7 +184,7 @@ impl Shared {
                     }
                 }
             })
-            .map_err(|e| index_error(e, stream, first_version))?;
+            .map_err(|e| index_error(e, || run_name(stream, first_version)))?;
             if let Some(e) = failed {
                 return Err(e);
             }
@@ -218,10 +218,11 @@ impl Shared {
                 ),
             });
         };
-        let mut scan = self
-            .log
-            .scan_from(next, start, addr)
-            .map_err(|e| group_start_error(e, start))?;
+        let mut scan = self.log.scan_from(next, start, addr).map_err(|e| {
+            index_error(e, || {
+                format!("the stream index's group start at position {start}")
+            })
+        })?;
         while let Some(record) = scan.next_record() {
             let record = record?;
             let position = record.position;
@@ -537,7 +538,7 @@ impl Shared {
                 true
             });
             if let Err(e) = read {
-                problems.push(index_error(e, stream, first_version).to_string());
+                problems.push(index_error(e, || run_name(stream, first_version)).to_string());
             }
             previous = Some((stream.to_owned(), first_version + u64::from(run.count) - 1));
         }
@@ -599,28 +600,22 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// An error of the log met at an address the index gave for `stream`'s run from `version`: an
-/// address outside the log is damage to the index ([`StoreError::DamagedMetadata`]), not a
+/// An error of the log met at an address that the index entry `what` gave: an address outside
+/// the log is damage to the index ([`StoreError::DamagedMetadata`] naming the entry), not a
 /// caller's mistake; damage to a record stays [`StoreError::Damaged`].
-fn index_error(e: LogError, stream: &str, version: u64) -> StoreError {
+pub(super) fn index_error(e: LogError, what: impl FnOnce() -> String) -> StoreError {
     match e {
         LogError::Invalid(why) => StoreError::DamagedMetadata {
-            what: format!("the stream index entry of {stream:?} from version {version}"),
+            what: what(),
             reason: why,
         },
         other => other.into(),
     }
 }
 
-/// As [`index_error`], for the group start at `position`.
-fn group_start_error(e: LogError, position: u64) -> StoreError {
-    match e {
-        LogError::Invalid(why) => StoreError::DamagedMetadata {
-            what: format!("the stream index's group start at position {position}"),
-            reason: why,
-        },
-        other => other.into(),
-    }
+/// The name of `stream`'s run from `version`, for [`index_error`].
+fn run_name(stream: &str, version: u64) -> String {
+    format!("the stream index entry of {stream:?} from version {version}")
 }
 
 fn decode_run_item(key: &[u8], value: &[u8]) -> Result<(u64, RunEntry)> {

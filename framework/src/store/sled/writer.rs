@@ -766,7 +766,7 @@ impl Pending {
         let mut start = mark.bodies;
         let mut bytes = 0u64;
         for &(_, end) in &self.records[mark.records..] {
-            bytes += log::framed_size((end - start) as u64);
+            bytes += log::framed_len((end - start) as u64);
             start = end;
         }
         if bytes > capacity {
@@ -815,19 +815,35 @@ impl Pending {
         let mut addrs = Vec::with_capacity(self.records.len());
         let mut bounds = self.cuts.clone();
         bounds.push(self.records.len());
-        let (mut from, mut start) = (0, 0);
-        let mut part = Vec::new();
+        let mut from = 0usize;
         for to in bounds {
-            part.clear();
-            for &(position, end) in &self.records[from..to] {
-                part.push((position, &self.bodies[start..end]));
-                start = end;
-            }
-            addrs.extend(log.append_group(&part)?);
+            let start = from.checked_sub(1).map_or(0, |last| self.records[last].1);
+            let part = &self.records[from..to];
+            addrs.extend(append_bodies(log, &self.bodies, part, start)?);
             from = to;
         }
         Ok(addrs)
     }
+}
+
+/// Appends `records` to `log` as one group: each is a position and the end of its body in
+/// `bodies`, the first body beginning at `start` and each next one where the one before ends.
+/// Returns each record's address.
+pub(super) fn append_bodies(
+    log: &mut SegmentLog,
+    bodies: &[u8],
+    records: &[(u64, usize)],
+    mut start: usize,
+) -> std::result::Result<Vec<RecordAddr>, LogError> {
+    let group: Vec<(u64, &[u8])> = records
+        .iter()
+        .map(|&(position, end)| {
+            let body = &bodies[start..end];
+            start = end;
+            (position, body)
+        })
+        .collect();
+    log.append_group(&group)
 }
 
 #[cfg(test)]
