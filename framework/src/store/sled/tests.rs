@@ -31,9 +31,15 @@ fn prepare(dir: &Path, streams: u64, per_stream: u64) {
     });
 }
 
+/// Opens the closed store at `dir` with raw sled, as the store opens it: sled's own threads can
+/// hold its lock for a moment after a store closed, which `open_sled` waits out.
+fn raw(dir: &Path) -> sled::Db {
+    super::open_sled(&sled::Config::new().path(dir), dir).unwrap()
+}
+
 /// Rewrites the raw value under `key` in the closed store at `dir`.
 fn tamper(dir: &Path, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
-    let db = sled::open(dir).unwrap();
+    let db = raw(dir);
     let mut value = db.get(key).unwrap().expect("key present").to_vec();
     f(&mut value);
     db.insert(key, value).unwrap();
@@ -42,7 +48,7 @@ fn tamper(dir: &Path, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
 
 /// The raw value under `key` in the closed store at `dir`.
 fn read_key(dir: &Path, key: &[u8]) -> Vec<u8> {
-    let db = sled::open(dir).unwrap();
+    let db = raw(dir);
     let value = db.get(key).unwrap().expect("key present").to_vec();
     drop(db);
     value
@@ -317,7 +323,7 @@ fn a_second_open_of_the_same_directory_is_refused_with_its_path() {
 fn a_directory_of_some_other_sled_database_is_not_taken_for_a_store() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw(dir.path());
         db.insert("hello", "world").unwrap();
         db.flush().unwrap();
     }
@@ -926,7 +932,7 @@ fn check_converted(dir: &Path) {
         assert_eq!((appended.first_position, appended.stream_version), (15, 5));
         store.close().await;
     });
-    let db = sled::open(dir).unwrap();
+    let db = raw(dir);
     let format = codec::decode_format(&db.get(keys::FORMAT_KEY).unwrap().unwrap()).unwrap();
     assert_eq!(format, super::STORAGE_FORMAT);
     assert!(
@@ -958,7 +964,7 @@ fn an_interrupted_conversion_goes_on_at_the_next_open() {
     use crate::store::log::{LogConfig, SegmentLog};
     let dir = format_1_fixture();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw(dir.path());
         let (mut log, _) =
             SegmentLog::open(dir.path().join(super::LOG_DIR), LogConfig::default()).unwrap();
         let mut bodies = Vec::new();
