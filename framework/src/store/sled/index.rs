@@ -1,21 +1,23 @@
-//! The stream index of format 2 catches up with the log at open.
+//! The stream index catches up with the log at open.
 //!
-//! The writer adds a group's index entries to sled after the log has synced the group, and sled
-//! is flushed only now and then for them (decision 58): the index is derived from the log, so
-//! after a crash it may lag behind it. Opening the store reads the records after the index's
-//! mark (`I`) and indexes them before anything else runs.
+//! The writer adds a group's runs to the index in memory after the log has synced the group,
+//! and the index writes them to a table file only now and then (decisions 58, 59): the index is
+//! derived from the log, so after a crash it lags behind it. Opening the store reads the
+//! records after what the table files cover and indexes them before anything else runs.
 
 use tracing::info;
 
 use super::keys;
 use super::read::{index_error, record_at};
+use super::stream_index::StreamIndex;
+use super::table::GroupStart;
 use super::writer::GROUP_START_EVERY;
 use crate::store::codec::{self, IndexMark, RunEntry};
 use crate::store::log::{LogReader, RecordAddr};
 use crate::store::{Result, StoreError};
 
 /// How many records one batch of the catch-up indexes.
-const BATCH_RECORDS: u64 = 16 * 1024;
+const BATCH_RECORDS: usize = 4 * 1024;
 
 /// What the catch-up found: the log's head and the timestamp of its last record.
 pub struct CaughtUp {
@@ -28,9 +30,9 @@ pub struct CaughtUp {
     pub indexed: u64,
 }
 
-/// The index's mark (`IndexMark::default()` when there is none: a new store, or one of
-/// format 1).
-pub fn read_mark(db: &sled::Db) -> Result<IndexMark> {
+/// The format-2 index's mark in sled (`IndexMark::default()` when there is none), which says
+/// what the log held when a format-2 store was last flushed: part of what was acknowledged.
+pub fn read_format_2_mark(db: &sled::Db) -> Result<IndexMark> {
     match db.get(keys::INDEXED_KEY)? {
         Some(value) => codec::decode_mark(&value).map_err(|reason| StoreError::DamagedMetadata {
             what: "the stream index's mark".into(),
@@ -40,8 +42,10 @@ pub fn read_mark(db: &sled::Db) -> Result<IndexMark> {
     }
 }
 
-/// Indexes the records of `log` after the index's `mark`, in batches (the caller flushes sled).
-pub fn catch_up(db: &sled::Db, log: &LogReader, mark: IndexMark) -> Result<CaughtUp> {
+/// Indexes the records of `log` after what `index` covers, writing a table file for each
+/// [`FLUSH_RUNS`](super::stream_index::FLUSH_RUNS) records.
+pub fn catch_up(index: &StreamIndex, log: &LogReader) -> Result<CaughtUp> {
+    let mark = index.mark();
     let tail = log.tail();
     if mark.position > tail {
         return Err(StoreError::Damaged {
@@ -78,46 +82,45 @@ pub fn catch_up(db: &sled::Db, log: &LogReader, mark: IndexMark) -> Result<Caugh
         log.scan_at(mark.position + 1, addr)
             .map_err(|e| index_error(e, || "the stream index's mark".into()))?
     };
-    let mut batch = sled::Batch::default();
-    let mut in_batch = 0u64;
+    let mut runs = Vec::with_capacity(BATCH_RECORDS);
+    let mut groups = Vec::new();
     while let Some(record) = scan.next_record() {
         let record = record?;
         let position = record.position;
         let (_, header) = record_at(position, record.body)?;
         caught.last_timestamp = header.timestamp_micros;
-        // One entry per record, not merged into runs: entries of the writer after the mark
-        // may be in sled already (applied, not flushed), and one per record overwrites a run
-        // the writer began at the same version and adds the rest, never overlapping it (the
-        // mark is always at the end of a commit group, so no run of the writer straddles it).
+        // One run per record: what the writer had in memory after the mark was lost with the
+        // process, so nothing overlaps.
         let addr = record.addr;
-        batch.insert(
+        runs.push((
             keys::run_key(header.stream_id, header.stream_version),
-            codec::encode_run(RunEntry {
+            RunEntry {
                 first_position: position,
                 count: 1,
                 segment: addr.segment,
                 offset: addr.offset,
                 bytes: addr.len,
-            }),
-        );
+            },
+        ));
         if position == 1 || position % GROUP_START_EVERY == 0 {
-            batch.insert(
-                &keys::group_key(position)[..],
-                codec::encode_place(addr.segment, addr.offset),
-            );
+            groups.push(GroupStart {
+                position,
+                segment: addr.segment,
+                offset: addr.offset,
+            });
         }
-        in_batch += 1;
         caught.indexed += 1;
-        if in_batch >= BATCH_RECORDS || position >= tail {
+        if runs.len() >= BATCH_RECORDS || position >= tail {
             let mark = IndexMark {
                 position,
                 segment: addr.segment,
                 offset: addr.next_offset(),
                 timestamp_micros: header.timestamp_micros,
             };
-            batch.insert(keys::INDEXED_KEY, codec::encode_mark(mark));
-            db.apply_batch(std::mem::take(&mut batch))?;
-            in_batch = 0;
+            index.insert(runs.drain(..), groups.drain(..), mark);
+            if index.flush_due() {
+                index.flush()?;
+            }
         }
         if position >= tail {
             break;
@@ -138,33 +141,4 @@ pub fn catch_up(db: &sled::Db, log: &LogReader, mark: IndexMark) -> Result<Caugh
         });
     }
     Ok(caught)
-}
-
-/// The group start at or before `position`: where a sequential read of the log that begins at
-/// `position` starts, and its address.
-pub fn group_start(db: &sled::Db, position: u64) -> Result<Option<(u64, RecordAddr)>> {
-    let Some((key, value)) = db
-        .range(keys::group_key(0)..=keys::group_key(position))
-        .next_back()
-        .transpose()?
-    else {
-        return Ok(None);
-    };
-    let start = keys::group_key_position(&key).ok_or_else(|| StoreError::DamagedMetadata {
-        what: "log group start".into(),
-        reason: format!("malformed key {key:?}"),
-    })?;
-    let (segment, offset) =
-        codec::decode_place(&value).map_err(|reason| StoreError::DamagedMetadata {
-            what: format!("log group start at position {start}"),
-            reason,
-        })?;
-    Ok(Some((
-        start,
-        RecordAddr {
-            segment,
-            offset,
-            len: 0,
-        },
-    )))
 }

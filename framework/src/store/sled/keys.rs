@@ -47,21 +47,6 @@ pub fn log_key_position(key: &[u8]) -> Option<u64> {
     }
 }
 
-/// The key of the group start at `position`.
-pub fn group_key(position: u64) -> [u8; 9] {
-    let mut key = [GROUP; 9];
-    key[1..].copy_from_slice(&position.to_be_bytes());
-    key
-}
-
-/// The position of a group-start key, if it is a well-formed one.
-pub fn group_key_position(key: &[u8]) -> Option<u64> {
-    match key {
-        [GROUP, rest @ ..] if rest.len() == 8 => Some(u64::from_be_bytes(rest.try_into().ok()?)),
-        _ => None,
-    }
-}
-
 /// The prefix shared by every run of `stream` in the format-2 index.
 pub fn run_prefix(stream: &str) -> Vec<u8> {
     prefixed_stream(RUNS, stream)
@@ -179,6 +164,5 @@ mod tests {
         assert_eq!(parse_run_key(&run_key("order-1", 7)), Some(("order-1", 7)));
         assert_eq!(parse_run_key(&index_key("order-1", 7)), None);
         assert!(!run_key("a-b", 1).starts_with(&run_prefix("a")));
-        assert_eq!(group_key_position(&group_key(9)), Some(9));
     }
 }

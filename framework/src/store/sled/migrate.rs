@@ -1,15 +1,16 @@
-//! Converting a store of format 1 (events in sled, in log chunks) to format 2 (events in the
-//! segment log), at open.
+//! Converting a store of format 1 (events in sled, in log chunks) or format 2 (events in the
+//! segment log, their index in sled) to format 3 (the index in its own files), at open.
 //!
 //! The conversion can be interrupted at any point and resumed by the next open:
-//! 1. The records of the format-1 chunks are copied to the segment log, from the position after
-//!    the log's tail (a resumed conversion goes on where the last one stopped), in groups of up
-//!    to [`COPY_GROUP_BYTES`], each synced. The chunks stay the store's events until step 2.
-//! 2. One synced sled batch marks the store as format 2.
-//! 3. Every open of a format-2 store lets the index catch up with the log (`index.rs`), which
-//!    builds the whole format-2 index after a conversion, reading back and checking every record
-//!    copied; then it removes the format-1 keys that are left (`L` chunks, `S` index entries),
-//!    in batches.
+//! 1. Format 1 only: the records of the format-1 chunks are copied to the segment log, from the
+//!    position after the log's tail (a resumed conversion goes on where the last one stopped),
+//!    in groups of up to [`COPY_GROUP_BYTES`], each synced. The chunks stay the store's events
+//!    until one synced sled write marks the store as format 3.
+//! 2. Every open lets the stream index catch up with the log (`index.rs`), which builds the
+//!    whole index after a conversion, reading back and checking every record copied, and writes
+//!    it to its files; a format-2 store is marked as format 3 after that.
+//! 3. Then the keys of the old formats that are left (`L` chunks, `S` and `X` index entries, `G`
+//!    group starts, the `I` mark) are removed, in batches.
 
 use tracing::info;
 
@@ -128,13 +129,10 @@ pub fn from_format_1(
             ),
         });
     }
-    let mut batch = sled::Batch::default();
-    batch.insert(keys::FORMAT_KEY, codec::encode_format(2));
-    batch.insert(
-        keys::INDEXED_KEY,
-        codec::encode_mark(codec::IndexMark::default()),
-    );
-    db.apply_batch(batch)?;
+    db.insert(
+        keys::FORMAT_KEY,
+        codec::encode_format(super::STORAGE_FORMAT),
+    )?;
     db.flush()?;
     sync()
 }
@@ -150,11 +148,14 @@ fn copy(log: &mut SegmentLog, bodies: &mut Vec<u8>, ends: &mut Vec<(u64, usize)>
     Ok(())
 }
 
-/// Removes the format-1 keys a conversion left (step 3 above), in batches; returns how many
-/// (the caller flushes sled).
-pub fn remove_format_1_keys(db: &sled::Db) -> Result<u64> {
+/// Removes the keys of formats 1 and 2 that a conversion left (step 3 above), in batches;
+/// returns how many (the caller flushes sled).
+pub fn remove_old_keys(db: &sled::Db) -> Result<u64> {
     let mut removed = 0u64;
-    for prefix in [keys::LOG, keys::INDEX] {
+    if db.remove(keys::INDEXED_KEY)?.is_some() {
+        removed += 1;
+    }
+    for prefix in [keys::LOG, keys::INDEX, keys::RUNS, keys::GROUP] {
         loop {
             let mut batch = sled::Batch::default();
             let mut n = 0;
@@ -172,7 +173,7 @@ pub fn remove_format_1_keys(db: &sled::Db) -> Result<u64> {
     if removed > 0 {
         info!(
             keys = removed,
-            "removed the format-1 log and index after the conversion"
+            "removed the old format's log and index after the conversion"
         );
     }
     Ok(removed)

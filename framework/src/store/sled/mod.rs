@@ -5,6 +5,8 @@ mod index;
 mod keys;
 mod migrate;
 mod read;
+mod stream_index;
+mod table;
 mod writer;
 
 use std::fs::{File, OpenOptions};
@@ -22,6 +24,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn, Instrument};
 
 use self::durable::{Durability, HeadFile, Marks};
+use self::stream_index::StreamIndex;
 use self::writer::{Request, Writer, WriterSettings};
 use super::codec;
 use super::log::{LogConfig, LogReader, SegmentLog};
@@ -32,12 +35,15 @@ use super::{
     Snapshot, StateWrite, StoreError, StreamInfo, VerifyReport,
 };
 
-/// The storage format this build writes. It also opens stores of format 1, which it converts
-/// (docs/storage-format.md, "Converting a format-1 store").
-pub const STORAGE_FORMAT: u32 = 2;
+/// The storage format this build writes. It also opens stores of formats 1 and 2, which it
+/// converts (docs/storage-format.md, "Converting older stores").
+pub const STORAGE_FORMAT: u32 = 3;
 
-/// The directory of the event log (format 2) inside the store's directory.
+/// The directory of the event log (formats 2 and 3) inside the store's directory.
 const LOG_DIR: &str = "log";
+
+/// The directory of the stream index's files (format 3) inside the store's directory.
+const INDEX_DIR: &str = "index";
 
 /// The name of the lock file that keeps a second process out.
 const LOCK_FILE: &str = "tidings.lock";
@@ -132,6 +138,8 @@ pub(crate) struct Shared {
     db: sled::Db,
     /// The event log, for reads.
     log: LogReader,
+    /// The stream index (runs of each stream's events, group starts).
+    index: Arc<StreamIndex>,
     /// See [`SledConfig::read_buffer_bytes`].
     read_buffer_bytes: usize,
     path: PathBuf,
@@ -246,33 +254,47 @@ impl SledEventStore {
         durability.sync().map_err(|e| path_error(&path, e))?;
 
         // What the store knows was acknowledged, so that opening the log never cuts it as a
-        // torn tail: the head file's head, and the index's mark.
+        // torn tail: the head file's head, what the index's files cover (only records the log
+        // had synced), and a format-2 store's mark in sled.
         let head_path = path.join(durable::HEAD_FILE);
         let recorded = HeadFile::read(&path).map_err(|e| path_error(&head_path, e))?;
-        let mark = index::read_mark(&db)?;
+        let stream_index = StreamIndex::open(path.join(INDEX_DIR)).map_err(|e| e.naming(&path))?;
+        let old_mark = index::read_format_2_mark(&db)?;
         let log_config = LogConfig {
             segment_bytes: config.segment_bytes,
             read_buffer_bytes: config.read_buffer_bytes,
             // (A format-1 store's head file counts the events in sled, not in the log.)
             acknowledged: if format == 1 {
-                0
+                stream_index.mark().position
             } else {
-                recorded.as_ref().map_or(0, |m| m.head).max(mark.position)
+                recorded
+                    .as_ref()
+                    .map_or(0, |m| m.head)
+                    .max(stream_index.mark().position)
+                    .max(old_mark.position)
             },
         };
         let (mut log, recovery) = SegmentLog::open(path.join(LOG_DIR), log_config)?;
         report_recovery(&recovery, &path);
         if format == 1 {
-            // (It leaves the mark at nothing indexed, which `mark` already is: a format-1
-            // store has none.)
             migrate::from_format_1(&db, &mut log, || {
                 durability.sync().map_err(|e| path_error(&path, e))
             })?;
         }
         // The index catches up first: it reads back (and checks) every record a conversion
-        // copied, before the format-1 copy of the events is removed.
-        let caught = index::catch_up(&db, &log.reader(), mark)?;
-        migrate::remove_format_1_keys(&db)?;
+        // copied, before the old copy of the events and the old index are removed.
+        let caught = match index::catch_up(&stream_index, &log.reader()) {
+            Ok(caught) => caught,
+            Err(e) => {
+                stream_index.close();
+                return Err(e);
+            }
+        };
+        stream_index.flush()?;
+        if format == 2 {
+            db.insert(keys::FORMAT_KEY, codec::encode_format(STORAGE_FORMAT))?;
+        }
+        migrate::remove_old_keys(&db)?;
         db.flush().map_err(|e| engine_error(e, &path))?;
         durability.sync().map_err(|e| path_error(&path, e))?;
         let (head, last_timestamp) = (caught.head, caught.last_timestamp);
@@ -313,6 +335,7 @@ impl SledEventStore {
         let shared = Arc::new(Shared {
             db,
             log: log.reader(),
+            index: stream_index,
             read_buffer_bytes: config.read_buffer_bytes,
             path,
             durable_head: AtomicU64::new(head),
@@ -524,13 +547,14 @@ fn prepare_dir(path: &Path) -> Result<()> {
 
 /// The names of the files and directories that the store or sled write in the store's
 /// directory (sled's `snap.*` files are written under a temporary name and renamed over).
-const WRITTEN_NAMES: [&str; 6] = [
+const WRITTEN_NAMES: [&str; 7] = [
     LOCK_FILE,
     durable::HEAD_FILE,
     "db",
     "conf",
     "blobs",
     LOG_DIR,
+    INDEX_DIR,
 ];
 
 /// Refuses a store whose files are symbolic links: writing through one would write outside the
@@ -628,7 +652,8 @@ fn remove_torn_snapshots(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The store's format: 1 (converted at this open) or 2. An empty store is marked as format 2.
+/// The store's format: 1 or 2 (converted at this open) or 3. An empty store is marked as
+/// format 3.
 fn check_format(db: &sled::Db, path: &Path) -> Result<u32> {
     match db.get(keys::FORMAT_KEY)? {
         Some(value) => {
@@ -880,5 +905,7 @@ impl std::fmt::Debug for SledEventStore {
     }
 }
 
+#[cfg(test)]
+mod index_tests;
 #[cfg(test)]
 mod tests;

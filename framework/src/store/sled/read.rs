@@ -78,21 +78,25 @@ impl Shared {
 
     /// The version and last position of `stream` counting only events at or below `head`.
     fn last_visible(&self, stream: &str, head: u64) -> Result<Option<(u64, u64)>> {
-        for item in self.db.scan_prefix(keys::run_prefix(stream)).rev() {
-            let (key, value) = item?;
-            let (first_version, run) = decode_run_item(&key, &value)?;
-            if run.first_position <= head {
-                let last = u64::from(run.count) - 1;
-                return Ok(Some((first_version + last, run.first_position + last)));
-            }
-        }
-        Ok(None)
+        Ok(self.index.last(stream, head)?.map(|(first_version, run)| {
+            let last = u64::from(run.count) - 1;
+            (first_version + last, run.first_position + last)
+        }))
     }
 
     /// Where a sequential read of the log that begins at `position` starts: the group start at
     /// or before it, and its address.
-    pub(super) fn group_start(&self, position: u64) -> Result<Option<(u64, RecordAddr)>> {
-        super::index::group_start(&self.db, position)
+    pub(super) fn group_start(&self, position: u64) -> Option<(u64, RecordAddr)> {
+        self.index.group_start(position).map(|g| {
+            (
+                g.position,
+                RecordAddr {
+                    segment: g.segment,
+                    offset: g.offset,
+                    len: 0,
+                },
+            )
+        })
     }
 
     /// Reads the records of `run` from the log into `buf` (see `LogReader::read_run`).
@@ -117,42 +121,18 @@ impl Shared {
     ) -> Result<Vec<RecordedEvent>> {
         let head = self.durable_head.load(Ordering::Acquire);
         let from = from_version.max(1);
-        let prefix = keys::run_prefix(stream);
         let mut out = Vec::new();
         let mut bytes = 0usize;
         if max_count == 0 {
             return Ok(out);
         }
-        // The run holding `from`: the last one at or below it. From version 1 that is the
-        // stream's first run, so the reverse lookup is skipped.
-        let start = if from == 1 {
-            prefix.clone()
-        } else {
-            match self
-                .db
-                .range(prefix.clone()..=keys::run_key(stream, from))
-                .next_back()
-                .transpose()?
-            {
-                Some((key, _)) => key.to_vec(),
-                None => prefix.clone(),
-            }
-        };
         let mut buf = Vec::new();
-        for item in self.db.range(start..) {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let (first_version, run) = decode_run_item(&key, &value)?;
+        let mut failed = None;
+        self.index.runs(stream, from, |first_version, run| {
             if run.first_position > head {
-                break;
+                return Ok(false);
             }
             let skip = from.saturating_sub(first_version);
-            if skip >= u64::from(run.count) {
-                continue;
-            }
-            let mut failed = None;
             let mut full = false;
             self.read_run(&run, &mut buf, |position, body| {
                 let i = position - run.first_position;
@@ -172,7 +152,7 @@ impl Shared {
                             position,
                             reason: format!(
                                 "index says {stream:?} version {version}, record says \
-                                         {:?} version {}",
+                                 {:?} version {}",
                                 event.stream_id, event.stream_version
                             ),
                         });
@@ -185,14 +165,12 @@ impl Shared {
                 }
             })
             .map_err(|e| index_error(e, || run_name(stream, first_version)))?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            if full {
-                break;
-            }
+            Ok(failed.is_none() && !full)
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
-        Ok(out)
     }
 
     /// See [`EventStore::read_all`](crate::store::EventStore::read_all).
@@ -210,7 +188,7 @@ impl Shared {
         let scan_limit = SCAN_LIMIT.max(max_count as u64);
         let mut examined = 0u64;
         let mut bytes = 0usize;
-        let Some((start, addr)) = self.group_start(next)? else {
+        let Some((start, addr)) = self.group_start(next) else {
             return Err(StoreError::DamagedMetadata {
                 what: "the stream index's group starts".into(),
                 reason: format!(
@@ -261,32 +239,20 @@ impl Shared {
     pub fn list_streams(&self, after: Option<&str>, limit: usize) -> Result<Vec<StreamInfo>> {
         let head = self.durable_head.load(Ordering::Acquire);
         let mut out = Vec::new();
-        let mut from = match after {
-            Some(stream) => Bound::Excluded(keys::run_key(stream, u64::MAX)),
-            None => Bound::Included(vec![keys::RUNS]),
-        };
+        let mut after = after.map(str::to_owned);
         while out.len() < limit {
-            let Some(item) = self.db.range((from, Bound::Unbounded)).next() else {
+            let Some(stream) = self.index.next_stream(after.as_deref())? else {
                 break;
             };
-            let (key, _) = item?;
-            if key.first() != Some(&keys::RUNS) {
-                break;
-            }
-            let (stream, _) =
-                keys::parse_run_key(&key).ok_or_else(|| StoreError::DamagedMetadata {
-                    what: "stream index key".into(),
-                    reason: format!("malformed key {key:?}"),
-                })?;
-            if let Some((version, last_position)) = self.last_visible(stream, head)? {
+            if let Some((version, last_position)) = self.last_visible(&stream, head)? {
                 out.push(StreamInfo {
-                    stream_id: stream.to_owned(),
-                    category: category_of(stream).to_owned(),
+                    category: category_of(&stream).to_owned(),
+                    stream_id: stream.clone(),
                     version,
                     last_position,
                 });
             }
-            from = Bound::Excluded(keys::run_key(stream, u64::MAX));
+            after = Some(stream);
         }
         Ok(out)
     }
@@ -439,11 +405,10 @@ impl Shared {
                     problems.push(StoreError::from(e).to_string());
                     // On at the next group start after the damage.
                     let next = self
-                        .db
-                        .range(keys::group_key(at + 1)..=keys::group_key(head))
-                        .next()
-                        .transpose()?;
-                    let Some((key, value)) = next else {
+                        .index
+                        .group_start_after(at)
+                        .filter(|g| g.position <= head);
+                    let Some(next) = next else {
                         if at < head {
                             problems.push(format!(
                                 "positions {}..={head} were not checked (no index entry to read \
@@ -453,14 +418,7 @@ impl Shared {
                         }
                         break;
                     };
-                    let Some(start) = keys::group_key_position(&key) else {
-                        problems.push(format!("malformed group start key {key:?}"));
-                        break;
-                    };
-                    let Ok((segment, offset)) = codec::decode_place(&value) else {
-                        problems.push(format!("group start at {start} does not decode"));
-                        break;
-                    };
+                    let start = next.position;
                     if start > at + 1 {
                         problems.push(format!(
                             "positions {}..={} were not checked (after the damage, the check \
@@ -470,8 +428,8 @@ impl Shared {
                         ));
                     }
                     let addr = RecordAddr {
-                        segment,
-                        offset,
+                        segment: next.segment,
+                        offset: next.offset,
                         len: 0,
                     };
                     match self.log.scan_at(start, addr) {
@@ -497,20 +455,13 @@ impl Shared {
         let mut previous: Option<(String, u64)> = None;
         let mut indexed = 0u64;
         let mut buf = Vec::new();
-        for item in self.db.scan_prefix([keys::RUNS]) {
-            let (key, value) = item?;
-            let (stream, first_version, run) = match keys::parse_run_key(&key)
-                .ok_or_else(|| "malformed index key".to_string())
-                .and_then(|(s, v)| codec::decode_run(&value).map(|e| (s, v, e)))
-            {
-                Ok(x) => x,
-                Err(reason) => {
-                    problems.push(format!("index entry {key:?}: {reason}"));
-                    continue;
-                }
+        let walked = self.index.for_each(|key, run| {
+            let Some((stream, first_version)) = keys::parse_run_key(key) else {
+                problems.push(format!("index entry {key:?}: malformed key"));
+                return;
             };
             if run.first_position > head {
-                continue;
+                return;
             }
             report.index_entries_checked += 1;
             indexed += u64::from(run.count);
@@ -530,7 +481,7 @@ impl Shared {
                     Ok(e) if e.stream_id == stream && e.stream_version == version => {}
                     Ok(e) => problems.push(format!(
                         "index says {stream:?} version {version} is at {position}, \
-                             which holds {:?} version {}",
+                         which holds {:?} version {}",
                         e.stream_id, e.stream_version
                     )),
                     Err(e) => problems.push(format!("index of {stream:?} version {version}: {e}")),
@@ -541,30 +492,24 @@ impl Shared {
                 problems.push(index_error(e, || run_name(stream, first_version)).to_string());
             }
             previous = Some((stream.to_owned(), first_version + u64::from(run.count) - 1));
+        });
+        if let Err(e) = walked {
+            problems.push(format!(
+                "the stream index could not be read to its end: {e}"
+            ));
         }
         if indexed != head {
             problems.push(format!(
                 "the stream index covers {indexed} events but the log holds {head}"
             ));
         }
-        // The mark lags behind the head while the store runs (it is written when sled is
-        // flushed); it must decode, and never be ahead of the log.
-        if let Some(value) = self.db.get(keys::INDEXED_KEY)? {
-            match codec::decode_mark(&value) {
-                Ok(mark) if mark.position > self.log.tail() => problems.push(format!(
-                    "the index's mark says it covers positions up to {}, but the log ends at {}",
-                    mark.position,
-                    self.log.tail()
-                )),
-                Ok(_) => {}
-                Err(reason) => problems.push(format!("the index's mark: {reason}")),
-            }
-        }
-        for item in self.db.scan_prefix([keys::GROUP]) {
-            let (key, value) = item?;
-            if keys::group_key_position(&key).is_none() || codec::decode_place(&value).is_err() {
-                problems.push(format!("group start {key:?} does not decode"));
-            }
+        let mark = self.index.mark();
+        if mark.position > self.log.tail() {
+            problems.push(format!(
+                "the stream index says it covers positions up to {}, but the log ends at {}",
+                mark.position,
+                self.log.tail()
+            ));
         }
 
         // 3. The commit counter, checkpoints, snapshots and consumer state decode.
@@ -616,19 +561,6 @@ pub(super) fn index_error(e: LogError, what: impl FnOnce() -> String) -> StoreEr
 /// The name of `stream`'s run from `version`, for [`index_error`].
 fn run_name(stream: &str, version: u64) -> String {
     format!("the stream index entry of {stream:?} from version {version}")
-}
-
-fn decode_run_item(key: &[u8], value: &[u8]) -> Result<(u64, RunEntry)> {
-    let (_, first_version) =
-        keys::parse_run_key(key).ok_or_else(|| StoreError::DamagedMetadata {
-            what: "stream index key".into(),
-            reason: format!("malformed key {key:?}"),
-        })?;
-    let run = codec::decode_run(value).map_err(|reason| StoreError::DamagedMetadata {
-        what: format!("stream index entry {:?}", lossy(key)),
-        reason,
-    })?;
-    Ok((first_version, run))
 }
 
 /// A bounded list of problems.

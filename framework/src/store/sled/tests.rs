@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use super::keys;
+use super::stream_index::StreamIndex;
+use super::table::{Table, TableWriter};
 use crate::store::codec::{self, RunEntry};
 use crate::store::{EventData, EventStore, ExpectedVersion, Filter, SledEventStore, StoreError};
 
@@ -37,26 +39,58 @@ fn raw(dir: &Path) -> sled::Db {
     super::open_sled(&sled::Config::new().path(dir), dir).unwrap()
 }
 
-/// Rewrites the raw value under `key` in the closed store at `dir`.
-fn tamper(dir: &Path, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
-    let db = raw(dir);
-    let mut value = db.get(key).unwrap().expect("key present").to_vec();
-    f(&mut value);
-    db.insert(key, value).unwrap();
-    db.flush().unwrap();
-}
-
-/// The raw value under `key` in the closed store at `dir`.
-fn read_key(dir: &Path, key: &[u8]) -> Vec<u8> {
-    let db = raw(dir);
-    let value = db.get(key).unwrap().expect("key present").to_vec();
-    drop(db);
-    value
-}
-
 /// The index entry of the run of `stream` that begins at `version`, in the closed store at `dir`.
 fn run_of(dir: &Path, stream: &str, version: u64) -> RunEntry {
-    codec::decode_run(&read_key(dir, &keys::run_key(stream, version))).unwrap()
+    let index = StreamIndex::open(dir.join(super::INDEX_DIR)).unwrap();
+    let mut found = None;
+    index
+        .runs(stream, version, |first, run| {
+            if first == version {
+                found = Some(run);
+            }
+            Ok(false)
+        })
+        .unwrap();
+    found.unwrap_or_else(|| panic!("no run of {stream} at {version}"))
+}
+
+/// The stream index's table files of the closed store at `dir`, by position.
+fn index_tables(dir: &Path) -> Vec<PathBuf> {
+    let mut tables: Vec<PathBuf> = std::fs::read_dir(dir.join(super::INDEX_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    tables.sort();
+    tables
+}
+
+/// Rewrites the stream index of the closed store at `dir` as one table, each run passed through
+/// `f` (key, run) first: a forged index whose checksums are right.
+fn rewrite_index(dir: &Path, mut f: impl FnMut(&[u8], &mut RunEntry)) {
+    let index_dir = dir.join(super::INDEX_DIR);
+    let tables = index_tables(dir);
+    let (groups, from, mark) = {
+        let opened: Vec<Table> = tables.iter().map(|p| Table::open(p).unwrap()).collect();
+        let groups: Vec<_> = opened.iter().flat_map(|t| t.groups.clone()).collect();
+        (groups, opened[0].from, opened.last().unwrap().mark)
+    };
+    let mut runs = Vec::new();
+    {
+        let index = StreamIndex::open(index_dir.clone()).unwrap();
+        index
+            .for_each(|key, run| runs.push((key.to_vec(), run)))
+            .unwrap();
+    }
+    for t in &tables {
+        std::fs::remove_file(t).unwrap();
+    }
+    let mut w = TableWriter::new(&index_dir, from).unwrap();
+    for (key, run) in &mut runs {
+        f(key, run);
+        w.push(key, run).unwrap();
+    }
+    w.finish(from, mark, groups).unwrap();
 }
 
 /// The segment file of the event log that holds `run`, and the run's byte range in it.
@@ -158,10 +192,13 @@ fn a_segment_cut_short_in_the_middle_of_the_log_is_refused_at_open_naming_the_po
 fn a_damaged_record_header_and_a_damaged_index_entry_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     prepare(dir.path(), 2, 2);
-    // The header of position 1's record (its position field), and tick-1's second index entry.
+    // The header of position 1's record (its position field), and the index's table (a byte
+    // of its first block's entries).
     let (file, range) = run_bytes(dir.path(), &run_of(dir.path(), "tick-0", 1));
     damage_file(&file, |b| b[range.start + 9] ^= 1);
-    tamper(dir.path(), &keys::run_key("tick-1", 2), |v| v[6] ^= 1);
+    let tables = index_tables(dir.path());
+    assert_eq!(tables.len(), 1, "{tables:?}");
+    damage_file(&tables[0], |b| b[8 + 8 + 3] ^= 1);
     rt().block_on(async {
         let store = SledEventStore::open(dir.path()).unwrap();
         assert!(matches!(
@@ -182,12 +219,12 @@ fn an_index_entry_pointing_at_another_streams_event_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     prepare(dir.path(), 2, 1);
     // Point tick-0's first entry at position 2, which holds tick-1.
-    let mut entry =
-        crate::store::codec::decode_run(&read_key(dir.path(), &keys::run_key("tick-1", 1)))
-            .unwrap();
-    entry.count = 1;
-    let forged = crate::store::codec::encode_run(entry);
-    tamper(dir.path(), &keys::run_key("tick-0", 1), |v| *v = forged);
+    let tick_1 = run_of(dir.path(), "tick-1", 1);
+    rewrite_index(dir.path(), |key, run| {
+        if key == keys::run_key("tick-0", 1) {
+            *run = tick_1;
+        }
+    });
     rt().block_on(async {
         let store = SledEventStore::open(dir.path()).unwrap();
         assert!(matches!(
@@ -211,7 +248,11 @@ fn flipped_bits_in_the_log_and_the_data_file_never_panic_and_never_return_wrong_
         let (file, _) = run_bytes(pristine.path(), &run);
         file.strip_prefix(pristine.path()).unwrap().to_owned()
     };
-    for target in [segment, PathBuf::from("db")] {
+    let table = index_tables(pristine.path())[0]
+        .strip_prefix(pristine.path())
+        .unwrap()
+        .to_owned();
+    for target in [segment, PathBuf::from("db"), table] {
         flip_bits_in(pristine.path(), &target);
     }
 }
@@ -646,8 +687,11 @@ fn copy_store(from: &Path) -> tempfile::TempDir {
             std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
         }
     }
-    for sub in ["blobs", super::LOG_DIR] {
+    for sub in ["blobs", super::LOG_DIR, super::INDEX_DIR] {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        if !from.join(sub).exists() {
+            continue;
+        }
         for entry in std::fs::read_dir(from.join(sub)).unwrap() {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
@@ -943,6 +987,13 @@ fn check_converted(dir: &Path) {
         db.scan_prefix([keys::INDEX]).next().is_none(),
         "format-1 index left"
     );
+    for prefix in [keys::RUNS, keys::GROUP] {
+        assert!(
+            db.scan_prefix([prefix]).next().is_none(),
+            "format-2 index left"
+        );
+    }
+    assert!(db.get(keys::INDEXED_KEY).unwrap().is_none());
 }
 
 #[test]
@@ -984,4 +1035,79 @@ fn an_interrupted_conversion_goes_on_at_the_next_open() {
         assert_eq!(log.tail(), 5);
     }
     check_converted(dir.path());
+}
+
+/// The store of format 2 in `framework/tests/fixtures/format2-store`, written by the build
+/// before format 3 (commit b93c328) from the format-1 fixture, with 16 KiB segments: its 14
+/// events, then order-0 version 5 (position 15), payment-1 versions 3 and 4 (16, 17) in one
+/// append, and checkpoint `shipping` moved to 15. (sled's file is cut after its last non-zero
+/// byte; the rest of its segment was zeros.)
+fn format_2_fixture() -> tempfile::TempDir {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format2-store");
+    copy_store(&fixture)
+}
+
+#[test]
+fn a_store_written_by_format_2_is_converted_at_open_with_everything_in_it() {
+    let dir = format_2_fixture();
+    for round in 0..2 {
+        rt().block_on(async {
+            let store = SledEventStore::open(dir.path()).unwrap();
+            assert_eq!(store.head(), 17 + round);
+            let all = store.read_all(1, 100, &Filter::all()).await.unwrap().events;
+            assert_eq!(all.len() as u64, 17 + round);
+            for (i, e) in all.iter().take(12).enumerate() {
+                assert_eq!(e.position, i as u64 + 1);
+                assert_eq!(e.stream_id, format!("order-{}", i % 3));
+                assert_eq!(e.payload, format!("{{\"n\":{i}}}").into_bytes());
+                let tenant = e.metadata.get("tenant").cloned();
+                assert_eq!(tenant, (i % 4 == 1).then(|| format!("t{i}")), "event {i}");
+            }
+            let order_0 = store.read_stream("order-0", 1, 100).await.unwrap();
+            assert_eq!(order_0.len() as u64, 5 + round);
+            assert_eq!(order_0[4].position, 15);
+            let payments = store.read_stream("payment-1", 2, 10).await.unwrap();
+            let versions: Vec<(u64, u64)> = payments
+                .iter()
+                .map(|e| (e.stream_version, e.position))
+                .collect();
+            assert_eq!(versions, [(2, 14), (3, 16), (4, 17)]);
+            assert_eq!(store.stream_version("payment-1").await.unwrap(), 4);
+            assert_eq!(store.load_checkpoint("shipping").await.unwrap(), Some(15));
+            assert_eq!(store.load_checkpoint("billing").await.unwrap(), Some(11));
+            assert_eq!(
+                store.load_state("billing", b"count").await.unwrap(),
+                Some(b"11".to_vec())
+            );
+            let snapshot = store.load_snapshot("order-0").await.unwrap().unwrap();
+            assert_eq!(snapshot.stream_version, 4);
+            let streams = store.list_streams(None, 10).await.unwrap();
+            let names: Vec<&str> = streams.iter().map(|s| s.stream_id.as_str()).collect();
+            assert_eq!(names, ["order-0", "order-1", "order-2", "payment-1"]);
+            let report = store.verify().await.unwrap();
+            assert!(report.is_ok(), "{:?}", report.problems);
+            assert_eq!(report.events_checked, 17 + round);
+            if round == 0 {
+                let next = EventData::new("OrderPlaced", b"{}".to_vec());
+                let appended = store
+                    .append("order-0", ExpectedVersion::Exact(5), vec![next])
+                    .await
+                    .unwrap();
+                assert_eq!((appended.first_position, appended.stream_version), (18, 6));
+            }
+            store.close().await;
+        });
+        let db = raw(dir.path());
+        let format = codec::decode_format(&db.get(keys::FORMAT_KEY).unwrap().unwrap()).unwrap();
+        assert_eq!(format, super::STORAGE_FORMAT);
+        for prefix in [keys::RUNS, keys::GROUP] {
+            assert!(
+                db.scan_prefix([prefix]).next().is_none(),
+                "format-2 index left"
+            );
+        }
+        assert!(db.get(keys::INDEXED_KEY).unwrap().is_none());
+        drop(db);
+        assert!(!index_tables(dir.path()).is_empty());
+    }
 }

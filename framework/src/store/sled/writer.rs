@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error};
@@ -12,8 +12,10 @@ use crate::store::spans;
 
 use super::durable::{Durability, HeadFile};
 use super::keys;
+use super::stream_index::StreamIndex;
+use super::table::GroupStart;
 use super::Shared;
-use crate::store::codec::{self, HeaderOut, RunEntry};
+use crate::store::codec::{self, HeaderOut, IndexMark, RunEntry};
 use crate::store::log::{self, LogError, RecordAddr, SegmentLog};
 use crate::store::{
     category_of, AppendResult, EventData, ExpectedVersion, Metadata, RecordedEvent, Result,
@@ -62,15 +64,8 @@ pub struct WriterSettings {
     pub stream_cache_capacity: usize,
 }
 
-/// The index is flushed to sled's files (with its mark `I`) once this many events were indexed
-/// since the last flush, or at the first commit after [`INDEX_FLUSH_INTERVAL`]: it is derived
-/// from the log, so an index that was not flushed costs only the catch-up at the next open
-/// (bounded by these two).
-const INDEX_FLUSH_EVENTS: u64 = 64 * 1024;
-/// See [`INDEX_FLUSH_EVENTS`].
-const INDEX_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-/// A group start (`G` entry) is written at position 1 and at each multiple of this, so that a
-/// sequential read from any position passes over fewer than this many records to reach it.
+/// A group start is kept at position 1 and at each multiple of this, so that a sequential read
+/// from any position passes over fewer than this many records to reach it.
 pub const GROUP_START_EVERY: u64 = 256;
 
 /// The writer's state; runs on its own thread.
@@ -92,12 +87,6 @@ pub struct Writer {
     /// The timestamp given to the last commit; timestamps never go down with position.
     last_timestamp: u64,
     failed: Option<String>,
-    /// Events indexed since sled was last flushed, and when it was.
-    unflushed: u64,
-    flushed_at: Instant,
-    /// The last position whose index entries are in sled (applied, maybe not flushed): what
-    /// the mark `I` says once written. Always the end of a commit group.
-    indexed: u64,
 }
 
 /// The kinds of write a commit group holds, for the head file (`durable::Marks`).
@@ -163,9 +152,6 @@ impl Writer {
             next_position: head + 1,
             last_timestamp,
             failed: None,
-            unflushed: 0,
-            flushed_at: Instant::now(),
-            indexed: head,
         }
     }
 
@@ -183,16 +169,13 @@ impl Writer {
             self.commit(group);
             self.flush_index_if_due();
         }
-        if self.failed.is_none() && self.unflushed > 0 {
+        if self.failed.is_none() {
             // A clean close leaves nothing for the next open to catch up.
-            let synced = self
-                .mark_indexed()
-                .and_then(|()| self.shared.db.flush().map_err(StoreError::from))
-                .and_then(|_| self.durability.sync().map_err(StoreError::from));
-            if let Err(e) = synced {
-                error!(error = %e, "could not flush the stream index at close");
+            if let Err(e) = self.shared.index.flush() {
+                error!(error = %e, "could not write the stream index at close");
             }
         }
+        self.shared.index.close();
         if let Err(e) = self.head_file.sync() {
             error!(error = %e, "could not sync the head file at close");
         }
@@ -435,35 +418,21 @@ impl Writer {
         if kinds.events {
             match pending.write(&mut self.log) {
                 Ok(addrs) => {
-                    index_group(&mut batch, &pending, &addrs);
-                    self.unflushed += addrs.len() as u64;
+                    let mark = self.mark(position - 1, group_ts.max(self.last_timestamp));
+                    index_group(&self.shared.index, &pending, &addrs, mark);
                 }
                 Err(e) => return self.fail_group(StoreError::from(e), replies),
             }
         }
-        // 2. The index (derived from the log, so not synced for itself) and what only sled
-        // holds: checkpoints, state and snapshots, synced.
+        // 2. What only sled holds: checkpoints, state and snapshots, synced.
         if writes > 0 {
             // Every synced commit raises the counter, in its own batch: a commit that sled
             // drops later takes its increment with it (see `check_marks`).
             let commit = self.head_file.marks().commits.unwrap_or(0) + 1;
             batch.insert(keys::COMMITS_KEY, codec::encode_commits(commit));
-            // The batch is flushed: the index's mark can say so.
-            batch.insert(
-                keys::INDEXED_KEY,
-                self.mark_value(position - 1, group_ts.max(self.last_timestamp)),
-            );
             if let Err(e) = self.write_durably(batch) {
                 return self.fail_group(e, replies);
             }
-            self.unflushed = 0;
-            self.flushed_at = Instant::now();
-            self.indexed = position - 1;
-        } else if kinds.events {
-            if let Err(e) = self.shared.db.apply_batch(batch) {
-                return self.fail_group(StoreError::from(e), replies);
-            }
-            self.indexed = position - 1;
         }
 
         if writes > 0 || kinds.events {
@@ -515,48 +484,28 @@ impl Writer {
         }
     }
 
-    /// Flushes sled's copy of the index once enough was indexed since the last flush (or long
-    /// enough ago), so that the catch-up at the next open stays short. Not for durability: the
-    /// log is synced, and the index is derived from it.
+    /// Writes the index's table in memory to a file once it is large enough: not for
+    /// durability (the log is synced, and the index is derived from it) but to bound memory
+    /// and the catch-up at the next open.
     fn flush_index_if_due(&mut self) {
-        if self.failed.is_some() || self.unflushed == 0 {
+        if self.failed.is_some() || !self.shared.index.flush_due() {
             return;
         }
-        if self.unflushed < INDEX_FLUSH_EVENTS && self.flushed_at.elapsed() < INDEX_FLUSH_INTERVAL {
-            return;
-        }
-        let flushed = self
-            .mark_indexed()
-            .and_then(|()| self.shared.db.flush().map_err(StoreError::from));
-        match flushed {
-            Ok(_) => {
-                self.unflushed = 0;
-                self.flushed_at = Instant::now();
-            }
-            Err(e) => self.fail_group(e, Vec::new()),
+        if let Err(e) = self.shared.index.flush() {
+            self.fail_group(e, Vec::new());
         }
     }
 
-    /// Writes the index's mark `I`: every entry up to `indexed` is in sled, applied before this
-    /// write (sled recovers its writes in order, so a crash keeps the mark only with the entries
-    /// it covers). Written with each flush, not with each group: one sled write less per commit.
-    /// The catch-up at open starts after it, at the end of a group.
-    fn mark_indexed(&self) -> Result<()> {
-        let value = self.mark_value(self.indexed, self.last_timestamp);
-        self.shared.db.insert(keys::INDEXED_KEY, value)?;
-        Ok(())
-    }
-
-    /// The mark saying that the index covers the records up to `position`, the last one the log
+    /// What the index covers once it holds the records up to `position`, the last one the log
     /// took (whose timestamp is `timestamp_micros`): with where the next record begins.
-    fn mark_value(&self, position: u64, timestamp_micros: u64) -> Vec<u8> {
+    fn mark(&self, position: u64, timestamp_micros: u64) -> codec::IndexMark {
         let (segment, offset) = self.log.end().unwrap_or((0, 0));
-        codec::encode_mark(codec::IndexMark {
+        codec::IndexMark {
             position,
             segment,
             offset,
             timestamp_micros,
-        })
+        }
     }
 
     /// Checks that an import continues the log at `position` (after events of this group whose
@@ -656,32 +605,33 @@ fn check_checkpoint(name: &str, position: u64, head: u64) -> Result<()> {
     Ok(())
 }
 
-/// Adds the index entries of a group the log took at `addrs`: each run of one stream (see
-/// [`RunEntry`]), and a group start at position 1 and each multiple of [`GROUP_START_EVERY`].
-/// The index's mark is written with the next flush (`Writer::mark_indexed`).
-fn index_group(batch: &mut sled::Batch, pending: &Pending, addrs: &[RecordAddr]) {
+/// Adds the runs of a group the log took at `addrs` to the index (see [`RunEntry`]), with a
+/// group start at position 1 and each multiple of [`GROUP_START_EVERY`].
+fn index_group(index: &StreamIndex, pending: &Pending, addrs: &[RecordAddr], mark: IndexMark) {
     let records = &pending.records;
-    for (stream, version, first, count) in &pending.runs {
+    let runs = pending.runs.iter().map(|(stream, version, first, count)| {
         let (start, last) = (addrs[*first], addrs[first + *count as usize - 1]);
-        batch.insert(
+        (
             keys::run_key(stream, *version),
-            codec::encode_run(RunEntry {
+            RunEntry {
                 first_position: records[*first].0,
                 count: *count,
                 segment: start.segment,
                 offset: start.offset,
                 bytes: last.offset + last.len - start.offset,
-            }),
-        );
-    }
-    for (i, (position, _)) in records.iter().enumerate() {
-        if *position == 1 || position % GROUP_START_EVERY == 0 {
-            batch.insert(
-                &keys::group_key(*position)[..],
-                codec::encode_place(addrs[i].segment, addrs[i].offset),
-            );
-        }
-    }
+            },
+        )
+    });
+    let groups = records
+        .iter()
+        .zip(addrs)
+        .filter(|((position, _), _)| *position == 1 || position % GROUP_START_EVERY == 0)
+        .map(|((position, _), addr)| GroupStart {
+            position: *position,
+            segment: addr.segment,
+            offset: addr.offset,
+        });
+    index.insert(runs, groups, mark);
 }
 
 /// Whether `e` says that the disk (or a file size limit, or a quota) is full.
