@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 pub(crate) use self::error::{LogError, LogResult};
 pub(crate) use self::frame::framed_len;
@@ -124,11 +124,37 @@ struct Shared {
     /// The last acknowledged (synced) position; 0 when the log is empty. Raised after the
     /// segment's end.
     last_position: AtomicU64,
+    /// Buffers of finished scans, for the next ones: at most [`KEPT_BUFFERS`], each at most
+    /// `read_buffer_bytes`.
+    buffers: Mutex<Vec<Vec<u8>>>,
 }
+
+/// How many scan buffers the log keeps for reuse.
+const KEPT_BUFFERS: usize = 4;
 
 impl Shared {
     fn segments(&self) -> RwLockReadGuard<'_, BTreeMap<u64, Arc<Segment>>> {
         self.segments.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A buffer for a scan's window: one a finished scan gave back, or a new (empty) one.
+    fn take_buffer(&self) -> Vec<u8> {
+        self.buffers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Keeps a finished scan's buffer for the next scan (up to [`KEPT_BUFFERS`]).
+    fn give_buffer(&self, buf: Vec<u8>) {
+        if buf.capacity() == 0 {
+            return;
+        }
+        let mut kept = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < KEPT_BUFFERS {
+            kept.push(buf);
+        }
     }
 }
 
@@ -223,6 +249,7 @@ impl SegmentLog {
             config,
             segments: RwLock::new(segments),
             last_position: AtomicU64::new(last_position),
+            buffers: Mutex::new(Vec::new()),
         });
         let log = SegmentLog {
             shared,

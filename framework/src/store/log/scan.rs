@@ -58,7 +58,7 @@ impl Scan {
         expected: u64,
         skip_below: u64,
     ) -> Self {
-        let window = Window::new(shared.config.read_buffer_bytes);
+        let window = Window::with_buffer(shared.take_buffer(), shared.config.read_buffer_bytes);
         Scan {
             shared,
             segment,
@@ -219,6 +219,13 @@ impl Scan {
                 body,
             }));
         }
+    }
+}
+
+impl Drop for Scan {
+    fn drop(&mut self) {
+        let window = std::mem::replace(&mut self.window, Window::new(0));
+        self.shared.give_buffer(window.into_buffer());
     }
 }
 

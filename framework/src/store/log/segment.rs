@@ -327,11 +327,19 @@ pub(super) fn sync_dir(dir: &Path) -> LogResult<()> {
         .map_err(|e| LogError::io("fsync the directory", dir, e))
 }
 
+/// The first read of a [`Window`]; each later one reads twice as much, up to its capacity.
+const FIRST_READ: usize = 64 * 1024;
+
 /// A bounded read buffer over one segment: sequential reads (a scan, the recovery walk) go
-/// through it, so memory is its capacity, whatever the size of the log.
+/// through it, so memory is its capacity, whatever the size of the log. It reads 64 KiB first
+/// and doubles each read up to its capacity, so that a short read of the log (a page of a
+/// subscription) does not read a whole capacity's worth.
 #[derive(Debug)]
 pub(super) struct Window {
     buf: Vec<u8>,
+    capacity: usize,
+    /// How much the next read asks for.
+    step: usize,
     /// The segment (its id) and the file offset of `buf[0]`.
     at: Option<(u64, u64)>,
     len: usize,
@@ -340,8 +348,16 @@ pub(super) struct Window {
 impl Window {
     /// A window of `capacity` bytes.
     pub fn new(capacity: usize) -> Self {
+        Self::with_buffer(Vec::new(), capacity)
+    }
+
+    /// A window of `capacity` bytes reusing `buf`'s allocation.
+    pub fn with_buffer(buf: Vec<u8>, capacity: usize) -> Self {
+        let capacity = capacity.max(RECORD_HEADER_LEN);
         Window {
-            buf: vec![0; capacity.max(RECORD_HEADER_LEN)],
+            buf,
+            capacity,
+            step: FIRST_READ.min(capacity),
             at: None,
             len: 0,
         }
@@ -349,7 +365,12 @@ impl Window {
 
     /// Its capacity.
     pub fn capacity(&self) -> usize {
-        self.buf.len()
+        self.capacity
+    }
+
+    /// Gives back its buffer (for reuse).
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 
     /// The bytes `offset .. offset + n` of `segment` (`n` at most the capacity), not reading at
@@ -361,7 +382,7 @@ impl Window {
         n: usize,
         limit: u64,
     ) -> LogResult<&[u8]> {
-        let n = n.min(self.buf.len());
+        let n = n.min(self.capacity);
         let hit = match self.at {
             Some((id, start)) => {
                 id == segment.id && offset >= start && offset + n as u64 <= start + self.len as u64
@@ -369,7 +390,14 @@ impl Window {
             None => false,
         };
         if !hit {
-            let want = (limit.saturating_sub(offset)).min(self.buf.len() as u64) as usize;
+            let step = self.step.max(n);
+            self.step = (self.step * 2).min(self.capacity);
+            let want = (limit.saturating_sub(offset)).min(step as u64) as usize;
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+            // (Until the read succeeds the window holds nothing.)
+            self.at = None;
             self.len = segment.read_at(&mut self.buf[..want], offset)?;
             self.at = Some((segment.id, offset));
         }
