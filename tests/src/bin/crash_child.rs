@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidings::store::{EventData, EventStore, ExpectedVersion, SledEventStore};
+use tidings::store::{EventData, EventStore, ExpectedVersion, SledConfig, SledEventStore};
 use tidings_tests::support::{die, payload};
 
 /// Concurrent appending tasks.
@@ -37,7 +37,7 @@ fn main() {
     match (args.get(1).map(String::as_str), args.get(2)) {
         (Some("append"), Some(dir)) => append(Path::new(dir)),
         (Some("open"), Some(dir)) => {
-            let store = SledEventStore::open(dir).unwrap_or_else(|e| die(&e));
+            let store = open(dir);
             let mut out = std::io::stdout().lock();
             writeln!(out, "OPENED {}", store.head())
                 .and_then(|()| out.flush())
@@ -55,6 +55,19 @@ fn main() {
     }
 }
 
+/// Opens the store with a small table of runs in memory: the stream index writes a file every
+/// [`INDEX_TABLE_RUNS`] appends and merges files in the background, so that kills also land in
+/// those writes and merges.
+fn open(dir: impl AsRef<Path>) -> SledEventStore {
+    SledConfig::new(dir.as_ref())
+        .index_table_runs(INDEX_TABLE_RUNS)
+        .open()
+        .unwrap_or_else(|e| die(&e))
+}
+
+/// See [`open`].
+const INDEX_TABLE_RUNS: usize = 4;
+
 /// Prints `line` on stdout, flushed.
 fn say(line: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
@@ -71,7 +84,7 @@ fn fill(dir: &Path, bytes: usize) {
         .build()
         .unwrap_or_else(|e| die(&e));
     runtime.block_on(async {
-        let store = SledEventStore::open(dir).unwrap_or_else(|e| die(&e));
+        let store = open(dir);
         let deadline = Instant::now() + MAX_RUN;
         let mut version = store
             .stream_version("fill")
@@ -132,7 +145,7 @@ fn verify(dir: &Path) {
         .build()
         .unwrap_or_else(|e| die(&e));
     runtime.block_on(async {
-        let store = SledEventStore::open(dir).unwrap_or_else(|e| die(&e));
+        let store = open(dir);
         let report = store.verify().await.unwrap_or_else(|e| die(&e));
         let (mut from, mut read) = (1, 0);
         loop {
@@ -162,7 +175,7 @@ fn append(dir: &Path) {
         .build()
         .unwrap_or_else(|e| die(&e));
     runtime.block_on(async {
-        let store = SledEventStore::open(dir).unwrap_or_else(|e| die(&e));
+        let store = open(dir);
         let appends = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + MAX_RUN;
         let tasks: Vec<_> = (0..TASKS)

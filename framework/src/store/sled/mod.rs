@@ -75,6 +75,12 @@ pub struct SledConfig {
     /// How many stream heads the writer keeps in memory. Default 100 000; a miss costs one index
     /// lookup.
     pub stream_cache_capacity: usize,
+    /// How many runs (one per append, or per stream of an import) the stream index holds in
+    /// memory before it writes them to a file of its own under `index/`. Default 65 536 (a few
+    /// MB); at least 1. Smaller means less memory and more, smaller files (which are merged in
+    /// the background); it also bounds what the index reads back from the log at the next open
+    /// after a crash.
+    pub index_table_runs: usize,
 }
 
 impl SledConfig {
@@ -87,6 +93,7 @@ impl SledConfig {
             segment_bytes: 64 << 20,
             read_buffer_bytes: 1 << 20,
             stream_cache_capacity: 100_000,
+            index_table_runs: stream_index::FLUSH_RUNS,
         }
     }
 
@@ -124,6 +131,14 @@ impl SledConfig {
     #[must_use]
     pub fn stream_cache_capacity(mut self, streams: usize) -> Self {
         self.stream_cache_capacity = streams;
+        self
+    }
+
+    /// Sets how many runs the stream index holds in memory (see
+    /// [`index_table_runs`](Self::index_table_runs)).
+    #[must_use]
+    pub fn index_table_runs(mut self, runs: usize) -> Self {
+        self.index_table_runs = runs.max(1);
         self
     }
 
@@ -258,7 +273,9 @@ impl SledEventStore {
         // had synced), and a format-2 store's mark in sled.
         let head_path = path.join(durable::HEAD_FILE);
         let recorded = HeadFile::read(&path).map_err(|e| path_error(&head_path, e))?;
-        let stream_index = StreamIndex::open(path.join(INDEX_DIR)).map_err(|e| e.naming(&path))?;
+        let stream_index =
+            StreamIndex::open_with(path.join(INDEX_DIR), config.index_table_runs.max(1), true)
+                .map_err(|e| e.naming(&path))?;
         let old_mark = index::read_format_2_mark(&db)?;
         let log_config = LogConfig {
             segment_bytes: config.segment_bytes,

@@ -71,6 +71,7 @@ impl StreamIndex {
     /// Opens the index in `dir` (created if missing): chooses the tables that cover positions
     /// from 1 without a gap, and removes the rest (inputs of a merge that ended, files being
     /// written, a damaged table and those after it).
+    #[cfg(test)]
     pub(crate) fn open(dir: PathBuf) -> Result<Arc<StreamIndex>> {
         Self::open_with(dir, FLUSH_RUNS, true)
     }
