@@ -383,8 +383,12 @@ fn unseal(value: &[u8]) -> Result<&[u8], String> {
     Ok(body)
 }
 
-/// A stream-index entry of format 2: a run of one stream's events at consecutive positions and
-/// versions (one append, or a part of one), and where the run is in the segment log.
+/// A run of the stream index: one stream's events at consecutive positions and versions (an
+/// append, appends of one stream that follow each other in a commit group, a stream's share of
+/// an import, or one record when the catch-up at open wrote it; never across two segments), and
+/// where the run is in the segment log. Format 3 keeps runs in the index's table files and its
+/// table in memory (`store::sled::table`, 28 bytes after the key); format 2 kept them sealed
+/// under sled's `X` keys (docs/storage-format.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunEntry {
     /// The position of the run's first event.
@@ -400,8 +404,11 @@ pub struct RunEntry {
     pub bytes: u32,
 }
 
-/// What the stream index covers: the last position the index covers, where the record after it
-/// begins in the log, and the timestamp of the record at the mark.
+/// What the stream index covers (its mark): the last position the index covers, where the record
+/// after it begins in the log, and the timestamp of the record at the mark. In format 3 each
+/// table file's trailer holds the mark of its last position, and the last table's mark is what
+/// the catch-up at open starts from and part of what the log's open counts as acknowledged;
+/// format 2 kept it in sled under the key `I` (read only to convert such a store).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IndexMark {
     /// The last position whose record is indexed (0: none).

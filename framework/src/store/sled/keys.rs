@@ -1,9 +1,14 @@
-//! The sled key layout. Everything lives in sled's default tree, so that one `apply_batch` is
-//! atomic across the stream index, checkpoints, state and snapshots.
+//! The sled key layout, and the run keys of the stream index. Everything in sled lives in its
+//! default tree, so that one `apply_batch` is atomic across checkpoints, state, snapshots and the
+//! commit counter.
 //!
-//! Format 2 keeps the events in the segment log (`store::log`); sled holds the index derived
-//! from it (`X` runs, `G` group starts, the `I` mark) and everything else. The `L` chunks and
-//! `S` entries of format 1 exist only in a store that is being converted (`migrate.rs`).
+//! Format 3 keeps the events in the segment log (`store::log`) and the stream index derived
+//! from it in table files of its own (`table.rs`, `stream_index.rs`), whose keys are the run
+//! keys below (`X` + stream id length + stream id + first version, as format 2 had them in
+//! sled). sled holds the format `F`, the commit counter `N`, checkpoints `C`, consumer state `V`
+//! and snapshots `P`. The `L` chunks and `S` entries of format 1, and the `X` runs, `G` group
+//! starts and `I` mark of format 2, exist in sled only in a store that is being converted
+//! (`migrate.rs`).
 
 /// The key of the store's format number.
 pub const FORMAT_KEY: &[u8] = b"F";
@@ -11,19 +16,22 @@ pub const FORMAT_KEY: &[u8] = b"F";
 /// consumer state or snapshots) the store has made. Written in each of them, so that a commit
 /// sled drops lowers it. Appends do not raise it: they are checked through the log.
 pub const COMMITS_KEY: &[u8] = b"N";
-/// The key of the index's high-water mark (format 2): the last position whose record the index
-/// covers. Written in every batch that adds index entries.
+/// The key of the format-2 index's mark: the last position whose record the index covered (with
+/// where the next record began and its timestamp). Written by format 2 when it flushed sled; in
+/// format 3 only read (as part of what was acknowledged) and removed, while converting.
 pub const INDEXED_KEY: &[u8] = b"I";
 /// Prefix of format-1 log chunks: `L` + first position (u64 big-endian).
 pub const LOG: u8 = b'L';
 /// Prefix of format-1 stream-index entries: `S` + stream id length (u16 BE) + stream id + first
 /// version (u64 BE).
 pub const INDEX: u8 = b'S';
-/// Prefix of format-2 stream-index entries (runs): `X` + stream id length (u16 BE) + stream id +
-/// first version (u64 BE).
+/// The tag of run keys: `X` + stream id length (u16 BE) + stream id + first version (u64 BE).
+/// The keys of the index's table files in format 3; in format 2 the prefix of the runs in sled,
+/// which a conversion removes.
 pub const RUNS: u8 = b'X';
-/// Prefix of format-2 group starts: `G` + position (u64 BE), whose record's address is the value:
-/// where a sequential read of the log from a position begins.
+/// Prefix of format-2 group starts in sled: `G` + position (u64 BE), whose record's address was
+/// the value. Only removed, by a conversion: format 3 keeps group starts in the index's table
+/// files and in memory.
 pub const GROUP: u8 = b'G';
 /// Prefix of checkpoints: `C` + name.
 pub const CHECKPOINT: u8 = b'C';
@@ -47,7 +55,7 @@ pub fn log_key_position(key: &[u8]) -> Option<u64> {
     }
 }
 
-/// The prefix shared by every run of `stream` in the format-2 index.
+/// The prefix shared by every run key of `stream`.
 pub fn run_prefix(stream: &str) -> Vec<u8> {
     prefixed_stream(RUNS, stream)
 }
