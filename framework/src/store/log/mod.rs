@@ -170,7 +170,19 @@ pub(crate) struct SegmentLog {
     buf: Vec<u8>,
     /// Why an earlier write failed.
     failed: Option<String>,
+    /// The active segment holds data or zeros written by this log up to here (see
+    /// [`ZERO_AHEAD`]).
+    zeroed_to: u64,
 }
+
+/// How far ahead of its tail the active segment is written with zeros. A segment is allocated
+/// with `fallocate`, whose extents are "unwritten": the first `fdatasync` of data in one must
+/// also write the file's extent map, a second device write per commit. Zeros written ahead of
+/// the tail (in the same write and sync as a group, once per half of this) make later commits
+/// overwrite blocks that are already written, so their `fdatasync` writes only the data. (A
+/// pre-sized file written with zeros took 111 µs per 4 KiB sync on this machine, a growing
+/// one 222 µs: issue 15.)
+const ZERO_AHEAD: u64 = 1 << 20;
 
 impl SegmentLog {
     /// Opens the log in `dir` (created 0700 if missing, with its parent synced), recovering the
@@ -257,6 +269,7 @@ impl SegmentLog {
             tail_offset,
             buf: Vec::new(),
             failed: None,
+            zeroed_to: tail_offset,
         };
         Ok((log, recovery))
     }
@@ -380,6 +393,19 @@ impl SegmentLog {
             }
             .encode_record(body, &mut self.buf);
         }
+        let end = self.tail_offset + total;
+        if end + ZERO_AHEAD / 2 > self.zeroed_to && self.zeroed_to < segment.size {
+            // Zeros after the group (never over it): synced with it below.
+            let from = self.zeroed_to.max(end);
+            let to = (end + ZERO_AHEAD).min(segment.size);
+            if to > from {
+                let zeros = vec![0u8; (to - from) as usize];
+                if let Err(e) = segment.write_at(&zeros, from) {
+                    return Err(self.fail(LogError::io("write to", &segment.path, e)));
+                }
+            }
+            self.zeroed_to = to;
+        }
         if let Err(e) = segment.write_at(&self.buf, self.tail_offset) {
             return Err(self.fail(LogError::io("write to", &segment.path, e)));
         }
@@ -404,6 +430,7 @@ impl SegmentLog {
             .insert(created.id, Arc::clone(&created));
         self.active = Some(Arc::clone(&created));
         self.tail_offset = SEGMENT_HEADER_LEN;
+        self.zeroed_to = SEGMENT_HEADER_LEN;
         created
     }
 
