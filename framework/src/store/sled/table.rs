@@ -40,6 +40,12 @@ const MAX_KEY: usize = 1024;
 /// No block is larger (entries never split, so a block holds less than this): a larger length
 /// is damage, not a reason to allocate.
 const MAX_BLOCK: usize = BLOCK_BYTES + MAX_KEY + RUN_LEN + 2;
+/// A table keeps at most this many block keys in memory: past that, one key per span of
+/// consecutive blocks, read with one `pread` (so memory does not grow with the table).
+const MAX_SPANS: usize = if cfg!(test) { 8 } else { 4096 };
+/// A table keeps at most this many of its group starts in memory (every n-th past that: a read
+/// from a position may then pass over more records to reach it).
+const MAX_GROUPS: usize = if cfg!(test) { 4 } else { 4096 };
 /// The suffix of a table's file name.
 pub(super) const SUFFIX: &str = ".idx";
 /// The suffix of a table being written.
@@ -59,8 +65,16 @@ struct BlockRef {
     first_key: Box<[u8]>,
 }
 
-/// An open table: its file and, in memory, its block index and group starts (about one key per
-/// 4 KiB of entries, one group start per 256 positions).
+/// One or more consecutive blocks, read together.
+struct Span {
+    offset: u64,
+    /// The bytes of its blocks, headers included.
+    len: u64,
+    first_key: Box<[u8]>,
+}
+
+/// An open table: its file and, in memory, at most [`MAX_SPANS`] keys of its block index and
+/// [`MAX_GROUPS`] of its group starts, whatever its size.
 pub(crate) struct Table {
     path: PathBuf,
     file: File,
@@ -71,7 +85,11 @@ pub(crate) struct Table {
     pub mark: IndexMark,
     /// How many runs it holds.
     pub entries: u64,
-    blocks: Vec<BlockRef>,
+    spans: Vec<Span>,
+    /// Where the footer begins (the end of the blocks).
+    footer_at: u64,
+    /// Group starts of the range (every n-th of them in a large table; see
+    /// [`read_groups`](Self::read_groups) for all).
     pub groups: Vec<GroupStart>,
 }
 
@@ -384,6 +402,16 @@ impl Table {
         }
         let (blocks, groups) =
             parse_footer(&footer, footer_at).map_err(|reason| damaged(path, reason))?;
+        drop(footer);
+        let per_span = blocks.len().div_ceil(MAX_SPANS).max(1);
+        let spans = blocks
+            .chunks(per_span)
+            .map(|c| Span {
+                offset: c[0].offset,
+                len: c.iter().map(|b| 8 + u64::from(b.len)).sum(),
+                first_key: c[0].first_key.clone(),
+            })
+            .collect();
         Ok(Table {
             path: path.to_path_buf(),
             file,
@@ -391,9 +419,25 @@ impl Table {
             to,
             mark,
             entries,
-            blocks,
-            groups,
+            spans,
+            footer_at,
+            groups: sample(groups, MAX_GROUPS),
         })
+    }
+
+    /// Every group start of the table, read from its footer (for a merge).
+    pub(super) fn read_groups(&self) -> Result<Vec<GroupStart>> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| io_error(&self.path, "stat", e))?
+            .len();
+        let footer_len = len - TRAILER_LEN as u64 - self.footer_at;
+        let mut footer = vec![0u8; footer_len as usize];
+        read_exact_at(&self.file, &mut footer, self.footer_at, &self.path)?;
+        let (_, groups) =
+            parse_footer(&footer, self.footer_at).map_err(|reason| damaged(&self.path, reason))?;
+        Ok(groups)
     }
 
     /// The table's file.
@@ -401,32 +445,47 @@ impl Table {
         &self.path
     }
 
-    /// How many blocks the table holds.
+    /// How many spans of blocks the table holds.
     pub(super) fn block_count(&self) -> usize {
-        self.blocks.len()
+        self.spans.len()
     }
 
-    /// Reads block `i`'s body into `buf`, checking its checksum.
+    /// Reads the entries of span `i` (one `pread`) into `buf`, checking each block's length
+    /// and checksum: the blocks' bodies one after another.
     pub(super) fn read_block(&self, i: usize, buf: &mut Vec<u8>) -> Result<()> {
-        let b = &self.blocks[i];
-        let len = b.len as usize + 8;
+        let span = &self.spans[i];
         buf.clear();
-        buf.resize(len, 0);
-        read_exact_at(&self.file, buf, b.offset, &self.path)?;
-        if u32_at(buf, 0) != b.len || crc32fast::hash(&buf[8..]) != u32_at(buf, 4) {
-            return Err(damaged(
-                &self.path,
-                format!("block {i} (at byte {}) does not check", b.offset),
-            ));
+        buf.resize(span.len as usize, 0);
+        read_exact_at(&self.file, buf, span.offset, &self.path)?;
+        // Moves each block's body down over the headers, in place.
+        let (mut read, mut write) = (0usize, 0usize);
+        while read < buf.len() {
+            let at = span.offset + read as u64;
+            let bad = || damaged(&self.path, format!("the block at byte {at} does not check"));
+            if buf.len() - read < 8 {
+                return Err(bad());
+            }
+            let len = u32_at(buf, read) as usize;
+            let crc = u32_at(buf, read + 4);
+            let body = read + 8;
+            if len > MAX_BLOCK || len > buf.len() - body {
+                return Err(bad());
+            }
+            if crc32fast::hash(&buf[body..body + len]) != crc {
+                return Err(bad());
+            }
+            buf.copy_within(body..body + len, write);
+            write += len;
+            read = body + len;
         }
-        buf.drain(..8);
+        buf.truncate(write);
         Ok(())
     }
 
-    /// The block where entries at or after `key` begin: the last one whose first key is at or
-    /// before `key` (or the first block).
+    /// The span where entries at or after `key` begin: the last one whose first key is at or
+    /// before `key` (or the first span).
     pub(super) fn block_for(&self, key: &[u8]) -> usize {
-        self.blocks
+        self.spans
             .partition_point(|b| &*b.first_key <= key)
             .saturating_sub(1)
     }
@@ -447,10 +506,11 @@ impl Table {
         mut each: impl FnMut(&[u8], RunEntry) -> Result<bool>,
     ) -> Result<()> {
         let start = from.map_or(0, |k| self.block_for(k));
-        for i in start..self.blocks.len() {
+        for i in start..self.spans.len() {
             self.read_block(i, buf)?;
             for entry in Entries::new(buf) {
-                let (key, run) = entry.map_err(|r| self.damage(format!("block {i}: {r}")))?;
+                let (key, run) =
+                    entry.map_err(|r| self.damage(format!("the blocks of span {i}: {r}")))?;
                 if !whole_block && from.is_some_and(|f| key < f) {
                     continue;
                 }
@@ -468,14 +528,15 @@ impl Table {
         key: &[u8],
         buf: &mut Vec<u8>,
     ) -> Result<Option<(Vec<u8>, RunEntry)>> {
-        if self.blocks.is_empty() || &*self.blocks[0].first_key > key {
+        if self.spans.is_empty() || &*self.spans[0].first_key > key {
             return Ok(None);
         }
         let i = self.block_for(key);
         self.read_block(i, buf)?;
         let mut last = None;
         for entry in Entries::new(buf) {
-            let (k, run) = entry.map_err(|r| self.damage(format!("block {i}: {r}")))?;
+            let (k, run) =
+                entry.map_err(|r| self.damage(format!("the blocks of span {i}: {r}")))?;
             if k > key {
                 break;
             }
@@ -548,6 +609,15 @@ fn parse_footer(
     Ok((blocks, groups))
 }
 
+/// At most about `max` of `items`: every n-th, the first always kept.
+fn sample<T>(items: Vec<T>, max: usize) -> Vec<T> {
+    let every = items.len().div_ceil(max.max(1)).max(1);
+    if every == 1 {
+        return items;
+    }
+    items.into_iter().step_by(every).collect()
+}
+
 fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<()> {
     file.read_exact_at(buf, offset).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -597,8 +667,8 @@ pub(super) fn merge(
             nb = cb.next()?;
         }
     }
-    let mut groups = a.groups.clone();
-    groups.extend_from_slice(&b.groups);
+    let mut groups = a.read_groups()?;
+    groups.extend(b.read_groups()?);
     out.finish(a.from, b.mark, groups).map(Some)
 }
 
@@ -627,8 +697,10 @@ impl Cursor {
                 let mut entries = Entries::new(&self.buf[self.at..]);
                 let item = entries.next().expect("bytes left");
                 let block = self.next_block - 1;
-                let (key, run) =
-                    item.map_err(|r| self.table.damage(format!("block {block}: {r}")))?;
+                let (key, run) = item.map_err(|r| {
+                    self.table
+                        .damage(format!("the blocks of span {block}: {r}"))
+                })?;
                 let key = key.to_vec();
                 self.at += entries.at;
                 return Ok(Some((key, run)));
