@@ -43,8 +43,8 @@ fn format_1_head(db: &sled::Db) -> Result<u64> {
     Ok(first + u64::from(count) - 1)
 }
 
-/// Copies the events of a format-1 store into `log` and marks the store as format 2 (steps 1
-/// and 2 above). A damaged chunk stops the conversion with [`StoreError::Damaged`] naming the
+/// Copies the events of a format-1 store into `log` and marks the store as format 3 (step 1
+/// above). A damaged chunk stops the conversion with [`StoreError::Damaged`] naming the
 /// position, before the store is marked: the store stays format 1, and an older build still
 /// opens it.
 pub fn from_format_1(
@@ -66,7 +66,7 @@ pub fn from_format_1(
     if done < head {
         info!(
             events = head - done,
-            "converting the store from storage format 1 to format 2 (events move to the \
+            "converting the store from storage format 1 to format 3 (events move to the \
              segment log)"
         );
     }

@@ -293,6 +293,13 @@ impl SledEventStore {
         };
         let (mut log, recovery) = SegmentLog::open(path.join(LOG_DIR), log_config)?;
         report_recovery(&recovery, &path);
+        if format == 2 {
+            info!(
+                path = %path.display(),
+                "converting the store from storage format 2 to format 3 (the stream index \
+                 moves from sled to its own files; it is rebuilt from the event log)"
+            );
+        }
         if format == 1 {
             migrate::from_format_1(&db, &mut log, || {
                 durability.sync().map_err(|e| path_error(&path, e))

@@ -459,6 +459,46 @@ fn files_of_the_store_that_are_symbolic_links_are_refused_and_their_targets_left
             "{name} was written"
         );
     }
+    // The index's directory as a link to a directory outside the store: refused, untouched.
+    let dir = tempfile::tempdir().unwrap();
+    one_event_store(dir.path());
+    let index = dir.path().join(super::INDEX_DIR);
+    let elsewhere = outside.path().join("index-elsewhere");
+    std::fs::rename(&index, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &index).unwrap();
+    let listing = |d: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let files_before = listing(&elsewhere);
+    assert!(matches!(
+        SledEventStore::open(dir.path()),
+        Err(StoreError::BadPath { path, .. }) if path == index
+    ));
+    assert_eq!(listing(&elsewhere), files_before);
+    // A table file inside `index/` that is a link to a file outside: never followed (the link
+    // is dropped and the index rebuilt from the log), its target left alone.
+    std::fs::remove_file(&index).unwrap();
+    std::fs::create_dir(&index).unwrap();
+    let table = std::fs::read_dir(&elsewhere)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let precious = outside.path().join("precious-table");
+    std::fs::copy(table.path(), &precious).unwrap();
+    let content = std::fs::read(&precious).unwrap();
+    std::os::unix::fs::symlink(&precious, index.join(table.file_name())).unwrap();
+    rt().block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        assert_eq!(store.read_stream("tick-0", 1, 10).await.unwrap().len(), 1);
+        assert!(store.verify().await.unwrap().is_ok());
+    });
+    assert_eq!(std::fs::read(&precious).unwrap(), content);
     // A new store whose head file is already a link to someone else's file.
     let dir = tempfile::tempdir().unwrap();
     let target = outside.path().join("precious");
@@ -1110,4 +1150,53 @@ fn a_store_written_by_format_2_is_converted_at_open_with_everything_in_it() {
         drop(db);
         assert!(!index_tables(dir.path()).is_empty());
     }
+}
+
+/// A conversion from format 2 killed after the index's files were written but before the store
+/// was marked as format 3 (and its old keys removed) is done again by the next open.
+#[test]
+fn an_interrupted_conversion_from_format_2_is_done_again_at_the_next_open() {
+    let dir = format_2_fixture();
+    let expected = rt().block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let all = store.read_all(1, 100, &Filter::all()).await.unwrap().events;
+        store.close().await;
+        all
+    });
+    assert_eq!(expected.len(), 17);
+    {
+        // Back to format 2, with the keys the conversion had not removed yet: a mark that
+        // covers the log, and a stray run of the old index.
+        let db = raw(dir.path());
+        db.insert(keys::FORMAT_KEY, codec::encode_format(2))
+            .unwrap();
+        let mark = codec::IndexMark {
+            position: 17,
+            segment: 1,
+            offset: 0,
+            timestamp_micros: 0,
+        };
+        db.insert(keys::INDEXED_KEY, codec::encode_mark(mark))
+            .unwrap();
+        db.insert(keys::run_key("order-0", 1), b"stale".to_vec())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    // And the last index file had not been written.
+    let tables = index_tables(dir.path());
+    std::fs::remove_file(tables.last().unwrap()).unwrap();
+    rt().block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let all = store.read_all(1, 100, &Filter::all()).await.unwrap().events;
+        assert_eq!(all, expected);
+        assert_eq!(store.read_stream("order-0", 1, 10).await.unwrap().len(), 5);
+        let report = store.verify().await.unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        store.close().await;
+    });
+    let db = raw(dir.path());
+    let format = codec::decode_format(&db.get(keys::FORMAT_KEY).unwrap().unwrap()).unwrap();
+    assert_eq!(format, super::STORAGE_FORMAT);
+    assert!(db.scan_prefix([keys::RUNS]).next().is_none());
+    assert!(db.get(keys::INDEXED_KEY).unwrap().is_none());
 }
