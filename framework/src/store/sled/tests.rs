@@ -979,6 +979,22 @@ fn format_1_fixture() -> tempfile::TempDir {
     dir
 }
 
+/// Checks what the fixtures hold in sled: checkpoint `shipping` at `shipping`, `billing` at 11
+/// with its state, and the snapshot of order-0.
+async fn check_fixture_state(store: &SledEventStore, shipping: u64) {
+    assert_eq!(
+        store.load_checkpoint("shipping").await.unwrap(),
+        Some(shipping)
+    );
+    assert_eq!(store.load_checkpoint("billing").await.unwrap(), Some(11));
+    assert_eq!(
+        store.load_state("billing", b"count").await.unwrap(),
+        Some(b"11".to_vec())
+    );
+    let snapshot = store.load_snapshot("order-0").await.unwrap().unwrap();
+    assert_eq!(snapshot.stream_version, 4);
+}
+
 /// Checks that the store at `dir` holds the fixture's data, as format 2, and takes appends.
 fn check_converted(dir: &Path) {
     rt().block_on(async {
@@ -997,14 +1013,7 @@ fn check_converted(dir: &Path) {
         let payments = store.read_stream("payment-1", 1, 10).await.unwrap();
         assert_eq!(payments, all[12..].to_vec());
         assert_eq!(store.read_stream("order-1", 2, 10).await.unwrap().len(), 3);
-        assert_eq!(store.load_checkpoint("shipping").await.unwrap(), Some(9));
-        assert_eq!(store.load_checkpoint("billing").await.unwrap(), Some(11));
-        assert_eq!(
-            store.load_state("billing", b"count").await.unwrap(),
-            Some(b"11".to_vec())
-        );
-        let snapshot = store.load_snapshot("order-0").await.unwrap().unwrap();
-        assert_eq!(snapshot.stream_version, 4);
+        check_fixture_state(&store, 9).await;
         let report = store.verify().await.unwrap();
         assert!(report.is_ok(), "{:?}", report.problems);
         assert_eq!((report.events_checked, report.head), (14, 14));
@@ -1113,14 +1122,7 @@ fn a_store_written_by_format_2_is_converted_at_open_with_everything_in_it() {
                 .collect();
             assert_eq!(versions, [(2, 14), (3, 16), (4, 17)]);
             assert_eq!(store.stream_version("payment-1").await.unwrap(), 4);
-            assert_eq!(store.load_checkpoint("shipping").await.unwrap(), Some(15));
-            assert_eq!(store.load_checkpoint("billing").await.unwrap(), Some(11));
-            assert_eq!(
-                store.load_state("billing", b"count").await.unwrap(),
-                Some(b"11".to_vec())
-            );
-            let snapshot = store.load_snapshot("order-0").await.unwrap().unwrap();
-            assert_eq!(snapshot.stream_version, 4);
+            check_fixture_state(&store, 15).await;
             let streams = store.list_streams(None, 10).await.unwrap();
             let names: Vec<&str> = streams.iter().map(|s| s.stream_id.as_str()).collect();
             assert_eq!(names, ["order-0", "order-1", "order-2", "payment-1"]);
