@@ -7,8 +7,9 @@
 //! Opening the log cuts the torn tail a crash left and reports damage before acknowledged
 //! records ([`Recovery`]).
 //!
-//! The sled store keeps its events here (storage format 2): its index in sled maps stream and
-//! version to [`RecordAddr`]es and catches up from the log's tail at open.
+//! The sled store keeps its events here (storage formats 2 and 3): its stream index (in its own
+//! files since format 3) maps stream and version to [`RecordAddr`]es and catches up from the
+//! log's tail at open.
 
 mod error;
 mod frame;

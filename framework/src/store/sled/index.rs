@@ -43,7 +43,7 @@ pub fn read_format_2_mark(db: &sled::Db) -> Result<IndexMark> {
 }
 
 /// Indexes the records of `log` after what `index` covers, writing a table file for each
-/// [`FLUSH_RUNS`](super::stream_index::FLUSH_RUNS) records.
+/// `SledConfig::index_table_runs` records (see [`StreamIndex::flush_due`]).
 pub fn catch_up(index: &StreamIndex, log: &LogReader) -> Result<CaughtUp> {
     let mark = index.mark();
     let tail = log.tail();

@@ -346,3 +346,121 @@ fn a_damaged_block_is_a_typed_error_naming_the_file() {
         Err(StoreError::DamagedMetadata { .. })
     ));
 }
+
+#[test]
+fn an_error_opening_a_table_that_is_not_damage_fails_the_open_and_removes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index");
+    let mut model = Model::default();
+    {
+        let index = StreamIndex::open_with(path.clone(), 1_000_000, false).unwrap();
+        model.append(&index, 30, 3);
+        index.flush().unwrap();
+        index.close();
+    }
+    let before = files(&path);
+    // Something that cannot be read as a file where the next table would be (EISDIR).
+    let next = model.position + 1;
+    std::fs::create_dir(path.join(table::file_name(next, next + 10))).unwrap();
+    match StreamIndex::open_with(path.clone(), 1_000_000, false) {
+        Err(StoreError::Io(_)) => {}
+        Err(other) => panic!("expected an I/O error, got {other:?}"),
+        Ok(_) => panic!("expected an I/O error, the index opened"),
+    }
+    let mut after = files(&path);
+    after.retain(|n| !n.starts_with(&format!("{next:020}")));
+    assert_eq!(after, before, "a table was removed");
+}
+
+#[test]
+fn a_table_that_is_not_finished_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunEntry {
+        first_position: 1,
+        count: 1,
+        segment: 1,
+        offset: 64,
+        bytes: 100,
+    };
+    {
+        let mut w = table::TableWriter::new(dir.path(), 1).unwrap();
+        w.push(&keys::run_key("a", 1), &run).unwrap();
+        // A key out of order is refused (a damaged input of a merge), and the file goes.
+        assert!(matches!(
+            w.push(&keys::run_key("a", 1), &run),
+            Err(StoreError::DamagedMetadata { .. })
+        ));
+        assert_eq!(files(dir.path()).len(), 1);
+    }
+    assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+}
+
+/// Readers never see a run twice or miss one while the writer flushes tables and the merging
+/// thread replaces them.
+#[test]
+fn reads_during_flushes_and_merges_see_every_run_once() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let index = StreamIndex::open_with(dir.path().join("index"), 40, true).unwrap();
+    // The writer appends to "a" and "b" in turn; `published` is the last version of "a"
+    // inserted before it was raised.
+    let published = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (index, published, done) = (index.clone(), published.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut position = 0u64;
+            for version in 1..=3_000u64 {
+                let mut runs = Vec::new();
+                for stream in ["a", "b"] {
+                    position += 1;
+                    let run = RunEntry {
+                        first_position: position,
+                        count: 1,
+                        segment: 1,
+                        offset: 64,
+                        bytes: 40,
+                    };
+                    runs.push((keys::run_key(stream, version), run));
+                }
+                let mark = IndexMark {
+                    position,
+                    segment: 1,
+                    offset: 64,
+                    timestamp_micros: 0,
+                };
+                index.insert(runs, Vec::new(), mark);
+                published.store(version, Ordering::Release);
+                if index.flush_due() {
+                    index.flush().unwrap();
+                }
+            }
+            done.store(true, Ordering::Release);
+        })
+    };
+    let mut reads = 0u64;
+    while !done.load(Ordering::Acquire) || reads == 0 {
+        let at_least = published.load(Ordering::Acquire);
+        let mut next = 1u64;
+        index
+            .runs("a", 1, |version, run| {
+                assert_eq!(version, next, "a run seen twice or missed");
+                next = version + u64::from(run.count);
+                Ok(true)
+            })
+            .unwrap();
+        assert!(
+            next > at_least,
+            "read {} versions, {at_least} were in",
+            next - 1
+        );
+        let last = index.last("a", u64::MAX).unwrap().map_or(0, |(v, _)| v);
+        assert!(last >= at_least);
+        reads += 1;
+    }
+    writer.join().unwrap();
+    // 150 tables written; the merges catch up to a handful.
+    let tables = wait_for_merges(&index, 12);
+    assert!(tables <= 12, "{tables} tables left after merges");
+    eprintln!("{reads} reads during the appends, {tables} tables at the end");
+}

@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn, Instrument};
 
 use self::durable::{Durability, HeadFile, Marks};
-use self::stream_index::StreamIndex;
+use self::stream_index::{CloseGuard, StreamIndex};
 use self::writer::{Request, Writer, WriterSettings};
 use super::codec;
 use super::log::{LogConfig, LogReader, SegmentLog};
@@ -276,6 +276,7 @@ impl SledEventStore {
         let stream_index =
             StreamIndex::open_with(path.join(INDEX_DIR), config.index_table_runs.max(1), true)
                 .map_err(|e| e.naming(&path))?;
+        let index_guard = CloseGuard::new(&stream_index);
         let old_mark = index::read_format_2_mark(&db)?;
         let log_config = LogConfig {
             segment_bytes: config.segment_bytes,
@@ -307,13 +308,7 @@ impl SledEventStore {
         }
         // The index catches up first: it reads back (and checks) every record a conversion
         // copied, before the old copy of the events and the old index are removed.
-        let caught = match index::catch_up(&stream_index, &log.reader()) {
-            Ok(caught) => caught,
-            Err(e) => {
-                stream_index.close();
-                return Err(e);
-            }
-        };
+        let caught = index::catch_up(&stream_index, &log.reader())?;
         stream_index.flush()?;
         if format == 2 {
             db.insert(keys::FORMAT_KEY, codec::encode_format(STORAGE_FORMAT))?;
@@ -386,6 +381,7 @@ impl SledEventStore {
         let handle = std::thread::Builder::new()
             .name("tidings-writer".into())
             .spawn(move || writer.run(rx))?;
+        index_guard.disarm();
         info!(path = %shared.path.display(), head, "event store opened");
         Ok(SledEventStore {
             inner: Arc::new(Inner {

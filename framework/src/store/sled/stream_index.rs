@@ -2,12 +2,12 @@
 //! they are in the log), in tidings' own files (decision 59).
 //!
 //! New runs go to a table in memory (a `BTreeMap`), inserted by the writer after the log synced
-//! them and before the append is answered; once it holds [`FLUSH_RUNS`] runs it is written to a
-//! table file (`table.rs`) under `<store>/index/`. Tables cover consecutive ranges of positions
-//! from 1; a thread merges adjacent tables of similar size in the background, so a store holds
-//! about log2(runs / FLUSH_RUNS) of them. Memory is the table in memory (bounded by
-//! [`FLUSH_RUNS`]), plus one key per 4 KiB block and one group start per 256 positions of each
-//! table file.
+//! them and before the append is answered; once it holds `SledConfig::index_table_runs` runs
+//! (default [`FLUSH_RUNS`]) it is written to a table file (`table.rs`) under `<store>/index/`.
+//! Tables cover consecutive ranges of positions from 1; a thread merges adjacent tables of
+//! similar size in the background, so a store holds about log2(runs / that setting) of them. Memory is the table in memory (bounded by
+//! `SledConfig::index_table_runs`), plus for each table file at most 32 Ki block keys and 64 Ki
+//! group starts (`table.rs`), whatever the size of the log.
 //!
 //! The index is derived from the log: what the table files cover is synced in the log before
 //! they are written, and after a crash the index catches up from the end of the last table
@@ -113,6 +113,15 @@ impl StreamIndex {
                 std::fs::remove_file(entry.path()).map_err(StoreError::Io)?;
                 removed = true;
             } else if let Some((from, to)) = table::parse_name(&name) {
+                if entry.file_type().map_err(StoreError::Io)?.is_symlink() {
+                    return Err(StoreError::BadPath {
+                        path: entry.path(),
+                        reason: "a stream index file that is a symbolic link: the store never \
+                                 follows a link out of its directory; delete the link (the \
+                                 index is rebuilt from the event log)"
+                            .into(),
+                    });
+                }
                 found.push((from, to, entry.path()));
             }
         }
@@ -129,10 +138,13 @@ impl StreamIndex {
                         tables.push(Arc::new(t));
                         continue;
                     }
-                    Err(e) => {
+                    Err(e @ StoreError::DamagedMetadata { .. }) => {
                         warn!(file = %path.display(), error = %e, "a stream index file is damaged: it is removed, with the files after it, and rebuilt from the event log");
                         broken = true;
                     }
+                    // Anything else (no permission, too many open files, an I/O error) is not
+                    // the file's fault: the open fails and nothing is removed.
+                    Err(e) => return Err(e),
                 }
             } else if !broken && to < next {
                 debug!(file = %path.display(), "removing a stream index file that a merge replaced");
@@ -463,7 +475,7 @@ impl StreamIndex {
         })
     }
 
-    /// The first group start after `position`, up to `head`.
+    /// The first group start after `position` that the index keeps in memory.
     pub(crate) fn group_start_after(&self, position: u64) -> Option<GroupStart> {
         let s = self.read();
         let after = |g: &[GroupStart]| {
@@ -521,6 +533,29 @@ impl StreamIndex {
     pub(crate) fn shape(&self) -> (usize, usize) {
         let s = self.read();
         (s.tables.len(), s.mem.len())
+    }
+}
+
+/// Stops an index's merging thread when dropped, unless disarmed: held by an open of the store
+/// that may still fail, so that no merge goes on after the store's lock is released.
+pub(crate) struct CloseGuard(Option<Arc<StreamIndex>>);
+
+impl CloseGuard {
+    pub(crate) fn new(index: &Arc<StreamIndex>) -> Self {
+        CloseGuard(Some(Arc::clone(index)))
+    }
+
+    /// The open succeeded: the index stays open.
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        if let Some(index) = self.0.take() {
+            index.close();
+        }
     }
 }
 

@@ -42,10 +42,10 @@ const MAX_KEY: usize = 1024;
 const MAX_BLOCK: usize = BLOCK_BYTES + MAX_KEY + RUN_LEN + 2;
 /// A table keeps at most this many block keys in memory: past that, one key per span of
 /// consecutive blocks, read with one `pread` (so memory does not grow with the table).
-const MAX_SPANS: usize = if cfg!(test) { 8 } else { 4096 };
+const MAX_SPANS: usize = if cfg!(test) { 8 } else { 32 * 1024 };
 /// A table keeps at most this many of its group starts in memory (every n-th past that: a read
 /// from a position may then pass over more records to reach it).
-const MAX_GROUPS: usize = if cfg!(test) { 4 } else { 4096 };
+const MAX_GROUPS: usize = if cfg!(test) { 4 } else { 64 * 1024 };
 /// The suffix of a table's file name.
 pub(super) const SUFFIX: &str = ".idx";
 /// The suffix of a table being written.
@@ -86,8 +86,9 @@ pub(crate) struct Table {
     /// How many runs it holds.
     pub entries: u64,
     spans: Vec<Span>,
-    /// Where the footer begins (the end of the blocks).
+    /// Where the footer begins (the end of the blocks), and its length.
     footer_at: u64,
+    footer_len: u64,
     /// Group starts of the range (every n-th of them in a large table; see
     /// [`read_groups`](Self::read_groups) for all).
     pub groups: Vec<GroupStart>,
@@ -205,6 +206,8 @@ pub(super) struct TableWriter {
     blocks: Vec<BlockRef>,
     entries: u64,
     last_key: Vec<u8>,
+    /// Set once the file was renamed to its table's name.
+    finished: bool,
 }
 
 impl TableWriter {
@@ -232,15 +235,19 @@ impl TableWriter {
             blocks: Vec::new(),
             entries: 0,
             last_key: Vec::new(),
+            finished: false,
         })
     }
 
-    /// Adds the next entry (keys strictly increasing).
+    /// Adds the next entry (keys strictly increasing: a key out of order, which only damage to
+    /// an input of a merge could give, is refused).
     pub(super) fn push(&mut self, key: &[u8], run: &RunEntry) -> Result<()> {
-        debug_assert!(
-            self.entries == 0 || key > &self.last_key[..],
-            "keys out of order"
-        );
+        if self.entries > 0 && key <= &self.last_key[..] {
+            return Err(damaged(
+                &self.temp,
+                "runs out of key order (an input of this table is damaged)",
+            ));
+        }
         if self.first_key.is_none() {
             self.first_key = Some(key.into());
         }
@@ -318,24 +325,31 @@ impl TableWriter {
         self.out
             .write_all(&footer)
             .and_then(|()| self.out.write_all(&trailer))
+            .and_then(|()| self.out.flush())
             .map_err(|e| io_error(&temp, "write", e))?;
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| io_error(&temp, "write", e.into_error()))?;
-        file.sync_all().map_err(|e| io_error(&temp, "fsync", e))?;
+        self.out
+            .get_ref()
+            .sync_all()
+            .map_err(|e| io_error(&temp, "fsync", e))?;
         let path = self.dir.join(file_name(from, mark.position));
         std::fs::rename(&temp, &path).map_err(|e| io_error(&path, "rename to", e))?;
+        self.finished = true;
         sync_dir(&self.dir)?;
-        drop(file);
         Table::open(&path)
     }
 
-    /// Gives up the table: removes what was written.
+    /// Gives up the table: removes what was written (as dropping it does).
     pub(super) fn abandon(self) {
-        let temp = self.temp.clone();
         drop(self);
-        let _ = std::fs::remove_file(temp);
+    }
+}
+
+impl Drop for TableWriter {
+    /// A table that was not finished (given up, or failed on the way) leaves no file behind.
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.temp);
+        }
     }
 }
 
@@ -392,7 +406,10 @@ impl Table {
                 format!("it says it covers positions {t_from}..={t_to}, its name {from}..={to}"),
             ));
         }
-        if footer_at < MAGIC.len() as u64 || footer_at + footer_len + TRAILER_LEN as u64 != len {
+        let footer_end = footer_at
+            .checked_add(footer_len)
+            .and_then(|e| e.checked_add(TRAILER_LEN as u64));
+        if footer_at < MAGIC.len() as u64 || footer_end != Some(len) || to == u64::MAX {
             return Err(damaged(path, "its footer is not where the trailer says"));
         }
         let mut footer = vec![0u8; footer_len as usize];
@@ -421,19 +438,14 @@ impl Table {
             entries,
             spans,
             footer_at,
+            footer_len,
             groups: sample(groups, MAX_GROUPS),
         })
     }
 
     /// Every group start of the table, read from its footer (for a merge).
     pub(super) fn read_groups(&self) -> Result<Vec<GroupStart>> {
-        let len = self
-            .file
-            .metadata()
-            .map_err(|e| io_error(&self.path, "stat", e))?
-            .len();
-        let footer_len = len - TRAILER_LEN as u64 - self.footer_at;
-        let mut footer = vec![0u8; footer_len as usize];
+        let mut footer = vec![0u8; self.footer_len as usize];
         read_exact_at(&self.file, &mut footer, self.footer_at, &self.path)?;
         let (_, groups) =
             parse_footer(&footer, self.footer_at).map_err(|reason| damaged(&self.path, reason))?;

@@ -480,8 +480,8 @@ fn files_of_the_store_that_are_symbolic_links_are_refused_and_their_targets_left
         Err(StoreError::BadPath { path, .. }) if path == index
     ));
     assert_eq!(listing(&elsewhere), files_before);
-    // A table file inside `index/` that is a link to a file outside: never followed (the link
-    // is dropped and the index rebuilt from the log), its target left alone.
+    // A table file inside `index/` that is a link to a file outside: refused, never followed,
+    // its target left alone; once the link is gone the index is rebuilt from the log.
     std::fs::remove_file(&index).unwrap();
     std::fs::create_dir(&index).unwrap();
     let table = std::fs::read_dir(&elsewhere)
@@ -492,7 +492,17 @@ fn files_of_the_store_that_are_symbolic_links_are_refused_and_their_targets_left
     let precious = outside.path().join("precious-table");
     std::fs::copy(table.path(), &precious).unwrap();
     let content = std::fs::read(&precious).unwrap();
-    std::os::unix::fs::symlink(&precious, index.join(table.file_name())).unwrap();
+    let link = index.join(table.file_name());
+    std::os::unix::fs::symlink(&precious, &link).unwrap();
+    match SledEventStore::open(dir.path()) {
+        Err(StoreError::BadPath { path, reason }) => {
+            assert_eq!(path, link);
+            assert!(reason.contains("symbolic link"), "{reason}");
+        }
+        other => panic!("expected BadPath for the linked table, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&precious).unwrap(), content);
+    std::fs::remove_file(&link).unwrap();
     rt().block_on(async {
         let store = SledEventStore::open(dir.path()).unwrap();
         assert_eq!(store.read_stream("tick-0", 1, 10).await.unwrap().len(), 1);

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error};
@@ -87,7 +87,16 @@ pub struct Writer {
     /// The timestamp given to the last commit; timestamps never go down with position.
     last_timestamp: u64,
     failed: Option<String>,
+    /// When the head file was last synced, and whether it was written since.
+    head_synced_at: Instant,
+    head_unsynced: bool,
 }
+
+/// The head file is synced at most this long after a commit recorded in it: what it says was
+/// acknowledged (which the log's open never cuts as a torn tail) then lags behind the log by at
+/// most this much after a power loss, whatever the rate of appends. (The index's files, the
+/// other record of it, are written only every `index_table_runs` runs.)
+const HEAD_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The kinds of write a commit group holds, for the head file (`durable::Marks`).
 #[derive(Default)]
@@ -152,12 +161,31 @@ impl Writer {
             next_position: head + 1,
             last_timestamp,
             failed: None,
+            head_synced_at: Instant::now(),
+            head_unsynced: false,
         }
     }
 
     /// Serves requests until every sender is gone.
     pub fn run(mut self, rx: mpsc::Receiver<Request>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            // While the head file has a write not yet synced, wait at most until it is due.
+            let first = if self.head_unsynced {
+                let wait = HEAD_SYNC_INTERVAL.saturating_sub(self.head_synced_at.elapsed());
+                match rx.recv_timeout(wait) {
+                    Ok(first) => first,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.sync_head_file_if_due();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(first) => first,
+                    Err(_) => break,
+                }
+            };
             let mut group = Vec::with_capacity(64);
             group.push(first);
             while group.len() < self.settings.max_group {
@@ -168,6 +196,7 @@ impl Writer {
             }
             self.commit(group);
             self.flush_index_if_due();
+            self.sync_head_file_if_due();
         }
         if self.failed.is_none() {
             // A clean close leaves nothing for the next open to catch up.
@@ -496,6 +525,19 @@ impl Writer {
         }
     }
 
+    /// Syncs the head file once [`HEAD_SYNC_INTERVAL`] has passed since it was last synced and
+    /// it was written since (a failure is logged: the file only detects losses).
+    fn sync_head_file_if_due(&mut self) {
+        if !self.head_unsynced || self.head_synced_at.elapsed() < HEAD_SYNC_INTERVAL {
+            return;
+        }
+        if let Err(e) = self.head_file.sync() {
+            error!(error = %e, "could not sync the head file");
+        }
+        self.head_synced_at = Instant::now();
+        self.head_unsynced = false;
+    }
+
     /// What the index covers once it holds the records up to `position`, the last one the log
     /// took (whose timestamp is `timestamp_micros`): with where the next record begins.
     fn mark(&self, position: u64, timestamp_micros: u64) -> codec::IndexMark {
@@ -589,6 +631,7 @@ impl Writer {
         if let Err(e) = self.head_file.write(marks) {
             error!(error = %e, "could not record the commit in the head file");
         }
+        self.head_unsynced = true;
     }
 }
 
