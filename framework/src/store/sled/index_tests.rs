@@ -438,9 +438,10 @@ fn reads_during_flushes_and_merges_see_every_run_once() {
             done.store(true, Ordering::Release);
         })
     };
-    let mut reads = 0u64;
+    let (mut reads, mut during_flushes) = (0u64, 0u64);
     while !done.load(Ordering::Acquire) || reads == 0 {
         let at_least = published.load(Ordering::Acquire);
+        during_flushes += u64::from(index.flushing());
         let mut next = 1u64;
         index
             .runs("a", 1, |version, run| {
@@ -462,5 +463,8 @@ fn reads_during_flushes_and_merges_see_every_run_once() {
     // 150 tables written; the merges catch up to a handful.
     let tables = wait_for_merges(&index, 12);
     assert!(tables <= 12, "{tables} tables left after merges");
-    eprintln!("{reads} reads during the appends, {tables} tables at the end");
+    eprintln!(
+        "{reads} reads during the appends ({during_flushes} began while a flush was writing a \
+         file), {tables} tables at the end"
+    );
 }

@@ -55,13 +55,28 @@ struct State {
     /// Runs not yet in a file, by key.
     mem: BTreeMap<Vec<u8>, RunEntry>,
     mem_key_bytes: usize,
-    /// Group starts of the positions after the last table.
+    /// Group starts of the positions after the last table (and the frozen runs).
     mem_groups: Vec<GroupStart>,
+    /// Runs being written to a file: taken out of `mem` by a flush, read like it until the file
+    /// is in `tables` (so that the file is written without holding the lock).
+    frozen: Option<Arc<Frozen>>,
     /// What the tables and the table in memory cover.
     mark: IndexMark,
 }
 
+/// The runs and group starts a flush is writing to a file, and what they cover.
+struct Frozen {
+    runs: BTreeMap<Vec<u8>, RunEntry>,
+    groups: Vec<GroupStart>,
+    mark: IndexMark,
+}
+
 impl State {
+    /// The table in memory and the frozen one, oldest first.
+    fn memories(&self) -> impl Iterator<Item = &BTreeMap<Vec<u8>, RunEntry>> {
+        self.frozen.iter().map(|f| &f.runs).chain([&self.mem])
+    }
+
     fn table_mark(&self) -> IndexMark {
         self.tables.last().map_or(IndexMark::default(), |t| t.mark)
     }
@@ -231,24 +246,34 @@ impl StreamIndex {
     /// Writes the table in memory to a file (synced), then drops it from memory. Called by the
     /// one thread that inserts.
     pub(crate) fn flush(&self) -> Result<()> {
-        let table = {
-            let s = self.read();
-            if s.mem.is_empty() && s.mark.position == s.table_mark().position {
-                return Ok(());
+        // The runs are frozen under the lock (a move), written without it, and the file put in
+        // their place under it again: readers and a merge never wait for the file's I/O. (A
+        // frozen table left by a flush that failed is written first.)
+        let (frozen, from) = {
+            let mut s = self.write();
+            if s.frozen.is_none() {
+                if s.mem.is_empty() && s.mark.position == s.table_mark().position {
+                    return Ok(());
+                }
+                let frozen = Frozen {
+                    runs: std::mem::take(&mut s.mem),
+                    groups: std::mem::take(&mut s.mem_groups),
+                    mark: s.mark,
+                };
+                s.mem_key_bytes = 0;
+                s.frozen = Some(Arc::new(frozen));
             }
-            let from = s.table_mark().position + 1;
-            let mut w = TableWriter::new(&self.dir, from)?;
-            for (key, run) in &s.mem {
-                w.push(key, run)?;
-            }
-            w.finish(from, s.mark, s.mem_groups.clone())?
+            let frozen = Arc::clone(s.frozen.as_ref().expect("set above"));
+            (frozen, s.table_mark().position + 1)
         };
+        let mut w = TableWriter::new(&self.dir, from)?;
+        for (key, run) in &frozen.runs {
+            w.push(key, run)?;
+        }
+        let table = w.finish(from, frozen.mark, frozen.groups.clone())?;
         let mut s = self.write();
-        debug_assert_eq!(table.to, s.mark.position);
         s.tables.push(Arc::new(table));
-        s.mem.clear();
-        s.mem_key_bytes = 0;
-        s.mem_groups.clear();
+        s.frozen = None;
         drop(s);
         self.wake_merger();
         Ok(())
@@ -324,13 +349,15 @@ impl StreamIndex {
         let s = self.read();
         let prefix = keys::run_prefix(stream);
         let mut mem = Vec::new();
-        for (key, run) in s.mem.range(prefix.clone()..) {
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let version = version_of(key, prefix.len());
-            if version + u64::from(run.count) > from_version {
-                mem.push((version, *run));
+        for runs in s.memories() {
+            for (key, run) in runs.range(prefix.clone()..) {
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                let version = version_of(key, prefix.len());
+                if version + u64::from(run.count) > from_version {
+                    mem.push((version, *run));
+                }
             }
         }
         (s.tables.clone(), mem)
@@ -384,13 +411,16 @@ impl StreamIndex {
         let prefix = keys::run_prefix(stream);
         let tables = {
             let s = self.read();
-            let mem = s
-                .mem
-                .range(prefix.clone()..=keys::run_key(stream, u64::MAX))
-                .rev()
-                .find(|(_, run)| run.first_position <= head);
-            if let Some((key, run)) = mem {
-                return Ok(Some((version_of(key, prefix.len()), *run)));
+            // Newest first: the table in memory, then the frozen one.
+            let memories: Vec<_> = s.memories().collect();
+            for runs in memories.into_iter().rev() {
+                let found = runs
+                    .range(prefix.clone()..=keys::run_key(stream, u64::MAX))
+                    .rev()
+                    .find(|(_, run)| run.first_position <= head);
+                if let Some((key, run)) = found {
+                    return Ok(Some((version_of(key, prefix.len()), *run)));
+                }
             }
             s.tables.clone()
         };
@@ -422,10 +452,13 @@ impl StreamIndex {
         let (tables, mut best) = {
             let s = self.read();
             let mem = s
-                .mem
-                .range::<Vec<u8>, _>((Bound::Excluded(&seek), Bound::Unbounded))
-                .next()
-                .map(|(k, _)| k.clone());
+                .memories()
+                .filter_map(|runs| {
+                    runs.range::<Vec<u8>, _>((Bound::Excluded(&seek), Bound::Unbounded))
+                        .next()
+                        .map(|(k, _)| k.clone())
+                })
+                .min();
             (s.tables.clone(), mem)
         };
         let mut buf = Vec::new();
@@ -466,6 +499,9 @@ impl StreamIndex {
         if let Some(g) = before(&s.mem_groups) {
             return Some(g);
         }
+        if let Some(g) = s.frozen.as_ref().and_then(|f| before(&f.groups)) {
+            return Some(g);
+        }
         s.tables.iter().rev().find_map(|t| {
             if t.from > position {
                 None
@@ -486,6 +522,7 @@ impl StreamIndex {
             .iter()
             .filter(|t| t.to > position)
             .find_map(|t| after(&t.groups))
+            .or_else(|| s.frozen.as_ref().and_then(|f| after(&f.groups)))
             .or_else(|| after(&s.mem_groups))
     }
 
@@ -493,13 +530,12 @@ impl StreamIndex {
     pub(crate) fn for_each(&self, mut each: impl FnMut(&[u8], RunEntry)) -> Result<()> {
         let (tables, mem) = {
             let s = self.read();
-            (
-                s.tables.clone(),
-                s.mem
-                    .iter()
-                    .map(|(k, r)| (k.clone(), *r))
-                    .collect::<Vec<_>>(),
-            )
+            let mut mem: Vec<(Vec<u8>, RunEntry)> = s
+                .memories()
+                .flat_map(|runs| runs.iter().map(|(k, r)| (k.clone(), *r)))
+                .collect();
+            mem.sort_by(|a, b| a.0.cmp(&b.0));
+            (s.tables.clone(), mem)
         };
         let mut cursors: Vec<table::Cursor> = tables.into_iter().map(table::Cursor::new).collect();
         let mut heads: Vec<Option<(Vec<u8>, RunEntry)>> = Vec::with_capacity(cursors.len() + 1);
@@ -528,11 +564,17 @@ impl StreamIndex {
         }
     }
 
+    /// Whether a flush is writing a file now (its runs frozen).
+    #[cfg(test)]
+    pub(crate) fn flushing(&self) -> bool {
+        self.read().frozen.is_some()
+    }
+
     /// How many table files the index has, and how many runs are in memory.
     #[cfg(test)]
     pub(crate) fn shape(&self) -> (usize, usize) {
         let s = self.read();
-        (s.tables.len(), s.mem.len())
+        (s.tables.len(), s.memories().map(BTreeMap::len).sum())
     }
 }
 
