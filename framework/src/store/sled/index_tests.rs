@@ -184,6 +184,28 @@ fn wait_for_merges(index: &StreamIndex, tables: usize) -> usize {
     }
 }
 
+/// Opens the index at `path` with neither automatic flushes nor merges: files are written
+/// only where a test flushes.
+fn open_unmerged(path: &Path) -> Arc<StreamIndex> {
+    StreamIndex::open_with(path.to_path_buf(), 1_000_000, false).unwrap()
+}
+
+/// Writes one table file for each of `batches` (appends, appends per group) to a new index
+/// at `path`, closes it, and returns each file's mark.
+fn write_tables(path: &Path, model: &mut Model, batches: &[(u64, u64)]) -> Vec<IndexMark> {
+    let index = open_unmerged(path);
+    let marks = batches
+        .iter()
+        .map(|&(appends, per_group)| {
+            model.append(&index, appends, per_group);
+            index.flush().unwrap();
+            index.mark()
+        })
+        .collect();
+    index.close();
+    marks
+}
+
 fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -232,14 +254,7 @@ fn a_merge_interrupted_before_it_removed_its_inputs_leaves_the_merged_table_chos
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index");
     let mut model = Model::default();
-    {
-        let index = StreamIndex::open_with(path.clone(), 1_000_000, false).unwrap();
-        model.append(&index, 40, 5);
-        index.flush().unwrap();
-        model.append(&index, 40, 5);
-        index.flush().unwrap();
-        index.close();
-    }
+    write_tables(&path, &mut model, &[(40, 5), (40, 5)]);
     // Merged, but the process died before it removed the inputs.
     let names = files(&path);
     assert_eq!(names.len(), 2);
@@ -260,7 +275,7 @@ fn a_merge_interrupted_before_it_removed_its_inputs_leaves_the_merged_table_chos
     // And a table being written when the process died.
     std::fs::write(path.join(format!("{:020}.idx.tmp", 5)), b"half a table").unwrap();
     assert_eq!(files(&path).len(), 4);
-    let index = StreamIndex::open_with(path.clone(), 1_000_000, false).unwrap();
+    let index = open_unmerged(&path);
     assert_eq!(index.shape().0, 1);
     assert_eq!(files(&path).len(), 1, "{:?}", files(&path));
     model.check(&index);
@@ -285,16 +300,7 @@ fn a_damaged_table_is_removed_with_the_tables_after_it_and_the_index_covers_less
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index");
         let mut model = Model::default();
-        let mut marks = Vec::new();
-        {
-            let index = StreamIndex::open_with(path.clone(), 1_000_000, false).unwrap();
-            for _ in 0..3 {
-                model.append(&index, 30, 3);
-                index.flush().unwrap();
-                marks.push(index.mark());
-            }
-            index.close();
-        }
+        let marks = write_tables(&path, &mut model, &[(30, 3); 3]);
         let names = files(&path);
         assert_eq!(names.len(), 3);
         // The middle table: it and the one after it go, the first stays.
@@ -302,7 +308,7 @@ fn a_damaged_table_is_removed_with_the_tables_after_it_and_the_index_covers_less
         let mut bytes = std::fs::read(&victim).unwrap();
         damage(&mut bytes);
         std::fs::write(&victim, bytes).unwrap();
-        let index = StreamIndex::open_with(path.clone(), 1_000_000, false).unwrap();
+        let index = open_unmerged(&path);
         assert_eq!(
             index.mark(),
             marks[0],
@@ -317,17 +323,12 @@ fn a_damaged_block_is_a_typed_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index");
     let mut model = Model::default();
-    {
-        let index = StreamIndex::open_with(path.clone(), 1_000_000, false).unwrap();
-        model.append(&index, 200, 10);
-        index.flush().unwrap();
-        index.close();
-    }
+    write_tables(&path, &mut model, &[(200, 10)]);
     let name = files(&path).pop().unwrap();
     let mut bytes = std::fs::read(path.join(&name)).unwrap();
     bytes[8 + 8 + 40] ^= 0x04;
     std::fs::write(path.join(&name), bytes).unwrap();
-    let index = StreamIndex::open_with(path.clone(), 1_000_000, false).unwrap();
+    let index = open_unmerged(&path);
     let mut failures = 0;
     for stream in STREAMS {
         match index.runs(stream, 1, |_, _| Ok(true)) {
@@ -352,12 +353,7 @@ fn an_error_opening_a_table_that_is_not_damage_fails_the_open_and_removes_nothin
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index");
     let mut model = Model::default();
-    {
-        let index = StreamIndex::open_with(path.clone(), 1_000_000, false).unwrap();
-        model.append(&index, 30, 3);
-        index.flush().unwrap();
-        index.close();
-    }
+    write_tables(&path, &mut model, &[(30, 3)]);
     let before = files(&path);
     // Something that cannot be read as a file where the next table would be (EISDIR).
     let next = model.position + 1;

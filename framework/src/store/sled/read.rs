@@ -87,16 +87,9 @@ impl Shared {
     /// Where a sequential read of the log that begins at `position` starts: the group start at
     /// or before it, and its address.
     pub(super) fn group_start(&self, position: u64) -> Option<(u64, RecordAddr)> {
-        self.index.group_start(position).map(|g| {
-            (
-                g.position,
-                RecordAddr {
-                    segment: g.segment,
-                    offset: g.offset,
-                    len: 0,
-                },
-            )
-        })
+        self.index
+            .group_start(position)
+            .map(|g| (g.position, g.addr()))
     }
 
     /// Reads the records of `run` from the log into `buf` (see `LogReader::read_run`).
@@ -427,12 +420,7 @@ impl Shared {
                             start - 1
                         ));
                     }
-                    let addr = RecordAddr {
-                        segment: next.segment,
-                        offset: next.offset,
-                        len: 0,
-                    };
-                    match self.log.scan_at(start, addr) {
+                    match self.log.scan_at(start, next.addr()) {
                         Ok(s) => scan = s,
                         Err(e) => {
                             problems.push(StoreError::from(e).to_string());

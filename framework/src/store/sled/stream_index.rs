@@ -376,9 +376,9 @@ impl StreamIndex {
         let start = keys::run_key(stream, from_version);
         let mut buf = Vec::new();
         for t in &tables {
-            // The run holding `from_version` begins at or before its key, in the block where
+            // The run holding `from_version` begins at or before its key, in the span where
             // that key would be or a later one (every key between the run's and `start` is the
-            // stream's, so none of them can begin a later block).
+            // stream's, so none of them can begin a later span).
             let mut go_on = true;
             t.scan(Some(&start), true, &mut buf, |key, run| {
                 if key < &prefix[..] {

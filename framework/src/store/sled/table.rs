@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::store::codec::{IndexMark, RunEntry};
+use crate::store::log::RecordAddr;
 use crate::store::{Result, StoreError};
 
 const MAGIC: &[u8; 8] = b"TIDXTBL1";
@@ -57,6 +58,17 @@ pub(crate) struct GroupStart {
     pub position: u64,
     pub segment: u64,
     pub offset: u32,
+}
+
+impl GroupStart {
+    /// The address of its record, for a scan of the log that begins there (its length unknown).
+    pub(crate) fn addr(&self) -> RecordAddr {
+        RecordAddr {
+            segment: self.segment,
+            offset: self.offset,
+            len: 0,
+        }
+    }
 }
 
 struct BlockRef {
@@ -355,9 +367,7 @@ impl Drop for TableWriter {
 
 /// Syncs the directory `dir` (after a file in it was created, renamed or removed).
 pub(super) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(dir, "fsync the directory", e))
+    super::durable::sync_dir(dir).map_err(|e| io_error(dir, "fsync the directory", e))
 }
 
 impl Table {
@@ -457,14 +467,14 @@ impl Table {
         &self.path
     }
 
-    /// How many spans of blocks the table holds.
-    pub(super) fn block_count(&self) -> usize {
+    /// How many spans of blocks (see [`Span`]) the table holds.
+    pub(super) fn span_count(&self) -> usize {
         self.spans.len()
     }
 
     /// Reads the entries of span `i` (one `pread`) into `buf`, checking each block's length
     /// and checksum: the blocks' bodies one after another.
-    pub(super) fn read_block(&self, i: usize, buf: &mut Vec<u8>) -> Result<()> {
+    pub(super) fn read_span(&self, i: usize, buf: &mut Vec<u8>) -> Result<()> {
         let span = &self.spans[i];
         buf.clear();
         buf.resize(span.len as usize, 0);
@@ -496,7 +506,7 @@ impl Table {
 
     /// The span where entries at or after `key` begin: the last one whose first key is at or
     /// before `key` (or the first span).
-    pub(super) fn block_for(&self, key: &[u8]) -> usize {
+    pub(super) fn span_for(&self, key: &[u8]) -> usize {
         self.spans
             .partition_point(|b| &*b.first_key <= key)
             .saturating_sub(1)
@@ -508,22 +518,22 @@ impl Table {
     }
 
     /// Calls `each` with every entry from the first at or after `from` (all when `None`), in key
-    /// order, while it returns true; with `whole_block`, from the first entry of the block where
+    /// order, while it returns true; with `whole_span`, from the first entry of the span where
     /// `from` would be (entries before it too).
     pub(super) fn scan(
         &self,
         from: Option<&[u8]>,
-        whole_block: bool,
+        whole_span: bool,
         buf: &mut Vec<u8>,
         mut each: impl FnMut(&[u8], RunEntry) -> Result<bool>,
     ) -> Result<()> {
-        let start = from.map_or(0, |k| self.block_for(k));
+        let start = from.map_or(0, |k| self.span_for(k));
         for i in start..self.spans.len() {
-            self.read_block(i, buf)?;
+            self.read_span(i, buf)?;
             for entry in Entries::new(buf) {
                 let (key, run) =
                     entry.map_err(|r| self.damage(format!("the blocks of span {i}: {r}")))?;
-                if !whole_block && from.is_some_and(|f| key < f) {
+                if !whole_span && from.is_some_and(|f| key < f) {
                     continue;
                 }
                 if !each(key, run)? {
@@ -543,8 +553,8 @@ impl Table {
         if self.spans.is_empty() || &*self.spans[0].first_key > key {
             return Ok(None);
         }
-        let i = self.block_for(key);
-        self.read_block(i, buf)?;
+        let i = self.span_for(key);
+        self.read_span(i, buf)?;
         let mut last = None;
         for entry in Entries::new(buf) {
             let (k, run) =
@@ -684,10 +694,10 @@ pub(super) fn merge(
     out.finish(a.from, b.mark, groups).map(Some)
 }
 
-/// Walks a table's entries in key order, one block in memory.
+/// Walks a table's entries in key order, one span of blocks in memory.
 pub(super) struct Cursor {
     table: Arc<Table>,
-    next_block: usize,
+    next_span: usize,
     buf: Vec<u8>,
     at: usize,
 }
@@ -696,7 +706,7 @@ impl Cursor {
     pub(super) fn new(table: Arc<Table>) -> Self {
         Cursor {
             table,
-            next_block: 0,
+            next_span: 0,
             buf: Vec::new(),
             at: 0,
         }
@@ -708,7 +718,7 @@ impl Cursor {
             if self.at < self.buf.len() {
                 let mut entries = Entries::new(&self.buf[self.at..]);
                 let item = entries.next().expect("bytes left");
-                let block = self.next_block - 1;
+                let block = self.next_span - 1;
                 let (key, run) = item.map_err(|r| {
                     self.table
                         .damage(format!("the blocks of span {block}: {r}"))
@@ -717,11 +727,11 @@ impl Cursor {
                 self.at += entries.at;
                 return Ok(Some((key, run)));
             }
-            if self.next_block >= self.table.block_count() {
+            if self.next_span >= self.table.span_count() {
                 return Ok(None);
             }
-            self.table.read_block(self.next_block, &mut self.buf)?;
-            self.next_block += 1;
+            self.table.read_span(self.next_span, &mut self.buf)?;
+            self.next_span += 1;
             self.at = 0;
         }
     }
