@@ -432,6 +432,7 @@ impl Subscriptions {
             lease: None,
             lost: None,
             partition,
+            in_flight: None,
         };
         SubscriptionActor {
             runner: Some(Box::new(runner)),

@@ -57,13 +57,16 @@ pub struct SubscriptionConfig {
     /// its own checkpoint, state, status, parked events and lease. Default `None` (the
     /// handler's name).
     pub name: Option<SubscriptionName>,
-    /// Events read per page (and so held in memory at most). Default 256.
+    /// Events read per page. A subscription holds at most two pages in memory: the one it
+    /// handles and the next, read meanwhile. Default 256.
     pub batch_size: usize,
     /// Commit the checkpoint after this many handled events. Default 1 000.
     ///
-    /// Each commit is a durable write (an fsync), so this sets the pace of a catch-up; it also
-    /// bounds what a crash makes an at-least-once handler see again, and what an exactly-once
-    /// projection holds uncommitted in memory.
+    /// Each commit is a durable write (an fsync). While catching up, the loop goes on handling
+    /// the next events while the store writes a commit (at most one commit in flight; the
+    /// status shows a checkpoint once it is stored). This also bounds what a crash makes an
+    /// at-least-once handler see again (up to twice this many events, with the commit in
+    /// flight), and what an exactly-once projection holds uncommitted in memory.
     pub commit_every: u64,
     /// ...or after this long, whichever comes first. Default 500 ms.
     pub commit_interval: Duration,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use tracing::{debug, warn};
 
 use super::{Fault, Runner, CACHE_ENTRIES};
-use crate::store::StoreError;
+use crate::store::{EventStore, Lease, StateWrite, StoreError};
 use crate::subscription::failure::{status_write, RESERVED_PREFIX};
 use crate::subscription::handler::{drain, EventHandler, StateBatch};
 use crate::subscription::status::SubscriptionState;
@@ -33,20 +33,17 @@ impl<H: EventHandler> Runner<H> {
         &self,
         expected: Option<u64>,
         position: u64,
-        writes: Vec<crate::store::StateWrite>,
+        writes: Vec<StateWrite>,
     ) -> Result<(), StoreError> {
-        match &self.lease {
-            Some(lease) => {
-                self.store
-                    .commit_checkpoint_fenced(lease, &self.name, expected, position, writes)
-                    .await
-            }
-            None => {
-                self.store
-                    .commit_checkpoint(&self.name, expected, position, writes)
-                    .await
-            }
-        }
+        store_commit(
+            &*self.store,
+            self.lease.as_ref(),
+            &self.name,
+            expected,
+            position,
+            writes,
+        )
+        .await
     }
 
     /// Commits on a stop request. The status cell says "stopped" only once this commit is done
@@ -82,8 +79,32 @@ impl<H: EventHandler> Runner<H> {
         }
     }
 
-    /// Commits the checkpoint with the pending state, if anything moved.
+    /// Commits the checkpoint with the pending state, if anything moved, once the commit in
+    /// flight (if any) is stored: when it returns, everything up to `checkpoint` is.
     pub(super) async fn commit(
+        &mut self,
+        committed: &mut Committed,
+        checkpoint: u64,
+        pending: &mut StateBatch,
+    ) -> Result<(), Fault> {
+        self.settle().await?;
+        if checkpoint == committed.position && pending.is_empty() && committed.expected.is_some() {
+            committed.at = Instant::now();
+            return Ok(());
+        }
+        self.commit_forced(committed, checkpoint, pending, None)
+            .await
+    }
+
+    /// Like [`commit`](Self::commit), but returns once the commit is sent, while the store
+    /// writes it: the loop goes on handling the next events meanwhile (the commit's sync costs
+    /// as much as handling a thousand events). At most one commit is in flight: the next
+    /// commit of any kind, a wait at the head and the end of the run wait for it first
+    /// ([`settle`](Self::settle)), and only then does the status show its checkpoint. If it
+    /// fails, the run ends with its fault and the next run begins from the stored checkpoint,
+    /// so the events handled meanwhile are handled again with the state as stored, as after a
+    /// crash.
+    pub(super) async fn commit_pipelined(
         &mut self,
         committed: &mut Committed,
         checkpoint: u64,
@@ -93,8 +114,62 @@ impl<H: EventHandler> Runner<H> {
             committed.at = Instant::now();
             return Ok(());
         }
-        self.commit_forced(committed, checkpoint, pending, None)
-            .await
+        self.settle().await?;
+        if committed.expected.is_none() && checkpoint > self.store.head() && pending.is_empty() {
+            // See `commit_forced`: nothing to record yet.
+            committed.at = Instant::now();
+            return Ok(());
+        }
+        let writes = self.prepare(checkpoint, pending, None);
+        let store = self.store.clone();
+        let lease = self.lease.clone();
+        let name = self.name.clone();
+        let expected = committed.expected;
+        let task = tokio::spawn(async move {
+            store_commit(&*store, lease.as_ref(), &name, expected, checkpoint, writes).await
+        });
+        self.in_flight = Some(InFlight {
+            position: checkpoint,
+            task,
+        });
+        *committed = Committed {
+            expected: Some(checkpoint),
+            position: checkpoint,
+            at: Instant::now(),
+        };
+        Ok(())
+    }
+
+    /// Waits for the commit in flight, if any (see [`commit_pipelined`](Self::commit_pipelined)),
+    /// and shows its checkpoint in the status once it is stored.
+    pub(super) async fn settle(&mut self) -> Result<(), Fault> {
+        let Some(InFlight { position, task }) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let result = match task.await {
+            Ok(result) => result,
+            Err(e) => {
+                return Err(Fault::Fatal(format!(
+                    "the commit of checkpoint {position} did not finish: {e}"
+                )))
+            }
+        };
+        self.committed_to(position, result)
+    }
+
+    /// At the end of a run, however it ended: waits for the commit in flight, so that the next
+    /// run reads the checkpoint it leaves (its failure is the run's to report, or the run
+    /// already ended with a fault of its own).
+    pub(super) async fn settle_after_run(&mut self) {
+        if let Err(fault) = self.settle().await {
+            let reason = match fault {
+                Fault::Panicked { message, .. } => message,
+                Fault::Unavailable(reason) | Fault::Fatal(reason) | Fault::LeaseLost(reason) => {
+                    reason
+                }
+            };
+            warn!(reason = %reason, "a commit sent before the run ended failed");
+        }
     }
 
     /// Commits the checkpoint with the pending state and the status record.
@@ -105,12 +180,36 @@ impl<H: EventHandler> Runner<H> {
         pending: &mut StateBatch,
         state: Option<SubscriptionState>,
     ) -> Result<(), Fault> {
+        self.settle().await?;
         if committed.expected.is_none() && checkpoint > self.store.head() && pending.is_empty() {
             // A new subscription that starts beyond the head (`StartFrom::Position`): nothing
             // to record until the head reaches its start.
             committed.at = Instant::now();
             return Ok(());
         }
+        let writes = self.prepare(checkpoint, pending, state);
+        let result = self
+            .commit_to_store(committed.expected, checkpoint, writes)
+            .await;
+        self.committed_to(checkpoint, result)?;
+        *committed = Committed {
+            expected: Some(checkpoint),
+            position: checkpoint,
+            at: Instant::now(),
+        };
+        Ok(())
+    }
+
+    /// The writes of a commit at `checkpoint`: what is pending (drained) and the status
+    /// record. The handler's writes go to the cache now, before they are stored: until the
+    /// commit is known to have failed, which ends the run (and the next run clears the cache),
+    /// the handler reads them back as it wrote them.
+    fn prepare(
+        &mut self,
+        checkpoint: u64,
+        pending: &mut StateBatch,
+        state: Option<SubscriptionState>,
+    ) -> Vec<StateWrite> {
         let mut status = self.status.get();
         status.checkpoint = checkpoint;
         if let Some(state) = state {
@@ -119,26 +218,26 @@ impl<H: EventHandler> Runner<H> {
         let record = status_write(&status);
         pending.insert(record.key, record.value);
         let writes = drain(pending);
-        let cached: Vec<(Vec<u8>, Option<Vec<u8>>)> = writes
+        let cached = writes
             .iter()
             .filter(|w| !w.key.starts_with(RESERVED_PREFIX))
-            .map(|w| (w.key.clone(), w.value.clone()))
-            .collect();
-        match self
-            .commit_to_store(committed.expected, checkpoint, writes)
-            .await
-        {
+            .map(|w| (w.key.clone(), w.value.clone()));
+        if self.cache.len() + writes.len() > CACHE_ENTRIES {
+            self.cache.clear();
+        }
+        self.cache.extend(cached);
+        writes
+    }
+
+    /// What a commit at `checkpoint` answered: shown in the status when stored.
+    fn committed_to(
+        &mut self,
+        checkpoint: u64,
+        result: Result<(), StoreError>,
+    ) -> Result<(), Fault> {
+        match result {
             Ok(()) => {
-                if self.cache.len() + cached.len() > CACHE_ENTRIES {
-                    self.cache.clear();
-                }
-                self.cache.extend(cached);
                 debug!(checkpoint, "checkpoint committed");
-                *committed = Committed {
-                    expected: Some(checkpoint),
-                    position: checkpoint,
-                    at: Instant::now(),
-                };
                 self.status.update(|s| s.checkpoint = checkpoint);
                 Ok(())
             }
@@ -146,6 +245,36 @@ impl<H: EventHandler> Runner<H> {
                 "another instance moved the checkpoint (to {actual:?}); this one stops"
             ))),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A commit sent and not yet answered (see [`Runner::commit_pipelined`]).
+pub(crate) struct InFlight {
+    /// The checkpoint it stores.
+    position: u64,
+    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+}
+
+/// Commits through `store`, fenced by `lease` if there is one.
+async fn store_commit(
+    store: &dyn EventStore,
+    lease: Option<&Lease>,
+    name: &str,
+    expected: Option<u64>,
+    position: u64,
+    writes: Vec<StateWrite>,
+) -> Result<(), StoreError> {
+    match lease {
+        Some(lease) => {
+            store
+                .commit_checkpoint_fenced(lease, name, expected, position, writes)
+                .await
+        }
+        None => {
+            store
+                .commit_checkpoint(name, expected, position, writes)
+                .await
         }
     }
 }

@@ -31,7 +31,9 @@ use super::failure::{
 use super::handler::{EventHandler, HandlerFailure, StateBatch};
 use super::status::{StatusCell, SubscriptionState, SubscriptionStatus};
 use super::{StartFrom, SubscriptionConfig};
-use crate::store::{EventStore, HeadWatch, Lease, LeaseHolder, RecordedEvent, StoreError};
+use crate::store::{
+    EventStore, Filter, HeadWatch, Lease, LeaseHolder, ReadBatch, RecordedEvent, StoreError,
+};
 
 /// An operation on parked events, applied by the running loop (so that it is fenced and ordered
 /// with the loop's own commits).
@@ -158,6 +160,8 @@ pub(crate) struct Runner<H: EventHandler> {
     /// Set for one partition of a distributed subscription: the loop handles only the events
     /// of its streams (the others count as filtered out).
     pub partition: Option<Partition>,
+    /// A commit sent and not answered yet (see [`Runner::commit_pipelined`]).
+    pub in_flight: Option<commit::InFlight>,
 }
 
 /// The most entries [`Runner::cache`] keeps.
@@ -254,6 +258,7 @@ impl<H: EventHandler> Runner<H> {
         // When requests from other processes were last looked for (only while holding a lease:
         // without one, no other process can reach the subscription).
         let mut requests_seen: Option<Instant> = None;
+        let mut ahead = ReadAhead::default();
 
         loop {
             if let Some(reason) = self.lease_lost() {
@@ -273,10 +278,24 @@ impl<H: EventHandler> Runner<H> {
                     .await?;
                 requests_seen = Some(Instant::now());
             }
-            let mut page = self
-                .store
-                .read_all(checkpoint + 1, self.config.batch_size, &filter)
-                .await?;
+            let mut page = match ahead.take_if_at(checkpoint + 1) {
+                Some(read) => read.await?,
+                None => {
+                    self.store
+                        .read_all(checkpoint + 1, self.config.batch_size, &filter)
+                        .await?
+                }
+            };
+            if !page.is_end() {
+                // The next page is read while this one is handled (on another thread with the
+                // embedded store, on another connection with a server).
+                ahead.start(
+                    &self.store,
+                    page.next_position,
+                    self.config.batch_size,
+                    &filter,
+                );
+            }
             if let Some(partition) = self.partition {
                 // The other partitions' events are examined and passed, as filtered out.
                 page.events.retain(|e| partition.owns(&e.stream_id));
@@ -326,7 +345,7 @@ impl<H: EventHandler> Runner<H> {
             if uncommitted >= self.config.commit_every
                 || committed.at.elapsed() >= self.config.commit_interval
             {
-                self.commit(&mut committed, checkpoint, &mut pending)
+                self.commit_pipelined(&mut committed, checkpoint, &mut pending)
                     .await?;
                 uncommitted = 0;
             }
@@ -381,7 +400,8 @@ impl<H: EventHandler> Runner<H> {
             if *uncommitted >= self.config.commit_every
                 || committed.at.elapsed() >= self.config.commit_interval
             {
-                self.commit(committed, *checkpoint, pending).await?;
+                self.commit_pipelined(committed, *checkpoint, pending)
+                    .await?;
                 *uncommitted = 0;
             }
         }
@@ -398,6 +418,8 @@ impl<H: EventHandler> Runner<H> {
         pending: &mut StateBatch,
         uncommitted: &mut u64,
     ) -> Result<(), Fault> {
+        // At the head there is time to wait for the last commit: the status shows it.
+        self.settle().await?;
         self.status.update(|s| s.state = running_state(s, true));
         loop {
             let deadline = committed.at + self.config.commit_interval;
@@ -447,6 +469,53 @@ impl<H: EventHandler> Runner<H> {
             self.status.update(|s| s.state = running_state(s, false));
         }
         Ok(())
+    }
+}
+
+/// The next page, read while the loop handles the current one. Used only if the loop asks for
+/// the position it was started at (a command that moved the checkpoint makes it read again);
+/// dropped with the run, it stops reading.
+#[derive(Default)]
+struct ReadAhead {
+    next: Option<(u64, tokio::task::JoinHandle<Result<ReadBatch, StoreError>>)>,
+}
+
+impl ReadAhead {
+    /// Starts reading the page at `from`.
+    fn start(&mut self, store: &Arc<dyn EventStore>, from: u64, max_count: usize, filter: &Filter) {
+        let (store, filter) = (store.clone(), filter.clone());
+        let task = tokio::spawn(async move { store.read_all(from, max_count, &filter).await });
+        if let Some((_, old)) = self.next.replace((from, task)) {
+            old.abort();
+        }
+    }
+
+    /// The page read ahead, if it starts at `from` (else it is dropped).
+    fn take_if_at(
+        &mut self,
+        from: u64,
+    ) -> Option<impl std::future::Future<Output = Result<ReadBatch, Fault>>> {
+        let (at, task) = self.next.take()?;
+        if at != from {
+            task.abort();
+            return None;
+        }
+        Some(async move {
+            match task.await {
+                Ok(read) => read.map_err(Fault::from),
+                Err(e) => Err(Fault::Fatal(format!(
+                    "the read of the page at position {from} did not finish: {e}"
+                ))),
+            }
+        })
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.next.take() {
+            task.abort();
+        }
     }
 }
 

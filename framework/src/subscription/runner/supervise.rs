@@ -87,6 +87,9 @@ impl<H: EventHandler> Runner<H> {
             let mut restarts = 0u64;
             loop {
                 let outcome = self.run_once_held().await;
+                // However the run ended (dropped while the lease was lost, too), the commit it
+                // sent last is finished before anything reads the checkpoint again.
+                self.settle_after_run().await;
                 if !matches!(outcome, Err(Fault::Unavailable(_))) {
                     unavailable = 0;
                 }
