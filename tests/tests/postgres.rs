@@ -721,9 +721,7 @@ fn previous_build_appends_go_on(old: i32) {
             if old == 7 {
                 // As migration 3 left the clock: a value, not yet called.
                 client
-                    .batch_execute(&format!(
-                        "SELECT setval('\"{name}\".clock', {seed}, false)"
-                    ))
+                    .batch_execute(&format!("SELECT setval('\"{name}\".clock', {seed}, false)"))
                     .await
                     .unwrap();
             }

@@ -885,9 +885,8 @@ struct Visible {
 /// Every older transaction not returned had finished when the snapshot was taken (migration 8;
 /// migration 7 built the same list on the server).
 fn older_than(snapshot: &str, xid: u64) -> Result<Vec<u64>> {
-    let bad = || {
-        StoreError::engine_message(format!("postgres returned a bad snapshot {snapshot:?}"))
-    };
+    let bad =
+        || StoreError::engine_message(format!("postgres returned a bad snapshot {snapshot:?}"));
     let mut parts = snapshot.split(':');
     let (Some(xmin), Some(xmax), Some(xip), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -1605,7 +1604,10 @@ mod tests {
         // Taken after the id: nothing older running, or what the snapshot lists below it.
         assert_eq!(older_than("100:100:", 100).unwrap(), Vec::<u64>::new());
         assert_eq!(older_than("100:101:100", 100).unwrap(), Vec::<u64>::new());
-        assert_eq!(older_than("90:105:90,97,100,103", 100).unwrap(), vec![90, 97]);
+        assert_eq!(
+            older_than("90:105:90,97,100,103", 100).unwrap(),
+            vec![90, 97]
+        );
         // Taken before the id: every id from xmax on counts as running.
         assert_eq!(older_than("95:98:95", 100).unwrap(), vec![95, 98, 99]);
         for bad in ["", "1:2", "1:2:3:4", "x:2:", "1:y:", "1:2:3,z"] {
