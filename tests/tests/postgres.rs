@@ -613,13 +613,14 @@ fn a_schema_at_migration_5_migrates_and_its_events_read_without_metadata() {
     };
     drop(schema.open(|c| c));
     let name = schema.name().to_owned();
-    // Back to what migration 5 left (migrations 6 and 7 only add the column and functions),
-    // then an append as a process of that build makes it.
+    // Back to what migration 5 left (migrations 6 to 8 only add the column and functions, and
+    // mark the clock as set), then an append as a process of that build makes it.
     pg::blocking(async move {
         let client = pg::connect().await.unwrap();
         client
             .batch_execute(&format!(
-                "DROP FUNCTION \"{name}\".append_v7; DROP FUNCTION \"{name}\".append_batch_v7; \
+                "DROP FUNCTION \"{name}\".append_v8; DROP FUNCTION \"{name}\".append_batch_v8; \
+                 DROP FUNCTION \"{name}\".append_v7; DROP FUNCTION \"{name}\".append_batch_v7; \
                  DROP FUNCTION \"{name}\".append_v6; DROP FUNCTION \"{name}\".append_batch_v6; \
                  ALTER TABLE \"{name}\".events DROP COLUMN metadata; \
                  DELETE FROM \"{name}\".migrations WHERE version >= 6;"
@@ -640,7 +641,7 @@ fn a_schema_at_migration_5_migrates_and_its_events_read_without_metadata() {
         let name = schema.name().to_owned();
         async move { recorded_migrations(&pg::connect().await.unwrap(), &name).await }
     });
-    assert_eq!(versions, (1..=7).collect::<Vec<_>>());
+    assert_eq!(versions, (1..=8).collect::<Vec<_>>());
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let events = pg::blocking(async move {
         let new = EventData::new("New", b"{}".to_vec())
@@ -660,42 +661,70 @@ fn a_schema_at_migration_5_migrates_and_its_events_read_without_metadata() {
 
 /// A schema at migration 6 is migrated at open, and processes of the previous build, which call
 /// `append_v6` and `append_batch_v6`, go on appending beside those of this one, which call the
-/// `_v7` functions: the versions and positions of both follow each other.
+/// `_v8` functions: the versions and positions of both follow each other.
 #[test]
 fn a_schema_at_migration_6_migrates_and_appends_of_the_previous_build_go_on() {
+    previous_build_appends_go_on(6);
+}
+
+/// The same from migration 7 (`append_v7`, `append_batch_v7`). Its clock was never set as
+/// called (as migration 3 left it when no append followed): migration 8 keeps its value, so
+/// the timestamps of later appends do not go below it.
+#[test]
+fn a_schema_at_migration_7_migrates_and_appends_of_the_previous_build_go_on() {
+    previous_build_appends_go_on(7);
+}
+
+/// A schema brought back to migration `old` (6 or 7), appended to by a process of that build,
+/// migrated by opening it, then appended to by both builds in turn.
+fn previous_build_appends_go_on(old: i32) {
     let _shared = SERVER.blocking_read();
-    let Some(schema) = Schema::fresh("a_schema_at_migration_6_migrates") else {
+    let Some(schema) = Schema::fresh(&format!("a_schema_at_migration_{old}_migrates")) else {
         return;
     };
     drop(schema.open(|c| c));
     let name = schema.name().to_owned();
     let old_append = format!(
-        "SELECT o_actual, o_first FROM \"{name}\".append_v6('order-1', 'order', -1, \
+        "SELECT o_actual, o_first FROM \"{name}\".append_v{old}('order-1', 'order', -1, \
              ARRAY[gen_random_uuid()], ARRAY['Old'], ARRAY[1], ARRAY[NULL::uuid], \
              ARRAY[NULL::uuid], ARRAY['{{}}'::bytea], ARRAY[NULL::jsonb])"
     );
     let old_batch = format!(
-        "SELECT o_actual, o_first FROM \"{name}\".append_batch_v6( \
+        "SELECT o_actual, o_first FROM \"{name}\".append_batch_v{old}( \
              ARRAY['order-1', 'order-2'], ARRAY['order', 'order'], ARRAY[-1, 0]::bigint[], \
              ARRAY[1, 1], ARRAY[gen_random_uuid(), gen_random_uuid()], ARRAY['Old', 'Old'], \
              ARRAY[1, 1], ARRAY[NULL::uuid, NULL], ARRAY[NULL::uuid, NULL], \
              ARRAY['{{}}'::bytea, '{{}}'], ARRAY[NULL::jsonb, NULL])"
     );
-    // Back to what migration 6 left (migration 7 only adds two functions), then an append as a
-    // process of the previous build makes it.
+    // An hour ahead of the server's clock: a seed the clock must keep.
+    let seed: i64 = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        + 3_600_000_000) as i64;
+    // Back to what migration `old` left (the later ones only add functions and mark the clock as
+    // set), then an append as a process of that build makes it.
     let first = pg::blocking({
         let (name, old_append) = (name.clone(), old_append.clone());
         async move {
             let client = pg::connect().await.unwrap();
-            client
-                .batch_execute(&format!(
-                    "DROP FUNCTION \"{name}\".append_v7; \
-                     DROP FUNCTION \"{name}\".append_batch_v7; \
-                     DELETE FROM \"{name}\".migrations WHERE version = 7;"
-                ))
-                .await
-                .unwrap();
+            let mut undo = String::new();
+            for version in old + 1..=8 {
+                undo += &format!(
+                    "DROP FUNCTION \"{name}\".append_v{version}; \
+                     DROP FUNCTION \"{name}\".append_batch_v{version}; "
+                );
+            }
+            undo += &format!("DELETE FROM \"{name}\".migrations WHERE version > {old};");
+            client.batch_execute(&undo).await.unwrap();
             let row = client.query_one(&old_append, &[]).await.unwrap();
+            if old == 7 {
+                // As migration 3 left the clock: a value, not yet called.
+                client
+                    .batch_execute(&format!("SELECT setval('\"{name}\".clock', {seed}, false)"))
+                    .await
+                    .unwrap();
+            }
             (row.get::<_, i64>(0), row.get::<_, Option<i64>>(1))
         }
     });
@@ -725,7 +754,7 @@ fn a_schema_at_migration_6_migrates_and_appends_of_the_previous_build_go_on() {
         assert_eq!((r.first_position, r.stream_version), (6, 2));
         (versions, log(&store).await)
     });
-    assert_eq!(versions, (1..=7).collect::<Vec<_>>());
+    assert_eq!(versions, (1..=8).collect::<Vec<_>>());
     let stored: Vec<(u64, &str, u64)> = events
         .iter()
         .map(|e| (e.position, e.stream_id.as_str(), e.stream_version))
@@ -741,6 +770,17 @@ fn a_schema_at_migration_6_migrates_and_appends_of_the_previous_build_go_on() {
             (6, "order-2", 2),
         ]
     );
+    let stamps: Vec<i64> = events.iter().map(|e| e.timestamp_micros as i64).collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] <= w[1]),
+        "timestamps go down with position: {stamps:?}"
+    );
+    if old == 7 {
+        assert!(
+            stamps[1..].iter().all(|&t| t >= seed),
+            "an append after the migration went below the clock's seed {seed}: {stamps:?}"
+        );
+    }
 }
 
 /// A schema that a newer build migrated is refused with `UnsupportedFormat`, not used.
@@ -1108,11 +1148,13 @@ async fn an_append_failing_under_the_positions_lock_releases_it() {
     .await
     .unwrap();
     let ids = vec![Uuid::new_v4()];
-    // The first version of the function, and the one the store calls now.
+    // The first version of the function, the previous build's and the one the store calls now.
     let calls = [
         "append('order-2', 'order', -1, $1, ARRAY['OrderPlaced'], ARRAY[1], \
          ARRAY[NULL::uuid], ARRAY[NULL::uuid], ARRAY['{}'::bytea])",
         "append_v7('order-2', 'order', -1, $1, ARRAY['OrderPlaced'], ARRAY[1], \
+         ARRAY[NULL::uuid], ARRAY[NULL::uuid], ARRAY['{}'::bytea], ARRAY[NULL::jsonb])",
+        "append_v8('order-2', 'order', -1, $1, ARRAY['OrderPlaced'], ARRAY[1], \
          ARRAY[NULL::uuid], ARRAY[NULL::uuid], ARRAY['{}'::bytea], ARRAY[NULL::jsonb])",
     ];
     for call in calls {

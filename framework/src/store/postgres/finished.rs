@@ -2,8 +2,9 @@
 //! commit overlapped another of this process's commits is answered as soon as that one ends,
 //! without reading the read horizon from the server (decision 57).
 //!
-//! The append functions return, with their transaction id, the ids of the **older**
-//! transactions still running when it was taken (from a snapshot taken after it). Every older
+//! The append functions return, with their transaction id, a snapshot taken after it, from
+//! which the store works out the **older** transactions still running when the id was taken
+//! (`ops::older_than`; migration 7's functions returned that list themselves). Every older
 //! transaction not listed had finished by then, and no transaction can take an older id later,
 //! so the append's events are below every reader's horizon once each listed transaction has
 //! finished. With two committers, the other committer's transaction is often the one listed: it

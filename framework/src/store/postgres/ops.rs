@@ -110,12 +110,12 @@ impl Sql {
         };
         Sql {
             append: format!(
-                "SELECT o_actual, o_first, o_xid, o_older \
-                 FROM {s}.append_v7($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text[]::jsonb[])"
+                "SELECT o_actual, o_first, o_xid, o_snapshot \
+                 FROM {s}.append_v8($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text[]::jsonb[])"
             ),
             append_batch: format!(
-                "SELECT o_actual, o_first, o_xid, o_older \
-                 FROM {s}.append_batch_v7($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                "SELECT o_actual, o_first, o_xid, o_snapshot \
+                 FROM {s}.append_batch_v8($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
                                           $11::text[]::jsonb[])"
             ),
             horizon: format!("SELECT {HORIZON}::text"),
@@ -677,14 +677,18 @@ async fn commit_batch_in(shared: &Arc<Shared>, batch: Vec<Pending>, span: &traci
         let actual: Vec<i64> = row.try_get(0).map_err(pg_error)?;
         let first: Vec<Option<i64>> = row.try_get(1).map_err(pg_error)?;
         let xid: Option<String> = row.try_get(2).map_err(pg_error)?;
-        let older: Option<Vec<i64>> = row.try_get(3).map_err(pg_error)?;
+        let snapshot: Option<String> = row.try_get(3).map_err(pg_error)?;
         if actual.len() != batch.len() || first.len() != batch.len() {
             return Err(StoreError::engine_message(
                 "postgres append_batch returned the wrong number of results",
             ));
         }
         let xid = xid.as_deref().map(parse_xid).transpose()?;
-        Ok((actual, first, xid, older_xids(older)))
+        let older = match (xid, snapshot.as_deref()) {
+            (Some(xid), Some(snapshot)) => older_than(snapshot, xid)?,
+            _ => Vec::new(),
+        };
+        Ok((actual, first, xid, older))
     })();
     if let (Some(running), Ok((_, _, Some(xid), _))) = (running.as_mut(), &decoded) {
         running.finished_as(*xid);
@@ -846,7 +850,8 @@ async fn append_one(
             actual,
         });
     };
-    let older = older_xids(row.try_get(3).map_err(pg_error)?);
+    let snapshot: Option<&str> = row.try_get(3).map_err(pg_error)?;
+    let older = older_than(snapshot.unwrap_or_default(), xid)?;
     let first = unsigned(first, "position")?;
     let last = first + n as u64 - 1;
     shared.metrics.group(1, n);
@@ -863,8 +868,9 @@ async fn append_one(
 /// What an answer waits for after a commit: its transaction below the read horizon.
 struct Visible {
     /// The transactions older than the committing one that were still running when it took its
-    /// id (the append function's `o_older`); when none was, its events are below every reader's
-    /// horizon from its commit on, since no transaction can take an older id later.
+    /// id (worked out from the append function's `o_snapshot` by [`older_than`]); when none was,
+    /// its events are below every reader's horizon from its commit on, since no transaction can
+    /// take an older id later.
     older: Vec<u64>,
     /// The committing transaction.
     xid: u64,
@@ -872,13 +878,34 @@ struct Visible {
     last: u64,
 }
 
-/// The ids an append function returned as `o_older`.
-fn older_xids(older: Option<Vec<i64>>) -> Vec<u64> {
-    older
-        .unwrap_or_default()
-        .into_iter()
-        .map(|x| x as u64)
-        .collect()
+/// The transactions older than `xid` that a snapshot (`pg_snapshot` as text,
+/// `xmin:xmax:xip,...`, as the append functions return it in `o_snapshot`) counts as running:
+/// those it lists below `xid`, and every id from its `xmax` (one past the newest transaction
+/// that had finished) up to `xid`, which a snapshot counts as running without listing them.
+/// Every older transaction not returned had finished when the snapshot was taken (migration 8;
+/// migration 7 built the same list on the server).
+fn older_than(snapshot: &str, xid: u64) -> Result<Vec<u64>> {
+    let bad =
+        || StoreError::engine_message(format!("postgres returned a bad snapshot {snapshot:?}"));
+    let mut parts = snapshot.split(':');
+    let (Some(xmin), Some(xmax), Some(xip), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let (_xmin, xmax): (u64, u64) = match (xmin.parse(), xmax.parse()) {
+        (Ok(xmin), Ok(xmax)) => (xmin, xmax),
+        _ => return Err(bad()),
+    };
+    let mut older = Vec::new();
+    for x in xip.split(',').filter(|x| !x.is_empty()) {
+        let x: u64 = x.parse().map_err(|_| bad())?;
+        if x < xid {
+            older.push(x);
+        }
+    }
+    older.extend(xmax..xid);
+    Ok(older)
 }
 
 /// Answers the appends of one commit once its events are readable (or the visibility timeout
@@ -1570,7 +1597,23 @@ impl ImportColumns {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{older_than, prefix_end};
+
+    #[test]
+    fn older_than_lists_the_running_transactions_below_the_id_and_those_from_xmax_up_to_it() {
+        // Taken after the id: nothing older running, or what the snapshot lists below it.
+        assert_eq!(older_than("100:100:", 100).unwrap(), Vec::<u64>::new());
+        assert_eq!(older_than("100:101:100", 100).unwrap(), Vec::<u64>::new());
+        assert_eq!(
+            older_than("90:105:90,97,100,103", 100).unwrap(),
+            vec![90, 97]
+        );
+        // Taken before the id: every id from xmax on counts as running.
+        assert_eq!(older_than("95:98:95", 100).unwrap(), vec![95, 98, 99]);
+        for bad in ["", "1:2", "1:2:3:4", "x:2:", "1:y:", "1:2:3,z"] {
+            assert!(older_than(bad, 10).is_err(), "{bad:?} must be refused");
+        }
+    }
 
     #[test]
     fn prefix_end_is_the_next_prefix() {

@@ -12,7 +12,7 @@ use super::keys::Keys;
 use crate::store::{Result, StoreError};
 
 /// The newest migration this build knows (the schema version it reads and writes).
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// The statements of migration `version`, for the schema `s` (already quoted) with lock `keys`.
 fn migration(version: i32, s: &str, keys: &Keys) -> String {
@@ -714,6 +714,176 @@ BEGIN
         RAISE;
     END;
     PERFORM pg_advisory_unlock({positions});
+    FOR v_i IN 1..v_n LOOP
+        IF o_first[v_i] IS NOT NULL THEN
+            o_first[v_i] := v_base + o_first[v_i];
+        END IF;
+    END LOOP;
+    INSERT INTO {s}.events (position, xid, stream_id, stream_version, category, event_type,
+                            schema_version, event_id, correlation_id, causation_id,
+                            timestamp_micros, payload, metadata)
+    SELECT o_first[a.ai] + k.k - 1, v_xid, p_streams[a.ai], o_actual[a.ai] + k.k,
+           p_categories[a.ai], p_types[a.off + k.k], p_schema_versions[a.off + k.k],
+           p_ids[a.off + k.k], p_correlation_ids[a.off + k.k], p_causation_ids[a.off + k.k],
+           v_now, p_payloads[a.off + k.k], p_metadata[a.off + k.k]
+    FROM (SELECT g.ai, (sum(p_counts[g.ai]) OVER (ORDER BY g.ai) - p_counts[g.ai])::integer AS off
+          FROM generate_subscripts(p_streams, 1) AS g(ai)) AS a
+    CROSS JOIN LATERAL generate_series(1, p_counts[a.ai]) AS k(k)
+    WHERE o_first[a.ai] IS NOT NULL;
+    o_xid := v_xid::text;
+END
+$fn$;
+"#,
+            class = keys.stream_class,
+            positions = keys.positions,
+        ),
+        8 => format!(
+            r#"
+-- append_v7 and append_batch_v7 again, as append_v8 and append_batch_v8, doing the same work
+-- with less of the server's time (decision 61):
+-- * Every step of the locked section is a plain expression (`v := f(...)`), which PL/pgSQL
+--   evaluates without running a query; v7 ran each as a query (PERFORM or SELECT ... INTO,
+--   each a plan's start and end) and read the clock by scanning its sequence as a table.
+--   The advisory locks are first tried the same way, and waited for by a query only when
+--   another session holds them.
+-- * The functions return the snapshot taken after this transaction took its id, as text
+--   (`o_snapshot`, 'xmin:xmax:xip,...'), instead of building the array of the older
+--   transactions still running: the store works that list out from it (ops.rs,
+--   `older_than`): those the snapshot lists below this transaction's id, and every id from
+--   its xmax up to it. Each plain expression takes a new snapshot (in read committed, as the
+--   store's sessions run), so this one is taken after the id; an older one would only list
+--   more transactions (every id from its xmax on), never fewer.
+-- What is unchanged: the order of the steps (the stream locks and the version read, then,
+-- under the positions lock, the transaction id, the block of positions, the timestamp from the
+-- clock and the snapshot, then the INSERT after the lock is released), so position order is
+-- still transaction-id order (migration 1), a refused append takes no position, and the
+-- exception block still releases the positions lock when anything fails while it is held.
+-- New names, so that processes of the previous build keep calling the functions they know
+-- until they are restarted.
+--
+-- The clock is now read with pg_sequence_last_value, which is NULL until the sequence has been
+-- set as called: migration 3 seeded it without, so a schema with no append since then would
+-- lose its seed (the newest imported timestamp). Set it as called, under the positions lock
+-- (appends of the previous build may be running, and each sets the clock under that lock).
+SELECT pg_advisory_xact_lock({positions});
+SELECT setval('{s}.clock', c.last_value) FROM {s}.clock c WHERE NOT c.is_called;
+
+CREATE FUNCTION {s}.append_v8(
+    p_stream text, p_category text, p_expected bigint,
+    p_ids uuid[], p_types text[], p_schema_versions integer[],
+    p_correlation_ids uuid[], p_causation_ids uuid[], p_payloads bytea[], p_metadata jsonb[],
+    OUT o_actual bigint, OUT o_first bigint, OUT o_xid text, OUT o_snapshot text)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_n      bigint := cardinality(p_ids);
+    v_xid    xid8;
+    v_now    bigint;
+    v_last   bigint;
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'tidings: an append must be the first write of its transaction'
+            USING ERRCODE = '55000';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock({class}, hashtext(p_stream)) THEN
+        PERFORM pg_advisory_xact_lock({class}, hashtext(p_stream));
+    END IF;
+    SELECT coalesce(max(e.stream_version), 0) INTO o_actual
+        FROM {s}.events e WHERE e.stream_id = p_stream;
+    IF p_expected >= 0 AND o_actual <> p_expected THEN
+        RETURN;
+    END IF;
+    IF NOT pg_try_advisory_lock({positions}) THEN
+        PERFORM pg_advisory_lock({positions});
+    END IF;
+    BEGIN
+        v_xid := pg_current_xact_id();
+        o_first := nextval('{s}.positions');
+        IF v_n > 1 THEN
+            v_last := setval('{s}.positions', o_first + v_n - 1);
+        END IF;
+        -- Timestamps never go down with position, even if the server's clock steps back.
+        v_now := setval('{s}.clock',
+                        greatest((extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                                 pg_sequence_last_value('{s}.clock')));
+        o_snapshot := pg_current_snapshot()::text;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_advisory_unlock({positions});
+        RAISE;
+    END;
+    IF NOT pg_advisory_unlock({positions}) THEN
+        RAISE EXCEPTION 'tidings: the positions lock was not held';
+    END IF;
+    INSERT INTO {s}.events (position, xid, stream_id, stream_version, category, event_type,
+                            schema_version, event_id, correlation_id, causation_id,
+                            timestamp_micros, payload, metadata)
+    SELECT o_first + i - 1, v_xid, p_stream, o_actual + i, p_category, p_types[i],
+           p_schema_versions[i], p_ids[i], p_correlation_ids[i], p_causation_ids[i],
+           v_now, p_payloads[i], p_metadata[i]
+    FROM generate_subscripts(p_ids, 1) AS i;
+    o_actual := o_actual + v_n;
+    o_xid := v_xid::text;
+END
+$fn$;
+
+CREATE FUNCTION {s}.append_batch_v8(
+    p_streams text[], p_categories text[], p_expected bigint[], p_counts integer[],
+    p_ids uuid[], p_types text[], p_schema_versions integer[],
+    p_correlation_ids uuid[], p_causation_ids uuid[], p_payloads bytea[], p_metadata jsonb[],
+    OUT o_actual bigint[], OUT o_first bigint[], OUT o_xid text, OUT o_snapshot text)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_n      integer := cardinality(p_streams);
+    v_total  bigint := 0;
+    v_base   bigint;
+    v_xid    xid8;
+    v_now    bigint;
+    v_last   bigint;
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'tidings: an append must be the first write of its transaction'
+            USING ERRCODE = '55000';
+    END IF;
+    -- The streams' locks, taken in one order so that batches never wait on each other in a
+    -- cycle (a single append takes one lock, which cannot close a cycle either).
+    PERFORM pg_advisory_xact_lock({class}, l.h)
+        FROM (SELECT DISTINCT hashtext(t.s) AS h FROM unnest(p_streams) AS t(s) ORDER BY 1) AS l;
+    -- Every stream's version in one statement (its snapshot is taken after the locks).
+    SELECT array_agg(coalesce(m.v, 0) ORDER BY t.i) INTO o_actual
+        FROM unnest(p_streams) WITH ORDINALITY AS t(s, i)
+        LEFT JOIN LATERAL (SELECT max(e.stream_version) AS v FROM {s}.events e
+                           WHERE e.stream_id = t.s) AS m ON true;
+    o_first := array_fill(NULL::bigint, ARRAY[v_n]);
+    FOR v_i IN 1..v_n LOOP
+        IF p_expected[v_i] < 0 OR o_actual[v_i] = p_expected[v_i] THEN
+            o_first[v_i] := v_total;
+            v_total := v_total + p_counts[v_i];
+        END IF;
+    END LOOP;
+    IF v_total = 0 THEN
+        RETURN;
+    END IF;
+    IF NOT pg_try_advisory_lock({positions}) THEN
+        PERFORM pg_advisory_lock({positions});
+    END IF;
+    BEGIN
+        v_xid := pg_current_xact_id();
+        v_base := nextval('{s}.positions');
+        IF v_total > 1 THEN
+            v_last := setval('{s}.positions', v_base + v_total - 1);
+        END IF;
+        v_now := setval('{s}.clock',
+                        greatest((extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                                 pg_sequence_last_value('{s}.clock')));
+        o_snapshot := pg_current_snapshot()::text;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_advisory_unlock({positions});
+        RAISE;
+    END;
+    IF NOT pg_advisory_unlock({positions}) THEN
+        RAISE EXCEPTION 'tidings: the positions lock was not held';
+    END IF;
     FOR v_i IN 1..v_n LOOP
         IF o_first[v_i] IS NOT NULL THEN
             o_first[v_i] := v_base + o_first[v_i];
