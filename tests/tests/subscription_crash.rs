@@ -66,9 +66,14 @@ async fn populate(store: &SledEventStore, count: u64) {
 }
 
 /// When the parent kills the child.
+/// The longest a child may take to print `STARTED` before a [`Until::Delay`] kill comes anyway.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
 #[derive(Clone, Copy, Debug)]
 enum Until {
-    /// After this long (unless it exits first).
+    /// This long after it printed `STARTED` (its store open and both subscriptions started),
+    /// so that where the kill lands does not depend on how long the open took on a loaded
+    /// machine; or after [`START_LIMIT`] without `STARTED` (unless it exits first).
     Delay(Duration),
     /// Once it prints `COMMITTED` (both subscriptions committed at the head they started at),
     /// waiting at most this long.
@@ -127,10 +132,12 @@ fn run_child(dir: &Path, append: bool, until: Until, partitions: usize) -> Run {
     }
     let mut child = LineChild::spawn(&mut command, "subscription_child");
     let mut run = Run::default();
-    let deadline = Instant::now()
+    let mut deadline = Instant::now()
         + match until {
-            Until::Delay(d) | Until::Committed(d) => d,
+            Until::Delay(_) => START_LIMIT,
+            Until::Committed(d) => d,
         };
+    let mut armed = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -144,6 +151,10 @@ fn run_child(dir: &Path, append: bool, until: Until, partitions: usize) -> Run {
                 run.take(&line);
                 if run.committed && matches!(until, Until::Committed(_)) {
                     break;
+                }
+                if let (Until::Delay(delay), true, false) = (&until, run.started, armed) {
+                    armed = true;
+                    deadline = Instant::now() + *delay;
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {

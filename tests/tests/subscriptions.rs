@@ -644,6 +644,8 @@ struct Metered {
     commits: Arc<AtomicU64>,
     /// The commit (counted from 1) that fails, after a pause, as if the store had gone away.
     fail_commit: Option<u64>,
+    /// Whether that commit is stored before it fails (its answer lost on the way).
+    fail_after_storing: bool,
 }
 
 impl Metered {
@@ -654,6 +656,7 @@ impl Metered {
             largest_page: Arc::default(),
             commits: Arc::default(),
             fail_commit: None,
+            fail_after_storing: false,
         }
     }
 }
@@ -712,10 +715,15 @@ impl EventStore for Metered {
     ) -> tidings::store::Result<()> {
         let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
         if self.fail_commit == Some(n) {
+            if self.fail_after_storing {
+                self.inner
+                    .commit_checkpoint(name, expected, position, state)
+                    .await?;
+            }
             // Long enough for the loop to handle the next events meanwhile.
             tokio::time::sleep(Duration::from_millis(50)).await;
             return Err(tidings::store::StoreError::Unavailable(
-                "the test's store dropped this commit".into(),
+                "the test's store lost this commit's answer".into(),
             ));
         }
         self.inner
@@ -833,36 +841,49 @@ async fn a_slow_handler_holds_at_most_two_pages_however_far_behind_it_is() {
 
 #[actix::test]
 async fn a_commit_that_fails_while_the_loop_handles_the_next_events_counts_nothing_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut metered = Metered::new(SledEventStore::open(dir.path()).unwrap());
-    // The first commit records where the subscription starts; the third is sent after 200
-    // events and fails 50 ms later, while the loop has handled the next ones (their state
-    // in the loop's cache, one more commit waiting for it).
-    metered.fail_commit = Some(3);
-    let store = Arc::new(metered);
-    append_many(&store.inner, 0, 3_000).await;
-    let subs = Subscriptions::new(store.clone());
-    let handle = subs
-        .start_with(Totals, SubscriptionConfig::default().commit_every(100))
-        .unwrap();
-    reached(&handle, store.head()).await;
-    let status = handle.stop().await;
-    assert_eq!(status.state, SubscriptionState::Stopped);
-    assert!(
-        store.commits.load(Ordering::SeqCst) > 3,
-        "the failed commit was followed by others"
-    );
-    assert_eq!(
-        store.inner.load_checkpoint("totals").await.unwrap(),
-        Some(store.head())
-    );
-    let ordered: u64 = (0..3_000u64).filter(|i| i % 3 == 0).sum();
-    let paid: u64 = (0..3_000u64).filter(|i| i % 3 == 1).sum();
-    assert_eq!(
-        (
-            total(&store.inner, b"ordered").await,
-            total(&store.inner, b"paid").await
-        ),
-        (ordered, paid)
-    );
+    // The commit fails without being stored, or is stored and its answer is lost.
+    for fail_after_storing in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut metered = Metered::new(SledEventStore::open(dir.path()).unwrap());
+        // The first commit records where the subscription starts; the third is sent after
+        // 200 events and fails 50 ms later, while the loop has handled the next ones (their
+        // state in the loop's cache, one more commit waiting for it).
+        metered.fail_commit = Some(3);
+        metered.fail_after_storing = fail_after_storing;
+        let store = Arc::new(metered);
+        append_many(&store.inner, 0, 3_000).await;
+        let subs = Subscriptions::new(store.clone());
+        let handle = subs
+            .start_with(Totals, SubscriptionConfig::default().commit_every(100))
+            .unwrap();
+        reached(&handle, store.head()).await;
+        let status = handle.stop().await;
+        assert_eq!(status.state, SubscriptionState::Stopped);
+        assert!(
+            store.commits.load(Ordering::SeqCst) > 3,
+            "the failed commit was followed by others"
+        );
+        // The events handled while the commit was in flight were handled again by the next
+        // run (from checkpoint 100, or 200 if the failed commit was stored): more than the
+        // 2 000 order and payment events of the log.
+        assert!(
+            status.events_handled > 2_000,
+            "{} events handled: nothing was handled again after the failed commit",
+            status.events_handled
+        );
+        assert_eq!(
+            store.inner.load_checkpoint("totals").await.unwrap(),
+            Some(store.head())
+        );
+        let ordered: u64 = (0..3_000u64).filter(|i| i % 3 == 0).sum();
+        let paid: u64 = (0..3_000u64).filter(|i| i % 3 == 1).sum();
+        assert_eq!(
+            (
+                total(&store.inner, b"ordered").await,
+                total(&store.inner, b"paid").await
+            ),
+            (ordered, paid),
+            "fail_after_storing: {fail_after_storing}"
+        );
+    }
 }

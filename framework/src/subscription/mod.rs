@@ -65,8 +65,11 @@ pub struct SubscriptionConfig {
     /// Each commit is a durable write (an fsync). While catching up, the loop goes on handling
     /// the next events while the store writes a commit (at most one commit in flight; the
     /// status shows a checkpoint once it is stored). This also bounds what a crash makes an
-    /// at-least-once handler see again (up to twice this many events, with the commit in
-    /// flight), and what an exactly-once projection holds uncommitted in memory.
+    /// at-least-once handler see again: what was handled since the commit before the one in
+    /// flight, so up to twice this many events (a partitioned subscription commits at the end
+    /// of a page: up to twice `commit_every + batch_size - 1`), or twice `commit_interval` of
+    /// them; and what an exactly-once projection holds uncommitted in memory (its pending
+    /// writes and those of the commit in flight).
     pub commit_every: u64,
     /// ...or after this long, whichever comes first. Default 500 ms.
     pub commit_interval: Duration,

@@ -142,11 +142,17 @@ impl<H: EventHandler> Runner<H> {
 
     /// Waits for the commit in flight, if any (see [`commit_pipelined`](Self::commit_pipelined)),
     /// and shows its checkpoint in the status once it is stored.
+    ///
+    /// Cancel-safe: the commit stays in flight until it has answered (a run dropped while it
+    /// waits here leaves it for [`settle_after_run`](Self::settle_after_run)).
     pub(super) async fn settle(&mut self) -> Result<(), Fault> {
-        let Some(InFlight { position, task }) = self.in_flight.take() else {
+        let Some(in_flight) = self.in_flight.as_mut() else {
             return Ok(());
         };
-        let result = match task.await {
+        let joined = (&mut in_flight.task).await;
+        let position = in_flight.position;
+        self.in_flight = None;
+        let result = match joined {
             Ok(result) => result,
             Err(e) => {
                 return Err(Fault::Fatal(format!(
@@ -159,8 +165,15 @@ impl<H: EventHandler> Runner<H> {
 
     /// At the end of a run, however it ended: waits for the commit in flight, so that the next
     /// run reads the checkpoint it leaves (its failure is the run's to report, or the run
-    /// already ended with a fault of its own).
-    pub(super) async fn settle_after_run(&mut self) {
+    /// already ended with a fault of its own). After the lease was lost it does not wait: the
+    /// commit is fenced by the lease (it cannot land after another holder took over), and a
+    /// store slow enough to lose the lease must not hold the loop from standing by.
+    pub(super) async fn settle_after_run(&mut self, lease_lost: bool) {
+        if lease_lost {
+            // Dropping the handle lets the commit finish (or be fenced) on its own.
+            self.in_flight = None;
+            return;
+        }
         if let Err(fault) = self.settle().await {
             let reason = match fault {
                 Fault::Panicked { message, .. } => message,

@@ -278,8 +278,14 @@ impl<H: EventHandler> Runner<H> {
                     .await?;
                 requests_seen = Some(Instant::now());
             }
-            let mut page = match ahead.take_if_at(checkpoint + 1) {
-                Some(read) => read.await?,
+            // A page read ahead that failed is read again here: its error may be a moment
+            // old, and this read says whether it still holds.
+            let ready = match ahead.take_if_at(checkpoint + 1) {
+                Some(read) => read.await.ok(),
+                None => None,
+            };
+            let mut page = match ready {
+                Some(page) => page,
                 None => {
                     self.store
                         .read_all(checkpoint + 1, self.config.batch_size, &filter)
@@ -339,7 +345,8 @@ impl<H: EventHandler> Runner<H> {
             // Every position before next_position has been examined, the filtered-out ones too.
             checkpoint = checkpoint.max(page.next_position - 1);
             self.status.update(|s| {
-                s.head = page.head;
+                // A page read ahead may say an older head than the status has seen since.
+                s.head = s.head.max(page.head);
                 s.handled_up_to = checkpoint;
             });
             if uncommitted >= self.config.commit_every
@@ -490,11 +497,12 @@ impl ReadAhead {
         }
     }
 
-    /// The page read ahead, if it starts at `from` (else it is dropped).
+    /// The page read ahead, if it starts at `from` (else it is dropped). It answers `Err` if
+    /// the read failed (or its task did not finish): the caller reads again.
     fn take_if_at(
         &mut self,
         from: u64,
-    ) -> Option<impl std::future::Future<Output = Result<ReadBatch, Fault>>> {
+    ) -> Option<impl std::future::Future<Output = Result<ReadBatch, ()>>> {
         let (at, task) = self.next.take()?;
         if at != from {
             task.abort();
@@ -502,10 +510,15 @@ impl ReadAhead {
         }
         Some(async move {
             match task.await {
-                Ok(read) => read.map_err(Fault::from),
-                Err(e) => Err(Fault::Fatal(format!(
-                    "the read of the page at position {from} did not finish: {e}"
-                ))),
+                Ok(Ok(page)) => Ok(page),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, from, "a page read ahead failed; reading it again");
+                    Err(())
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, from, "a page read ahead did not finish; reading it again");
+                    Err(())
+                }
             }
         })
     }

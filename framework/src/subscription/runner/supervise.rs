@@ -87,9 +87,11 @@ impl<H: EventHandler> Runner<H> {
             let mut restarts = 0u64;
             loop {
                 let outcome = self.run_once_held().await;
-                // However the run ended (dropped while the lease was lost, too), the commit it
-                // sent last is finished before anything reads the checkpoint again.
-                self.settle_after_run().await;
+                // However the run ended (dropped in the middle, too), the commit it sent last is
+                // finished before anything reads the checkpoint again (or, the lease lost, left
+                // to its fencing).
+                self.settle_after_run(matches!(outcome, Err(Fault::LeaseLost(_))))
+                    .await;
                 if !matches!(outcome, Err(Fault::Unavailable(_))) {
                     unavailable = 0;
                 }
