@@ -319,15 +319,28 @@ async fn commit_at_current(
         status.parked_streams = streams;
         writes.push(status_write(&status));
     }
+    commit_fenced(store, lease, name, current, position, writes).await
+}
+
+/// Commits a subscription's checkpoint with `writes` through `store`, fenced by `lease` if
+/// there is one.
+pub(crate) async fn commit_fenced(
+    store: &dyn EventStore,
+    lease: Option<&Lease>,
+    name: &str,
+    expected: Option<u64>,
+    position: u64,
+    writes: Vec<StateWrite>,
+) -> Result<(), StoreError> {
     match lease {
         Some(lease) => {
             store
-                .commit_checkpoint_fenced(lease, name, current, position, writes)
+                .commit_checkpoint_fenced(lease, name, expected, position, writes)
                 .await
         }
         None => {
             store
-                .commit_checkpoint(name, current, position, writes)
+                .commit_checkpoint(name, expected, position, writes)
                 .await
         }
     }

@@ -6,8 +6,8 @@ use std::time::Instant;
 use tracing::{debug, warn};
 
 use super::{Fault, Runner, CACHE_ENTRIES};
-use crate::store::{EventStore, Lease, StateWrite, StoreError};
-use crate::subscription::failure::{status_write, RESERVED_PREFIX};
+use crate::store::{StateWrite, StoreError};
+use crate::subscription::failure::{commit_fenced, status_write, RESERVED_PREFIX};
 use crate::subscription::handler::{drain, EventHandler, StateBatch};
 use crate::subscription::status::SubscriptionState;
 
@@ -35,7 +35,7 @@ impl<H: EventHandler> Runner<H> {
         position: u64,
         writes: Vec<StateWrite>,
     ) -> Result<(), StoreError> {
-        store_commit(
+        commit_fenced(
             &*self.store,
             self.lease.as_ref(),
             &self.name,
@@ -126,7 +126,7 @@ impl<H: EventHandler> Runner<H> {
         let name = self.name.clone();
         let expected = committed.expected;
         let task = tokio::spawn(async move {
-            store_commit(&*store, lease.as_ref(), &name, expected, checkpoint, writes).await
+            commit_fenced(&*store, lease.as_ref(), &name, expected, checkpoint, writes).await
         });
         self.in_flight = Some(InFlight {
             position: checkpoint,
@@ -267,29 +267,6 @@ pub(crate) struct InFlight {
     /// The checkpoint it stores.
     position: u64,
     task: tokio::task::JoinHandle<Result<(), StoreError>>,
-}
-
-/// Commits through `store`, fenced by `lease` if there is one.
-async fn store_commit(
-    store: &dyn EventStore,
-    lease: Option<&Lease>,
-    name: &str,
-    expected: Option<u64>,
-    position: u64,
-    writes: Vec<StateWrite>,
-) -> Result<(), StoreError> {
-    match lease {
-        Some(lease) => {
-            store
-                .commit_checkpoint_fenced(lease, name, expected, position, writes)
-                .await
-        }
-        None => {
-            store
-                .commit_checkpoint(name, expected, position, writes)
-                .await
-        }
-    }
 }
 
 /// The last commit: what the stored checkpoint is, and when it was written.
