@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
+use super::operations::fault_message;
 use super::{Fault, Runner, CACHE_ENTRIES};
 use crate::store::{StateWrite, StoreError};
 use crate::subscription::failure::{commit_fenced, status_write, RESERVED_PREFIX};
@@ -88,7 +89,7 @@ impl<H: EventHandler> Runner<H> {
         pending: &mut StateBatch,
     ) -> Result<(), Fault> {
         self.settle().await?;
-        if checkpoint == committed.position && pending.is_empty() && committed.expected.is_some() {
+        if committed.unchanged(checkpoint, pending) {
             committed.at = Instant::now();
             return Ok(());
         }
@@ -110,17 +111,13 @@ impl<H: EventHandler> Runner<H> {
         checkpoint: u64,
         pending: &mut StateBatch,
     ) -> Result<(), Fault> {
-        if checkpoint == committed.position && pending.is_empty() && committed.expected.is_some() {
+        if committed.unchanged(checkpoint, pending) {
             committed.at = Instant::now();
             return Ok(());
         }
-        self.settle().await?;
-        if committed.expected.is_none() && checkpoint > self.store.head() && pending.is_empty() {
-            // See `commit_forced`: nothing to record yet.
-            committed.at = Instant::now();
+        let Some(writes) = self.prepare(committed, checkpoint, pending, None).await? else {
             return Ok(());
-        }
-        let writes = self.prepare(checkpoint, pending, None);
+        };
         let store = self.store.clone();
         let lease = self.lease.clone();
         let name = self.name.clone();
@@ -132,11 +129,7 @@ impl<H: EventHandler> Runner<H> {
             position: checkpoint,
             task,
         });
-        *committed = Committed {
-            expected: Some(checkpoint),
-            position: checkpoint,
-            at: Instant::now(),
-        };
+        *committed = Committed::at(checkpoint);
         Ok(())
     }
 
@@ -175,12 +168,7 @@ impl<H: EventHandler> Runner<H> {
             return;
         }
         if let Err(fault) = self.settle().await {
-            let reason = match fault {
-                Fault::Panicked { message, .. } => message,
-                Fault::Unavailable(reason) | Fault::Fatal(reason) | Fault::LeaseLost(reason) => {
-                    reason
-                }
-            };
+            let reason = fault_message(&fault);
             warn!(reason = %reason, "a commit sent before the run ended failed");
         }
     }
@@ -193,36 +181,36 @@ impl<H: EventHandler> Runner<H> {
         pending: &mut StateBatch,
         state: Option<SubscriptionState>,
     ) -> Result<(), Fault> {
+        let Some(writes) = self.prepare(committed, checkpoint, pending, state).await? else {
+            return Ok(());
+        };
+        let result = self
+            .commit_to_store(committed.expected, checkpoint, writes)
+            .await;
+        self.committed_to(checkpoint, result)?;
+        *committed = Committed::at(checkpoint);
+        Ok(())
+    }
+
+    /// Once the commit in flight (if any) is stored, the writes of a commit at `checkpoint`:
+    /// what is pending (drained) and the status record; `None` when there is nothing to record
+    /// yet. The handler's writes go to the cache now, before they are stored: until the commit
+    /// is known to have failed, which ends the run (and the next run clears the cache), the
+    /// handler reads them back as it wrote them.
+    async fn prepare(
+        &mut self,
+        committed: &mut Committed,
+        checkpoint: u64,
+        pending: &mut StateBatch,
+        state: Option<SubscriptionState>,
+    ) -> Result<Option<Vec<StateWrite>>, Fault> {
         self.settle().await?;
         if committed.expected.is_none() && checkpoint > self.store.head() && pending.is_empty() {
             // A new subscription that starts beyond the head (`StartFrom::Position`): nothing
             // to record until the head reaches its start.
             committed.at = Instant::now();
-            return Ok(());
+            return Ok(None);
         }
-        let writes = self.prepare(checkpoint, pending, state);
-        let result = self
-            .commit_to_store(committed.expected, checkpoint, writes)
-            .await;
-        self.committed_to(checkpoint, result)?;
-        *committed = Committed {
-            expected: Some(checkpoint),
-            position: checkpoint,
-            at: Instant::now(),
-        };
-        Ok(())
-    }
-
-    /// The writes of a commit at `checkpoint`: what is pending (drained) and the status
-    /// record. The handler's writes go to the cache now, before they are stored: until the
-    /// commit is known to have failed, which ends the run (and the next run clears the cache),
-    /// the handler reads them back as it wrote them.
-    fn prepare(
-        &mut self,
-        checkpoint: u64,
-        pending: &mut StateBatch,
-        state: Option<SubscriptionState>,
-    ) -> Vec<StateWrite> {
         let mut status = self.status.get();
         status.checkpoint = checkpoint;
         if let Some(state) = state {
@@ -239,7 +227,7 @@ impl<H: EventHandler> Runner<H> {
             self.cache.clear();
         }
         self.cache.extend(cached);
-        writes
+        Ok(Some(writes))
     }
 
     /// What a commit at `checkpoint` answered: shown in the status when stored.
@@ -274,4 +262,20 @@ pub(super) struct Committed {
     pub expected: Option<u64>,
     pub position: u64,
     pub at: Instant,
+}
+
+impl Committed {
+    /// A commit at `checkpoint`, made now.
+    fn at(checkpoint: u64) -> Self {
+        Committed {
+            expected: Some(checkpoint),
+            position: checkpoint,
+            at: Instant::now(),
+        }
+    }
+
+    /// Whether a commit at `checkpoint` with `pending` would store nothing new.
+    fn unchanged(&self, checkpoint: u64, pending: &StateBatch) -> bool {
+        checkpoint == self.position && pending.is_empty() && self.expected.is_some()
+    }
 }

@@ -280,11 +280,7 @@ impl<H: EventHandler> Runner<H> {
             }
             // A page read ahead that failed is read again here: its error may be a moment
             // old, and this read says whether it still holds.
-            let ready = match ahead.take_if_at(checkpoint + 1) {
-                Some(read) => read.await.ok(),
-                None => None,
-            };
-            let mut page = match ready {
+            let mut page = match ahead.take_if_at(checkpoint + 1).await {
                 Some(page) => page,
                 None => {
                     self.store
@@ -497,30 +493,25 @@ impl ReadAhead {
         }
     }
 
-    /// The page read ahead, if it starts at `from` (else it is dropped). It answers `Err` if
-    /// the read failed (or its task did not finish): the caller reads again.
-    fn take_if_at(
-        &mut self,
-        from: u64,
-    ) -> Option<impl std::future::Future<Output = Result<ReadBatch, ()>>> {
+    /// The page read ahead, if it starts at `from` and was read (else it is dropped, and the
+    /// caller reads the page itself).
+    async fn take_if_at(&mut self, from: u64) -> Option<ReadBatch> {
         let (at, task) = self.next.take()?;
         if at != from {
             task.abort();
             return None;
         }
-        Some(async move {
-            match task.await {
-                Ok(Ok(page)) => Ok(page),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, from, "a page read ahead failed; reading it again");
-                    Err(())
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, from, "a page read ahead did not finish; reading it again");
-                    Err(())
-                }
+        match task.await {
+            Ok(Ok(page)) => Some(page),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, from, "a page read ahead failed; reading it again");
+                None
             }
-        })
+            Err(e) => {
+                tracing::debug!(error = %e, from, "a page read ahead did not finish; reading it again");
+                None
+            }
+        }
     }
 }
 

@@ -258,7 +258,8 @@ impl<H: EventHandler> Runner<H> {
     }
 }
 
-fn fault_message(fault: &Fault) -> String {
+/// What a fault says, for a reply or a log line.
+pub(super) fn fault_message(fault: &Fault) -> String {
     match fault {
         Fault::Panicked { message, .. } => message.clone(),
         Fault::Unavailable(reason) | Fault::Fatal(reason) | Fault::LeaseLost(reason) => {
