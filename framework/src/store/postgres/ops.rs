@@ -684,9 +684,9 @@ async fn commit_batch_in(shared: &Arc<Shared>, batch: Vec<Pending>, span: &traci
             ));
         }
         let xid = xid.as_deref().map(parse_xid).transpose()?;
-        let older = match (xid, snapshot.as_deref()) {
-            (Some(xid), Some(snapshot)) => older_than(snapshot, xid)?,
-            _ => Vec::new(),
+        let older = match xid {
+            Some(xid) => older_than(snapshot.as_deref(), xid)?,
+            None => Vec::new(),
         };
         Ok((actual, first, xid, older))
     })();
@@ -851,7 +851,7 @@ async fn append_one(
         });
     };
     let snapshot: Option<&str> = row.try_get(3).map_err(pg_error)?;
-    let older = older_than(snapshot.unwrap_or_default(), xid)?;
+    let older = older_than(snapshot, xid)?;
     let first = unsigned(first, "position")?;
     let last = first + n as u64 - 1;
     shared.metrics.group(1, n);
@@ -883,8 +883,14 @@ struct Visible {
 /// those it lists below `xid`, and every id from its `xmax` (one past the newest transaction
 /// that had finished) up to `xid`, which a snapshot counts as running without listing them.
 /// Every older transaction not returned had finished when the snapshot was taken (migration 8;
-/// migration 7 built the same list on the server).
-fn older_than(snapshot: &str, xid: u64) -> Result<Vec<u64>> {
+/// migration 7 built the same list on the server). An append that took `xid` always returns
+/// its snapshot: none is an error.
+fn older_than(snapshot: Option<&str>, xid: u64) -> Result<Vec<u64>> {
+    let Some(snapshot) = snapshot else {
+        return Err(StoreError::engine_message(
+            "postgres returned a transaction id without its snapshot",
+        ));
+    };
     let bad =
         || StoreError::engine_message(format!("postgres returned a bad snapshot {snapshot:?}"));
     let mut parts = snapshot.split(':');
@@ -1602,17 +1608,30 @@ mod tests {
     #[test]
     fn older_than_lists_the_running_transactions_below_the_id_and_those_from_xmax_up_to_it() {
         // Taken after the id: nothing older running, or what the snapshot lists below it.
-        assert_eq!(older_than("100:100:", 100).unwrap(), Vec::<u64>::new());
-        assert_eq!(older_than("100:101:100", 100).unwrap(), Vec::<u64>::new());
         assert_eq!(
-            older_than("90:105:90,97,100,103", 100).unwrap(),
+            older_than(Some("100:100:"), 100).unwrap(),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            older_than(Some("100:101:100"), 100).unwrap(),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            older_than(Some("90:105:90,97,100,103"), 100).unwrap(),
             vec![90, 97]
         );
         // Taken before the id: every id from xmax on counts as running.
-        assert_eq!(older_than("95:98:95", 100).unwrap(), vec![95, 98, 99]);
+        assert_eq!(older_than(Some("95:98:95"), 100).unwrap(), vec![95, 98, 99]);
         for bad in ["", "1:2", "1:2:3:4", "x:2:", "1:y:", "1:2:3,z"] {
-            assert!(older_than(bad, 10).is_err(), "{bad:?} must be refused");
+            assert!(
+                older_than(Some(bad), 10).is_err(),
+                "{bad:?} must be refused"
+            );
         }
+        assert!(
+            older_than(None, 10).is_err(),
+            "a missing snapshot must be refused"
+        );
     }
 
     #[test]
