@@ -381,10 +381,10 @@ impl EventLine {
         EventLine {
             kind: "event".into(),
             position: event.position,
-            stream_id: event.stream_id.clone(),
+            stream_id: event.stream_id.to_string(),
             stream_version: event.stream_version,
-            category: event.category.clone(),
-            event_type: event.event_type.clone(),
+            category: event.category.to_string(),
+            event_type: event.event_type.to_string(),
             schema_version: event.schema_version,
             event_id: event.event_id,
             correlation_id: event.correlation_id,

@@ -72,7 +72,9 @@ impl Registry {
         if tidings::aggregate::is_framework_record(&event.event_type) {
             return Some(serde_json::from_slice(&event.payload).map_err(|e| e.to_string()));
         }
-        self.decoders.get(&event.event_type).map(|d| d(event))
+        self.decoders
+            .get(event.event_type.as_str())
+            .map(|d| d(event))
     }
 }
 

@@ -499,7 +499,7 @@ fn verify_exits_0_on_a_healthy_store_and_3_naming_the_position_on_a_damaged_one(
     let mut bytes = std::fs::read(&segment).unwrap();
     let at = bytes
         .windows(payload.len())
-        .position(|w| w == payload.as_slice())
+        .position(|w| w == &payload[..])
         .expect("the payload in the segment")
         + payload.len()
         - 1;

@@ -130,7 +130,7 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn from_recorded(event: &RecordedEvent) -> Result<Self, EventDecodeError> {
         let error = |reason: String| EventDecodeError {
             position: event.position,
-            event_type: event.event_type.clone(),
+            event_type: event.event_type.to_string(),
             schema_version: event.schema_version,
             reason,
         };

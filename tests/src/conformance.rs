@@ -662,7 +662,7 @@ pub async fn an_append_beyond_the_byte_limit_is_refused<S: EventStore>(store: S)
     let imported: Vec<RecordedEvent> = (1..=4)
         .map(|p| {
             let mut event = recorded(p, "huge-3", p, now);
-            event.payload = vec![5u8; MAX_PAYLOAD_LEN];
+            event.payload = vec![5u8; MAX_PAYLOAD_LEN].into();
             event
         })
         .collect();
@@ -811,7 +811,7 @@ pub async fn append_result_positions_and_versions<S: EventStore>(store: S) {
             let v = version_seen.entry(stream).or_default();
             *v += 1;
             assert_eq!(
-                (e.stream_id.as_str(), e.stream_version, e.payload.clone()),
+                (e.stream_id.as_str(), e.stream_version, e.payload.to_vec()),
                 (stream, *v, format!("{stream}#{i}").into_bytes()),
                 "event at position {}",
                 e.position
@@ -847,7 +847,7 @@ pub async fn global_positions_are_gap_free_across_streams<S: EventStore>(store: 
     );
     let got: Vec<(String, u64)> = log
         .iter()
-        .map(|e| (e.stream_id.clone(), e.stream_version))
+        .map(|e| (e.stream_id.to_string(), e.stream_version))
         .collect();
     assert_eq!(got, expected, "(stream, version) by position");
     assert_eq!(store.head(), expected.len() as u64);
@@ -987,7 +987,7 @@ pub async fn optimistic_concurrency_under_contention<S: EventStore>(store: S) {
     );
     for e in &read {
         assert_eq!(
-            Some(e.payload.as_slice()),
+            Some(&e.payload[..]),
             acked.get(&e.stream_version).map(|p| p.as_bytes()),
             "the event at version {} is not the one acknowledged",
             e.stream_version
@@ -1445,12 +1445,12 @@ pub async fn streamed_read_of_a_large_log<S: EventStore>(store: S) {
                 "positions of a streamed read"
             );
             assert_eq!(
-                e.payload,
+                e.payload[..],
                 e.position.to_be_bytes(),
                 "payload at position {}",
                 e.position
             );
-            let v = versions.entry(e.stream_id.clone()).or_default();
+            let v = versions.entry(e.stream_id.to_string()).or_default();
             *v += 1;
             assert_eq!(
                 e.stream_version, *v,

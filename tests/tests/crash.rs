@@ -152,7 +152,10 @@ async fn check_store(store: &SledEventStore, acks: &[Ack], since: &Checked) -> C
                 expected.as_bytes(),
                 "wrong payload at {position}"
             );
-            assert_eq!((&e.stream_id, e.stream_version), (&stream, version));
+            assert_eq!(
+                (e.stream_id.as_str(), e.stream_version),
+                (stream.as_str(), version)
+            );
             let last = versions.entry(stream.clone()).or_default();
             assert_eq!(version, *last + 1, "version gap in {stream} at {position}");
             *last = version;

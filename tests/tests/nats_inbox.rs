@@ -128,7 +128,7 @@ async fn messages_become_events_once_and_a_redelivery_after_a_missing_ack_is_app
     let a = store.read_stream("inbound-a", 1, 10).await.unwrap();
     let b = store.read_stream("inbound-b", 1, 10).await.unwrap();
     assert_eq!(
-        a.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>(),
+        a.iter().map(|e| &e.payload[..]).collect::<Vec<_>>(),
         [b"{\"i\":0}".as_slice(), b"{\"i\":2}"]
     );
     assert_eq!(b.len(), 1);
@@ -366,7 +366,7 @@ async fn a_poison_message_is_parked_and_acknowledged_listed_and_replayed_once_af
         1,
         "the next message is applied, the poison one is not"
     );
-    assert_eq!(a[0].payload, b"{\"i\":1}");
+    assert_eq!(a[0].payload, &b"{\"i\":1}"[..]);
 
     // The CLI (here, beside the running inbox) lists it, with its subject and the reason.
     let parked = lines(&cli_here(&store, &["--json", "parked", "inbox"]).await);
@@ -404,7 +404,7 @@ async fn a_poison_message_is_parked_and_acknowledged_listed_and_replayed_once_af
     assert_eq!(status.events_handled, 2);
     let a = store.read_stream("inbound-a", 1, 10).await.unwrap();
     assert_eq!(
-        a.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>(),
+        a.iter().map(|e| &e.payload[..]).collect::<Vec<_>>(),
         [b"{\"i\":1}".as_slice(), b"not json"],
         "the replayed message is applied once, after the one that came after it"
     );
@@ -641,7 +641,7 @@ async fn on_postgres_another_process_sees_the_running_inbox_and_its_replay_is_ap
     );
     let a = store.read_stream("inbound-a", 1, 10).await.unwrap();
     assert_eq!(
-        a.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>(),
+        a.iter().map(|e| &e.payload[..]).collect::<Vec<_>>(),
         [b"{\"i\":1}".as_slice(), b"not json"],
         "the replayed message is applied once"
     );

@@ -99,7 +99,7 @@ fn assert_published(
             m.subject.as_str(),
             format!("{prefix}.{}.{}", e.category, e.event_type)
         );
-        assert_eq!(m.payload.as_ref(), e.payload.as_slice());
+        assert_eq!(m.payload, e.payload);
         assert_eq!(
             header(m, headers::POSITION),
             Some(e.position.to_string().as_str())
@@ -133,7 +133,7 @@ fn assert_published(
             );
         }
         // Per stream, the broker holds the stream's events in order.
-        let last = versions.entry(e.stream_id.clone()).or_insert(0);
+        let last = versions.entry(e.stream_id.to_string()).or_insert(0);
         assert_eq!(
             e.stream_version,
             *last + 1,

@@ -124,10 +124,10 @@ fn relay_killed_at_random_moments_publishes_every_event_exactly_once_in_stream_o
         assert!(positions.insert(position), "position {position} twice");
         let e = &events[position as usize - 1];
         assert_eq!(
-            (e.event_id.to_string().as_str(), e.payload.as_slice()),
+            (e.event_id.to_string().as_str(), &e.payload[..]),
             (id, m.payload.as_ref())
         );
-        let last = versions.entry(e.stream_id.clone()).or_insert(0);
+        let last = versions.entry(e.stream_id.to_string()).or_insert(0);
         assert_eq!(
             e.stream_version,
             *last + 1,

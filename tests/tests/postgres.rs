@@ -150,7 +150,7 @@ async fn raw_append(
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let versions: Vec<i32> = events.iter().map(|e| e.schema_version as i32).collect();
     let none: Vec<Option<Uuid>> = vec![None; events.len()];
-    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+    let payloads: Vec<&[u8]> = events.iter().map(|e| &e.payload[..]).collect();
     let category = tidings::store::category_of(stream);
     let row = client
         .query_one(

@@ -698,7 +698,7 @@ async fn check(store: &PostgresEventStore, ledger: &Ledger) -> BTreeMap<String, 
     let mut recorded: HashMap<Uuid, RecordedEvent> = HashMap::new();
     let mut versions: BTreeMap<String, u64> = BTreeMap::new();
     for event in log(store).await {
-        let version = versions.entry(event.stream_id.clone()).or_default();
+        let version = versions.entry(event.stream_id.to_string()).or_default();
         assert_eq!(
             event.stream_version,
             *version + 1,

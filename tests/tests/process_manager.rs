@@ -72,7 +72,7 @@ impl Bank {
             .await
             .unwrap()
             .into_iter()
-            .map(|e| e.event_type)
+            .map(|e| e.event_type.to_string())
             .collect()
     }
 }
@@ -153,7 +153,7 @@ async fn a_refused_credit_refunds_the_source_and_fails_the_transfer() {
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.event_type)
+        .map(|e| e.event_type.to_string())
         .collect();
     assert_eq!(
         account_a,

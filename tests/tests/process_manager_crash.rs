@@ -143,7 +143,7 @@ fn transfers_killed_at_random_conserve_money_and_each_ends_exactly_once() {
     for e in &events {
         match e.category.as_str() {
             "account" if !tidings::aggregate::is_framework_record(&e.event_type) => {
-                let balance = balances.entry(e.stream_id.clone()).or_default();
+                let balance = balances.entry(e.stream_id.to_string()).or_default();
                 match AccountEvent::from_recorded(e).unwrap() {
                     AccountEvent::Deposited { cents, transfer } => {
                         *balance += cents;
@@ -152,7 +152,7 @@ fn transfers_killed_at_random_conserve_money_and_each_ends_exactly_once() {
                                 .entry(t)
                                 .or_default()
                                 .credits
-                                .push((e.stream_id.clone(), cents));
+                                .push((e.stream_id.to_string(), cents));
                         }
                     }
                     AccountEvent::Withdrawn { cents, transfer } => {
@@ -163,7 +163,7 @@ fn transfers_killed_at_random_conserve_money_and_each_ends_exactly_once() {
                             .entry(transfer)
                             .or_default()
                             .debits
-                            .push((e.stream_id.clone(), cents));
+                            .push((e.stream_id.to_string(), cents));
                     }
                     AccountEvent::Closed => {}
                 }

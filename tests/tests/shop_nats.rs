@@ -138,8 +138,8 @@ fn the_story_published_to_nats_arrives_once_each_stream_in_order() {
             .get(&s.position)
             .unwrap_or_else(|| panic!("a message for no event of the story: {s:?}"));
         assert_eq!(
-            (&s.stream, s.version),
-            (&e.stream_id, e.stream_version),
+            (s.stream.as_str(), s.version),
+            (e.stream_id.as_str(), e.stream_version),
             "{s:?}"
         );
         let category = e.stream_id.split('-').next().unwrap();

@@ -199,7 +199,7 @@ impl Log {
             let end = page.is_end();
             for e in page.events {
                 assert!(e.position > self.read_to);
-                self.handled.push((e.position, e.stream_id));
+                self.handled.push((e.position, e.stream_id.to_string()));
             }
             self.read_to = page.next_position - 1;
             if end {

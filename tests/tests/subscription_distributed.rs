@@ -47,7 +47,7 @@ impl HandleEvent<OrderEvent> for Orders {
         self.seen
             .lock()
             .unwrap()
-            .push((partition, stream, position));
+            .push((partition, stream.to_string(), position));
         Ok(())
     }
 }

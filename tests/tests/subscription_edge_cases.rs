@@ -232,7 +232,7 @@ impl HandleEvent<OrderEvent> for Totals {
              .0
             .lock()
             .unwrap()
-            .push((e.stream_id.clone(), e.position));
+            .push((e.stream_id.to_string(), e.position));
         Ok(())
     }
 }

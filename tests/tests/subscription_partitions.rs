@@ -70,7 +70,7 @@ impl HandleEvent<OrderEvent> for Orders {
         {
             return Err("poison order".into());
         }
-        let stream = ctx.event().stream_id.clone();
+        let stream = ctx.event().stream_id.to_string();
         let key = format!("stream/{stream}").into_bytes();
         let n: u64 = ctx.get_json(&key).await?.unwrap_or(0);
         ctx.put_json(&key, &(n + 1))?;

@@ -67,9 +67,9 @@ impl<'a> EventPrinter<'a> {
         let table = self.table.as_mut().expect("a table when not JSON");
         let mut row = vec![
             e.position.to_string(),
-            e.stream_id.clone(),
+            e.stream_id.to_string(),
             e.stream_version.to_string(),
-            e.event_type.clone(),
+            e.event_type.to_string(),
             rfc3339_micros(e.timestamp_micros),
             human_bytes(e.payload.len() as u64),
         ];

@@ -172,7 +172,7 @@ mod tests {
             correlation_id: correlation,
             causation_id: None,
             timestamp_micros: 0,
-            payload: vec![],
+            payload: Default::default(),
             metadata: Default::default(),
         }
     }

@@ -189,13 +189,13 @@ fn round_trip<E: DomainEvent>(event: &E) -> E {
         stream_id: "test-1".into(),
         stream_version: 1,
         category: category_of("test-1").into(),
-        event_type: data.event_type,
+        event_type: data.event_type.into(),
         schema_version: data.schema_version,
         event_id: Uuid::nil(),
         correlation_id: None,
         causation_id: None,
         timestamp_micros: 0,
-        payload: data.payload,
+        payload: data.payload.into(),
         metadata: Default::default(),
     };
     E::from_recorded(&recorded).unwrap_or_else(|e| panic!("{e}"))

@@ -236,7 +236,7 @@ mod tests {
             correlation_id: None,
             causation_id: cause,
             timestamp_micros: 0,
-            payload: vec![],
+            payload: Default::default(),
             metadata: Default::default(),
         }
     }

@@ -3,10 +3,13 @@
 //! Each value begins with a format byte, so that the codec can change by a migration. The layouts
 //! are documented in `docs/storage-format.md`; keep the two in step.
 
+use std::ops::Range;
+
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Metadata, RecordedEvent, Snapshot};
+use super::{Metadata, RecordedEvent, Snapshot, Text};
 
 /// The format byte of a log chunk.
 pub const CHUNK_FORMAT: u8 = 1;
@@ -58,23 +61,130 @@ pub struct Header<'a> {
     pub timestamp_micros: u64,
 }
 
-impl Header<'_> {
-    /// Joins the header with its payload and metadata into the public event type (the one copy).
-    pub fn into_event(self, payload: &[u8], metadata: Metadata) -> RecordedEvent {
-        RecordedEvent {
-            position: self.position,
-            stream_id: self.stream_id.to_owned(),
-            stream_version: self.stream_version,
-            category: self.category.to_owned(),
-            event_type: self.event_type.to_owned(),
-            schema_version: self.schema_version,
-            event_id: self.event_id,
-            correlation_id: self.correlation_id,
-            causation_id: self.causation_id,
-            timestamp_micros: self.timestamp_micros,
-            payload: payload.to_vec(),
-            metadata,
+/// Builds the events of one page: their strings are copied into one string and their payloads
+/// into one buffer, and each event gets slices of both, so a page costs a few allocations
+/// whatever its number of events (decision 63). A category that is its stream id's prefix (as
+/// stores record it) and an event type seen just before in the page are not copied again.
+#[derive(Default)]
+pub struct PageBuilder {
+    text: String,
+    payloads: Vec<u8>,
+    pending: Vec<Pending>,
+    bytes: usize,
+}
+
+/// An event of a [`PageBuilder`] before its buffers are shared: its fields, and where its
+/// strings and payload are in them.
+struct Pending {
+    position: u64,
+    stream_version: u64,
+    schema_version: u32,
+    event_id: Uuid,
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    timestamp_micros: u64,
+    stream_id: Range<usize>,
+    category: Range<usize>,
+    event_type: Range<usize>,
+    payload: Range<usize>,
+    metadata: Metadata,
+}
+
+/// An event's type is looked up among the types of this many events pushed before it, and copied
+/// only when none has it.
+const PAGE_TYPES: usize = 16;
+
+impl PageBuilder {
+    /// An empty page, with room for `events` events before it grows.
+    pub fn with_capacity(events: usize) -> Self {
+        PageBuilder {
+            text: String::with_capacity(events * 32),
+            payloads: Vec::with_capacity(events * 128),
+            pending: Vec::with_capacity(events),
+            bytes: 0,
         }
+    }
+
+    /// How many events it holds.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// What its events count for in a page's byte budget
+    /// ([`RecordedEvent::page_bytes`] added up).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds the event of `header`, `payload` and `metadata`.
+    pub fn push(&mut self, header: &Header<'_>, payload: &[u8], metadata: Metadata) {
+        let stream_id = self.copy_text(header.stream_id);
+        let category = if header.stream_id.starts_with(header.category) {
+            stream_id.start..stream_id.start + header.category.len()
+        } else {
+            self.copy_text(header.category)
+        };
+        let known = self
+            .pending
+            .iter()
+            .rev()
+            .take(PAGE_TYPES)
+            .map(|p| p.event_type.clone())
+            .find(|r| self.text[r.clone()] == *header.event_type);
+        let event_type = match known {
+            Some(r) => r,
+            None => self.copy_text(header.event_type),
+        };
+        let at = self.payloads.len();
+        self.payloads.extend_from_slice(payload);
+        self.bytes += payload.len()
+            + header.stream_id.len()
+            + header.category.len()
+            + header.event_type.len()
+            + super::metadata_bytes(&metadata);
+        self.pending.push(Pending {
+            position: header.position,
+            stream_version: header.stream_version,
+            schema_version: header.schema_version,
+            event_id: header.event_id,
+            correlation_id: header.correlation_id,
+            causation_id: header.causation_id,
+            timestamp_micros: header.timestamp_micros,
+            stream_id,
+            category,
+            event_type,
+            payload: at..self.payloads.len(),
+            metadata,
+        });
+    }
+
+    fn copy_text(&mut self, text: &str) -> Range<usize> {
+        let at = self.text.len();
+        self.text.push_str(text);
+        at..self.text.len()
+    }
+
+    /// The page's events, in the order they were pushed.
+    pub fn finish(self) -> Vec<RecordedEvent> {
+        let text = Text::from(self.text);
+        let payloads = Bytes::from(self.payloads);
+        self.pending
+            .into_iter()
+            .map(|p| RecordedEvent {
+                position: p.position,
+                stream_id: text.slice(p.stream_id),
+                stream_version: p.stream_version,
+                category: text.slice(p.category),
+                event_type: text.slice(p.event_type),
+                schema_version: p.schema_version,
+                event_id: p.event_id,
+                correlation_id: p.correlation_id,
+                causation_id: p.causation_id,
+                timestamp_micros: p.timestamp_micros,
+                payload: payloads.slice(p.payload),
+                metadata: p.metadata,
+            })
+            .collect()
     }
 }
 
@@ -268,9 +378,19 @@ impl<'a> RawRecord<'a> {
             .map_err(|e| damaged(self.index, format!("event metadata does not decode: {e}")))
     }
 
-    /// The whole event: `header` (this record's, decoded) with the payload and the metadata.
+    /// The whole event: `header` (this record's, decoded) with the payload and the metadata, in
+    /// a page of its own (a reader of many events pushes them to one page instead).
     pub fn event(&self, header: Header<'_>) -> Result<RecordedEvent, DecodeError> {
-        Ok(header.into_event(self.payload, self.metadata()?))
+        let mut page = PageBuilder::default();
+        self.push_to(&header, &mut page)?;
+        Ok(page.finish().pop().expect("one event"))
+    }
+
+    /// Adds the whole event to `page`: `header` (this record's, decoded) with the payload and
+    /// the metadata.
+    pub fn push_to(&self, header: &Header<'_>, page: &mut PageBuilder) -> Result<(), DecodeError> {
+        page.push(header, self.payload, self.metadata()?);
+        Ok(())
     }
 }
 
@@ -571,7 +691,7 @@ mod tests {
         );
         assert_eq!(event.causation_id, None);
         assert_eq!(event.timestamp_micros, 1_700_000_000_000_000);
-        assert_eq!(event.payload, b"{}");
+        assert_eq!(event.payload, &b"{}"[..]);
         assert!(event.metadata.is_empty());
     }
 
@@ -636,7 +756,109 @@ mod tests {
         );
         let event = records[0].event(records[0].header().unwrap()).unwrap();
         assert_eq!(event.metadata, metadata);
-        assert_eq!(event.payload, b"payload");
+        assert_eq!(event.payload, &b"payload"[..]);
+    }
+
+    /// The header of an event of `stream` with type `event_type` at `position` (category: the
+    /// stream's prefix unless `category` says otherwise).
+    fn header<'a>(
+        position: u64,
+        stream: &'a str,
+        category: &'a str,
+        event_type: &'a str,
+    ) -> Header<'a> {
+        Header {
+            position,
+            stream_id: stream,
+            stream_version: position,
+            category,
+            event_type,
+            schema_version: 1,
+            event_id: Uuid::from_u128(u128::from(position)),
+            correlation_id: None,
+            causation_id: Some(Uuid::nil()),
+            timestamp_micros: position * 10,
+        }
+    }
+
+    #[test]
+    fn a_page_shares_two_buffers_among_its_events_and_copies_repeated_strings_once() {
+        let mut page = PageBuilder::with_capacity(4);
+        let mut tenant = Metadata::new();
+        tenant.insert("tenant".into(), "acme".into());
+        page.push(
+            &header(1, "order-1", "order", "Placed"),
+            b"one",
+            Metadata::new(),
+        );
+        page.push(&header(2, "order-2", "order", "Paid"), b"", tenant.clone());
+        page.push(
+            &header(3, "order-1", "order", "Placed"),
+            b"three",
+            Metadata::new(),
+        );
+        // A category that is not the stream's prefix (an import may record one).
+        page.push(
+            &header(4, "x-4", "imported", "Paid"),
+            b"four",
+            Metadata::new(),
+        );
+        assert_eq!(page.len(), 4);
+        assert_eq!(
+            page.bytes(),
+            (3 + 7 + 5 + 6) + (7 + 5 + 4 + 10) + (5 + 7 + 5 + 6) + (4 + 3 + 8 + 4)
+        );
+        let events = page.finish();
+        let got: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.position,
+                    e.stream_id.as_str(),
+                    e.category.as_str(),
+                    e.event_type.as_str(),
+                    &e.payload[..],
+                    e.stream_version,
+                    e.timestamp_micros,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "order-1", "order", "Placed", &b"one"[..], 1, 10),
+                (2, "order-2", "order", "Paid", &b""[..], 2, 20),
+                (3, "order-1", "order", "Placed", &b"three"[..], 3, 30),
+                (4, "x-4", "imported", "Paid", &b"four"[..], 4, 40),
+            ]
+        );
+        assert_eq!(events[1].metadata, tenant);
+        assert_eq!(events[3].event_id, Uuid::from_u128(4));
+        assert_eq!(events[0].causation_id, Some(Uuid::nil()));
+        for (a, b) in events.iter().zip(&events[1..]) {
+            // Strings follow each other in one buffer, and so do payloads.
+            assert!(b.stream_id.as_ptr() > a.stream_id.as_ptr());
+            assert!(
+                b.payload.is_empty()
+                    || a.payload.is_empty()
+                    || b.payload.as_ptr() > a.payload.as_ptr()
+            );
+            assert!(b.event_id != a.event_id);
+        }
+        // The category is the stream id's prefix, not a copy; a type seen before is not copied.
+        assert_eq!(events[0].category.as_ptr(), events[0].stream_id.as_ptr());
+        assert_eq!(events[2].event_type.as_ptr(), events[0].event_type.as_ptr());
+        assert_eq!(events[3].event_type.as_ptr(), events[1].event_type.as_ptr());
+        // A detached copy shares nothing and is equal.
+        let copy = events[2].detached();
+        assert_eq!(copy, events[2]);
+        assert_ne!(copy.payload.as_ptr(), events[2].payload.as_ptr());
+        assert_ne!(copy.stream_id.as_ptr(), events[2].stream_id.as_ptr());
+    }
+
+    #[test]
+    fn an_empty_page_has_no_events() {
+        assert!(PageBuilder::default().finish().is_empty());
     }
 
     fn header_strategy() -> impl Strategy<Value = (u64, String, u64, String, u32, u64, Vec<u8>)> {

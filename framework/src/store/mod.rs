@@ -17,6 +17,7 @@ mod postgres;
 mod shared;
 mod sled;
 mod spans;
+mod text;
 mod types;
 
 pub(crate) use self::error::chain as error_chain;
@@ -30,6 +31,7 @@ pub use self::postgres::{
 };
 pub use self::shared::IntoEventStore;
 pub use self::sled::{SledConfig, SledEventStore};
+pub use self::text::Text;
 pub use self::types::{
     category_of, metadata_bytes, state_entry_bytes, state_page_is_full, stream_page_is_full,
     AppendResult, CheckpointInfo, EventData, ExpectedVersion, Filter, Metadata, ReadBatch,

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use uuid::Uuid;
+
+use super::Text;
 
 /// The longest stream id accepted, in bytes.
 pub const MAX_STREAM_ID_LEN: usize = 512;
@@ -213,6 +216,12 @@ impl EventData {
 }
 
 /// An event as the store recorded it.
+///
+/// Its strings ([`Text`]) and payload ([`Bytes`]) are immutable and cheap to clone: a read of
+/// the embedded store hands out slices of one buffer per page rather than allocating for each
+/// field of each event. Keeping one event therefore keeps its page's buffer (at most
+/// [`READ_PAGE_BYTES`] and the page's events); to keep a few events out of many pages for long,
+/// keep [`detached`](Self::detached) copies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RecordedEvent {
@@ -222,13 +231,13 @@ pub struct RecordedEvent {
     /// positions (a server crash mid-commit) leaves a gap (docs/guarantees.md, P4).
     pub position: u64,
     /// The stream the event belongs to.
-    pub stream_id: String,
+    pub stream_id: Text,
     /// The event's version within its stream: gap-free, starting at 1.
     pub stream_version: u64,
     /// The stream's category: the part of the stream id before the first `-` (see [`category_of`]).
-    pub category: String,
+    pub category: Text,
     /// The event's type name.
-    pub event_type: String,
+    pub event_type: Text,
     /// The version of the payload's schema.
     pub schema_version: u32,
     /// The event's unique id.
@@ -240,7 +249,7 @@ pub struct RecordedEvent {
     /// When the store committed the event, in microseconds since the Unix epoch.
     pub timestamp_micros: u64,
     /// The encoded event.
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     /// The metadata given at append (empty for events appended without any, and for every
     /// event written before metadata existed).
     pub metadata: Metadata,
@@ -264,13 +273,13 @@ impl RecordedEvent {
         stream_version: u64,
         data: EventData,
     ) -> Self {
-        let stream_id = stream_id.into();
+        let stream_id = Text::from(stream_id.into());
         RecordedEvent {
             position,
-            category: category_of(&stream_id).to_owned(),
+            category: stream_id.slice(0..category_of(&stream_id).len()),
             stream_id,
             stream_version,
-            event_type: data.event_type,
+            event_type: data.event_type.into(),
             schema_version: data.schema_version,
             event_id: data.event_id,
             correlation_id: data.correlation_id,
@@ -278,8 +287,22 @@ impl RecordedEvent {
             timestamp_micros: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            payload: data.payload,
+            payload: data.payload.into(),
             metadata: data.metadata,
+        }
+    }
+
+    /// A copy whose strings and payload share no buffer with other events (see the type's
+    /// documentation): what to keep when only a few events of many reads are kept for long.
+    #[must_use]
+    pub fn detached(&self) -> Self {
+        RecordedEvent {
+            stream_id: self.stream_id.detached(),
+            category: self.category.detached(),
+            event_type: self.event_type.detached(),
+            payload: Bytes::copy_from_slice(&self.payload),
+            metadata: self.metadata.clone(),
+            ..*self
         }
     }
 
@@ -293,7 +316,7 @@ impl RecordedEvent {
     /// Sets its category (by default the stream's, as stores record it).
     #[must_use]
     pub fn with_category(mut self, category: impl Into<String>) -> Self {
-        self.category = category.into();
+        self.category = Text::from(category.into());
         self
     }
 

@@ -237,7 +237,7 @@ impl<H: EventHandler> HandlerTest<H> {
         change(last);
         last.position = position;
         if last.stream_id != stream {
-            last.category = category_of(&last.stream_id).to_owned();
+            last.category = category_of(&last.stream_id).into();
         }
         self
     }
@@ -260,16 +260,16 @@ impl<H: EventHandler> HandlerTest<H> {
             self.events.iter().filter(|e| e.stream_id == stream).count() as u64 + 1;
         self.events.push(RecordedEvent {
             position,
-            stream_id: stream.to_owned(),
+            stream_id: stream.into(),
             stream_version,
-            category: category_of(stream).to_owned(),
-            event_type: data.event_type,
+            category: category_of(stream).into(),
+            event_type: data.event_type.into(),
             schema_version: data.schema_version,
             event_id: Uuid::from_u128(u128::from(position)),
             correlation_id: None,
             causation_id: None,
             timestamp_micros: FIRST_EVENT_TIME_MICROS + (position - 1) * 1_000_000,
-            payload: data.payload,
+            payload: data.payload.into(),
             metadata: Default::default(),
         });
     }

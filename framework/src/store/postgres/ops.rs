@@ -318,11 +318,11 @@ fn event_from_row(row: &Row, at: usize) -> Result<RecordedEvent> {
     let timestamp: i64 = get(row, at + 9)?;
     Ok(RecordedEvent {
         position: u64::try_from(position).map_err(|_| damaged("negative position".into()))?,
-        stream_id: get(row, at + 1)?,
+        stream_id: get::<String>(row, at + 1)?.into(),
         stream_version: u64::try_from(version)
             .map_err(|_| damaged(format!("negative stream version {version}")))?,
-        category: get(row, at + 3)?,
-        event_type: get(row, at + 4)?,
+        category: get::<String>(row, at + 3)?.into(),
+        event_type: get::<String>(row, at + 4)?.into(),
         schema_version: u32::try_from(schema_version)
             .map_err(|_| damaged(format!("negative schema version {schema_version}")))?,
         event_id: get(row, at + 6)?,
@@ -330,7 +330,7 @@ fn event_from_row(row: &Row, at: usize) -> Result<RecordedEvent> {
         causation_id: get(row, at + 8)?,
         timestamp_micros: u64::try_from(timestamp)
             .map_err(|_| damaged(format!("negative timestamp {timestamp}")))?,
-        payload: get(row, at + 10)?,
+        payload: get::<Vec<u8>>(row, at + 10)?.into(),
         metadata: match get::<Option<String>>(row, at + 11)? {
             None => Metadata::new(),
             Some(json) => serde_json::from_str(&json)
@@ -619,7 +619,7 @@ async fn commit_batch_in(shared: &Arc<Shared>, batch: Vec<Pending>, span: &traci
             schema_versions.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
             correlations.push(e.correlation_id);
             causations.push(e.causation_id);
-            payloads.push(e.payload.as_slice());
+            payloads.push(&e.payload[..]);
             metadata.push(metadata_json(&e.metadata));
         }
     }
@@ -1410,7 +1410,7 @@ pub async fn import(shared: &Shared, events: Vec<RecordedEvent>) -> Result<u64> 
     storable(last_position, "import position")?;
     let streams: Vec<String> = events
         .iter()
-        .map(|e| e.stream_id.clone())
+        .map(|e| e.stream_id.to_string())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -1476,7 +1476,7 @@ pub async fn import(shared: &Shared, events: Vec<RecordedEvent>) -> Result<u64> 
         versions.insert(r.get(0), unsigned(r.get(1), "stream version")?);
     }
     for e in &events {
-        let current = versions.entry(e.stream_id.clone()).or_insert(0);
+        let current = versions.entry(e.stream_id.to_string()).or_insert(0);
         if e.stream_version != *current + 1 {
             return Err(reject(
                 e.position,
@@ -1589,13 +1589,13 @@ impl ImportColumns {
             .push(i32::try_from(e.schema_version).map_err(|_| too_large("schema version"))?);
         self.timestamps
             .push(i64::try_from(e.timestamp_micros).map_err(|_| too_large("timestamp"))?);
-        self.streams.push(e.stream_id);
-        self.categories.push(e.category);
-        self.types.push(e.event_type);
+        self.streams.push(e.stream_id.into());
+        self.categories.push(e.category.into());
+        self.types.push(e.event_type.into());
         self.ids.push(e.event_id);
         self.correlations.push(e.correlation_id);
         self.causations.push(e.causation_id);
-        self.payloads.push(e.payload);
+        self.payloads.push(e.payload.into());
         self.metadata.push(metadata_json(&e.metadata));
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::keys;
 use super::Shared;
-use crate::store::codec::{self, DecodeError, Header, RawRecord, RunEntry};
+use crate::store::codec::{self, DecodeError, Header, PageBuilder, RawRecord, RunEntry};
 use crate::store::log::{LogError, RecordAddr};
 use crate::store::{
     category_of, state_entry_bytes, CheckpointInfo, Filter, ReadBatch, RecordedEvent, Result,
@@ -114,13 +114,12 @@ impl Shared {
     ) -> Result<Vec<RecordedEvent>> {
         let head = self.durable_head.load(Ordering::Acquire);
         let from = from_version.max(1);
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
         if max_count == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let mut buf = Vec::new();
         let mut failed = None;
+        let mut page = PageBuilder::with_capacity(max_count.min(64));
         self.index.runs(stream, from, |first_version, run| {
             if run.first_position > head {
                 return Ok(false);
@@ -133,23 +132,24 @@ impl Shared {
                     return true;
                 }
                 let version = first_version + i;
-                match decode_event(position, body) {
-                    Ok(event) if event.stream_id == stream && event.stream_version == version => {
-                        bytes += event.page_bytes();
-                        out.push(event);
-                        full = out.len() >= max_count || bytes >= READ_PAGE_BYTES;
-                        !full
-                    }
-                    Ok(event) => {
-                        failed = Some(StoreError::Damaged {
+                let pushed = record_at(position, body).and_then(|(raw, header)| {
+                    if header.stream_id != stream || header.stream_version != version {
+                        return Err(StoreError::Damaged {
                             position,
                             reason: format!(
                                 "index says {stream:?} version {version}, record says \
                                  {:?} version {}",
-                                event.stream_id, event.stream_version
+                                header.stream_id, header.stream_version
                             ),
                         });
-                        false
+                    }
+                    raw.push_to(&header, &mut page)
+                        .map_err(|e| damaged(position, e))
+                });
+                match pushed {
+                    Ok(()) => {
+                        full = page.len() >= max_count || page.bytes() >= READ_PAGE_BYTES;
+                        !full
                     }
                     Err(e) => {
                         failed = Some(e);
@@ -162,7 +162,7 @@ impl Shared {
         })?;
         match failed {
             Some(e) => Err(e),
-            None => Ok(out),
+            None => Ok(page.finish()),
         }
     }
 
@@ -170,17 +170,16 @@ impl Shared {
     pub fn read_all(&self, from: u64, max_count: usize, filter: &Filter) -> Result<ReadBatch> {
         let head = self.durable_head.load(Ordering::Acquire);
         let mut next = from.max(1);
-        let mut events = Vec::with_capacity(max_count.min(1024));
         if next > head || max_count == 0 {
             return Ok(ReadBatch {
-                events,
+                events: Vec::new(),
                 next_position: next,
                 head,
             });
         }
         let scan_limit = SCAN_LIMIT.max(max_count as u64);
         let mut examined = 0u64;
-        let mut bytes = 0usize;
+        let mut page = PageBuilder::with_capacity(max_count.min(1024));
         let Some((start, addr)) = self.group_start(next) else {
             return Err(StoreError::DamagedMetadata {
                 what: "the stream index's group starts".into(),
@@ -204,11 +203,11 @@ impl Shared {
             next = position + 1;
             examined += 1;
             if filter.matches(header.category, header.event_type) {
-                let event = raw.event(header).map_err(|e| damaged(position, e))?;
-                bytes += event.page_bytes();
-                events.push(event);
+                raw.push_to(&header, &mut page)
+                    .map_err(|e| damaged(position, e))?;
             }
-            if events.len() >= max_count || examined >= scan_limit || bytes >= READ_PAGE_BYTES {
+            if page.len() >= max_count || examined >= scan_limit || page.bytes() >= READ_PAGE_BYTES
+            {
                 break;
             }
         }
@@ -221,7 +220,7 @@ impl Shared {
             });
         }
         Ok(ReadBatch {
-            events,
+            events: page.finish(),
             next_position: next,
             head,
         })

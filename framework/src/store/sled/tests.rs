@@ -122,6 +122,50 @@ async fn read_everything(store: &SledEventStore) -> Result<u64, StoreError> {
     }
 }
 
+/// Whether each event's payload begins where the one before it ends: the events were handed out
+/// as slices of one page buffer, not each allocated.
+fn payloads_adjacent(events: &[crate::store::RecordedEvent]) -> bool {
+    events
+        .windows(2)
+        .all(|w| w[1].payload.as_ptr() == w[0].payload.as_ptr().wrapping_add(w[0].payload.len()))
+}
+
+#[test]
+fn reads_hand_out_the_events_of_a_page_as_slices_of_one_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    prepare(dir.path(), 3, 4);
+    rt().block_on(async {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        let page = store.read_all(1, 100, &Filter::all()).await.unwrap();
+        assert_eq!(page.events.len(), 12);
+        assert!(payloads_adjacent(&page.events));
+        assert_eq!(page.events[4].payload, &b"s1 v2"[..]);
+        assert_eq!(page.events[4].stream_id, "tick-1");
+        assert_eq!(
+            page.events[4].category.as_ptr(),
+            page.events[4].stream_id.as_ptr()
+        );
+        let filtered = store
+            .read_all(1, 100, &Filter::all().categories(["tick"]))
+            .await
+            .unwrap();
+        assert_eq!(filtered.events, page.events);
+        assert!(payloads_adjacent(&filtered.events));
+        let stream = store.read_stream("tick-2", 2, 100).await.unwrap();
+        let payloads: Vec<_> = stream.iter().map(|e| &e.payload[..]).collect();
+        assert_eq!(payloads, [&b"s2 v2"[..], b"s2 v3", b"s2 v4"]);
+        assert!(payloads_adjacent(&stream));
+        // An event outlives its page's other events and the store.
+        let kept = stream[1].clone();
+        drop(stream);
+        drop(store);
+        assert_eq!(
+            (kept.stream_id.as_str(), kept.stream_version),
+            ("tick-2", 3)
+        );
+    });
+}
+
 #[test]
 fn a_flipped_byte_in_a_record_is_reported_at_its_position_and_nothing_before_it_is_lost() {
     let dir = tempfile::tempdir().unwrap();

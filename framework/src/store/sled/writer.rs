@@ -579,7 +579,10 @@ impl Writer {
             });
         }
         for e in events {
-            let current = match versions.get(&e.stream_id).or(overlay.get(&e.stream_id)) {
+            let current = match versions
+                .get(e.stream_id.as_str())
+                .or(overlay.get(e.stream_id.as_str()))
+            {
                 Some(v) => *v,
                 None => self.stream_head(&e.stream_id)?,
             };
@@ -592,7 +595,7 @@ impl Writer {
                     ),
                 });
             }
-            versions.insert(e.stream_id.clone(), e.stream_version);
+            versions.insert(e.stream_id.to_string(), e.stream_version);
         }
         Ok(versions)
     }

@@ -188,7 +188,9 @@ async fn lane<H: EventHandler>(
         if *worker.stop.borrow() || position >= halt.load(Ordering::SeqCst) {
             break;
         }
-        if parked.contains(&event.stream_id) || newly_parked.contains(event.stream_id.as_str()) {
+        if parked.contains(event.stream_id.as_str())
+            || newly_parked.contains(event.stream_id.as_str())
+        {
             let outcome = Outcome {
                 kind: OutcomeKind::Behind,
                 reads: Vec::new(),

@@ -27,7 +27,7 @@ impl<H: EventHandler> Runner<H> {
         pending: &mut StateBatch,
     ) -> Result<Flow, Fault> {
         let position = event.position;
-        if self.parked_streams.contains(&event.stream_id) {
+        if self.parked_streams.contains(event.stream_id.as_str()) {
             self.park_behind(event, pending).await?;
             *checkpoint = position;
             self.status.update(|s| s.handled_up_to = position);
@@ -82,7 +82,7 @@ impl<H: EventHandler> Runner<H> {
     ) {
         error!(position = event.position, stream = %event.stream_id, reason = %reason, "event parked with the rest of its stream");
         park(pending, event, reason);
-        self.parked_streams.insert(event.stream_id.clone());
+        self.parked_streams.insert(event.stream_id.to_string());
         self.status.update(|s| {
             s.handled_up_to = event.position;
             s.parked += 1;
@@ -127,8 +127,8 @@ pub(super) fn describe(position: u64, event_type: &str, failure: &HandlerFailure
 pub(super) fn park(pending: &mut StateBatch, event: &RecordedEvent, reason: &str) {
     let parked = ParkedEvent {
         position: event.position,
-        stream_id: event.stream_id.clone(),
-        event_type: event.event_type.clone(),
+        stream_id: event.stream_id.to_string(),
+        event_type: event.event_type.to_string(),
         reason: reason.to_owned(),
         parked_at: SystemTime::now(),
     };
