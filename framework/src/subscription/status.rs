@@ -1,5 +1,6 @@
 //! What a subscription reports about itself.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -152,8 +153,14 @@ pub(crate) fn initial(name: &str) -> SubscriptionStatus {
     }
 }
 
-/// A status shared between the running subscription and whoever watches it: every update
-/// wakes the watchers (see [`watch`](Self::watch)), so waiting for progress never polls.
+/// A status shared between the running subscription and whoever watches it: updates wake the
+/// watchers (see [`watch`](Self::watch)), so waiting for progress never polls.
+///
+/// The progress of each event handled one at a time is recorded quietly
+/// ([`update_quietly`](Self::update_quietly)) and published by the next update, or by
+/// [`publish`](Self::publish) at the end of each page and before the loop waits for anything (a
+/// handler that does not finish at once, a commit): a catch-up wakes its watchers once per page
+/// rather than once per event, and a watcher never waits on progress the loop has made.
 ///
 /// It also holds the subscription's metric handles: every update sets the lag and checkpoint
 /// gauges from the status, so that they never disagree with it.
@@ -161,12 +168,18 @@ pub(crate) fn initial(name: &str) -> SubscriptionStatus {
 pub(crate) struct StatusCell(
     Arc<watch::Sender<SubscriptionStatus>>,
     Arc<SubscriptionMetrics>,
+    /// Whether a quiet update has not been published yet.
+    Arc<AtomicBool>,
 );
 
 impl StatusCell {
     pub fn new(name: &str) -> Self {
         let (sender, _) = watch::channel(initial(name));
-        StatusCell(Arc::new(sender), Arc::new(SubscriptionMetrics::new(name)))
+        StatusCell(
+            Arc::new(sender),
+            Arc::new(SubscriptionMetrics::new(name)),
+            Arc::new(AtomicBool::new(false)),
+        )
     }
 
     /// The subscription's metric handles.
@@ -178,11 +191,31 @@ impl StatusCell {
         self.0.borrow().clone()
     }
 
+    /// Changes the status and wakes its watchers (publishing quiet updates before it too).
     pub fn update(&self, f: impl FnOnce(&mut SubscriptionStatus)) {
+        self.2.store(false, Ordering::Relaxed);
         self.0.send_modify(|s| {
             f(s);
             self.1.progress(s.lag(), s.checkpoint);
         });
+    }
+
+    /// Changes the status without waking its watchers: [`get`](Self::get) shows the change at
+    /// once, watchers are woken by the next [`update`](Self::update) or [`publish`](Self::publish).
+    pub fn update_quietly(&self, f: impl FnOnce(&mut SubscriptionStatus)) {
+        self.0.send_if_modified(|s| {
+            f(s);
+            self.1.progress(s.lag(), s.checkpoint);
+            false
+        });
+        self.2.store(true, Ordering::Relaxed);
+    }
+
+    /// Wakes the watchers if a quiet update has not been published yet.
+    pub fn publish(&self) {
+        if self.2.swap(false, Ordering::Relaxed) {
+            self.0.send_modify(|_| {});
+        }
     }
 
     /// A receiver that is told of every later update.

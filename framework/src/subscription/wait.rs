@@ -118,6 +118,16 @@ enum Standing {
     Standby(SubscriptionStatus),
 }
 
+/// Whether `status` is [`Standing::Behind`] `position` (without copying it).
+fn is_behind(status: &SubscriptionStatus, position: u64) -> bool {
+    status.checkpoint < position
+        && status.handled_up_to < position
+        && !matches!(
+            status.state,
+            SubscriptionState::Standby | SubscriptionState::Failed(_) | SubscriptionState::Stopped
+        )
+}
+
 fn standing(status: SubscriptionStatus, position: u64) -> Result<Standing, WaitError> {
     match &status.state {
         _ if status.checkpoint >= position => Ok(Standing::Done(status)),
@@ -166,7 +176,13 @@ async fn wait_one(
                 if Instant::now() >= deadline {
                     return Ok(Err(status));
                 }
-                None
+                // Every update wakes this wait (one per page of a catch-up, more when it goes
+                // slowly): each is looked at in place, without a copy or a new timer, until the
+                // subscription is no longer merely behind. A closed channel, or the deadline,
+                // sends it round the loop, where the last status decides.
+                let moved = updates.wait_for(|s| !is_behind(s, position));
+                let _ = tokio::time::timeout_at(deadline, moved).await;
+                continue;
             }
             Standing::Standby(status) => {
                 if let Some(store) = store {
@@ -220,5 +236,41 @@ pub(crate) async fn wait_all(
             waited: started.elapsed(),
             behind,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subscription::status::initial;
+
+    #[test]
+    fn is_behind_agrees_with_standing() {
+        let states = [
+            SubscriptionState::Starting,
+            SubscriptionState::CatchingUp,
+            SubscriptionState::Live,
+            SubscriptionState::Parked,
+            SubscriptionState::Stopped,
+            SubscriptionState::Failed("x".into()),
+            SubscriptionState::Unavailable("y".into()),
+            SubscriptionState::Standby,
+        ];
+        let mut behind = 0;
+        for state in states {
+            for checkpoint in 0..4 {
+                for handled in checkpoint..5 {
+                    let mut status = initial("s");
+                    status.state = state.clone();
+                    status.checkpoint = checkpoint;
+                    status.handled_up_to = handled;
+                    let by_standing =
+                        matches!(standing(status.clone(), 3), Ok(Standing::Behind(_)));
+                    assert_eq!(is_behind(&status, 3), by_standing, "{status:?}");
+                    behind += usize::from(by_standing);
+                }
+            }
+        }
+        assert!(behind > 0);
     }
 }

@@ -41,7 +41,8 @@ impl<H: EventHandler> Runner<H> {
             Attempt::Handled(writes) => {
                 merge(pending, writes);
                 *checkpoint = position;
-                self.status.update(|s| {
+                // Published at the end of the page, or before the loop next waits.
+                self.status.update_quietly(|s| {
                     s.handled_up_to = position;
                     s.events_handled += 1;
                 });
@@ -101,6 +102,8 @@ impl<H: EventHandler> Runner<H> {
         pending: &mut StateBatch,
     ) -> Result<(), Fault> {
         let key = parked_key(event.position);
+        // The read below may wait: what the loop did before is published first.
+        self.status.publish();
         if !pending.contains_key(&key) && self.store.load_state(&self.name, &key).await?.is_none() {
             park(pending, event, "an earlier event of its stream is parked");
             self.status.update(|s| s.parked += 1);

@@ -1,7 +1,10 @@
 //! A handler with what it needs to handle one event: retries, backoff and the wait for an
 //! unavailable store.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use tokio::sync::watch;
@@ -88,10 +91,17 @@ impl<H: EventHandler> Worker<'_, H> {
                 causation_id = event.causation_id.map(tracing::field::display),
                 traceparent = event.traceparent(),
             );
-            let outcome = AssertUnwindSafe(self.handler.dispatch(event, &mut ctx))
+            let status = self.status;
+            let handling = AssertUnwindSafe(self.handler.dispatch(event, &mut ctx))
                 .catch_unwind()
-                .instrument(span)
-                .await;
+                .instrument(span);
+            // A handler that does not finish at once makes the loop wait: the progress
+            // recorded quietly before it is published first.
+            let outcome = BeforeWaiting {
+                future: std::pin::pin!(handling),
+                on_pending: Some(|| status.publish()),
+            }
+            .await;
             let writes = std::mem::take(&mut ctx.writes);
             if let Some(reads) = ctx.reads.take() {
                 self.reads
@@ -143,5 +153,54 @@ impl<H: EventHandler> Worker<'_, H> {
                 return Attempt::Stopped;
             }
         }
+    }
+}
+
+/// `future`, calling `on_pending` the first time it is not ready when polled (before the task
+/// waits for it).
+struct BeforeWaiting<'a, F, P> {
+    future: Pin<&'a mut F>,
+    on_pending: Option<P>,
+}
+
+impl<F: Future, P: FnOnce() + Unpin> Future for BeforeWaiting<'_, F, P> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let polled = this.future.as_mut().poll(cx);
+        if polled.is_pending() {
+            if let Some(on_pending) = this.on_pending.take() {
+                on_pending();
+            }
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[tokio::test]
+    async fn before_waiting_calls_back_once_when_the_future_waits_and_never_when_it_is_ready() {
+        let calls = Cell::new(0);
+        let ready = BeforeWaiting {
+            future: std::pin::pin!(async { 1 }),
+            on_pending: Some(|| calls.set(calls.get() + 1)),
+        }
+        .await;
+        assert_eq!((ready, calls.get()), (1, 0));
+        let waited = BeforeWaiting {
+            future: std::pin::pin!(async {
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+                2
+            }),
+            on_pending: Some(|| calls.set(calls.get() + 1)),
+        }
+        .await;
+        assert_eq!((waited, calls.get()), (2, 1));
     }
 }
