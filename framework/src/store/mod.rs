@@ -39,6 +39,9 @@ pub use self::types::{
     MAX_EVENT_TYPE_LEN, MAX_METADATA_KEY_LEN, MAX_METADATA_LEN, MAX_PAYLOAD_LEN, MAX_SNAPSHOT_LEN,
     MAX_STATE_KEY_LEN, MAX_STREAM_ID_LEN, READ_PAGE_BYTES,
 };
+/// The type of [`RecordedEvent::payload`], re-exported so that applications need not depend on
+/// `bytes` to name it.
+pub use bytes::Bytes;
 
 use std::time::Duration;
 

@@ -12,9 +12,10 @@ use bytestring::ByteString;
 /// An immutable UTF-8 string that can share its bytes with other values: the stream id,
 /// category and event type of a [`RecordedEvent`](super::RecordedEvent).
 ///
-/// A read of the embedded store copies the strings and payloads of a page of events into one
-/// buffer and hands out slices of it, so reading an event allocates nothing per field, and
-/// cloning a `Text` never copies. It reads like a `&str` (it dereferences to one), compares with
+/// A read (of either store) copies the strings of a page of events into one buffer, and their
+/// payloads into another, and hands out slices of them, so reading an event allocates nothing
+/// for its strings and payload (its metadata, when it has any, is a map of its own), and cloning
+/// a `Text` never copies. It reads like a `&str` (it dereferences to one), compares with
 /// `str`, `&str` and `String`, and converts to a `String` with [`to_string`](ToString) or
 /// [`String::from`].
 ///
@@ -28,8 +29,8 @@ use bytestring::ByteString;
 /// assert_eq!(owned, "order-42");
 /// ```
 ///
-/// Events of one page share its buffer: keeping one event keeps the whole page's buffer (at most
-/// [`READ_PAGE_BYTES`](super::READ_PAGE_BYTES) and the page's events) in memory. To keep a few
+/// Events of one page share its buffers: keeping one event keeps the whole page's bytes (less
+/// than [`READ_PAGE_BYTES`](super::READ_PAGE_BYTES) plus one event) in memory. To keep a few
 /// events out of many pages for long, keep [`RecordedEvent::detached`](super::RecordedEvent::detached)
 /// copies.
 #[derive(Clone, Default)]

@@ -217,11 +217,11 @@ impl EventData {
 
 /// An event as the store recorded it.
 ///
-/// Its strings ([`Text`]) and payload ([`Bytes`]) are immutable and cheap to clone: a read of
-/// the embedded store hands out slices of one buffer per page rather than allocating for each
-/// field of each event. Keeping one event therefore keeps its page's buffer (at most
-/// [`READ_PAGE_BYTES`] and the page's events); to keep a few events out of many pages for long,
-/// keep [`detached`](Self::detached) copies.
+/// Its strings ([`Text`]) and payload ([`Bytes`]) are immutable and cheap to clone: a read
+/// hands out slices of two buffers per page (strings, payloads) rather than allocating for each
+/// field of each event. Keeping one event therefore keeps its page's bytes (less than
+/// [`READ_PAGE_BYTES`] plus one event); to keep a few events out of many pages for long, keep
+/// [`detached`](Self::detached) copies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RecordedEvent {

@@ -201,7 +201,7 @@ impl SubscriptionHandle {
         }
     }
 
-    /// A receiver told of every status update.
+    /// A receiver woken by the status's updates (the progress of a page at a time; see `StatusCell`).
     pub(crate) fn watch(&self) -> watch::Receiver<SubscriptionStatus> {
         self.status.watch()
     }

@@ -1,7 +1,8 @@
 //! What a subscription reports about itself.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -156,11 +157,12 @@ pub(crate) fn initial(name: &str) -> SubscriptionStatus {
 /// A status shared between the running subscription and whoever watches it: updates wake the
 /// watchers (see [`watch`](Self::watch)), so waiting for progress never polls.
 ///
-/// The progress of each event handled one at a time is recorded quietly
-/// ([`update_quietly`](Self::update_quietly)) and published by the next update, or by
-/// [`publish`](Self::publish) at the end of each page and before the loop waits for anything (a
-/// handler that does not finish at once, a commit): a catch-up wakes its watchers once per page
-/// rather than once per event, and a watcher never waits on progress the loop has made.
+/// The progress of each event is recorded quietly ([`update_quietly`](Self::update_quietly))
+/// and published by the next update, by [`publish`](Self::publish) at the end of each page and
+/// before the loop waits (a handler that is not ready when first polled, a commit, a store read),
+/// and at the latest [`QUIET_FOR`] after the last publication: a fast catch-up wakes its
+/// watchers about once per page rather than once per event, and a watcher waits on progress the
+/// loop has made at most until the event in hand is handled (and at least `QUIET_FOR` passed).
 ///
 /// It also holds the subscription's metric handles: every update sets the lag and checkpoint
 /// gauges from the status, so that they never disagree with it.
@@ -168,9 +170,28 @@ pub(crate) fn initial(name: &str) -> SubscriptionStatus {
 pub(crate) struct StatusCell(
     Arc<watch::Sender<SubscriptionStatus>>,
     Arc<SubscriptionMetrics>,
-    /// Whether a quiet update has not been published yet.
-    Arc<AtomicBool>,
+    /// Quiet updates not published yet, and when the last publication was.
+    Arc<Quiet>,
 );
+
+/// Progress recorded quietly is published at the latest this long after the last publication
+/// (when the next event's progress is recorded).
+pub(crate) const QUIET_FOR: Duration = Duration::from_millis(1);
+
+#[derive(Debug)]
+pub(crate) struct Quiet {
+    /// Whether a quiet update has not been published yet.
+    pending: AtomicBool,
+    /// When the watchers were last woken, in microseconds since `since`.
+    woken: AtomicU64,
+    since: Instant,
+}
+
+impl Quiet {
+    fn now(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
 
 impl StatusCell {
     pub fn new(name: &str) -> Self {
@@ -178,7 +199,11 @@ impl StatusCell {
         StatusCell(
             Arc::new(sender),
             Arc::new(SubscriptionMetrics::new(name)),
-            Arc::new(AtomicBool::new(false)),
+            Arc::new(Quiet {
+                pending: AtomicBool::new(false),
+                woken: AtomicU64::new(0),
+                since: Instant::now(),
+            }),
         )
     }
 
@@ -193,32 +218,42 @@ impl StatusCell {
 
     /// Changes the status and wakes its watchers (publishing quiet updates before it too).
     pub fn update(&self, f: impl FnOnce(&mut SubscriptionStatus)) {
-        self.2.store(false, Ordering::Relaxed);
+        self.2.pending.store(false, Ordering::Relaxed);
         self.0.send_modify(|s| {
             f(s);
             self.1.progress(s.lag(), s.checkpoint);
         });
+        self.2.woken.store(self.2.now(), Ordering::Relaxed);
     }
 
-    /// Changes the status without waking its watchers: [`get`](Self::get) shows the change at
-    /// once, watchers are woken by the next [`update`](Self::update) or [`publish`](Self::publish).
+    /// Changes the status without waking its watchers (unless [`QUIET_FOR`] passed since they
+    /// were last woken): [`get`](Self::get) shows the change at once, watchers are woken by the
+    /// next [`update`](Self::update) or [`publish`](Self::publish).
     pub fn update_quietly(&self, f: impl FnOnce(&mut SubscriptionStatus)) {
         self.0.send_if_modified(|s| {
             f(s);
             self.1.progress(s.lag(), s.checkpoint);
             false
         });
-        self.2.store(true, Ordering::Relaxed);
+        self.2.pending.store(true, Ordering::Relaxed);
+        let quiet_for = self
+            .2
+            .now()
+            .saturating_sub(self.2.woken.load(Ordering::Relaxed));
+        if quiet_for >= QUIET_FOR.as_micros() as u64 {
+            self.publish();
+        }
     }
 
     /// Wakes the watchers if a quiet update has not been published yet.
     pub fn publish(&self) {
-        if self.2.swap(false, Ordering::Relaxed) {
+        if self.2.pending.swap(false, Ordering::Relaxed) {
             self.0.send_modify(|_| {});
+            self.2.woken.store(self.2.now(), Ordering::Relaxed);
         }
     }
 
-    /// A receiver that is told of every later update.
+    /// A receiver woken by later updates and publications (quiet updates wake it only when published).
     pub fn watch(&self) -> watch::Receiver<SubscriptionStatus> {
         self.0.subscribe()
     }

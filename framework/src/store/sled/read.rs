@@ -39,12 +39,6 @@ pub fn recover_commits(db: &sled::Db) -> Result<u64> {
     }
 }
 
-/// Decodes the event in the log record at `position`.
-pub(super) fn decode_event(position: u64, body: &[u8]) -> Result<RecordedEvent> {
-    let (record, header) = record_at(position, body)?;
-    record.event(header).map_err(|e| damaged(position, e))
-}
-
 /// Splits the body of the log record at `position` and decodes its header (borrowing its
 /// strings), checking that the record says it is at `position`.
 pub(super) fn record_at(position: u64, body: &[u8]) -> Result<(RawRecord<'_>, Header<'_>)> {
@@ -464,12 +458,17 @@ impl Shared {
             }
             let read = self.read_run(&run, &mut buf, |position, body| {
                 let version = first_version + (position - run.first_position);
-                match decode_event(position, body) {
-                    Ok(e) if e.stream_id == stream && e.stream_version == version => {}
-                    Ok(e) => problems.push(format!(
+                // The header and the metadata decode (no event is built).
+                let checked = record_at(position, body).and_then(|(raw, header)| {
+                    raw.metadata().map_err(|e| damaged(position, e))?;
+                    Ok(header)
+                });
+                match checked {
+                    Ok(h) if h.stream_id == stream && h.stream_version == version => {}
+                    Ok(h) => problems.push(format!(
                         "index says {stream:?} version {version} is at {position}, \
                          which holds {:?} version {}",
-                        e.stream_id, e.stream_version
+                        h.stream_id, h.stream_version
                     )),
                     Err(e) => problems.push(format!("index of {stream:?} version {version}: {e}")),
                 }

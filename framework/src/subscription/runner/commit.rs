@@ -139,6 +139,9 @@ impl<H: EventHandler> Runner<H> {
     /// Cancel-safe: the commit stays in flight until it has answered (a run dropped while it
     /// waits here leaves it for [`settle_after_run`](Self::settle_after_run)).
     pub(super) async fn settle(&mut self) -> Result<(), Fault> {
+        // Every commit and the end of every run come through here: what the loop recorded
+        // quietly is published before anything waits.
+        self.status.publish();
         let Some(in_flight) = self.in_flight.as_mut() else {
             return Ok(());
         };

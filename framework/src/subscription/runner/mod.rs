@@ -335,7 +335,6 @@ impl<H: EventHandler> Runner<H> {
                 )
                 .await?
             };
-            self.status.publish();
             if end.stopped {
                 continue;
             }
@@ -404,8 +403,6 @@ impl<H: EventHandler> Runner<H> {
             if *uncommitted >= self.config.commit_every
                 || committed.at.elapsed() >= self.config.commit_interval
             {
-                // The commit may wait for the one in flight.
-                self.status.publish();
                 self.commit_pipelined(committed, *checkpoint, pending)
                     .await?;
                 *uncommitted = 0;

@@ -94,7 +94,7 @@ impl<H: EventHandler> Runner<H> {
             match outcomes.remove(&position).map(|o| o.kind) {
                 Some(OutcomeKind::Handled(writes)) => {
                     merge(pending, writes);
-                    self.status.update(|s| s.events_handled += 1);
+                    self.status.update_quietly(|s| s.events_handled += 1);
                     self.status.metrics().handled.increment(1);
                 }
                 Some(OutcomeKind::Behind) => self.park_behind(event, pending).await?,
@@ -117,7 +117,8 @@ impl<H: EventHandler> Runner<H> {
             }
             *checkpoint = position;
             end.handled += 1;
-            self.status.update(|s| s.handled_up_to = position);
+            // Published at the end of the page, or before the loop next waits.
+            self.status.update_quietly(|s| s.handled_up_to = position);
         }
         Ok((end, events.len()))
     }

@@ -182,6 +182,79 @@ impl<F: Future, P: FnOnce() + Unpin> Future for BeforeWaiting<'_, F, P> {
 mod tests {
     use super::*;
     use std::cell::Cell;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use tokio::sync::Notify;
+
+    use crate::store::{EventData, ExpectedVersion, SledEventStore};
+    use crate::subscription::{SubscriptionConfig, Subscriptions};
+
+    /// Waits at event 3 until the gate opens.
+    struct Gated(Arc<Notify>);
+
+    #[async_trait]
+    impl EventHandler for Gated {
+        const NAME: &'static str = "gated";
+
+        fn event_types() -> Vec<&'static str> {
+            vec!["E"]
+        }
+
+        async fn dispatch(
+            &mut self,
+            event: &RecordedEvent,
+            _ctx: &mut EventContext<'_>,
+        ) -> Result<(), HandlerFailure> {
+            if event.position == 3 {
+                self.0.notified().await;
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_progress_before_a_handler_that_waits_is_published_while_it_waits() {
+        // Events 1 and 2 are recorded quietly; no commit is due and the page (of 3) has not
+        // ended: only the handler of event 3 not being ready publishes them.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledEventStore::open(dir.path()).unwrap());
+        actix::System::new().block_on(async move {
+            let events = (0..3)
+                .map(|_| EventData::new("E", b"{}".to_vec()))
+                .collect();
+            store
+                .append("s-1", ExpectedVersion::NoStream, events)
+                .await
+                .unwrap();
+            let gate = Arc::new(Notify::new());
+            let subscriptions = Subscriptions::new(store.clone());
+            let config = SubscriptionConfig::default()
+                .commit_every(1000)
+                .commit_interval(Duration::from_secs(3600));
+            let handle = subscriptions
+                .start_with(Gated(gate.clone()), config)
+                .unwrap();
+            let mut updates = handle.watch();
+            let seen = tokio::time::timeout(
+                Duration::from_secs(60),
+                updates.wait_for(|s| s.handled_up_to >= 2),
+            )
+            .await;
+            let handled = seen
+                .expect("events 1 and 2 published while the handler of 3 waits")
+                .unwrap()
+                .handled_up_to;
+            assert_eq!(handled, 2);
+            gate.notify_one();
+            handle
+                .wait_until_handled(3, Duration::from_secs(60))
+                .await
+                .unwrap();
+            subscriptions.stop_all().await;
+        });
+    }
 
     #[tokio::test]
     async fn before_waiting_calls_back_once_when_the_future_waits_and_never_when_it_is_ready() {
