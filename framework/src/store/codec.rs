@@ -95,11 +95,13 @@ struct Pending {
 const PAGE_TYPES: usize = 16;
 
 impl PageBuilder {
-    /// An empty page, with room for `events` events before it grows.
+    /// An empty page, with room for about `events` small events before it grows (at most
+    /// 16 KiB of strings and 64 KiB of payloads: a page that ends up small, as live pages do,
+    /// does not reserve much, and none reserves what the allocator would map on its own).
     pub fn with_capacity(events: usize) -> Self {
         PageBuilder {
-            text: String::with_capacity(events * 32),
-            payloads: Vec::with_capacity(events * 128),
+            text: String::with_capacity((events * 32).min(16 * 1024)),
+            payloads: Vec::with_capacity((events * 128).min(64 * 1024)),
             pending: Vec::with_capacity(events),
             bytes: 0,
         }
