@@ -107,31 +107,22 @@ pub fn position_of(outcome: &CommandOutcome) -> u64 {
 }
 
 /// Where one subscription stands against `position`.
+#[derive(Debug, PartialEq, Eq)]
 enum Standing {
     /// Handled and committed: its state in the store shows the event.
-    Done(SubscriptionStatus),
+    Done,
     /// Handled, not committed yet: ask it to commit.
-    Uncommitted(SubscriptionStatus),
+    Uncommitted,
     /// Not there yet; worth waiting.
-    Behind(SubscriptionStatus),
+    Behind,
     /// Another process runs it: its stored checkpoint tells.
-    Standby(SubscriptionStatus),
+    Standby,
 }
 
-/// Whether `status` is [`Standing::Behind`] `position` (without copying it).
-fn is_behind(status: &SubscriptionStatus, position: u64) -> bool {
-    status.checkpoint < position
-        && status.handled_up_to < position
-        && !matches!(
-            status.state,
-            SubscriptionState::Standby | SubscriptionState::Failed(_) | SubscriptionState::Stopped
-        )
-}
-
-fn standing(status: SubscriptionStatus, position: u64) -> Result<Standing, WaitError> {
+fn standing(status: &SubscriptionStatus, position: u64) -> Result<Standing, WaitError> {
     match &status.state {
-        _ if status.checkpoint >= position => Ok(Standing::Done(status)),
-        SubscriptionState::Standby => Ok(Standing::Standby(status)),
+        _ if status.checkpoint >= position => Ok(Standing::Done),
+        SubscriptionState::Standby => Ok(Standing::Standby),
         SubscriptionState::Failed(reason) => Err(WaitError::Failed {
             name: status.name.clone(),
             position,
@@ -142,8 +133,8 @@ fn standing(status: SubscriptionStatus, position: u64) -> Result<Standing, WaitE
             position,
             handled_up_to: status.handled_up_to,
         }),
-        _ if status.handled_up_to >= position => Ok(Standing::Uncommitted(status)),
-        _ => Ok(Standing::Behind(status)),
+        _ if status.handled_up_to >= position => Ok(Standing::Uncommitted),
+        _ => Ok(Standing::Behind),
     }
 }
 
@@ -159,9 +150,9 @@ async fn wait_one(
     let mut updates = handle.watch();
     loop {
         let status = updates.borrow_and_update().clone();
-        let wake = match standing(status, position)? {
-            Standing::Done(status) => return Ok(Ok(status)),
-            Standing::Uncommitted(status) => {
+        let wake = match standing(&status, position)? {
+            Standing::Done => return Ok(Ok(status)),
+            Standing::Uncommitted => {
                 // Handled: commit it now rather than wait up to `commit_interval`, so that
                 // state kept through the context shows it when the wait returns.
                 match tokio::time::timeout_at(deadline, handle.flush()).await {
@@ -172,7 +163,7 @@ async fn wait_one(
                     Ok(_) => Some(Instant::now() + STANDBY_POLL),
                 }
             }
-            Standing::Behind(status) => {
+            Standing::Behind => {
                 if Instant::now() >= deadline {
                     return Ok(Err(status));
                 }
@@ -180,11 +171,12 @@ async fn wait_one(
                 // slowly): each is looked at in place, without a copy or a new timer, until the
                 // subscription is no longer merely behind. A closed channel, or the deadline,
                 // sends it round the loop, where the last status decides.
-                let moved = updates.wait_for(|s| !is_behind(s, position));
+                let moved =
+                    updates.wait_for(|s| !matches!(standing(s, position), Ok(Standing::Behind)));
                 let _ = tokio::time::timeout_at(deadline, moved).await;
                 continue;
             }
-            Standing::Standby(status) => {
+            Standing::Standby => {
                 if let Some(store) = store {
                     let read = store.load_checkpoint(&status.name);
                     let Ok(stored) = tokio::time::timeout_at(deadline, read).await else {
@@ -245,7 +237,7 @@ mod tests {
     use crate::subscription::status::initial;
 
     #[test]
-    fn is_behind_agrees_with_standing() {
+    fn behind_is_below_the_position_in_a_state_that_can_still_get_there() {
         let states = [
             SubscriptionState::Starting,
             SubscriptionState::CatchingUp,
@@ -264,9 +256,16 @@ mod tests {
                     status.state = state.clone();
                     status.checkpoint = checkpoint;
                     status.handled_up_to = handled;
-                    let by_standing =
-                        matches!(standing(status.clone(), 3), Ok(Standing::Behind(_)));
-                    assert_eq!(is_behind(&status, 3), by_standing, "{status:?}");
+                    let expected = checkpoint < 3
+                        && handled < 3
+                        && !matches!(
+                            state,
+                            SubscriptionState::Standby
+                                | SubscriptionState::Failed(_)
+                                | SubscriptionState::Stopped
+                        );
+                    let by_standing = matches!(standing(&status, 3), Ok(Standing::Behind));
+                    assert_eq!(by_standing, expected, "{status:?}");
                     behind += usize::from(by_standing);
                 }
             }
