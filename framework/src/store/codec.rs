@@ -114,8 +114,15 @@ impl PageBuilder {
 
     /// What its events count for in a page's byte budget
     /// ([`RecordedEvent::page_bytes`] added up).
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Whether the page is full for a read of `max_count` (in count or in bytes, as every read
+    /// decides).
+    pub fn is_full(&self, max_count: usize) -> bool {
+        super::types::page_is_full(self.len(), self.bytes, max_count)
     }
 
     /// Adds the event of `header`, `payload` and `metadata`.
@@ -139,11 +146,13 @@ impl PageBuilder {
         };
         let at = self.payloads.len();
         self.payloads.extend_from_slice(payload);
-        self.bytes += payload.len()
-            + header.stream_id.len()
-            + header.category.len()
-            + header.event_type.len()
-            + super::metadata_bytes(&metadata);
+        self.bytes += super::types::event_page_bytes(
+            header.stream_id,
+            header.category,
+            header.event_type,
+            payload,
+            &metadata,
+        );
         self.pending.push(Pending {
             position: header.position,
             stream_version: header.stream_version,

@@ -56,8 +56,29 @@ pub const READ_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// may be followed by more events: it is full in count, or its bytes reached
 /// [`READ_PAGE_BYTES`]. A page that is not full is the end of the stream.
 pub fn stream_page_is_full(page: &[RecordedEvent], max_count: usize) -> bool {
-    page.len() >= max_count
-        || page.iter().map(RecordedEvent::page_bytes).sum::<usize>() >= READ_PAGE_BYTES
+    page_is_full(
+        page.len(),
+        page.iter().map(RecordedEvent::page_bytes).sum(),
+        max_count,
+    )
+}
+
+/// Whether a page of `events` events holding `bytes` ([`RecordedEvent::page_bytes`] added up)
+/// is full for a read of `max_count`: the rule every read stops its page by.
+pub(crate) fn page_is_full(events: usize, bytes: usize, max_count: usize) -> bool {
+    events >= max_count || bytes >= READ_PAGE_BYTES
+}
+
+/// What an event of these fields counts for in a page's byte budget (see
+/// [`RecordedEvent::page_bytes`]).
+pub(crate) fn event_page_bytes(
+    stream_id: &str,
+    category: &str,
+    event_type: &str,
+    payload: &[u8],
+    metadata: &Metadata,
+) -> usize {
+    payload.len() + stream_id.len() + category.len() + event_type.len() + metadata_bytes(metadata)
 }
 
 /// What a state entry counts for in a page's byte budget: its key and its value.
@@ -349,11 +370,13 @@ impl RecordedEvent {
     /// What the event counts for in a page's byte budget ([`READ_PAGE_BYTES`]): its payload,
     /// stream id, category, type name and metadata ([`metadata_bytes`]).
     pub fn page_bytes(&self) -> usize {
-        self.payload.len()
-            + self.stream_id.len()
-            + self.category.len()
-            + self.event_type.len()
-            + metadata_bytes(&self.metadata)
+        event_page_bytes(
+            &self.stream_id,
+            &self.category,
+            &self.event_type,
+            &self.payload,
+            &self.metadata,
+        )
     }
 }
 

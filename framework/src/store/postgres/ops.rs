@@ -1056,7 +1056,7 @@ pub async fn read_all(
         }
     }
     shared.bump_head(head);
-    let full = page.len() >= max_count || page.bytes() >= READ_PAGE_BYTES;
+    let full = page.is_full(max_count);
     let events = page.finish();
     let next_position = match events.last() {
         Some(last) if max_count > 0 && full => last.position + 1,

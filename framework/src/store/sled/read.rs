@@ -142,7 +142,7 @@ impl Shared {
                 });
                 match pushed {
                     Ok(()) => {
-                        full = page.len() >= max_count || page.bytes() >= READ_PAGE_BYTES;
+                        full = page.is_full(max_count);
                         !full
                     }
                     Err(e) => {
@@ -200,8 +200,7 @@ impl Shared {
                 raw.push_to(&header, &mut page)
                     .map_err(|e| damaged(position, e))?;
             }
-            if page.len() >= max_count || examined >= scan_limit || page.bytes() >= READ_PAGE_BYTES
-            {
+            if page.is_full(max_count) || examined >= scan_limit {
                 break;
             }
         }
